@@ -1,0 +1,124 @@
+"""The building blocks every method is assembled from (He et al. 2022, §3: Δh = f(x W_down) W_up).
+
+``LowRank`` is the functional form, ``Gate`` and ``Scale`` the composition weights. An adapter is
+``LowRank`` with a nonlinearity, LoRA is ``LowRank`` with the identity, a multi-head adapter is
+``LowRank`` with one group per head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "identity": nn.Identity}
+
+
+class LowRank(nn.Module):
+    """``up(act(down(z)))`` with ``groups`` independent bottlenecks over equal slices of z.
+
+    init "bert": both projections N(0, 0.02) (the official UniPELT adapter).
+    init "lora": down Kaiming-uniform, up zeros, so Δh = 0 at the start (He et al.'s scaled PA).
+    """
+
+    def __init__(self, d_in: int, r: int, d_out: int, *, activation: str = "identity",
+                 bias: bool = True, groups: int = 1, init: str = "lora", dropout: float = 0.0):
+        super().__init__()
+        self.groups = groups
+        self.down = nn.Parameter(torch.empty(groups, d_in // groups, r))
+        self.up = nn.Parameter(torch.empty(groups, r, d_out // groups))
+        self.down_bias = nn.Parameter(torch.zeros(groups, r)) if bias else None
+        self.up_bias = nn.Parameter(torch.zeros(d_out)) if bias else None
+        self.act = ACTIVATIONS[activation]()
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.reset_parameters(init)
+
+    @torch.no_grad()
+    def reset_parameters(self, init: str) -> None:
+        if init == "bert":
+            nn.init.normal_(self.down, std=0.02)
+            nn.init.normal_(self.up, std=0.02)
+        else:
+            # kaiming_uniform(a=sqrt(5)) on a (r, d_in) weight, as nn.Linear/peft do
+            bound = 1.0 / math.sqrt(self.down.shape[1])
+            nn.init.uniform_(self.down, -bound, bound)
+            nn.init.zeros_(self.up)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = self.dropout(z)
+        if self.groups == 1:  # the common case stays two plain matmuls
+            hid = z @ self.down[0]
+            hid = hid + self.down_bias[0] if self.down_bias is not None else hid
+            out = self.act(hid) @ self.up[0]
+        else:
+            zg = z.unflatten(-1, (self.groups, -1))  # (..., G, d_in/G)
+            hid = torch.einsum("...gi,gir->...gr", zg, self.down)
+            hid = hid + self.down_bias if self.down_bias is not None else hid
+            out = torch.einsum("...gr,gro->...go", self.act(hid), self.up).flatten(-2)  # (..., d_out)
+        return out + self.up_bias if self.up_bias is not None else out
+
+    def delta_weight(self) -> torch.Tensor:
+        """The (d_out, d_in) matrix this map equals when it is linear and has one group."""
+        return (self.down[0] @ self.up[0]).T
+
+
+class MaskSlot:
+    """Which tokens are real in the current forward pass, for the gates' masked mean.
+
+    HF layers do not hand the padding mask to linear maps, so the layer wrapper (``PeltLayer``)
+    writes it here on entry and clears it on exit; gates read it. Not a module: it holds no state
+    worth saving and must not be registered once per gate.
+    """
+
+    __slots__ = ("mask",)
+
+    def __init__(self) -> None:
+        self.mask: torch.Tensor | None = None
+
+
+class Gate(nn.Module):
+    """UniPELT's gate: ``sigmoid(Linear(d, 1))`` per token, pooled to one value per example.
+
+    Starts N(0, 0.02) with zero bias, so every gate opens at about 0.5 (official code).
+    Returns shape (B, 1, 1), ready to broadcast over (B, T, d).
+    """
+
+    def __init__(self, d: int, pooling: str = "masked_mean", slot: MaskSlot | None = None):
+        super().__init__()
+        self.proj = nn.Linear(d, 1)
+        self.pooling = pooling
+        self.slot = slot or MaskSlot()
+        self.label: tuple[int, str] | None = None  # (layer, submodule), set by apply()
+        nn.init.normal_(self.proj.weight, std=0.02)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(self.proj(z))  # (B, T, 1)
+        token_mask = self.slot.mask
+        if self.pooling == "mean" or token_mask is None or token_mask.shape[1] != z.shape[1]:
+            return g.mean(dim=1, keepdim=True)
+        m = token_mask.to(g.dtype).unsqueeze(-1)  # (B, T, 1)
+        return (g * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+
+class Scale(nn.Module):
+    """A fixed or learned scalar s in ``h + s·Δh`` (He et al.'s scaled parallel adapter)."""
+
+    def __init__(self, value: float, learn: bool = False):
+        super().__init__()
+        if learn:
+            self.value = nn.Parameter(torch.tensor(float(value)))
+        else:
+            self.register_buffer("value", torch.tensor(float(value)), persistent=False)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.value
+
+
+def composition_weight(composition: str, d: int, *, scale: float = 1.0, learn_scale: bool = False,
+                       pooling: str = "masked_mean", slot: MaskSlot | None = None) -> nn.Module:
+    """The module that turns an input into the weight w in ``h + w·Δh``."""
+    if composition == "gated":
+        return Gate(d, pooling, slot)
+    return Scale(scale if composition == "scaled" else 1.0, learn=learn_scale)

@@ -1,0 +1,72 @@
+"""Looking at a PELT model: trainable parameters per kind, and what its gates do."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from .blocks import Gate
+from .config import BitFitConfig
+from .inject import MARK, head_parameter_names
+from .methods.prefix import PrefixEncoder
+
+KINDS = ("adapter", "prefix", "lora", "prompt")
+
+
+def _kind(name: str, bitfit: bool) -> str:
+    if f"{MARK}gate" in name:
+        return "gate"
+    for kind in KINDS:
+        if f"{MARK}{kind}" in name:
+            return kind
+    return "bitfit" if bitfit else "base"
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Trainable parameters per kind, plus ``total`` (trainable now, prefix network included),
+    ``inference`` (stored and used once the prefix is folded) and ``head`` (excluded from both)."""
+    head = head_parameter_names(model) if hasattr(model, "base_model") else set()
+    config = getattr(model, "pelt_config", None)
+    bitfit = config is not None and bool(config.of(BitFitConfig))
+    counts: dict[str, int] = defaultdict(int)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            counts["head" if name in head else _kind(name, bitfit)] += p.numel()
+    counts = dict(counts)
+    counts.setdefault("head", 0)
+    counts["total"] = sum(v for k, v in counts.items() if k != "head")
+    counts["inference"] = counts["total"]
+    prefix = getattr(model, "pelt_prefix", None)
+    if isinstance(prefix, PrefixEncoder) and prefix.folded is None and prefix.mlp_out.weight.requires_grad:
+        counts["inference"] += prefix.inference_numel() - counts.get("prefix", 0)
+    return counts
+
+
+@torch.no_grad()
+def gate_values(model: nn.Module, batch: dict) -> dict[int, dict[str, float]]:
+    """Mean gate value per layer and submodule for ``batch`` (model inputs as a dict).
+
+    Hooks are attached only for this call, so a model that is not asked costs nothing extra.
+    """
+    found: dict[int, dict[str, float]] = defaultdict(dict)
+    handles = []
+    for name, module in model.named_modules():
+        label = getattr(module, "label", None) if isinstance(module, Gate) else None
+        if label is None:
+            continue
+
+        def record(_m, _inp, out, label=label):
+            found[label[0]][label[1]] = out.float().mean().item()
+        handles.append(module.register_forward_hook(record))
+    was_training = model.training
+    model.eval()
+    try:
+        if handles:
+            model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {k: dict(sorted(v.items())) for k, v in sorted(found.items())}

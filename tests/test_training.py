@@ -1,0 +1,100 @@
+import pytest
+import torch
+from datasets import Dataset
+from transformers import GPT2Config, GPT2ForSequenceClassification, Trainer, TrainingArguments
+
+import unipelt
+from unipelt import UniPeltError
+from unipelt.inject import head_parameter_names
+
+from conftest import batch, build
+
+PRESETS = sorted(unipelt.PRESETS)
+
+
+def _step(model, lr=1e-2):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    out = model(**batch(), labels=torch.tensor([0, 1, 2]))
+    out.loss.backward()
+    opt.step()
+    return out.loss
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_a_training_step_changes_only_pelt_parameters_and_the_head(arch, preset):
+    model = unipelt.apply(build(arch), preset)
+    head = head_parameter_names(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert torch.isfinite(_step(model))
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert changed <= trainable
+    if preset == "full":
+        assert trainable == set(before)
+    elif preset == "bitfit":
+        assert trainable == head | {n for n in before if n.endswith(".bias")}
+    else:  # one name prefix selects exactly what trains
+        assert trainable == head | {n for n in before if "pelt_" in n}
+        assert any("pelt_" in n for n in changed)
+
+
+def test_trainer_trains_every_preset_with_a_finite_loss(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": torch.randint(5, 120, (int(n),), generator=g).tolist(), "labels": int(n) % 3}
+            for n in torch.randint(4, 12, (32,), generator=g)]
+    data = Dataset.from_list(rows)
+
+    def collate(items):
+        t = max(len(i["input_ids"]) for i in items)
+        ids = torch.tensor([i["input_ids"] + [0] * (t - len(i["input_ids"])) for i in items])
+        return {"input_ids": ids, "attention_mask": (ids != 0).long(),
+                "labels": torch.tensor([i["labels"] for i in items])}
+
+    for preset in PRESETS:
+        model = unipelt.apply(build(), preset)
+        args = TrainingArguments(output_dir=str(tmp_path / preset), max_steps=3, per_device_train_batch_size=8,
+                                 learning_rate=unipelt.DEFAULT_LEARNING_RATES[preset], report_to=[],
+                                 save_strategy="no", logging_steps=1, use_cpu=True, disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate)
+        result = trainer.train()
+        assert torch.isfinite(torch.tensor(result.training_loss)), preset
+
+
+@pytest.mark.parametrize("preset", ["unipelt-apl", "mam", "mh-parallel-adapter", "prompt"])
+def test_bf16_models_get_bf16_modules_and_run(preset):
+    model = unipelt.apply(build().to(torch.bfloat16), preset)
+    dtypes = {p.dtype for n, p in model.named_parameters() if "pelt_" in n}
+    assert dtypes == {torch.bfloat16}
+    assert torch.isfinite(_step(model, lr=1e-3))
+    with torch.no_grad():
+        assert model(**batch()).logits.dtype == torch.bfloat16
+
+
+def test_unsupported_architecture_names_the_supported_ones():
+    model = GPT2ForSequenceClassification(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=50))
+    with pytest.raises(UniPeltError, match="model_type 'gpt2'.*supported: bert, roberta"):
+        unipelt.apply(model, "lora")
+
+
+def test_apply_twice_and_bad_arguments_fail_clearly():
+    model = unipelt.apply(build(), "lora")
+    with pytest.raises(UniPeltError, match="already has unipelt modules"):
+        unipelt.apply(model, "adapter")
+    with pytest.raises(UniPeltError, match="unknown preset 'lora2'"):
+        unipelt.apply(build(), "lora2")
+    with pytest.raises(UniPeltError, match="not int"):
+        unipelt.apply(build(), 3)
+
+
+def test_apply_accepts_a_single_method_and_free_combinations():
+    cfg = unipelt.PeltConfig(methods=(
+        unipelt.PrefixConfig(length=4),
+        unipelt.LoRAConfig(targets=("ffn_in", "ffn_out"), r=4),
+        unipelt.AdapterConfig(target="attn", insertion="parallel", composition="gated"),
+    ))
+    model = unipelt.apply(build(), cfg)
+    counts = unipelt.count_parameters(model)
+    assert counts["lora"] == 2 * (4 * (32 + 64) + 4 * (64 + 32))
+    assert counts["gate"] == 2 * 33
+    assert unipelt.count_parameters(unipelt.apply(build(), unipelt.LoRAConfig()))["lora"] == 2 * 2 * 2 * 32 * 8
