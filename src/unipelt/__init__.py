@@ -11,7 +11,7 @@ from .config import (AdapterConfig, BitFitConfig, FullFineTuning, LoRAConfig, Pe
 from .errors import UniPeltError  # noqa: E402
 from .presets import DEFAULT_LEARNING_RATES, PRESETS, get_preset  # noqa: E402
 from .inject import apply, fold, merge  # noqa: E402
-from .inspect import count_parameters, gate_values  # noqa: E402
+from .introspect import count_parameters, gate_values  # noqa: E402
 from .checkpoint import load, save  # noqa: E402
 
 __all__ = [
