@@ -98,3 +98,18 @@ def test_apply_accepts_a_single_method_and_free_combinations():
     assert counts["lora"] == 2 * (4 * (32 + 64) + 4 * (64 + 32))
     assert counts["gate"] == 2 * 33
     assert unipelt.count_parameters(unipelt.apply(build(), unipelt.LoRAConfig()))["lora"] == 2 * 2 * 2 * 32 * 8
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = unipelt.apply(build(), "unipelt-apl")
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        torch.manual_seed(0)  # same dropout masks in both runs
+        model(**batch(), labels=torch.tensor([0, 1, 2])).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if "pelt_gate" in n})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name

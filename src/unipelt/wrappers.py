@@ -28,7 +28,8 @@ class PeltLayer(Wrapper):
     """A transformer layer whose gates need to know which tokens are padding.
 
     HF hands the padding mask to the layer but not to its linear maps; this wrapper writes it to
-    the layer's ``MaskSlot`` for the duration of the call.
+    the layer's ``MaskSlot``. It is left there after the call because gradient checkpointing runs
+    the layer again during backward, outside this wrapper.
     """
 
     def __init__(self, base_layer: nn.Module, slot: MaskSlot):
@@ -37,10 +38,7 @@ class PeltLayer(Wrapper):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask=None, *args, **kwargs):
         self.slot.mask = token_mask(attention_mask, hidden_states.shape[1])
-        try:
-            return self.base_layer(hidden_states, attention_mask, *args, **kwargs)
-        finally:
-            self.slot.mask = None
+        return self.base_layer(hidden_states, attention_mask, *args, **kwargs)
 
 
 class PeltSelfAttention(Wrapper):
