@@ -29,3 +29,25 @@ def test_same_lora_weights_give_the_same_logits_as_peft():
         got = ours(**batch()).logits
         want = ref(**batch()).logits
     assert (got - want).abs().max() < 1e-5
+
+
+def test_a_peft_lora_checkpoint_imports_with_identical_logits(tmp_path):
+    ref = peft.get_peft_model(build(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
+                                                       modules_to_save=["classifier"]))
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    ref.save_pretrained(tmp_path)
+    ours = unipelt.from_peft(build(), tmp_path)
+    with torch.no_grad():
+        assert (ours(**batch()).logits - ref.eval()(**batch()).logits).abs().max() < 1e-5
+    assert ours.pelt_config.methods[0] == unipelt.LoRAConfig(r=4, alpha=8.0, targets=("q", "v"))
+
+
+def test_unsupported_peft_checkpoints_are_refused(tmp_path):
+    peft.get_peft_model(build(), peft.LoraConfig(r=4, target_modules=["dense"])).save_pretrained(tmp_path)
+    with pytest.raises(unipelt.UniPeltError, match="no unipelt equivalent"):
+        unipelt.from_peft(build(), tmp_path)
+    with pytest.raises(unipelt.UniPeltError, match="not a peft checkpoint"):
+        unipelt.from_peft(build(), tmp_path / "nowhere")

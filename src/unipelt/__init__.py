@@ -13,9 +13,10 @@ from .presets import DEFAULT_LEARNING_RATES, PRESETS, get_preset  # noqa: E402
 from .inject import apply, fold, merge  # noqa: E402
 from .introspect import count_parameters, gate_values  # noqa: E402
 from .checkpoint import load, save  # noqa: E402
+from .interop import from_peft  # noqa: E402
 
 __all__ = [
     "AdapterConfig", "BitFitConfig", "FullFineTuning", "LoRAConfig", "PeltConfig", "PrefixConfig",
     "PromptConfig", "UniPeltError", "DEFAULT_LEARNING_RATES", "PRESETS", "get_preset", "apply",
-    "fold", "merge", "count_parameters", "gate_values", "load", "save",
+    "fold", "merge", "count_parameters", "gate_values", "load", "save", "from_peft",
 ]
