@@ -1,0 +1,194 @@
+"""``unipelt`` command line: train one run, sweep a grid, report a store, or run the demo.
+
+A thin layer over ``unipelt.harness``: parse flags, call one function, print one line per
+outcome. Bad input (a ``UniPeltError``) prints ``unipelt: error: …`` and exits 2 without a
+traceback; a sweep or run that finished with failed runs exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import UniPeltError
+
+log = logging.getLogger("unipelt")
+
+# Small enough for a few minutes on 2 CPU cores: SST-2 has short sentences; 10 epochs, not 50.
+DEMO = dict(task="sst2", presets="lora,adapter,unipelt-apl", k="100", epochs=10,
+            store="runs/demo.sqlite", out="runs/demo-report")
+
+
+def _verbosity(p: argparse.ArgumentParser, default) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", default=default, help="warnings only, no progress bars")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _verbosity(p, argparse.SUPPRESS)  # also accepted after the subcommand
+    p.add_argument("--model", help="local Hugging Face model directory (default: the offline all-MiniLM-L6-v2)")
+    p.add_argument("--model-seed", type=int, default=None, help="seed for the head and PELT init (default 42)")
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 50)")
+    p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (default 10)")
+    p.add_argument("--dev-size", type=int, default=None, help="dev rows for checkpoint selection (default 1000)")
+    p.add_argument("--glue-dir", help="GLUE directory (default: $GLUE_DIR, then ../shared/data/glue)")
+
+
+def _add_train(sub) -> None:
+    train = sub.add_parser("train", help="one run: train on K examples, select on dev, score on test")
+    train.add_argument("--task", required=True, help="cola, sst2, mrpc, stsb, qqp, mnli, qnli or rte")
+    method = train.add_mutually_exclusive_group(required=True)
+    method.add_argument("--preset", help="a preset name, e.g. lora or unipelt-apl")
+    method.add_argument("--config", help="a PeltConfig as a JSON or YAML file")
+    train.add_argument("--k", default="100", help="training examples: an integer or 'all' (default 100)")
+    train.add_argument("--data-seed", type=int, default=111, help="seed of the data split (default 111)")
+    train.add_argument("--lr", type=float, help="learning rate (default: the paper's for the preset)")
+    train.add_argument("--batch-size", type=int, default=None, help="train batch size (default 16)")
+    train.add_argument("--max-length", type=int, default=None, help="max tokens per example (default 128)")
+    train.add_argument("--store", default="runs/unipelt.sqlite", help="results store (SQLite)")
+    train.add_argument("--save", metavar="DIR", help="also save the trained PELT weights with unipelt.save")
+    train.add_argument("--force", action="store_true", help="run even if the store holds this run as finished")
+    _common(train)
+
+
+def _add_sweep(sub) -> None:
+    sweep = sub.add_parser("sweep", help="a grid of runs, resumable; finished runs are skipped")
+    sweep.add_argument("--grid", help="TOML or YAML file with the grid (flags override its values)")
+    sweep.add_argument("--tasks", help="comma-separated tasks")
+    sweep.add_argument("--presets", help="comma-separated presets")
+    sweep.add_argument("--configs", help="comma-separated PeltConfig files, swept like presets")
+    sweep.add_argument("--k", help="comma-separated K values, e.g. 100,500,1000 (default 100)")
+    sweep.add_argument("--data-seeds", help="comma-separated data seeds (default 111)")
+    sweep.add_argument("--lr", type=float, help="one learning rate for every method (default: the paper's)")
+    sweep.add_argument("--store", default="runs/unipelt.sqlite", help="results store (SQLite)")
+    sweep.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    sweep.add_argument("--backend", choices=("local", "ray"), default="local", help="where runs execute")
+    sweep.add_argument("--ray-address", help="Ray cluster address (default: running cluster, else local)")
+    _common(sweep)
+
+
+def _add_report_and_demo(sub) -> None:
+    report = sub.add_parser("report", help="tables and plots from a results store")
+    report.add_argument("--store", default="runs/unipelt.sqlite", help="results store (SQLite)")
+    report.add_argument("--out", default="runs/report", help="output directory (report.md, report.html)")
+    _verbosity(report, argparse.SUPPRESS)
+    demo = sub.add_parser("demo", help="a small real sweep on the defaults, then its tables (a few minutes on CPU)")
+    demo.add_argument("--task", default=DEMO["task"])
+    demo.add_argument("--presets", default=DEMO["presets"])
+    demo.add_argument("--k", default=DEMO["k"])
+    demo.add_argument("--data-seeds", default="111")
+    demo.add_argument("--store", default=DEMO["store"])
+    demo.add_argument("--out", default=DEMO["out"])
+    _common(demo)
+    demo.set_defaults(epochs=DEMO["epochs"])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unipelt", description="Parameter-efficient tuning experiments on GLUE.")
+    _verbosity(parser, False)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_sweep(sub)
+    _add_report_and_demo(sub)
+    return parser
+
+
+def _options(args: argparse.Namespace, *names: str) -> dict:
+    """Flags that were given (argparse default None = use the library's default)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .harness import Store, make_spec, runner
+    from .harness.sweep import preflight
+
+    spec = make_spec(task=args.task, preset=args.preset, config_file=args.config, model=args.model, k=args.k,
+                     lr=args.lr, data_seed=args.data_seed, glue_dir=args.glue_dir,
+                     **_options(args, "model_seed", "epochs", "patience", "dev_size", "batch_size", "max_length"))
+    with Store(args.store) as store:
+        if spec.key in store.finished_keys() and not args.force:
+            print(f"{spec.label()}: already finished in {args.store} (use --force to run it again)")
+            return 0
+        preflight([spec])
+        record = runner.run(spec, runner.RunOptions(progress=not args.quiet, save_dir=args.save))
+        if runner.is_main_process():
+            store.write(record)
+    if record.status == "failed":
+        print(f"{spec.label()}: run failed: {record.reason} (recorded in {args.store})")
+        return 1
+    print(f"{spec.label()}: test {record.metric} {record.test_metric:.4f} (best epoch {record.best_epoch} of "
+          f"{len(record.epochs)}), {record.params.get('total', 0):,} trainable params, "
+          f"{record.train_s_per_step:.3f} s/step, {record.infer_ex_per_s:.0f} ex/s -> {args.store}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace, grid_file: str | None = None) -> int:
+    from .harness import Store, make_grid, run_sweep
+    from .harness.grid import describe
+
+    grid = make_grid(grid_file, tasks=args.tasks, presets=args.presets, configs=getattr(args, "configs", None),
+                     k=args.k, data_seeds=args.data_seeds, model=args.model, glue_dir=args.glue_dir,
+                     lr=getattr(args, "lr", None),
+                     **_options(args, "model_seed", "epochs", "patience", "dev_size"))
+    specs = grid.specs()
+    log.info("grid: %s = %d runs", describe(grid), len(specs))
+    with Store(args.store) as store:
+        summary = run_sweep(specs, store, workers=getattr(args, "workers", 1), backend=getattr(args, "backend", "local"),
+                            ray_address=getattr(args, "ray_address", None), progress=not args.quiet)
+    print(f"sweep: {summary.total} runs in the grid: {summary.skipped} were already finished, "
+          f"{summary.finished} finished now, {summary.failed} failed -> {args.store}")
+    return 1 if summary.failed else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .harness import Store, report
+
+    with Store(args.store, create=False) as store:
+        built = report.build(store)
+    out = report.write(built, args.out)
+    print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .harness import Store, report
+
+    args.workers, args.backend, args.ray_address, args.tasks = 1, "local", None, args.task
+    status = _sweep(args)
+    _report(args)
+    with Store(args.store, create=False) as store:
+        built = report.build(store)
+    for table in built.tables:  # the accuracy table and the cost table
+        if table.title.startswith(("Table 1", "Table 4")):
+            print("\n" + report.table_markdown(table))
+    return status
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="[%(name)s] %(message)s")
+    from .harness.runner import quiet_transformers
+
+    quiet_transformers()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # argparse has printed usage and its error; return instead of exiting
+        return int(e.code or 0)
+    _configure_logging(args)
+    commands = {"train": _train, "sweep": lambda a: _sweep(a, a.grid), "report": _report, "demo": _demo}
+    try:
+        return commands[args.command](args)
+    except UniPeltError as e:
+        print(f"unipelt: error: {str(e).replace(chr(10), ' ')}", file=sys.stderr)  # always one line
+        return 2
+    except KeyboardInterrupt:
+        print("unipelt: interrupted; finished runs are saved, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

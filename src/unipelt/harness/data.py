@@ -1,0 +1,173 @@
+"""GLUE data for one run: read the TSVs (or the hub copy), then split as UniPELT §4.1 does.
+
+Split rule (SPEC §4): shuffle the GLUE train set with the data seed
+(``numpy.random.default_rng(seed).permutation``), take the first K rows as train and the next
+``dev_size`` (1,000) as dev for checkpoint selection; the GLUE dev set is the test set.
+K="all" (the high-resource setting) is our reading of "whole train set, best dev score": train on
+every row except the ``dev_size`` dev rows, so checkpoint selection never sees training data.
+QQP has no GLUE dev file here: its test split is the last 1,000 rows of QQP/train.tsv, which
+SOURCES.md describes as a held-out sample, and those rows are removed from the train pool.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import HarnessError
+from .locate import GlueSource, hub_offline_reason, locate_glue
+from .tasks import Task
+
+log = logging.getLogger(__name__)
+
+DEV_SIZE = 1000
+CARVED_TEST_ROWS = 1000  # SOURCES.md: "If you need a held-out slice from train, use the last 1,000 rows."
+COLUMNS = ("a", "b", "label")
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The three splits of one run; each frame has columns ``a``, ``b`` (None for single
+    sentences) and ``label`` (class id, or float score for regression)."""
+
+    train: pd.DataFrame
+    dev: pd.DataFrame
+    test: pd.DataFrame
+    test_source: str  # where the test rows came from, recorded with the run
+
+
+def parse_k(value: str | int) -> int | str:
+    """``"all"`` or a positive int: the train-set sizes the protocol allows."""
+    if str(value).lower() == "all":
+        return "all"
+    try:
+        k = int(value)
+    except ValueError:
+        raise HarnessError(f"K must be a positive integer or 'all', got {value!r}") from None
+    if k <= 0:
+        raise HarnessError(f"K must be a positive integer or 'all', got {value!r}")
+    return k
+
+
+def _column(header: list[str] | None, spec: str | int, path: Path) -> int:
+    if isinstance(spec, int) or spec is None:
+        return spec
+    try:
+        return header.index(spec)
+    except ValueError:
+        raise HarnessError(f"{path}: header has no column {spec!r} (columns: {', '.join(header)})") from None
+
+
+def _label(task: Task, raw: str, path: Path, line: int) -> int | float:
+    if task.is_regression:
+        try:
+            return float(raw)
+        except ValueError:
+            raise HarnessError(f"{path}:{line}: score {raw!r} is not a number") from None
+    try:
+        return task.labels.index(raw)
+    except ValueError:
+        raise HarnessError(f"{path}:{line}: label {raw!r} is not one of {list(task.labels)}") from None
+
+
+def read_tsv(path: Path, task: Task) -> pd.DataFrame:
+    """Rows of a GLUE TSV as (a, b, label); every row must have the header's number of fields.
+
+    The csv module (not pandas) so a malformed row is reported with its line number; quoting is
+    off because GLUE text contains bare quotes; utf-8-sig drops MRPC's byte-order mark.
+    """
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None) if task.header else None
+        if task.header and header is None:
+            raise HarnessError(f"{path}: file is empty, expected a header line")
+        width = len(header) if header else None
+        cols = [_column(header, c, path) for c in (task.text_a, task.text_b, task.label)]
+        rows = []
+        for row in reader:
+            width = width or len(row)  # header-less file: the first row sets the width
+            if len(row) != width or len(row) <= max(c for c in cols if c is not None):
+                raise HarnessError(f"{path}:{reader.line_num}: malformed row: expected {width} "
+                                   f"tab-separated fields, found {len(row)}")
+            a, b, raw = (row[c] if c is not None else None for c in cols)
+            rows.append((a, b, _label(task, raw, path, reader.line_num)))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _test_file(task: Task, folder: Path) -> Path | None:
+    return next((folder / n for n in task.test_files if (folder / n).is_file()), None)
+
+
+def _from_directory(task: Task, source: GlueSource) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    folder = source.path / task.directory
+    train_path = folder / "train.tsv"
+    if not train_path.is_file():
+        raise HarnessError(f"missing GLUE file {train_path} (GLUE dir {source.path}, {source.how})")
+    pool = read_tsv(train_path, task)
+    test_path = _test_file(task, folder)
+    if test_path is not None:
+        return pool, read_tsv(test_path, task), f"GLUE dev ({task.directory}/{test_path.name})"
+    if not task.carve_test:
+        wanted = " or ".join(str(folder / n) for n in task.test_files)
+        raise HarnessError(f"missing GLUE file {wanted} (GLUE dir {source.path}, {source.how})")
+    if len(pool) <= CARVED_TEST_ROWS:
+        raise HarnessError(f"{train_path} has {len(pool)} rows: too few to carve a {CARVED_TEST_ROWS}-row test split")
+    carved = (f"carved: last {CARVED_TEST_ROWS} rows of {task.directory}/train.tsv "
+              f"(no GLUE dev file here), excluded from the train pool")
+    return pool.iloc[:-CARVED_TEST_ROWS], pool.iloc[-CARVED_TEST_ROWS:], carved
+
+
+def _from_hub(task: Task, source: GlueSource) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Fallback when no GLUE directory exists: ``nyu-mll/glue`` through ``datasets``."""
+    looked = "; ".join(source.looked)
+    if reason := hub_offline_reason():
+        raise HarnessError(f"no GLUE data found; looked in: {looked}; the hub is not used ({reason}). "
+                           "Pass --glue-dir DIR or set GLUE_DIR")
+    import datasets  # imported here: only this fallback needs it
+
+    try:
+        ds = datasets.load_dataset("nyu-mll/glue", task.name)
+    except Exception as e:  # any failure to reach or read the hub is the same user problem
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise HarnessError(f"no GLUE data found; looked in: {looked}; loading nyu-mll/glue/{task.name} "
+                           f"from the hub failed: {first}") from None
+    test_split = "validation_matched" if task.name == "mnli" else "validation"
+
+    def frame(split) -> pd.DataFrame:
+        cols = task.hub_columns
+        b = split[cols[1]] if len(cols) > 1 else [None] * len(split)
+        return pd.DataFrame({"a": split[cols[0]], "b": b, "label": split["label"]})
+    return frame(ds["train"]), frame(ds[test_split]), f"GLUE dev (hub nyu-mll/glue {task.name}/{test_split})"
+
+
+def split_pool(pool: pd.DataFrame, k: int | str, seed: int, dev_size: int, where: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """First K shuffled rows = train, next ``dev_size`` = dev (see the module docstring)."""
+    n = len(pool)
+    if n <= dev_size:
+        raise HarnessError(f"{where} has {n} training rows: not enough for a {dev_size}-row dev split")
+    size = n - dev_size if k == "all" else k
+    if size + dev_size > n:
+        raise HarnessError(f"K={k} is too large for {where}: it has {n} training rows, so K + the "
+                           f"{dev_size} dev rows allows at most K={n - dev_size}")
+    order = np.random.default_rng(seed).permutation(n)
+    train = pool.iloc[order[:size]].reset_index(drop=True)
+    dev = pool.iloc[order[size:size + dev_size]].reset_index(drop=True)
+    return train, dev
+
+
+def load_splits(task: Task, k: int | str, seed: int, *, dev_size: int = DEV_SIZE,
+                glue_dir: str | Path | None = None) -> Splits:
+    """Train/dev/test for ``task`` at train size ``k`` and data seed ``seed``."""
+    source = locate_glue(glue_dir)
+    if source.path is not None:
+        pool, test, test_source = _from_directory(task, source)
+    else:
+        pool, test, test_source = _from_hub(task, source)
+    train, dev = split_pool(pool, k, seed, dev_size, task.name)
+    log.info("%s: %d train / %d dev / %d test rows; test = %s", task.name, len(train), len(dev), len(test), test_source)
+    return Splits(train=train, dev=dev, test=test.reset_index(drop=True), test_source=test_source)

@@ -1,0 +1,116 @@
+"""A sweep's grid: tasks × methods × K × data seeds, from CLI flags or a TOML/YAML file."""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .data import DEV_SIZE, parse_k
+from .errors import HarnessError
+from .spec import RunSpec, make_spec
+from .tasks import get_task
+
+
+@dataclass(frozen=True, kw_only=True)
+class Grid:
+    tasks: tuple[str, ...]
+    presets: tuple[str, ...] = ()
+    configs: tuple[str, ...] = ()  # PeltConfig files, swept like presets
+    k: tuple[int | str, ...] = (100,)
+    data_seeds: tuple[int, ...] = (111,)
+    model: str | None = None
+    model_seed: int = 42
+    lr: float | dict[str, float] | None = None  # one value, or per method; default: the paper's
+    epochs: int = 50
+    patience: int = 10
+    dev_size: int = DEV_SIZE
+    glue_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise HarnessError("the grid has no tasks: give --tasks or 'tasks' in the grid file")
+        if not self.presets and not self.configs:
+            raise HarnessError("the grid has no methods: give --presets and/or 'configs' in the grid file")
+        for task in self.tasks:
+            get_task(task)
+        for k in self.k:
+            parse_k(k)
+
+    def _lr(self, method: str) -> float | None:
+        return self.lr.get(method) if isinstance(self.lr, dict) else self.lr
+
+    def specs(self) -> list[RunSpec]:
+        """Every run, ordered task → K → seed → method so a partial sweep already compares
+        methods on the same data."""
+        methods = [dict(preset=p) for p in self.presets] + [dict(config_file=c) for c in self.configs]
+        out = []
+        for task, k, seed, method in itertools.product(self.tasks, self.k, self.data_seeds, methods):
+            name = method.get("preset") or Path(method["config_file"]).stem
+            out.append(make_spec(task=task, k=k, data_seed=seed, model=self.model, lr=self._lr(name),
+                                 model_seed=self.model_seed, epochs=self.epochs, patience=self.patience,
+                                 dev_size=self.dev_size, glue_dir=self.glue_dir, **method))
+        return out
+
+
+def split_list(value: Any) -> tuple:
+    """``"a,b"`` or ``["a", "b"]`` or a scalar, as a tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return (value,)
+
+
+_LISTS = ("tasks", "presets", "configs", "k", "data_seeds")
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise HarnessError(f"grid file {path} does not exist")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        raise HarnessError(f"grid file {path} is not valid {path.suffix.lstrip('.').upper() or 'YAML'}: "
+                           f"{str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise HarnessError(f"grid file {path} must hold a table of settings (tasks, presets, k, data_seeds, ...)")
+    return data
+
+
+def make_grid(file: str | Path | None = None, **overrides: Any) -> Grid:
+    """A Grid from an optional file, with ``overrides`` (CLI flags that were given) on top.
+    Relative config paths in a file are read relative to the file."""
+    data = _read(Path(file)) if file else {}
+    data = {"k" if key == "ks" else key.replace("-", "_"): value for key, value in data.items()}
+    if file and "configs" in data:
+        data["configs"] = [str(Path(file).parent / c) for c in split_list(data["configs"])]
+    data.update({key: value for key, value in overrides.items() if value is not None})
+    known = {f.name for f in fields(Grid)}
+    if unknown := sorted(set(data) - known):
+        raise HarnessError(f"unknown grid setting(s) {unknown}; known: {sorted(known)}")
+    for key in _LISTS:
+        if key in data:
+            data[key] = split_list(data[key])
+    if "data_seeds" in data:
+        try:
+            data["data_seeds"] = tuple(int(s) for s in data["data_seeds"])
+        except ValueError:
+            raise HarnessError(f"data seeds must be integers, got {data['data_seeds']}") from None
+    data["k"] = tuple(parse_k(k) for k in data.get("k", (100,)))
+    return Grid(**data)
+
+
+def describe(grid: Grid) -> str:
+    sizes = {f: len(getattr(grid, f)) for f in ("tasks", "k", "data_seeds")}
+    sizes["methods"] = len(grid.presets) + len(grid.configs)
+    return " × ".join(f"{n} {name}" for name, n in sizes.items())
+
+

@@ -1,0 +1,68 @@
+"""Report figures with matplotlib's Agg backend (no display needed): score vs K per method, and
+mean gate values per layer × submodule × task (UniPELT §5.3's gate analysis)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: headless machines have no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .tables import METHOD_ORDER, ordered, k_sort_key  # noqa: E402
+from .tasks import TASK_ORDER  # noqa: E402
+
+
+def metric_vs_k(runs: pd.DataFrame, title: str) -> plt.Figure:
+    """One panel per task: test score (mean ± std over seeds) against K, one line per method."""
+    tasks = ordered(runs.task, TASK_ORDER)
+    ks = sorted(runs.k.unique(), key=k_sort_key)
+    cols = min(4, len(tasks))
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        sub = runs[runs.task == task]
+        for method in ordered(sub.row, METHOD_ORDER):
+            stats = sub[sub.row == method].groupby("k").test_metric.agg(["mean", "std"])
+            x = [ks.index(k) for k in stats.index]
+            order = np.argsort(x)
+            ax.errorbar(np.array(x)[order], 100 * stats["mean"].to_numpy()[order],
+                        yerr=100 * stats["std"].fillna(0).to_numpy()[order], marker="o", capsize=3, label=method)
+        ax.set_xticks(range(len(ks)), [str(k) for k in ks])
+        ax.set_title(task.upper())
+        ax.set_xlabel("K (training examples)")
+        ax.set_ylabel("test score ×100")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(6, len(labels)), bbox_to_anchor=(0.5, 1.0))
+    fig.suptitle(title, y=1.06)
+    fig.tight_layout()
+    return fig
+
+
+def gate_heatmap(gates: pd.DataFrame, title: str) -> plt.Figure:
+    """One panel per gated method: rows = layers, columns = task × submodule, cells = mean gate
+    value over that method's runs (all K and seeds)."""
+    methods = ordered(gates.method, METHOD_ORDER)
+    fig, axes = plt.subplots(len(methods), 1, squeeze=False,
+                             figsize=(max(6, 0.55 * gates.groupby(["task", "submodule"]).ngroups + 2),
+                                      2.5 + 0.35 * gates.layer.nunique() * len(methods)))
+    for ax, method in zip(axes.flat, methods):
+        sub = gates[gates.method == method]
+        grid = sub.pivot_table(index="layer", columns=["task", "submodule"], values="value", aggfunc="mean")
+        grid = grid[[c for t in ordered(sub.task, TASK_ORDER) for c in grid.columns if c[0] == t]]
+        image = ax.imshow(grid.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(grid.shape[1]), [f"{t}\n{s}" for t, s in grid.columns], fontsize=8)
+        ax.set_yticks(range(grid.shape[0]), [str(layer) for layer in grid.index])
+        ax.set_ylabel("layer")
+        ax.set_title(method)
+        for (i, j), v in np.ndenumerate(grid.to_numpy()):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+        fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

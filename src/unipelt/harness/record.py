@@ -1,0 +1,49 @@
+"""What one run produced: the row the store keeps for it."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .spec import RunSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochLog:
+    epoch: int
+    train_loss: float
+    dev_metric: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    spec: RunSpec
+    status: Literal["finished", "failed"]
+    reason: str = ""  # why a run failed
+    metric: str = ""
+    epochs: tuple[EpochLog, ...] = ()
+    best_epoch: int | None = None
+    dev_metric: float | None = None
+    test_metric: float | None = None
+    test_source: str = ""
+    sizes: dict[str, int] = field(default_factory=dict)  # rows in train/dev/test
+    params: dict[str, int] = field(default_factory=dict)  # unipelt.count_parameters
+    train_s_per_step: float | None = None
+    infer_ex_per_s: float | None = None
+    gates: dict[int, dict[str, float]] = field(default_factory=dict)  # layer -> submodule -> mean
+    versions: dict[str, str] = field(default_factory=dict)
+    started_at: str = ""
+    finished_at: str = ""
+    host: str = field(default_factory=platform.node)
+
+
+def versions() -> dict[str, str]:
+    """Library and dependency versions, recorded with every run."""
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    return {"unipelt": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}

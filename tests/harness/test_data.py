@@ -1,0 +1,133 @@
+"""GLUE reading and the SPEC §4 split: deterministic per seed, disjoint, exact to the rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from unipelt import UniPeltError
+from unipelt.harness import locate
+from unipelt.harness.data import CARVED_TEST_ROWS, load_splits, read_tsv, split_pool
+from unipelt.harness.tasks import TASKS, get_task
+
+
+def _pool(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"a": [f"row{i}" for i in range(n)], "b": None, "label": [i % 2 for i in range(n)]})
+
+
+def test_split_follows_the_numpy_permutation_rule():
+    pool = _pool(50)
+    train, dev = split_pool(pool, 10, seed=111, dev_size=20, where="t")
+    order = np.random.default_rng(111).permutation(50)
+    assert list(train.a) == [f"row{i}" for i in order[:10]]
+    assert list(dev.a) == [f"row{i}" for i in order[10:30]]
+
+
+@pytest.mark.parametrize("k", [10, "all"])
+def test_split_is_deterministic_and_disjoint(k):
+    pool = _pool(60)
+    first = split_pool(pool, k, seed=222, dev_size=20, where="t")
+    again = split_pool(pool, k, seed=222, dev_size=20, where="t")
+    other = split_pool(pool, k, seed=333, dev_size=20, where="t")
+    assert all(a.equals(b) for a, b in zip(first, again))
+    assert list(first[0].a) != list(other[0].a)
+    train, dev = first
+    assert not set(train.a) & set(dev.a)
+    assert len(dev) == 20 and len(train) == (40 if k == "all" else 10)
+
+
+def test_k_too_large_says_the_maximum():
+    with pytest.raises(UniPeltError, match=r"K=45 is too large for t: it has 60 training rows.*at most K=40"):
+        split_pool(_pool(60), 45, seed=1, dev_size=20, where="t")
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_loads_from_the_glue_layout(glue_dir, name):
+    splits = load_splits(get_task(name), 16, 111, dev_size=20, glue_dir=glue_dir)
+    task = get_task(name)
+    assert (len(splits.train), len(splits.dev)) == (16, 20)
+    assert len(splits.test) == (CARVED_TEST_ROWS if task.carve_test else 30)
+    if task.is_regression:
+        assert splits.train.label.between(0, 5).all()
+    else:
+        assert set(splits.train.label) <= set(range(task.num_labels))
+    assert splits.train.b.isna().all() == (task.text_b is None)
+
+
+def test_headers_bom_and_string_labels(glue_dir):
+    mrpc = read_tsv(glue_dir / "MRPC" / "train.tsv", get_task("mrpc"))  # header starts with a BOM
+    assert mrpc.a[0].startswith("Amrozi accused his brother") and mrpc.label[0] == 1
+    cola = read_tsv(glue_dir / "CoLA" / "train.tsv", get_task("cola"))  # no header
+    assert len(cola) == 80 and cola.a[0].startswith("Our friends won't buy")
+    mnli = read_tsv(glue_dir / "MNLI" / "dev.tsv", get_task("mnli"))  # 16 columns, label last
+    assert mnli.label[0] == get_task("mnli").labels.index("neutral")
+
+
+def test_qqp_test_split_is_carved_from_the_end_of_train(glue_dir):
+    splits = load_splits(get_task("qqp"), "all", 111, dev_size=20, glue_dir=glue_dir)
+    rows = read_tsv(glue_dir / "QQP" / "train.tsv", get_task("qqp"))
+    assert splits.test.a.tolist() == rows.a.iloc[-CARVED_TEST_ROWS:].tolist()
+    assert splits.test_source.startswith("carved")
+    used = set(splits.train.a) | set(splits.dev.a)
+    assert used == set(rows.a.iloc[:-CARVED_TEST_ROWS]) and not used & set(splits.test.a)
+
+
+def test_malformed_row_names_file_and_line(own_glue):
+    path = own_glue / "RTE" / "train.tsv"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[6] = "5\tonly two fields\n"
+    path.write_text("".join(lines))
+    with pytest.raises(UniPeltError, match=rf"{path}:7: malformed row: expected 4 tab-separated fields, found 2"):
+        read_tsv(path, get_task("rte"))
+
+
+def test_unknown_label_names_file_and_line(own_glue):
+    path = own_glue / "SST-2" / "dev.tsv"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[3] = "a fine film\tmaybe\n"
+    path.write_text("".join(lines))
+    with pytest.raises(UniPeltError, match=rf"{path}:4: label 'maybe' is not one of"):
+        read_tsv(path, get_task("sst2"))
+
+
+def test_missing_file_names_it(own_glue):
+    (own_glue / "RTE" / "dev.tsv").unlink()
+    with pytest.raises(UniPeltError, match=r"missing GLUE file .*RTE/dev\.tsv"):
+        load_splits(get_task("rte"), 16, 111, dev_size=20, glue_dir=own_glue)
+
+
+def test_no_glue_dir_lists_every_place_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(locate, "_REPO", tmp_path / "no-checkout")
+    with pytest.raises(UniPeltError) as err:
+        load_splits(get_task("rte"), 16, 111)
+    message = str(err.value)
+    assert str((tmp_path / ".." / "shared" / "data" / "glue").resolve()) in message
+    assert "--glue-dir" in message and "$GLUE_DIR" in message and "HF_HUB_OFFLINE=1" in message
+
+
+def test_explicit_glue_dir_must_exist(tmp_path, monkeypatch):
+    with pytest.raises(UniPeltError, match=r"GLUE directory .*nope \(from --glue-dir\) does not exist"):
+        load_splits(get_task("rte"), 16, 111, glue_dir=tmp_path / "nope")
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path / "gone"))
+    with pytest.raises(UniPeltError, match=r"from \$GLUE_DIR"):
+        load_splits(get_task("rte"), 16, 111)
+
+
+def test_hub_fallback_when_no_directory_and_online(tmp_path, monkeypatch):
+    """The hub path is exercised with a stand-in for ``datasets.load_dataset`` (no network)."""
+    import datasets
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(locate, "_REPO", tmp_path / "no-checkout")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    split = lambda n: datasets.Dataset.from_dict(  # noqa: E731
+        {"sentence1": [f"p{i}" for i in range(n)], "sentence2": [f"h{i}" for i in range(n)], "label": [i % 2 for i in range(n)]})
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: calls.append(a) or {"train": split(50), "validation": split(7)})
+    splits = load_splits(get_task("rte"), 10, 111, dev_size=20)
+    assert calls == [("nyu-mll/glue", "rte")]
+    assert (len(splits.train), len(splits.dev), len(splits.test)) == (10, 20, 7)
+    assert "hub" in splits.test_source

@@ -1,0 +1,98 @@
+"""The report: Table 1/2/4 rows, bold best and underlined second, self-contained HTML."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from unipelt.harness import report
+from unipelt.harness.record import RunRecord
+from unipelt.harness.spec import RunSpec
+from unipelt.harness.store import Store
+
+# test scores per (method, task) for data seeds 111 and 222
+SCORES = {
+    "full": {"rte": (0.60, 0.62), "sst2": (0.90, 0.90)},
+    "adapter": {"rte": (0.64, 0.66), "sst2": (0.85, 0.85)},
+    "prefix": {"rte": (0.55, 0.55), "sst2": (0.80, 0.82)},
+    "lora": {"rte": (0.69, 0.69), "sst2": (0.84, 0.84)},
+    "unipelt-ap": {"rte": (0.66, 0.66), "sst2": (0.80, 0.80)},
+    "unipelt-apl": {"rte": (0.70, 0.72), "sst2": (0.83, 0.85)},
+}
+SPEED = {"full": (1.0, 100.0), "lora": (0.5, 80.0)}  # s/step, inference ex/s; others: (0.6, 90)
+
+
+def _record(method, task, seed, value) -> RunRecord:
+    spec = RunSpec(task=task, method=method, config="{}", model="/models/tiny", k=100, data_seed=seed, lr=1e-4)
+    step, ex = SPEED.get(method, (0.6, 90.0))
+    gates = {0: {"adapter": 0.2, "prefix": 0.7}, 1: {"adapter": 0.4, "prefix": 0.9}} if method.startswith("unipelt") else {}
+    return RunRecord(spec=spec, status="finished", metric="accuracy", test_metric=value, best_epoch=1,
+                     params={"total": 1000 if method == "full" else 10, "inference": 10}, test_source="GLUE dev",
+                     train_s_per_step=step, infer_ex_per_s=ex, gates=gates, versions={"unipelt": "0.1.0"})
+
+
+@pytest.fixture
+def built(tmp_path):
+    with Store(tmp_path / "s.sqlite") as store:
+        for method, tasks in SCORES.items():
+            for task, values in tasks.items():
+                for seed, value in zip((111, 222), values):
+                    store.write(_record(method, task, seed, value))
+        failed = RunSpec(task="rte", method="prompt", config="{}", model="/models/tiny", k=100, lr=1e-4)
+        store.write(RunRecord(spec=failed, status="failed", reason="training loss is nan at epoch 3", metric="accuracy"))
+        yield report.build(store)
+
+
+def _row(markdown: str, title: str, method: str) -> list[str]:
+    section = markdown.split(f"### {title}")[1].split("###")[0]
+    line = next(l for l in section.splitlines() if l.startswith(f"| {method} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_table1_cells_marks_and_average(built):
+    md = report.markdown(built)
+    title = "Table 1 — tiny, K=100"
+    assert _row(md, title, "unipelt-apl") == ["unipelt-apl", "84.0 ± 1.4", "**71.0 ± 1.4**", "**77.5**"]
+    assert _row(md, title, "full") == ["full", "**90.0 ± 0.0**", "61.0 ± 1.4", "75.5"]
+    assert _row(md, title, "lora") == ["lora", "84.0 ± 0.0", "<u>69.0 ± 0.0</u>", "<u>76.5</u>"]
+    header = md.split(f"### {title}")[1].splitlines()[2]
+    assert header == "| method | SST2 (acc) | RTE (acc) | Avg |"  # the paper's task order
+
+
+def test_second_best_is_underlined(built):
+    md = report.markdown(built)
+    sst2 = {m: _row(md, "Table 1 — tiny, K=100", m)[1] for m in SCORES}
+    assert sst2["full"].startswith("**") and sst2["adapter"] == "<u>85.0 ± 0.0</u>"
+    assert sum(v.startswith("<u>") for v in sst2.values()) == 1
+    # avg: unipelt-apl 77.5 best, lora 76.5 second
+    assert _row(md, "Table 1 — tiny, K=100", "lora")[3] == "<u>76.5</u>"
+
+
+def test_table2_against_the_best_submodule(built):
+    md = report.markdown(built)
+    title = "Table 2 — tiny, K=100: UniPELT vs its submodules"
+    assert _row(md, title, "unipelt-ap") == ["unipelt-ap", "80.0 ± 0.0", "**66.0 ± 0.0**"]
+    assert _row(md, title, "max(adapter, prefix)") == ["max(adapter, prefix)", "**85.0 (adapter)**", "65.0 (adapter)"]
+    assert _row(md, title, "max(adapter, prefix, lora)")[2] == "69.0 (lora)"
+
+
+def test_table4_relative_to_full_fine_tuning(built):
+    md = report.markdown(built)
+    lora = _row(md, "Table 4 — tiny: parameters and time", "lora")
+    assert lora[1:4] == ["10", "10", "1.00%"]
+    assert lora[5] == "50%" and lora[7] == "125%"  # 0.5 s vs 1.0 s; 100/80 ex/s
+
+
+def test_failed_runs_are_listed(built):
+    assert "| rte | prompt | 100 | 111 | training loss is nan at epoch 3 |" in report.markdown(built)
+
+
+def test_files_and_self_contained_html(built, tmp_path):
+    out = report.write(built, tmp_path / "out")
+    html = (out / "report.html").read_text()
+    assert {p.name for p in out.iterdir()} == {"report.md", "report.html", "metric_vs_k_0.png", "gates_0.png"}
+    images = re.findall(r"<img [^>]*src='([^']*)'", html)
+    assert len(images) == 2 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert "<b>71.0 ± 1.4</b>" in html and "<u>85.0 ± 0.0</u>" in html
+    assert "](metric_vs_k_0.png)" in (out / "report.md").read_text()

@@ -1,0 +1,137 @@
+"""Sweeps: resumable after an interruption or a kill, failures recorded and skipped past."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from unipelt.harness import make_grid, run_sweep, runner
+from unipelt.harness.record import RunRecord
+from unipelt.harness.store import Store
+
+
+def _grid(glue_dir, tiny_model, **changes):
+    options = dict(tasks="rte,sst2", presets="lora,adapter", k="16", data_seeds="111,222", model=tiny_model,
+                   glue_dir=str(glue_dir), dev_size=20, epochs=1)
+    return make_grid(**{**options, **changes})
+
+
+def _fake(spec, *args, **kwargs) -> RunRecord:
+    return RunRecord(spec=spec, status="finished", metric="accuracy", test_metric=0.5, params={"total": 1})
+
+
+def test_interrupted_sweep_resumes_and_records_every_run_once(tmp_path, glue_dir, tiny_model, monkeypatch):
+    specs = _grid(glue_dir, tiny_model).specs()
+    assert len(specs) == 8
+    calls = []
+
+    def interrupted_on_third(spec, *args, **kwargs):
+        calls.append(spec.key)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the third run
+        return _fake(spec)
+
+    store = Store(tmp_path / "s.sqlite")
+    monkeypatch.setattr(runner, "run", interrupted_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(specs, store, progress=False)
+    assert len(store.finished_keys()) == 2
+
+    calls.clear()
+    monkeypatch.setattr(runner, "run", lambda spec, *a, **kw: calls.append(spec.key) or _fake(spec))
+    summary = run_sweep(specs, store, progress=False)
+    assert (summary.skipped, summary.finished, summary.failed) == (2, 6, 0)
+    assert len(calls) == 6  # the first two were not run again
+    runs = store.runs()
+    assert sorted(runs.run_key) == sorted(s.key for s in specs) and (runs.attempts == 1).all()
+    assert run_sweep(specs, store, progress=False).skipped == 8
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, glue_dir, tiny_model, monkeypatch):
+    specs = _grid(glue_dir, tiny_model, tasks="rte", data_seeds="111").specs()  # lora, adapter
+    real_train = runner._train
+
+    def broken_adapter(spec, *args):
+        if spec.method == "adapter":
+            raise RuntimeError("injected failure")
+        return real_train(spec, *args)
+
+    store = Store(tmp_path / "s.sqlite")
+    monkeypatch.setattr(runner, "_train", broken_adapter)
+    summary = run_sweep(specs, store, progress=False)
+    assert (summary.finished, summary.failed) == (1, 1)
+    runs = store.runs().set_index("method")
+    assert runs.loc["adapter", "status"] == "failed"
+    assert runs.loc["adapter", "reason"] == "RuntimeError: injected failure"
+    assert runs.loc["lora", "status"] == "finished" and len(store.epochs()) == 1
+
+    monkeypatch.setattr(runner, "_train", real_train)  # a rerun retries only the failed run
+    summary = run_sweep(specs, store, progress=False)
+    assert (summary.skipped, summary.finished) == (1, 1)
+    assert store.runs().set_index("method").loc["adapter", "attempts"] == 2
+
+
+def test_nan_loss_fails_the_run_with_its_reason(glue_dir, tiny_model):
+    from unipelt.harness import make_spec
+
+    spec = make_spec(task="rte", preset="lora", model=tiny_model, k=16, lr=float("inf"), epochs=3,
+                     dev_size=20, glue_dir=str(glue_dir))
+    record = runner.run(spec, runner.RunOptions(progress=False))
+    assert record.status == "failed" and "training loss is nan" in record.reason
+
+
+def _finished(path) -> int:
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            return db.execute("SELECT COUNT(*) FROM runs WHERE status = 'finished'").fetchone()[0]
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
+def test_killed_sweep_process_resumes(tmp_path, glue_dir, tiny_model):
+    """SIGKILL the CLI after its first recorded run, restart it: every run ends up recorded once."""
+    store = tmp_path / "s.sqlite"
+    argv = [sys.executable, "-m", "unipelt.cli", "-q", "sweep", "--tasks", "rte", "--presets", "lora,adapter,bitfit,prompt",
+            "--k", "16", "--model", tiny_model, "--glue-dir", str(glue_dir), "--dev-size", "20", "--epochs", "2",
+            "--store", str(store)]
+    proc = subprocess.Popen(argv, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _finished(store) == 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    killed_at = _finished(store)
+    assert 1 <= killed_at < 4, proc.stderr.read().decode()[-2000:]
+
+    done = subprocess.run(argv, env=os.environ.copy(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{killed_at} were already finished" in done.stdout
+    with Store(store) as s:
+        runs = s.runs()
+    assert len(runs) == 4 and runs.run_key.is_unique and (runs.status == "finished").all() and (runs.attempts == 1).all()
+
+
+def test_two_local_workers(tmp_path, glue_dir, tiny_model):
+    specs = _grid(glue_dir, tiny_model, tasks="rte", data_seeds="111").specs()
+    with Store(tmp_path / "s.sqlite") as store:
+        summary = run_sweep(specs, store, workers=2, progress=False)
+        assert (summary.finished, summary.failed) == (2, 0)
+        assert set(store.finished_keys()) == {s.key for s in specs}
+
+
+def test_ray_backend_on_a_local_instance(tmp_path, glue_dir, tiny_model):
+    ray = pytest.importorskip("ray", reason="ray is not installed (optional extra: pip install 'unipelt[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        specs = _grid(glue_dir, tiny_model, tasks="rte", data_seeds="111").specs()
+        with Store(tmp_path / "s.sqlite") as store:
+            summary = run_sweep(specs, store, backend="ray", progress=False)
+            assert (summary.finished, summary.failed) == (2, 0)
+            assert len(store.runs()) == 2
+    finally:
+        ray.shutdown()
