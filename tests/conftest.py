@@ -2,15 +2,40 @@
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+from transformers import (BartConfig, BartForConditionalGeneration, BartForSequenceClassification, BertConfig,
+                          BertForSequenceClassification, LlamaConfig, LlamaForCausalLM,
+                          LlamaForSequenceClassification, RobertaConfig, RobertaForSequenceClassification, T5Config,
+                          T5ForConditionalGeneration, T5ForSequenceClassification)
 
 TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=64, max_position_embeddings=64, num_labels=3)
-ARCHS = {
-    "bert": lambda **kw: BertForSequenceClassification(BertConfig(**{**TINY, **kw})),
-    "roberta": lambda **kw: RobertaForSequenceClassification(
-        RobertaConfig(**{**TINY, "pad_token_id": 1, **kw})),
+# Special tokens shared by the newer configs: bos 0, pad 1, eos 2 (BART and T5 classify at the eos).
+SPECIAL = dict(bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=0)
+CONFIGS = {
+    "bert": lambda **kw: BertConfig(**{**TINY, **kw}),
+    "roberta": lambda **kw: RobertaConfig(**{**TINY, "pad_token_id": 1, **kw}),
+    # grouped-query attention: 4 query heads share 2 key/value heads
+    "llama": lambda **kw: LlamaConfig(**{**TINY, **SPECIAL, "num_key_value_heads": 2, **kw}),
+    "bart": lambda **kw: BartConfig(**{
+        "vocab_size": 120, "d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "max_position_embeddings": 64,
+        "num_labels": 3, **SPECIAL, **kw}),
+    # d_kv * heads = 24 differs from d_model = 32, as in several real T5 sizes
+    "t5": lambda **kw: T5Config(**{
+        "vocab_size": 120, "d_model": 32, "d_kv": 6, "d_ff": 64, "num_layers": 2, "num_heads": 4, "num_labels": 3,
+        **SPECIAL, **kw}),
 }
+CLASSIFIERS = {"bert": BertForSequenceClassification, "roberta": RobertaForSequenceClassification,
+               "llama": LlamaForSequenceClassification, "bart": BartForSequenceClassification,
+               "t5": T5ForSequenceClassification}
+GENERATORS = {"llama": LlamaForCausalLM, "bart": BartForConditionalGeneration, "t5": T5ForConditionalGeneration}
+ARCHS = {arch: (lambda arch=arch, **kw: CLASSIFIERS[arch](CONFIGS[arch](**kw))) for arch in CLASSIFIERS}
+
+
+def skip_unsupported(arch: str, preset: str) -> None:
+    """Prompt tuning is refused on decoder-only models (see arch/llama.py and its own test)."""
+    if arch == "llama" and preset == "prompt":
+        pytest.skip("prompt tuning is not offered for decoder-only models")
 
 
 def build(arch: str = "bert", seed: int = 0, **kw):
@@ -18,14 +43,22 @@ def build(arch: str = "bert", seed: int = 0, **kw):
     return ARCHS[arch](**kw).eval()
 
 
+def build_lm(arch: str, seed: int = 0, **kw):
+    """A tiny causal or seq2seq LM for generation tests."""
+    torch.manual_seed(seed)
+    return GENERATORS[arch](CONFIGS[arch](**kw)).eval()
+
+
 def batch(seed: int = 1, b: int = 3, t: int = 9) -> dict:
-    """Real tokens start at 5 (clear of RoBERTa's pad id); rows 1 and 2 are padded."""
+    """Real tokens start at 5 (clear of the special ids); rows 1 and 2 are padded; every row's
+    last real token is eos (2), where BART and T5 classifiers read."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, TINY["vocab_size"], (b, t), generator=g)
     mask = torch.ones_like(ids)
     mask[1, t - 3:] = 0
     mask[2, t - 5:] = 0
     ids[mask == 0] = 1
+    ids[torch.arange(b), mask.sum(1) - 1] = 2
     return {"input_ids": ids, "attention_mask": mask}
 
 

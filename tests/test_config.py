@@ -32,11 +32,16 @@ def test_unipelt_is_the_union_of_single_methods_with_gates_on():
     (lambda: LoRAConfig(targets=("q", "q")), "duplicates"),
     (lambda: LoRAConfig(targets=("query",)), "not one of"),
     (lambda: PrefixConfig(length=-1), "positive integer"),
+    (lambda: PrefixConfig(attention=("encoder",)), "not one of"),
+    (lambda: PrefixConfig(attention=()), "non-empty"),
+    (lambda: AdapterConfig(target="ffn", attention=("self",)), "only applies to attention"),
+    (lambda: LoRAConfig(targets=("ffn_in",), attention=("cross",)), "only applies to attention"),
     (lambda: PeltConfig(methods=()), "empty"),
     (lambda: PeltConfig(methods=(unipelt.FullFineTuning(), LoRAConfig())), "cannot be combined"),
     (lambda: PeltConfig(methods=(PrefixConfig(), PrefixConfig())), "more than one PrefixConfig"),
     (lambda: PeltConfig(methods=(AdapterConfig(), AdapterConfig(r=8))), "share a (target, insertion)"),
     (lambda: PeltConfig(methods=(LoRAConfig(), LoRAConfig(targets=("v", "k")))), "same projection"),
+    (lambda: PeltConfig(methods=(LoRAConfig(attention=("cross",)), LoRAConfig(targets=("q",)))), "same projection"),
     (lambda: PeltConfig(methods=(LoRAConfig(),), gate_pooling="max"), "not one of"),
     (lambda: PeltConfig.from_dict({"methods": [{"method": "lora", "rank": 8}]}), "no field"),
     (lambda: PeltConfig.from_dict({"methods": [{"method": "ia3"}]}), "unknown method"),
@@ -50,3 +55,9 @@ def test_invalid_configs_are_rejected_at_construction(make, message):
 def test_configs_are_frozen():
     with pytest.raises(FrozenInstanceError):
         unipelt.PRESETS["lora"].methods[0].r = 16
+
+
+def test_lora_on_self_and_cross_attention_can_come_from_two_configs():
+    cfg = PeltConfig(methods=(LoRAConfig(r=4, attention=("self",)), LoRAConfig(r=16, attention=("cross",))))
+    assert PeltConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.to_dict()["methods"][0]["attention"] == ["self"]

@@ -4,12 +4,13 @@ from datasets import Dataset
 from transformers import GPT2Config, GPT2ForSequenceClassification, Trainer, TrainingArguments
 
 import unipelt
-from unipelt import UniPeltError
+from unipelt import PeltConfig, UniPeltError
 from unipelt.inject import head_parameter_names
 
-from conftest import batch, build
+from conftest import batch, build, build_lm, skip_unsupported
 
 PRESETS = sorted(unipelt.PRESETS)
+PA_ATTN = unipelt.AdapterConfig(target="attn", insertion="parallel", r=4, composition="gated")  # reads a tap
 
 
 def _step(model, lr=1e-2):
@@ -23,6 +24,7 @@ def _step(model, lr=1e-2):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_a_training_step_changes_only_pelt_parameters_and_the_head(arch, preset):
+    skip_unsupported(arch, preset)
     model = unipelt.apply(build(arch), preset)
     head = head_parameter_names(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -62,8 +64,9 @@ def test_trainer_trains_every_preset_with_a_finite_loss(tmp_path):
 
 
 @pytest.mark.parametrize("preset", ["unipelt-apl", "mam", "mh-parallel-adapter", "prompt"])
-def test_bf16_models_get_bf16_modules_and_run(preset):
-    model = unipelt.apply(build().to(torch.bfloat16), preset)
+def test_bf16_models_get_bf16_modules_and_run(arch, preset):
+    skip_unsupported(arch, preset)
+    model = unipelt.apply(build(arch).to(torch.bfloat16), preset)
     dtypes = {p.dtype for n, p in model.named_parameters() if "pelt_" in n}
     assert dtypes == {torch.bfloat16}
     assert torch.isfinite(_step(model, lr=1e-3))
@@ -73,7 +76,7 @@ def test_bf16_models_get_bf16_modules_and_run(preset):
 
 def test_unsupported_architecture_names_the_supported_ones():
     model = GPT2ForSequenceClassification(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=50))
-    with pytest.raises(UniPeltError, match="model_type 'gpt2'.*supported: bert, roberta"):
+    with pytest.raises(UniPeltError, match="model_type 'gpt2'.*supported: bart, bert, llama, roberta, t5"):
         unipelt.apply(model, "lora")
 
 
@@ -100,16 +103,52 @@ def test_apply_accepts_a_single_method_and_free_combinations():
     assert unipelt.count_parameters(unipelt.apply(build(), unipelt.LoRAConfig()))["lora"] == 2 * 2 * 2 * 32 * 8
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_gradient_checkpointing_gives_the_same_gradients(arch):
+    """The recompute reruns layers outside their PeltLayer wrapper: masks and taps must hold."""
     grads = []
     for checkpointing in (False, True):
-        model = unipelt.apply(build(), "unipelt-apl")
+        model = unipelt.apply(build(arch), PeltConfig(methods=(*unipelt.PRESETS["unipelt-apl"].methods, PA_ATTN)))
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         torch.manual_seed(0)  # same dropout masks in both runs
         model(**batch(), labels=torch.tensor([0, 1, 2])).loss.backward()
-        grads.append({n: p.grad for n, p in model.named_parameters() if "pelt_gate" in n})
+        grads.append({n: p.grad for n, p in model.named_parameters() if "pelt_" in n and p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_attention_fields_pick_the_sublayers_of_an_encoder_decoder():
+    cfg = unipelt.PeltConfig(methods=(
+        unipelt.PrefixConfig(length=4, attention=("cross",)),
+        unipelt.LoRAConfig(r=2, targets=("q",), attention=("self",)),
+        unipelt.AdapterConfig(target="attn", insertion="parallel", r=3, attention=("cross",)),
+    ))
+    model = unipelt.apply(build("bart"), cfg)
+    names = [n for n, _ in model.named_parameters() if "pelt_" in n]
+    assert model.pelt_prefix.slots == 2  # the decoder's two cross-attentions
+    assert any("encoder.layers.0.self_attn.q_proj.pelt_lora" in n for n in names)
+    assert not any("encoder_attn" in n and "pelt_lora" in n for n in names)
+    assert unipelt.count_parameters(model)["adapter"] == 2 * (2 * 3 * 32 + 3 + 32)  # decoder layers only
+    with pytest.raises(UniPeltError, match="matches no attention sublayer"):
+        unipelt.apply(build("bert"), unipelt.PrefixConfig(attention=("cross",)))
+
+
+@pytest.mark.parametrize("arch, kw, per_layer", [
+    ("llama", {}, 2 * 4 * (32 + 64) + 4 * (64 + 32)),  # gate_proj and up_proj in, down_proj out
+    ("t5", {"feed_forward_proj": "gated-gelu"}, 2 * 4 * (32 + 64) + 4 * (64 + 32)),  # wi_0, wi_1 in, wo out
+    ("t5", {}, 4 * (32 + 64) + 4 * (64 + 32)),  # wi in, wo out
+])
+def test_lora_ffn_targets_every_input_projection_of_a_gated_ffn(arch, kw, per_layer):
+    model = unipelt.apply(build(arch, **kw), unipelt.LoRAConfig(r=4, targets=("ffn_in", "ffn_out")))
+    stacks = 2 if arch == "t5" else 1
+    assert unipelt.count_parameters(model)["lora"] == stacks * 2 * per_layer
+
+
+@pytest.mark.parametrize("arch", ["llama", "bart", "t5"])
+def test_a_language_model_head_stays_frozen_even_untied(arch):
+    """The LM head is pretrained, not a task head: only classifiers are trained with the methods."""
+    model = unipelt.apply(build_lm(arch, tie_word_embeddings=False), "lora")
+    assert head_parameter_names(model) == set()
+    assert not model.get_output_embeddings().weight.requires_grad

@@ -6,42 +6,119 @@ keyword arguments last; we register "unipelt_sdpa" and "unipelt_eager", which pr
 keys/values passed as the ``pelt_prefix`` keyword and extend the mask, then call the stock
 function. A custom name also needs a mask function registered, or transformers silently passes
 ``mask=None`` and padding is ignored (SPEC §7).
+
+The prefix is prepended after the model has updated its key/value cache and applied rotary
+embeddings, so the cache holds real tokens only and position ids never count the prefix: cached
+generation needs no bookkeeping beyond what transformers already does.
 """
 
 from __future__ import annotations
+
+import sys
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
-from transformers.models.bert.modeling_bert import eager_attention_forward
 
 from .errors import UniPeltError
 
 PREFIX_KWARG = "pelt_prefix"
-_BASES = {"sdpa": (sdpa_attention_forward, sdpa_mask), "eager": (eager_attention_forward, eager_mask)}
 
 
-def _prepend_prefix(key, value, mask, prefix):
-    pk, pv = prefix  # (B, H, l, dh) each
-    key = torch.cat([pk.to(key.dtype), key], dim=2)
+class Prefix(NamedTuple):
+    keys: torch.Tensor  # (B, H_kv, l, dh)
+    values: torch.Tensor  # (B, H_kv, l, dh)
+    query_gate: torch.Tensor | None = None  # (B, 1, T, 1): a gate per query (causal layers), else None
+
+
+def _eager_for(module: nn.Module):
+    """The model's own eager attention: it knows the model's quirks (GQA's repeat_kv, T5's
+    position bias), which a borrowed one would silently drop."""
+    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if fn is None:
+        raise UniPeltError(f"{type(module).__name__} has no eager attention function; use attn_implementation='sdpa'")
+    return fn
+
+
+def _visible(mask: torch.Tensor, b: int, q: int, n: int) -> torch.Tensor:
+    """n mask columns that let every query see its key: True (bool masks) or 0.0 (additive masks)."""
+    make = torch.ones if mask.dtype == torch.bool else torch.zeros
+    return make(b, mask.shape[1], q, n, dtype=mask.dtype, device=mask.device)
+
+
+def _causal(query: torch.Tensor, key: torch.Tensor, additive: bool) -> torch.Tensor:
+    """(1, 1, q, kv) causal mask with queries aligned to the last keys (they follow the cache).
+
+    sdpa's is_causal aligns top-left, which is only right while keys and queries coincide; with
+    prefix keys in front, every query would see too few keys.
+    """
+    q, kv = query.shape[2], key.shape[2]
+    mask = torch.ones(q, kv, dtype=torch.bool, device=query.device).tril(kv - q)[None, None]
+    if additive:
+        return torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(
+            ~mask, torch.finfo(query.dtype).min)
+    return mask
+
+
+def _prepend_prefix(module, query, key, value, mask, pk, pv, additive: bool, kwargs: dict):
+    n = pk.shape[2]
+    is_causal = kwargs.get("is_causal")
+    is_causal = getattr(module, "is_causal", False) if is_causal is None else is_causal
+    if mask is None and query.shape[2] > 1 and is_causal:
+        mask = _causal(query, key, additive)
+    key = torch.cat([pk.to(key.dtype), key], dim=2)  # (B, H_kv, l + S, dh)
     value = torch.cat([pv.to(value.dtype), value], dim=2)
     if mask is not None:
-        b, _, q, _ = mask.shape
-        # True (bool masks) or 0.0 (additive masks) lets every query see every prefix position
-        visible = torch.ones if mask.dtype == torch.bool else torch.zeros
-        mask = torch.cat([visible(b, 1, q, pk.shape[2], dtype=mask.dtype, device=mask.device)
-                          .expand(b, mask.shape[1], q, -1), mask], dim=-1)
+        mask = torch.cat([_visible(mask, mask.shape[0], mask.shape[2], n), mask], dim=-1)
+    bias = kwargs.get("position_bias")
+    if bias is not None:  # T5's relative position bias: none for the prefix positions
+        kwargs["position_bias"] = torch.cat([bias.new_zeros(*bias.shape[:3], n), bias], dim=-1)
     return key, value, mask
 
 
-def _make_attention(base_fn):
+def _widen_for_query_gate(query, key, value, prefix: Prefix, kwargs: dict):
+    """Scale the prefix keys and values by a per-query gate g with the stock attention kernels.
+
+    Every head gets a second half: token keys/values [k, 0] / [v, 0], prefix ones [0, p_k] /
+    [0, p_v], queries [q, g·q]. Scores are then q·k for tokens and g·(q·p_k) for the prefix, and
+    the output halves are Σa·v and Σa·p_v, recombined by ``_narrow`` as first + g·second: exactly
+    attention over (g·p_k, g·p_v).
+    """
+    g = prefix.query_gate.to(query.dtype)  # (B, 1, T, 1)
+    if kwargs.get("scaling") is None:  # the functions' default would read the doubled width
+        kwargs["scaling"] = query.shape[-1] ** -0.5
+    query = torch.cat([query, g * query], dim=-1)  # (B, H, T, 2dh)
+    key, value = (torch.cat([t, torch.zeros_like(t)], dim=-1) for t in (key, value))  # (B, H_kv, S, 2dh)
+    pk, pv = (torch.cat([torch.zeros_like(t), t], dim=-1) for t in (prefix.keys, prefix.values))
+    return query, key, value, pk, pv
+
+
+def _narrow(out: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    half = out.shape[-1] // 2  # out: (B, T, H, 2dh)
+    return out[..., :half] + g.transpose(1, 2).to(out.dtype) * out[..., half:]  # g: (B, T, 1, 1)
+
+
+def _make_attention(base_fn, additive: bool):
     def attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+        fn = base_fn or _eager_for(module)
+        if attention_mask is not None and attention_mask.shape[-1] < key.shape[2]:
+            # cross-attention to an encoder input that prompt tuning lengthened (methods/prompt.py)
+            m = attention_mask
+            extra = _visible(m, m.shape[0], m.shape[2], key.shape[2] - m.shape[-1])
+            attention_mask = torch.cat([m[..., :1], extra, m[..., 1:]], dim=-1)
         prefix = kwargs.pop(PREFIX_KWARG, None)
-        if prefix is not None:
-            key, value, attention_mask = _prepend_prefix(key, value, attention_mask, prefix)
-        return base_fn(module, query, key, value, attention_mask, **kwargs)
+        if prefix is None:
+            return fn(module, query, key, value, attention_mask, **kwargs)
+        pk, pv = prefix.keys, prefix.values
+        if prefix.query_gate is not None:
+            query, key, value, pk, pv = _widen_for_query_gate(query, key, value, prefix, kwargs)
+        key, value, attention_mask = _prepend_prefix(module, query, key, value, attention_mask, pk, pv,
+                                                     additive, kwargs)
+        out, weights = fn(module, query, key, value, attention_mask, **kwargs)
+        return (out if prefix.query_gate is None else _narrow(out, prefix.query_gate)), weights
     return attention
 
 
@@ -59,8 +136,10 @@ def _make_mask(base_fn):
     return mask
 
 
-for _name, (_attn, _mask) in _BASES.items():
-    AttentionInterface.register(f"unipelt_{_name}", _make_attention(_attn))
+# eager: None = the model's own eager function, looked up per call
+_BASES = {"sdpa": (sdpa_attention_forward, sdpa_mask, False), "eager": (None, eager_mask, True)}
+for _name, (_attn, _mask, _additive) in _BASES.items():
+    AttentionInterface.register(f"unipelt_{_name}", _make_attention(_attn, _additive))
     AttentionMaskInterface.register(f"unipelt_{_name}", _make_mask(_mask))
 
 

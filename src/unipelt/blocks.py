@@ -64,24 +64,28 @@ class LowRank(nn.Module):
 
 
 class MaskSlot:
-    """Which tokens are real in the current forward pass, for the gates' masked mean.
+    """What the gates of one layer need to know about the current forward pass.
 
-    HF layers do not hand the padding mask to linear maps, so the layer wrapper (``PeltLayer``)
-    writes it here on entry and clears it on exit; gates read it. Not a module: it holds no state
-    worth saving and must not be registered once per gate.
+    ``mask``: which tokens are real, for the masked mean. HF layers do not hand the padding mask
+    to linear maps, so the layer wrapper (``PeltLayer``) writes it here; gates read it.
+    ``causal``: the layer is causal (a decoder's), so gates stay per token (see ``Gate``).
+    Not a module: it holds no state worth saving and must not be registered once per gate.
     """
 
-    __slots__ = ("mask",)
+    __slots__ = ("mask", "causal")
 
-    def __init__(self) -> None:
+    def __init__(self, causal: bool = False) -> None:
         self.mask: torch.Tensor | None = None
+        self.causal = causal
 
 
 class Gate(nn.Module):
     """UniPELT's gate: ``sigmoid(Linear(d, 1))`` per token, pooled to one value per example.
 
     Starts N(0, 0.02) with zero bias, so every gate opens at about 0.5 (official code).
-    Returns shape (B, 1, 1), ready to broadcast over (B, T, d).
+    Returns shape (B, 1, 1), ready to broadcast over (B, T, d). In a causal layer it returns the
+    per-token values, (B, T, 1) (ours): pooling over the sequence would leak later tokens into
+    earlier ones, and cached decoding, which sees one new token per step, could not match it.
     """
 
     def __init__(self, d: int, pooling: str = "masked_mean", slot: MaskSlot | None = None):
@@ -95,6 +99,8 @@ class Gate(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         g = torch.sigmoid(self.proj(z))  # (B, T, 1)
+        if self.slot.causal:
+            return g
         token_mask = self.slot.mask
         if self.pooling == "mean" or token_mask is None or token_mask.shape[1] != z.shape[1]:
             return g.mean(dim=1, keepdim=True)

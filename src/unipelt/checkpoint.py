@@ -33,9 +33,10 @@ def _identity(model: nn.Module, saved: set[str]) -> dict:
     cfg = model.config
     ident = {k: getattr(cfg, k, None) for k in _IDENTITY_KEYS}
     ident["name_or_path"] = getattr(cfg, "_name_or_path", "")
-    emb = model.get_input_embeddings()
-    if not any(n.endswith("word_embeddings.weight") for n in saved):  # a trained embedding is saved itself
-        ident["embedding_probe"] = emb.weight[:4, :8].detach().float().flatten().tolist()
+    emb = model.get_input_embeddings().weight
+    params = dict(model.named_parameters())
+    if not any(params[n] is emb for n in saved):  # a trained embedding is saved itself
+        ident["embedding_probe"] = emb[:4, :8].detach().float().flatten().tolist()
     return ident
 
 

@@ -22,12 +22,35 @@ LoRATarget = Literal["q", "k", "v", "o", "ffn_in", "ffn_out"]
 Composition = Literal["add", "scaled", "gated"]
 Init = Literal["bert", "lora"]
 GatePooling = Literal["masked_mean", "mean"]
+AttentionKind = Literal["self", "cross"]  # encoder/decoder self-attention, decoder cross-attention
+ALL_ATTENTION: tuple[AttentionKind, ...] = ("self", "cross")
+ATTENTION_LORA_TARGETS = ("q", "k", "v", "o")
 
 
 def _check_choice(owner: str, name: str, value: Any, allowed: Any) -> None:
     choices = get_args(allowed)
     if value not in choices:
         raise UniPeltError(f"{owner}.{name}={value!r} is not one of {list(choices)}")
+
+
+def _check_choices(owner: str, name: str, values: Any, allowed: Any) -> tuple:
+    """A non-empty tuple of distinct choices; lists (e.g. from JSON) become tuples."""
+    if isinstance(values, str) or not values:
+        raise UniPeltError(f"{owner}.{name} must be a non-empty tuple, got {values!r}")
+    values = tuple(values)
+    for v in values:
+        _check_choice(owner, name, v, allowed)
+    if len(set(values)) != len(values):
+        raise UniPeltError(f"{owner}.{name} has duplicates: {values}")
+    return values
+
+
+def _check_attention(owner: str, cfg: Any, applies: bool) -> None:
+    """``attention`` picks the attention sublayers (self, cross) a method goes to; models without
+    cross-attention simply have none to pick."""
+    object.__setattr__(cfg, "attention", _check_choices(owner, "attention", cfg.attention, AttentionKind))
+    if not applies and cfg.attention != ALL_ATTENTION:
+        raise UniPeltError(f"{owner}.attention only applies to attention placements; this config has none")
 
 
 def _check_positive(owner: str, name: str, value: Any) -> None:
@@ -42,6 +65,7 @@ class AdapterConfig:
     sequential: z is the sublayer's output (after its residual sum), Pfeiffer/Houlsby placement.
     parallel: z is the sublayer's input, the result is added to the sublayer output.
     target "head": a parallel adapter per attention head, on each head's d/Nh slice.
+    attention: which attention sublayers an "attn"/"head" adapter goes to in encoder-decoders.
     """
 
     target: AdapterTarget = "ffn"
@@ -53,6 +77,7 @@ class AdapterConfig:
     learn_scale: bool = False
     init: Init = "bert"
     dropout: float = 0.0
+    attention: tuple[AttentionKind, ...] = ALL_ATTENTION
 
     def __post_init__(self) -> None:
         owner = "AdapterConfig"
@@ -69,26 +94,31 @@ class AdapterConfig:
             raise UniPeltError("AdapterConfig.scale/learn_scale only apply with composition='scaled'")
         if not 0.0 <= self.dropout < 1.0:
             raise UniPeltError(f"AdapterConfig.dropout must be in [0, 1), got {self.dropout}")
+        _check_attention(owner, self, applies=self.target != "ffn")
 
 
 @dataclass(frozen=True, kw_only=True)
 class PrefixConfig:
-    """``length`` trainable key/value vectors prepended at every self-attention (Li & Liang 2021).
+    """``length`` trainable key/value vectors prepended at every attention (Li & Liang 2021).
 
-    Trained through ``Embedding(l, d) -> Linear(d, mid) -> tanh -> Linear(mid, 2·L·d)``, shared by
-    all layers; ``unipelt.fold`` replaces that network by the 2·L matrices it produces.
+    Trained through ``Embedding(l, d) -> Linear(d, mid) -> tanh -> Linear(mid, 2·S·d_kv)``, one
+    network shared by all S prefixed attention sublayers (ours: Li & Liang use one per kind in
+    encoder-decoders); ``unipelt.fold`` replaces it by the 2·S matrices it produces.
     composition "gated": a per-layer gate scales the prefix keys and values (UniPELT §3).
+    attention: the sublayers that get a prefix; He et al.'s MAM uses all of them.
     """
 
     length: int = 10
     mid_dim: int = 512
     reparameterize: bool = True
     composition: Literal["add", "gated"] = "add"
+    attention: tuple[AttentionKind, ...] = ALL_ATTENTION
 
     def __post_init__(self) -> None:
         _check_positive("PrefixConfig", "length", self.length)
         _check_positive("PrefixConfig", "mid_dim", self.mid_dim)
         _check_choice("PrefixConfig", "composition", self.composition, Literal["add", "gated"])
+        _check_attention("PrefixConfig", self, applies=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +127,8 @@ class LoRAConfig:
 
     composition "scaled": s = alpha / r (loralib and peft's convention).
     composition "gated": s = G_L(h_in), one gate per target; alpha has no effect (UniPELT's code).
+    ffn_in/ffn_out: the FFN's input/output projections (BART fc1/fc2; Llama's gate+up/down).
+    attention: which attention sublayers the q/k/v/o targets are taken from in encoder-decoders.
     """
 
     r: int = 8
@@ -104,19 +136,20 @@ class LoRAConfig:
     targets: tuple[LoRATarget, ...] = ("q", "v")
     composition: Literal["scaled", "gated"] = "scaled"
     dropout: float = 0.0
+    attention: tuple[AttentionKind, ...] = ALL_ATTENTION
 
     def __post_init__(self) -> None:
         _check_positive("LoRAConfig", "r", self.r)
         _check_choice("LoRAConfig", "composition", self.composition, Literal["scaled", "gated"])
-        if isinstance(self.targets, str) or not self.targets:
-            raise UniPeltError(f"LoRAConfig.targets must be a non-empty tuple, got {self.targets!r}")
-        object.__setattr__(self, "targets", tuple(self.targets))
-        for t in self.targets:
-            _check_choice("LoRAConfig", "targets", t, LoRATarget)
-        if len(set(self.targets)) != len(self.targets):
-            raise UniPeltError(f"LoRAConfig.targets has duplicates: {self.targets}")
+        object.__setattr__(self, "targets", _check_choices("LoRAConfig", "targets", self.targets, LoRATarget))
         if not 0.0 <= self.dropout < 1.0:
             raise UniPeltError(f"LoRAConfig.dropout must be in [0, 1), got {self.dropout}")
+        _check_attention("LoRAConfig", self, applies=any(t in ATTENTION_LORA_TARGETS for t in self.targets))
+
+    def places(self) -> list[tuple[str, str]]:
+        """(target, attention kind) pairs; FFN targets have kind "ffn"."""
+        return [(t, kind) for t in self.targets
+                for kind in (self.attention if t in ATTENTION_LORA_TARGETS else ("ffn",))]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,6 +185,9 @@ class PeltConfig:
 
     gate_pooling: how a gate's per-token values become one value per example. "masked_mean"
     averages over real tokens; "mean" also counts padding, as the official UniPELT code does.
+    Both apply to bidirectional layers. In causal (decoder) layers every gate is per token
+    (ours): a sequence mean would let a token's representation depend on later tokens, and cached
+    generation, which sees one token at a time, could not reproduce it.
     """
 
     methods: tuple[MethodConfig, ...] = field(default_factory=tuple)
@@ -170,12 +206,13 @@ class PeltConfig:
         for kind in (PrefixConfig, PromptConfig, BitFitConfig):
             if sum(isinstance(m, kind) for m in self.methods) > 1:
                 raise UniPeltError(f"PeltConfig holds more than one {kind.__name__}")
-        places = [(m.target, m.insertion) for m in self.of(AdapterConfig)]
+        places = [(m.target, m.insertion, site) for m in self.of(AdapterConfig)
+                  for site in (m.attention if m.target != "ffn" else ("ffn",))]
         if len(set(places)) != len(places):
             raise UniPeltError(f"two adapters share a (target, insertion) placement: {places}")
-        lora_targets = [t for m in self.of(LoRAConfig) for t in m.targets]
-        if len(set(lora_targets)) != len(lora_targets):
-            raise UniPeltError(f"two LoRA configs target the same projection: {lora_targets}")
+        lora_places = [p for m in self.of(LoRAConfig) for p in m.places()]
+        if len(set(lora_places)) != len(lora_places):
+            raise UniPeltError(f"two LoRA configs target the same projection: {lora_places}")
 
     def of(self, kind: type) -> list:
         return [m for m in self.methods if isinstance(m, kind)]
@@ -188,8 +225,9 @@ class PeltConfig:
         inverse = {v: k for k, v in METHOD_TYPES.items()}
         methods = [{"method": inverse[type(m)], **dataclasses.asdict(m)} for m in self.methods]
         for m in methods:
-            if "targets" in m:
-                m["targets"] = list(m["targets"])
+            for key, value in m.items():
+                if isinstance(value, tuple):  # JSON has lists
+                    m[key] = list(value)
         return {"methods": methods, "gate_pooling": self.gate_pooling}
 
     @classmethod
@@ -206,8 +244,6 @@ class PeltConfig:
             known = {f.name for f in dataclasses.fields(kind)}
             if unknown := set(entry) - known:
                 raise UniPeltError(f"{kind.__name__} has no field(s) {sorted(unknown)}; fields: {sorted(known)}")
-            if "targets" in entry:
-                entry["targets"] = tuple(entry["targets"])
             methods.append(kind(**entry))
         extra = {k: v for k, v in data.items() if k != "methods"}
         return cls(methods=tuple(methods), **extra)

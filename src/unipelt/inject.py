@@ -5,7 +5,7 @@ mutates either.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
 
 import torch
 from torch import nn
@@ -13,37 +13,15 @@ from torch import nn
 from .arch import ArchSpec, spec_for
 from .attention import use_pelt_attention
 from .blocks import Gate, LowRank, MaskSlot, Scale
-from .config import (AdapterConfig, BitFitConfig, FullFineTuning, LoRAConfig, PeltConfig,
-                     PrefixConfig, PromptConfig)
+from .config import BitFitConfig, FullFineTuning, PeltConfig, PrefixConfig, PromptConfig
 from .errors import UniPeltError
-from .methods.adapter import Adapter
 from .methods.lora import LoRALinear
-from .methods.prefix import LayerPrefix, PrefixEncoder
+from .methods.prefix import PrefixEncoder
 from .methods.prompt import PeltEmbeddings
+from .placement import LayerContext, inject_layer, prefix_widths, replace_module
 from .presets import get_preset
-from .wrappers import PeltLayer, PeltResidualBlock, PeltSelfAttention
 
 MARK = "pelt_"  # every added parameter's name contains it
-
-
-@dataclass(frozen=True)
-class Dims:
-    hidden: int
-    heads: int
-    layers: int
-
-
-def _dims(model: nn.Module, spec: ArchSpec) -> Dims:
-    cfg = model.config
-    return Dims(*(getattr(cfg, spec.config_keys[k]) for k in ("hidden", "heads", "layers")))
-
-
-def _replace(root: nn.Module, path: str, make) -> nn.Module:
-    parent_path, _, leaf = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    new = make(getattr(parent, leaf))
-    setattr(parent, leaf, new)
-    return new
 
 
 def _as_config(preset_or_config) -> PeltConfig:
@@ -58,40 +36,27 @@ def _as_config(preset_or_config) -> PeltConfig:
                            f"not {type(preset_or_config).__name__}") from None
 
 
-def _label_gates(module: nn.Module, layer: int, name: str) -> nn.Module:
-    for m in module.modules():
-        if isinstance(m, Gate):
-            m.label = (layer, name)
-    return module
+def _prefix_encoder(base: nn.Module, spec: ArchSpec, cfg: PeltConfig, d: int) -> PrefixEncoder | None:
+    if not cfg.of(PrefixConfig):
+        return None
+    prefix = cfg.of(PrefixConfig)[0]
+    widths = prefix_widths(base, spec, prefix)
+    if not widths:
+        raise UniPeltError(f"PrefixConfig.attention={prefix.attention} matches no attention sublayer of this model")
+    if len(set(widths)) != 1:
+        raise UniPeltError(f"prefix tuning needs attention sublayers with one key width; found {sorted(set(widths))}")
+    return PrefixEncoder(prefix, d, len(widths), widths[0])
 
 
-def _inject_layer(layer: nn.Module, i: int, cfg: PeltConfig, spec: ArchSpec, dims: Dims,
-                  prefix: PrefixEncoder | None) -> nn.Module:
-    slot = MaskSlot()
-    kw = dict(pooling=cfg.gate_pooling, slot=slot)
-    for lora in cfg.of(LoRAConfig):
-        for target in lora.targets:
-            wrapped = _replace(layer, spec.linears[target], lambda lin: LoRALinear(lin, lora, **kw))
-            _label_gates(wrapped, i, f"lora_{target}")
-    head_adapters = [a for a in cfg.of(AdapterConfig) if a.target == "head"]
-    if prefix is not None or head_adapters:
-        attn = _replace(layer, spec.self_attn, PeltSelfAttention)
-        if prefix is not None:
-            gated = cfg.of(PrefixConfig)[0].composition == "gated"
-            attn.pelt_prefix = _label_gates(LayerPrefix(prefix, i, dims.heads, gated, **kw), i, "prefix")
-        if head_adapters:
-            adapter = Adapter(head_adapters[0], dims.hidden, dims.heads, **kw)
-            attn.pelt_adapter_head = _label_gates(adapter, i, "adapter_head")
-    for target, path in (("attn", spec.attn_block), ("ffn", spec.ffn_block)):
-        adapters = [a for a in cfg.of(AdapterConfig) if a.target == target]
-        if not adapters:
-            continue
-        block = _replace(layer, path, lambda b: PeltResidualBlock(b, spec.block_parts))
-        for a in adapters:
-            group = block.pelt_adapter_parallel if a.insertion == "parallel" else block.pelt_adapter_sequential
-            name = "adapter" if target == "ffn" else f"adapter_{target}"
-            group.append(_label_gates(Adapter(a, dims.hidden, dims.heads, **kw), i, name))
-    return PeltLayer(layer, slot) if cfg.gated else layer
+def _inject_layers(base: nn.Module, spec: ArchSpec, cfg: PeltConfig, d: int, prefix: PrefixEncoder | None) -> None:
+    slots = itertools.count()
+    for stack in spec.stacks:
+        label = f"{stack.name}." if len(spec.stacks) > 1 else ""
+        layers = base.get_submodule(stack.layers)
+        for i in range(len(layers)):
+            ctx = LayerContext(index=i, stack=stack, label=label, cfg=cfg, spec=spec, d=d,
+                               slot=MaskSlot(causal=stack.causal), prefix=prefix, prefix_slots=slots)
+            layers[i] = inject_layer(layers[i], ctx)
 
 
 def _place_like(model: nn.Module) -> None:
@@ -103,13 +68,22 @@ def _place_like(model: nn.Module) -> None:
 
 
 def head_parameter_names(model: nn.Module, spec: ArchSpec | None = None) -> set[str]:
-    """The task head: what is outside the base model, plus the spec's ``head_in_base`` modules."""
+    """The task head: what is outside the base model, plus the spec's ``head_in_base`` modules.
+
+    A language model's output embedding is not a task head: it is pretrained (often tied to the
+    input embedding) and has vocabulary size, so causal and seq2seq LMs keep it frozen. A new
+    task head (a classifier: BERT's ``classifier``, Llama's ``score``, BART's and T5's
+    ``classification_head``) is trained.
+    """
     spec = spec or spec_for(model)
     base = model.base_model
     prefix = "" if base is model else model.base_model_prefix + "."
     in_base = tuple(f"{prefix}{h}." for h in spec.head_in_base)
-    return {n for n, _ in model.named_parameters()
-            if MARK not in n and ((prefix and not n.startswith(prefix)) or n.startswith(in_base))}
+    lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    pretrained = {id(p) for p in lm_head.parameters()} if isinstance(lm_head, nn.Module) else set()
+    return {n for n, p in model.named_parameters()
+            if MARK not in n and id(p) not in pretrained
+            and ((prefix and not n.startswith(prefix)) or n.startswith(in_base))}
 
 
 def _set_trainable(model: nn.Module, cfg: PeltConfig, spec: ArchSpec) -> None:
@@ -127,17 +101,18 @@ def apply(model: nn.Module, preset_or_config) -> nn.Module:
     if getattr(model, "pelt_config", None) is not None:
         raise UniPeltError("this model already has unipelt modules; apply() to a fresh model")
     spec = spec_for(model)
-    dims = _dims(model, spec)
+    if cfg.of(PromptConfig) and spec.embeddings is None:
+        raise UniPeltError(f"prompt tuning is not offered for {model.config.model_type!r}: inserted tokens would "
+                           "shift what the LM labels or the classifier's last-token index refer to; "
+                           "prefix tuning gives every layer the same kind of learned context")
+    d = getattr(model.config, spec.hidden_key)
     base = model.base_model
-    prefix = None
-    if cfg.of(PrefixConfig):
-        prefix = PrefixEncoder(cfg.of(PrefixConfig)[0], dims.hidden, dims.layers)
+    prefix = _prefix_encoder(base, spec, cfg, d)
+    if prefix is not None:
         model.pelt_prefix = prefix
-    layers = base.get_submodule(spec.layers)
-    for i in range(len(layers)):
-        layers[i] = _inject_layer(layers[i], i, cfg, spec, dims, prefix)
+    _inject_layers(base, spec, cfg, d, prefix)
     for prompt in cfg.of(PromptConfig):
-        _replace(base, spec.embeddings, lambda e: PeltEmbeddings(e, prompt, dims.hidden))
+        replace_module(base, spec.embeddings, lambda e: PeltEmbeddings(e, prompt, d))
     if prefix is not None or cfg.of(PromptConfig):
         use_pelt_attention(model)
     _place_like(model)
@@ -164,7 +139,7 @@ def merge(model: nn.Module) -> nn.Module:
     if gated:
         raise UniPeltError(f"gated LoRA cannot be merged (its scale depends on the input): {gated[:3]}...")
     for name, _ in lora:
-        _replace(model, name, lambda m: m.merge())
+        replace_module(model, name, lambda m: m.merge())
     fold(model)
     return model
 

@@ -26,8 +26,8 @@ def _peft_lora_config(cfg: dict, model: nn.Module) -> LoRAConfig:
             raise UniPeltError(f"the peft checkpoint uses {name}, which unipelt does not implement")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("bias", "none") != "none":
         raise UniPeltError("peft checkpoints with rank/alpha patterns or trained biases are not supported")
-    leaf_to_target = {path.rpartition(".")[2]: t for t, path in spec_for(model).linears.items()
-                      if t in ("q", "k", "v")}
+    attention = spec_for(model).stacks[0].attention[0]
+    leaf_to_target = {getattr(attention, t).rpartition(".")[2]: t for t in ("q", "k", "v")}
     modules = cfg["target_modules"]
     modules = [modules] if isinstance(modules, str) else modules
     if unknown := [m for m in modules if m not in leaf_to_target]:

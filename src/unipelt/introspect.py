@@ -48,6 +48,9 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 def gate_values(model: nn.Module, batch: dict) -> dict[int, dict[str, float]]:
     """Mean gate value per layer and submodule for ``batch`` (model inputs as a dict).
 
+    Submodule names are "adapter", "lora_q", "prefix", ...; in encoder-decoders they start with
+    the stack ("decoder.lora_q") and cross-attention ones with "cross." ("decoder.cross.prefix").
+
     Hooks are attached only for this call, so a model that is not asked costs nothing extra.
     """
     found: dict[int, dict[str, float]] = defaultdict(dict)

@@ -55,6 +55,12 @@ register("unipelt-ap", _unipelt(ADAPTER, PREFIX), 5e-4)
 register("unipelt-apl", _unipelt(ADAPTER, PREFIX, LORA), 5e-4)
 # The paper's ablation: every gate fixed to 1, i.e. plain adapter + prefix and LoRA scaled by 1.
 register("unipelt-nogate", PeltConfig(methods=(ADAPTER, PREFIX, replace(LORA, alpha=float(LORA.r)))), 5e-4)
+# He et al. 2022 (§4.4, Table 5): MAM = prefix l=30 at every attention + scaled PA r=512 at the
+# FFN; its budget-matched variants swap the prefix for a scaled PA (r=30 costs 2·r·d like 2·l·d)
+# or the FFN adapter for LoRA at fc1 and fc2 (r=102: 10·r·d ≈ 2·512·d), scaled by s=4 as well.
 register("mam", PeltConfig(methods=(replace(PREFIX, length=30), SCALED_PA)), 1e-4)
+register("pa-attn-ffn", PeltConfig(methods=(replace(SCALED_PA, target="attn", r=30), SCALED_PA)), 1e-4)
+register("prefix-lora-ffn", PeltConfig(methods=(
+    replace(PREFIX, length=30), LoRAConfig(r=102, alpha=4.0 * 102, targets=("ffn_in", "ffn_out")))), 1e-4)
 
 PRESETS = MappingProxyType(_REGISTRY)

@@ -1,6 +1,14 @@
 """Where the Δh modules plug into a transformer layer. Each wrapper keeps the original module as
 ``.base_layer`` (wrap, don't patch) and forwards unknown attributes to it, so code that reads,
 say, ``attention.self.num_attention_heads`` keeps working.
+
+The placements follow He et al.'s design space (arch/__init__.py names the modules):
+- pre-norm sublayer (Llama, T5): ``PeltSublayer`` around the module that returns h:
+  parallel ``h + Δ(x)``, sequential ``h + Δ(h)``.
+- post-norm sublayer (BERT, BART): ``PeltPostNorm`` around the LayerNorm of ``x + h``:
+  parallel adds Δ(x) to the sum, sequential ``s + Δ(LN(s))`` before the final LN.
+- a parallel adapter whose x enters a different module than the one hosting it reads x from a
+  ``Tap`` that the input module's wrapper fills on every call.
 """
 
 from __future__ import annotations
@@ -24,6 +32,19 @@ class Wrapper(nn.Module):
             return getattr(super().__getattr__("base_layer"), name)
 
 
+class Tap:
+    """The last input a sublayer received, for an adapter placed downstream of it.
+
+    Like ``MaskSlot`` it is left filled after the call: gradient checkpointing reruns the layer
+    during backward, and the rerun refills it in the same order.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: torch.Tensor | None = None
+
+
 class PeltLayer(Wrapper):
     """A transformer layer whose gates need to know which tokens are padding.
 
@@ -41,47 +62,85 @@ class PeltLayer(Wrapper):
         return self.base_layer(hidden_states, attention_mask, *args, **kwargs)
 
 
-class PeltSelfAttention(Wrapper):
-    """Self-attention with prefix keys/values and/or per-head parallel adapters.
+def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]  # Llama passes it by keyword
+
+
+class PeltSublayer(Wrapper):
+    """A sublayer module (attention or FFN) with adapters on its output; records its input in
+    ``tap`` when a downstream module needs it. Attention modules return tuples: h is the first."""
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__(base_layer)
+        self.tap: Tap | None = None
+        self.pelt_adapter_parallel = nn.ModuleList()
+        self.pelt_adapter_sequential = nn.ModuleList()
+
+    def call_base(self, x: torch.Tensor, args: tuple, kwargs: dict):
+        return self.base_layer(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        x = _first_input(args, kwargs)
+        if self.tap is not None:
+            self.tap.value = x
+        out = self.call_base(x, args, kwargs)
+        if not self.pelt_adapter_parallel and not self.pelt_adapter_sequential:
+            return out
+        h = out[0] if isinstance(out, tuple) else out
+        for adapter in self.pelt_adapter_parallel:
+            h = h + adapter(x)
+        for adapter in self.pelt_adapter_sequential:
+            h = h + adapter(h)
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+
+class PeltAttention(PeltSublayer):
+    """An attention module that also takes prefix keys/values.
 
     The prefix travels to the registered attention function as a keyword argument (attention.py),
-    so no attention code is copied here. The head adapter reads the attention input and adds to
-    the concatenated head outputs, before the output projection.
+    so no attention code is copied here.
     """
 
     def __init__(self, base_layer: nn.Module):
         super().__init__(base_layer)
         self.pelt_prefix: nn.Module | None = None
-        self.pelt_adapter_head: nn.Module | None = None
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+    def call_base(self, x: torch.Tensor, args: tuple, kwargs: dict):
         if self.pelt_prefix is not None:
-            kwargs[PREFIX_KWARG] = self.pelt_prefix(hidden_states)
-        out, weights = self.base_layer(hidden_states, *args, **kwargs)
-        if self.pelt_adapter_head is not None:
-            out = out + self.pelt_adapter_head(hidden_states)
-        return out, weights
+            kwargs = {**kwargs, PREFIX_KWARG: self.pelt_prefix(x)}
+        return self.base_layer(*args, **kwargs)
 
 
-class PeltResidualBlock(Wrapper):
-    """A post-norm sublayer output ``LN(drop(dense(h)) + x)`` with adapters around its sum.
+class PeltPostNorm(Wrapper):
+    """The LayerNorm of a post-norm sublayer, ``LN(s)`` with ``s = x + h``, with adapters around it.
 
-    parallel:   s = drop(dense(h)) + x + Σ Δ(x)           (He et al. 2022, input is x)
-    sequential: s ← s + Σ Δ(LN(s)), output LN(s)          (UniPELT §3: h'_A = G_A·h_A + h_F)
-    With every Δ = 0 this is exactly the original block.
+    parallel:   s ← s + Σ Δ(x)              (He et al. 2022: input x, added after the dropout)
+    sequential: s ← s + Σ Δ(LN(s)), LN(s)   (UniPELT §3: h'_A = G_A·h_A + h_F)
+    With every Δ = 0 this is exactly the original LayerNorm.
     """
 
-    def __init__(self, base_layer: nn.Module, parts: tuple[str, str, str]):
+    def __init__(self, base_layer: nn.Module):
         super().__init__(base_layer)
-        self.parts = parts
+        self.tap: Tap | None = None  # x, recorded by the sublayer's input module
         self.pelt_adapter_parallel = nn.ModuleList()
         self.pelt_adapter_sequential = nn.ModuleList()
 
-    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        dense, dropout, norm = (getattr(self.base_layer, p) for p in self.parts)
-        s = dropout(dense(hidden_states)) + input_tensor
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
         for adapter in self.pelt_adapter_parallel:
-            s = s + adapter(input_tensor)
+            s = s + adapter(self.tap.value)
         for adapter in self.pelt_adapter_sequential:
-            s = s + adapter(norm(s))
-        return norm(s)
+            s = s + adapter(self.base_layer(s))
+        return self.base_layer(s)
+
+
+class PeltHeadOutput(Wrapper):
+    """An attention's output projection, with a multi-head parallel adapter added to its input:
+    the concatenated head outputs. The adapter reads the attention's input from ``tap``."""
+
+    def __init__(self, base_layer: nn.Module, tap: Tap, adapter: nn.Module):
+        super().__init__(base_layer)
+        self.tap = tap
+        self.pelt_adapter_head = adapter
+
+    def forward(self, heads: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(heads + self.pelt_adapter_head(self.tap.value))

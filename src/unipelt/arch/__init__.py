@@ -1,11 +1,19 @@
 """Where each architecture keeps its attention, projections, FFN and layer norms.
 
 Adding an architecture = one file here with an ``ArchSpec`` and its row in the test table.
+Everything the injection code needs to know about a model is in these records; it never asks
+which architecture it is looking at.
+
+A sublayer (attention or FFN) is described by two places, paths relative to one layer: ``input``,
+the module its input x enters, and for post-norm models ``norm``, the LayerNorm applied to x + h.
+In pre-norm models (Llama, T5; ``norm=None``) the input module also returns h, the sublayer's
+output before the residual sum, and adapters go around it; in post-norm models (BERT, BART,
+whose FFN may be inline linears) they go around the norm.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -13,24 +21,57 @@ from ..errors import UniPeltError
 
 
 @dataclass(frozen=True, kw_only=True)
+class Sublayer:
+    input: str
+    norm: str | None = None  # post-norm only
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attention(Sublayer):
+    """``input`` is the module whose forward calls the attention function (where prefixes go)."""
+
+    q: str
+    k: str
+    v: str
+    o: str
+    cross: bool = False  # decoder cross-attention: keys and values come from the encoder
+
+
+@dataclass(frozen=True, kw_only=True)
+class FFN(Sublayer):
+    ffn_in: tuple[str, ...]  # LoRA "ffn_in": every listed linear the layer has (T5: wi or wi_0/wi_1)
+    ffn_out: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stack:
+    """A stack of identical layers: an encoder, a decoder, or a decoder-only model's layers."""
+
+    name: str  # labels gates in models with more than one stack ("encoder.adapter")
+    layers: str  # path of the nn.ModuleList, relative to ``model.base_model``
+    causal: bool  # a decoder's layers: their gates stay per token (blocks.Gate)
+    attention: tuple[Attention, ...]
+    ffn: FFN
+
+    def lora_paths(self) -> dict[tuple[str, str], tuple[str, ...]]:
+        """(target, attention kind or "ffn") -> the linear maps it names in one layer."""
+        paths = {(target, "cross" if att.cross else "self"): (getattr(att, target),)
+                 for att in self.attention for target in ("q", "k", "v", "o")}
+        paths[("ffn_in", "ffn")] = self.ffn.ffn_in
+        paths[("ffn_out", "ffn")] = self.ffn.ffn_out
+        return paths
+
+
+@dataclass(frozen=True, kw_only=True)
 class ArchSpec:
-    """Paths are relative to ``model.base_model`` (layers) or to one layer (everything else).
-
-    ``attn_block`` and ``ffn_block`` are post-norm residual blocks ``LN(drop(dense(h)) + x)``
-    called as ``block(h, x)``; their parts are named by ``block_parts``.
-    """
-
     model_types: tuple[str, ...]
-    layers: str
-    embeddings: str
-    self_attn: str
-    attn_block: str
-    ffn_block: str
-    linears: dict[str, str]  # LoRA target name -> path of the nn.Linear inside a layer
-    block_parts: tuple[str, str, str] = ("dense", "dropout", "LayerNorm")
+    stacks: tuple[Stack, ...]
+    hidden_key: str = "hidden_size"  # config attribute holding d
+    head_dim: str = "head_dim"  # attribute of an attention module: the width of one head
+    # Prompt tuning's insertion point, relative to the base model. None where inserting tokens
+    # would break the model's own heads (a causal LM's labels, a last-token classifier's index).
+    embeddings: str | None = None
     head_in_base: tuple[str, ...] = ()  # base-model modules that belong to the task head
-    config_keys: dict[str, str] = field(default_factory=lambda: {
-        "hidden": "hidden_size", "heads": "num_attention_heads", "layers": "num_hidden_layers"})
 
 
 _SPECS: dict[str, ArchSpec] = {}
@@ -56,4 +97,4 @@ def supported() -> list[str]:
     return sorted(_SPECS)
 
 
-from . import bert, roberta  # noqa: E402,F401  (each file registers its spec)
+from . import bart, bert, llama, roberta, t5  # noqa: E402,F401  (each file registers its spec)

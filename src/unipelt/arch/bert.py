@@ -1,16 +1,19 @@
-"""BERT (and the offline MiniLM, a 6-layer BERT)."""
+"""BERT (and the offline MiniLM, a 6-layer BERT): post-norm, ``LN(drop(dense(h)) + x)`` blocks."""
 
-from . import ArchSpec, register
+from . import FFN, ArchSpec, Attention, Stack, register
 
 BERT = register(ArchSpec(
     model_types=("bert",),
-    layers="encoder.layer",
+    stacks=(Stack(
+        name="encoder", layers="encoder.layer", causal=False,
+        attention=(Attention(input="attention.self", norm="attention.output.LayerNorm",
+                             q="attention.self.query", k="attention.self.key", v="attention.self.value",
+                             o="attention.output.dense"),),
+        ffn=FFN(input="intermediate", norm="output.LayerNorm",
+                ffn_in=("intermediate.dense",), ffn_out=("output.dense",)),
+    ),),
+    head_dim="attention_head_size",
     embeddings="embeddings",
-    self_attn="attention.self",
-    attn_block="attention.output",
-    ffn_block="output",
-    linears={"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-             "o": "attention.output.dense", "ffn_in": "intermediate.dense", "ffn_out": "output.dense"},
     # BertForSequenceClassification classifies the pooler's output; RoBERTa's head holds the same
     # dense+tanh layer inside its classifier. Training the pooler keeps the two heads equivalent.
     head_in_base=("pooler",),

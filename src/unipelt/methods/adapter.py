@@ -4,7 +4,8 @@ multi-head parallel (He et al. 2022, §3-4), and UniPELT's gated adapter (Mao et
     Δh = w(z) · W_up f(W_down z)        w = 1 (add), s (scaled) or G_A(z) (gated)
 
 Where z comes from and where Δh goes is the wrapper's business (wrappers.py): a sequential
-adapter reads the normalised sublayer output, a parallel one the sublayer input.
+adapter reads the sublayer output, a parallel one the sublayer input. A multi-head adapter maps
+to the concatenated head outputs, whose width (``d_out``) can differ from d (T5's d_kv·Nh).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from ..config import AdapterConfig
 
 
 class Adapter(nn.Module):
-    def __init__(self, cfg: AdapterConfig, d: int, heads: int, *, pooling: str, slot: MaskSlot):
+    def __init__(self, cfg: AdapterConfig, d: int, heads: int = 1, *, pooling: str, slot: MaskSlot,
+                 d_out: int | None = None):
         super().__init__()
         groups = heads if cfg.target == "head" else 1  # one bottleneck per head's d/Nh slice
-        self.block = LowRank(d, cfg.r, d, activation=cfg.activation, groups=groups,
+        self.block = LowRank(d, cfg.r, d_out or d, activation=cfg.activation, groups=groups,
                              init=cfg.init, dropout=cfg.dropout)
         weight = composition_weight(cfg.composition, d, scale=cfg.scale, learn_scale=cfg.learn_scale,
                                     pooling=pooling, slot=slot)

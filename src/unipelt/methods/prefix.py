@@ -1,9 +1,12 @@
 """Prefix tuning (Li & Liang 2021) with UniPELT's gate (Mao et al. 2022, §3).
 
-``l`` key and value vectors are prepended at every self-attention. They are trained through a
-reparameterisation shared by all layers, ``Embedding(l, d) -> Linear(d, mid) -> tanh ->
-Linear(mid, 2·L·d)``; ``fold`` replaces it by the 2·L (l, d) matrices it produces, which is all
-that inference and checkpoints need. Gated: ``G_P(h_in)`` scales the prefix keys and values only.
+``l`` key and value vectors are prepended at every prefixed attention sublayer ("slot": each
+layer's self-attention, and in encoder-decoders the decoder's cross-attention too). They are
+trained through a reparameterisation shared by all S slots, ``Embedding(l, d) -> Linear(d, mid)
+-> tanh -> Linear(mid, 2·S·d_kv)``; ``fold`` replaces it by the 2·S (l, d_kv) matrices it
+produces, which is all that inference and checkpoints need. d_kv is the key width: d, or fewer
+with grouped-query attention (Llama's num_key_value_heads). Gated: ``G_P(h_in)`` scales the
+prefix keys and values only.
 """
 
 from __future__ import annotations
@@ -11,35 +14,37 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..attention import Prefix
 from ..blocks import Gate, MaskSlot
 from ..config import PrefixConfig
 
 
 class PrefixEncoder(nn.Module):
-    """All layers' prefixes: the reparameterisation network, or after ``fold`` its output."""
+    """All slots' prefixes: the reparameterisation network, or after ``fold`` its output."""
 
-    def __init__(self, cfg: PrefixConfig, d: int, layers: int):
+    def __init__(self, cfg: PrefixConfig, d: int, slots: int, kv_dim: int | None = None):
         super().__init__()
-        self.length, self.d, self.layers = cfg.length, d, layers
+        self.length, self.slots, self.kv_dim = cfg.length, slots, kv_dim or d
         self.folded: nn.Parameter | None = None
         self.embedding = nn.Embedding(cfg.length, d)
         self.mlp_in = nn.Linear(d, cfg.mid_dim)
-        self.mlp_out = nn.Linear(cfg.mid_dim, 2 * layers * d)
+        self.mlp_out = nn.Linear(cfg.mid_dim, 2 * slots * self.kv_dim)
         if not cfg.reparameterize:
             self.fold()
 
-    def kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of one layer, each (l, d)."""
+    def kv(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of one slot, each (l, d_kv)."""
         if self.folded is not None:
-            return self.folded[layer, 0], self.folded[layer, 1]
+            return self.folded[slot, 0], self.folded[slot, 1]
+        w = self.kv_dim
         hid = torch.tanh(self.mlp_in(self.embedding.weight))  # (l, mid)
-        rows = slice(2 * layer * self.d, 2 * (layer + 1) * self.d)  # only this layer's outputs
-        out = nn.functional.linear(hid, self.mlp_out.weight[rows], self.mlp_out.bias[rows])  # (l, 2d)
-        return out[:, : self.d], out[:, self.d :]
+        rows = slice(2 * slot * w, 2 * (slot + 1) * w)  # only this slot's outputs
+        out = nn.functional.linear(hid, self.mlp_out.weight[rows], self.mlp_out.bias[rows])  # (l, 2·d_kv)
+        return out[:, :w], out[:, w:]
 
     def table(self) -> torch.Tensor:
-        """(L, 2, l, d): every layer's keys and values."""
-        return torch.stack([torch.stack(self.kv(i)) for i in range(self.layers)])
+        """(S, 2, l, d_kv): every slot's keys and values."""
+        return torch.stack([torch.stack(self.kv(i)) for i in range(self.slots)])
 
     @torch.no_grad()
     def fold(self) -> None:
@@ -51,25 +56,27 @@ class PrefixEncoder(nn.Module):
         self.embedding = self.mlp_in = self.mlp_out = None
 
     def inference_numel(self) -> int:
-        return 2 * self.layers * self.length * self.d
+        return 2 * self.slots * self.length * self.kv_dim
 
 
 class LayerPrefix(nn.Module):
-    """One layer's view of the shared encoder, plus that layer's gate."""
+    """One attention sublayer's view of the shared encoder, plus that sublayer's gate."""
 
-    def __init__(self, encoder: PrefixEncoder, layer: int, heads: int, gated: bool,
-                 *, pooling: str, slot: MaskSlot):
+    def __init__(self, encoder: PrefixEncoder, slot: int, head_dim: int, d: int, gated: bool,
+                 *, pooling: str, mask_slot: MaskSlot):
         super().__init__()
         self.__dict__["encoder"] = encoder  # owned by the model; registering it here would repeat it per layer
-        self.layer, self.heads = layer, heads
-        self.pelt_gate = Gate(encoder.d, pooling, slot) if gated else None
+        self.slot, self.head_dim = slot, head_dim
+        self.pelt_gate = Gate(d, pooling, mask_slot) if gated else None
 
-    def forward(self, h_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k, v = self.encoder.kv(self.layer)  # (l, d)
+    def forward(self, h_in: torch.Tensor) -> Prefix:
+        k, v = self.encoder.kv(self.slot)  # (l, d_kv)
         b, length = h_in.shape[0], k.shape[0]
-        k = k.view(length, self.heads, -1).transpose(0, 1).expand(b, -1, -1, -1)  # (B, H, l, dh)
-        v = v.view(length, self.heads, -1).transpose(0, 1).expand(b, -1, -1, -1)
-        if self.pelt_gate is not None:
-            g = self.pelt_gate(h_in).unsqueeze(1)  # (B, 1, 1, 1)
-            k, v = g * k, g * v
-        return k, v
+        k = k.view(length, -1, self.head_dim).transpose(0, 1).expand(b, -1, -1, -1)  # (B, H_kv, l, dh)
+        v = v.view(length, -1, self.head_dim).transpose(0, 1).expand(b, -1, -1, -1)
+        if self.pelt_gate is None:
+            return Prefix(k, v)
+        g = self.pelt_gate(h_in).unsqueeze(1)  # (B, 1, 1, 1), or (B, 1, T, 1) per query in causal layers
+        if g.shape[2] == 1:
+            return Prefix(g * k, g * v)
+        return Prefix(k, v, query_gate=g)

@@ -2,6 +2,9 @@
 
 The prompt goes right after the first token so that poolers reading position 0 (BERT's [CLS])
 still read it; the mask function in attention.py inserts the matching ones into the padding mask.
+In encoder-decoders it joins the encoder input, as in Lester et al.'s T5 setting; attention.py
+widens the decoder's cross-attention mask to match. Decoder-only models are not offered it
+(arch/llama.py says why).
 """
 
 from __future__ import annotations

@@ -1,0 +1,113 @@
+"""Generation with every preset on tiny decoder-only and encoder-decoder LMs.
+
+The reference for cached decoding is uncached decoding (``use_cache=False``), which recomputes
+the whole sequence every step: prefixes, masks, positions and gates must agree between the two.
+"""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+import unipelt
+from unipelt import UniPeltError
+
+from conftest import GENERATORS, batch, build_lm, randomize, skip_unsupported
+
+PRESETS = sorted(unipelt.PRESETS)
+PREFIXED = ["prefix", "mam", "unipelt-ap", "unipelt-apl"]
+
+
+def _inputs(arch: str) -> dict:
+    """The padded test batch; decoder-only models generate after left padding."""
+    b = batch()
+    if arch != "llama":
+        return b
+    ids, mask = torch.ones_like(b["input_ids"]), torch.zeros_like(b["attention_mask"])
+    for i, n in enumerate(b["attention_mask"].sum(1).tolist()):
+        ids[i, -n:], mask[i, -n:] = b["input_ids"][i, :n], 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _generate(model, inputs, use_cache, **kw):
+    with torch.no_grad():
+        return model.generate(**inputs, max_new_tokens=5, do_sample=False, use_cache=use_cache, pad_token_id=1,
+                              output_scores=True, return_dict_in_generate=True, **kw)
+
+
+def _trained(arch, preset):
+    model = unipelt.apply(build_lm(arch), preset)
+    randomize(model, std=0.05 if preset == "full" else 0.3)  # large enough to move the tokens
+    return model
+
+
+@pytest.fixture(params=sorted(GENERATORS))
+def lm_arch(request):
+    return request.param
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_cached_greedy_generation_matches_uncached_decoding(lm_arch, preset):
+    skip_unsupported(lm_arch, preset)
+    model = _trained(lm_arch, preset)
+    cached, uncached = (_generate(model, _inputs(lm_arch), c) for c in (True, False))
+    assert torch.equal(cached.sequences, uncached.sequences)
+    assert max((a - b).abs().max() for a, b in zip(cached.scores, uncached.scores)) < 1e-4
+
+
+@pytest.mark.parametrize("preset", PREFIXED)
+def test_cached_beam_search_matches_uncached(lm_arch, preset):
+    model = _trained(lm_arch, preset)
+    cached, uncached = (_generate(model, _inputs(lm_arch), c, num_beams=3) for c in (True, False))
+    assert torch.equal(cached.sequences, uncached.sequences)
+    assert (cached.sequences_scores - uncached.sequences_scores).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("preset", ["prefix", "unipelt-apl"])
+def test_prefix_without_padding_gets_a_causal_mask_aligned_to_the_last_keys(lm_arch, preset):
+    """Without padding sdpa gets mask=None and is_causal=True, whose top-left alignment is wrong
+    once prefix keys are prepended; eager attention always gets a materialised mask."""
+    ids = batch()["input_ids"][:, :6]
+    inputs = {"input_ids": ids} if lm_arch == "llama" else {"input_ids": ids, "decoder_input_ids": ids}
+    out = []
+    for impl in ("sdpa", "eager"):
+        model = unipelt.apply(build_lm(lm_arch, attn_implementation=impl), preset)
+        randomize(model, std=0.3)
+        with torch.no_grad():
+            out.append(model(**inputs).logits)
+    assert (out[0] - out[1]).abs().max() < 1e-5
+
+
+def test_llama_prefix_matches_the_past_key_values_route():
+    """Grouped-query prefixes, prepended after rotary embeddings, equal transformers' own cache
+    path fed with the same keys and explicit position ids."""
+    model = _trained("llama", "prefix")
+    ids = batch()["input_ids"]
+    with torch.no_grad():
+        ours = model(input_ids=ids).logits
+        table = model.pelt_prefix.table()  # (L, 2, l, H_kv·dh)
+        n, length, head_dim = ids.shape[0], table.shape[2], model.config.head_dim
+        cache = DynamicCache()
+        for i in range(table.shape[0]):
+            k, v = (t.view(length, -1, head_dim).transpose(0, 1).expand(n, -1, -1, -1).contiguous() for t in table[i])
+            assert k.shape[1] == model.config.num_key_value_heads
+            cache.update(k, v, i)
+        plain = build_lm("llama")
+        plain.load_state_dict({k.replace(".base_layer", ""): v for k, v in model.state_dict().items()
+                               if "pelt_" not in k})
+        reference = plain(input_ids=ids, attention_mask=torch.ones(n, length + ids.shape[1], dtype=torch.long),
+                          past_key_values=cache, position_ids=torch.arange(ids.shape[1]).expand(n, -1)).logits
+    assert (ours - reference).abs().max() < 1e-5
+
+
+def test_gates_in_causal_layers_do_not_see_later_tokens():
+    """Per-token gates keep a decoder causal: a token's logits ignore what follows it."""
+    model = _trained("llama", "unipelt-apl")
+    ids = batch()["input_ids"]
+    with torch.no_grad():
+        full, head = model(input_ids=ids).logits, model(input_ids=ids[:, :4]).logits
+    assert (full[:, :4] - head).abs().max() < 1e-5
+
+
+def test_prompt_tuning_is_refused_on_decoder_only_models():
+    with pytest.raises(UniPeltError, match="prompt tuning is not offered for 'llama'"):
+        unipelt.apply(build_lm("llama"), "prompt")
