@@ -1,0 +1,80 @@
+"""Timing and memory for one model, library-agnostic: imported by every worker, in every
+environment (it needs only torch). Medians over repeated steps, warm-up excluded."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+TRAIN_BATCH, EVAL_BATCH, LENGTH = 16, 64, 128
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _inputs(batch: int, vocab: int, device: str, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, min(vocab, 20000), (batch, LENGTH), generator=g)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+
+
+def _median_seconds(fn, device: str, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def train_step_seconds(model, device: str, repeats: int = 8, warmup: int = 2) -> float:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    batch = _inputs(TRAIN_BATCH, model.config.vocab_size, device)
+    labels = torch.zeros(TRAIN_BATCH, dtype=torch.long, device=device)
+    model.train()
+
+    def step():
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return _median_seconds(step, device, repeats, warmup)
+
+
+@torch.inference_mode()
+def inference(model, device: str, repeats: int = 5, warmup: int = 1) -> dict:
+    model.eval()
+    big = _inputs(EVAL_BATCH, model.config.vocab_size, device)
+    one = _inputs(1, model.config.vocab_size, device)
+    throughput = EVAL_BATCH / _median_seconds(lambda: model(**big), device, repeats, warmup)
+    latency = _median_seconds(lambda: model(**one), device, repeats * 4, warmup * 2)
+    return {"infer_examples_per_s": throughput, "latency_ms": 1000 * latency}
+
+
+def peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def measure(model, device: str, trainable: int, prepare_inference=None) -> dict:
+    """Train first (peak memory is the process's peak, so one model per process), then infer."""
+    model.to(device)
+    result = {"trainable": trainable, "train_step_s": train_step_seconds(model, device),
+              "peak_train_mb": peak_memory_mb(device)}
+    if prepare_inference is not None:
+        model = prepare_inference(model) or model
+    result.update(inference(model, device))
+    return result
