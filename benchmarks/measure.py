@@ -53,13 +53,28 @@ def train_step_seconds(model, device: str, repeats: int = 8, warmup: int = 2) ->
 
 
 @torch.inference_mode()
-def inference(model, device: str, repeats: int = 5, warmup: int = 1) -> dict:
-    model.eval()
+def inference(model, device: str, plain=None, repeats: int = 6, warmup: int = 1) -> dict:
+    """Throughput at batch 64 and latency at batch 1. With ``plain`` (the same base model without
+    any method), the two are timed alternately in this process, so that their ratio does not
+    carry the ±15% drift seen between processes on a shared CPU."""
+    models = {"method": model.eval()} | ({"plain": plain.to(device).eval()} if plain is not None else {})
     big = _inputs(EVAL_BATCH, model.config.vocab_size, device)
     one = _inputs(1, model.config.vocab_size, device)
-    throughput = EVAL_BATCH / _median_seconds(lambda: model(**big), device, repeats, warmup)
-    latency = _median_seconds(lambda: model(**one), device, repeats * 4, warmup * 2)
-    return {"infer_examples_per_s": throughput, "latency_ms": 1000 * latency}
+    times: dict[str, dict[str, list[float]]] = {k: {"big": [], "one": []} for k in models}
+    for name, m in models.items():
+        for _ in range(warmup):
+            m(**big), m(**one)
+    for _ in range(repeats):
+        for name, m in models.items():
+            for key, batch, n in (("big", big, 1), ("one", one, 4)):
+                times[name][key].append(_median_seconds(lambda: m(**batch), device, n, 0))
+    med = {k: {key: statistics.median(v) for key, v in t.items()} for k, t in times.items()}
+    result = {"infer_examples_per_s": EVAL_BATCH / med["method"]["big"],
+              "latency_ms": 1000 * med["method"]["one"]}
+    if plain is not None:
+        result["infer_vs_plain"] = med["method"]["big"] / med["plain"]["big"]
+        result["latency_vs_plain"] = med["method"]["one"] / med["plain"]["one"]
+    return result
 
 
 def peak_memory_mb(device: str) -> float:
@@ -69,12 +84,13 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def measure(model, device: str, trainable: int, prepare_inference=None) -> dict:
-    """Train first (peak memory is the process's peak, so one model per process), then infer."""
+def measure(model, device: str, trainable: int, prepare_inference=None, load_plain=None) -> dict:
+    """Train first (peak memory is the process's peak, so one model per process), then infer,
+    alternating with the plain model from ``load_plain`` when given."""
     model.to(device)
     result = {"trainable": trainable, "train_step_s": train_step_seconds(model, device),
               "peak_train_mb": peak_memory_mb(device)}
     if prepare_inference is not None:
         model = prepare_inference(model) or model
-    result.update(inference(model, device))
+    result.update(inference(model, device, load_plain() if load_plain else None))
     return result

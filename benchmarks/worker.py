@@ -30,7 +30,7 @@ def main() -> None:
         print(json.dumps({"library": library, "method": method, "skipped": "no equivalent"}))
         return
     model, trainable, prepare = built
-    result = measure(model, device, trainable, prepare)
+    result = measure(model, device, trainable, prepare, load_plain=getattr(lib, "load", None))
     print(json.dumps({"library": library, "method": method, **result}))
 
 

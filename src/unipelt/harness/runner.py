@@ -20,7 +20,7 @@ import torch
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                           ProgressCallback, Trainer, TrainingArguments, set_seed)
 
-from .. import apply, count_parameters, gate_values, save
+from .. import apply, count_parameters, fold, gate_values, save
 from .callbacks import BestOnDev, RunFailed, RunProgress, StepTimer
 from .data import Splits, load_splits
 from .encode import Encoded, encode
@@ -125,6 +125,8 @@ def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, start
         trainer.remove_callback(ProgressCallback)
         trainer.train()
         best.restore(model)
+        params = count_parameters(model)  # before folding: "total" includes the prefix network
+        fold(model)  # inference runs as deployed: the prefix network replaced by its output
         start = time.perf_counter()
         predicted = trainer.predict(test)
         infer_seconds = time.perf_counter() - start
@@ -136,7 +138,7 @@ def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, start
         spec=spec, status="finished", metric=task.metric, epochs=tuple(best.epochs),
         best_epoch=best.best_epoch, dev_metric=best.best, test_metric=test_metric,
         test_source=splits.test_source, sizes={"train": len(train), "dev": len(dev), "test": len(test)},
-        params=count_parameters(model), train_s_per_step=timer.per_step,
+        params=params, train_s_per_step=timer.per_step,
         infer_ex_per_s=len(test) / infer_seconds,
         gates=_gates(model, dev, collator) if spec.pelt_config.gated else {},
         versions=versions(), started_at=started, finished_at=_now())
