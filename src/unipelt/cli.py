@@ -33,6 +33,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (default 10)")
     p.add_argument("--dev-size", type=int, default=None, help="dev rows for checkpoint selection (default 1000)")
     p.add_argument("--glue-dir", help="GLUE directory (default: $GLUE_DIR, then ../shared/data/glue)")
+    p.add_argument("--objective", choices=("classify", "generate"), default=None,
+                   help="classify with a head (default), or generate the label word with a causal LM")
 
 
 def _add_train(sub) -> None:
@@ -105,7 +107,8 @@ def _train(args: argparse.Namespace) -> int:
 
     spec = make_spec(task=args.task, preset=args.preset, config_file=args.config, model=args.model, k=args.k,
                      lr=args.lr, data_seed=args.data_seed, glue_dir=args.glue_dir,
-                     **_options(args, "model_seed", "epochs", "patience", "dev_size", "batch_size", "max_length"))
+                     **_options(args, "model_seed", "epochs", "patience", "dev_size", "batch_size", "max_length",
+                                 "objective"))
     with Store(args.store) as store:
         if spec.key in store.finished_keys() and not args.force:
             print(f"{spec.label()}: already finished in {args.store} (use --force to run it again)")
@@ -130,7 +133,7 @@ def _sweep(args: argparse.Namespace, grid_file: str | None = None) -> int:
     grid = make_grid(grid_file, tasks=args.tasks, presets=args.presets, configs=getattr(args, "configs", None),
                      k=args.k, data_seeds=args.data_seeds, model=args.model, glue_dir=args.glue_dir,
                      lr=getattr(args, "lr", None),
-                     **_options(args, "model_seed", "epochs", "patience", "dev_size"))
+                     **_options(args, "model_seed", "epochs", "patience", "dev_size", "objective"))
     specs = grid.specs()
     log.info("grid: %s = %d runs", describe(grid), len(specs))
     with Store(args.store) as store:

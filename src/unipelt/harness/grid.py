@@ -29,6 +29,7 @@ class Grid:
     epochs: int = 50
     patience: int = 10
     dev_size: int = DEV_SIZE
+    objective: str = "classify"
     glue_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -53,7 +54,8 @@ class Grid:
             name = method.get("preset") or Path(method["config_file"]).stem
             out.append(make_spec(task=task, k=k, data_seed=seed, model=self.model, lr=self._lr(name),
                                  model_seed=self.model_seed, epochs=self.epochs, patience=self.patience,
-                                 dev_size=self.dev_size, glue_dir=self.glue_dir, **method))
+                                 dev_size=self.dev_size, objective=self.objective, glue_dir=self.glue_dir,
+                                 **method))
         return out
 
 

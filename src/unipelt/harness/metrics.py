@@ -23,7 +23,8 @@ def _spearman(pred: np.ndarray, gold: np.ndarray) -> float:
 
 _SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": lambda p, g: float(accuracy_score(g, p)),
-    "f1": lambda p, g: float(f1_score(g, p, pos_label=1, zero_division=0.0)),
+    # F1 of label 1; labels=[1] (not pos_label) also accepts -1, an unmatched generated answer
+    "f1": lambda p, g: float(f1_score(g, p, labels=[1], average="micro", zero_division=0.0)),
     "matthews": lambda p, g: float(matthews_corrcoef(g, p)),
     "spearman": _spearman,
 }
@@ -35,6 +36,11 @@ def predictions(logits: np.ndarray, regression: bool) -> np.ndarray:
     return logits.reshape(len(logits)) if regression else logits.argmax(axis=-1)
 
 
+def score_predictions(metric: str, predicted: np.ndarray, labels: np.ndarray) -> float:
+    """The task metric of predicted class ids (or values) against gold ``labels``."""
+    return _SCORERS[metric](np.asarray(predicted), np.asarray(labels))
+
+
 def score(metric: str, logits: np.ndarray, labels: np.ndarray, regression: bool) -> float:
     """The task metric of ``logits`` against gold ``labels``."""
-    return _SCORERS[metric](predictions(logits, regression), np.asarray(labels))
+    return score_predictions(metric, predictions(logits, regression), labels)

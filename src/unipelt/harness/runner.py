@@ -13,17 +13,19 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass
+from functools import partial
 from datetime import datetime, timezone
 
 import numpy as np
 import torch
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                          ProgressCallback, Trainer, TrainingArguments, set_seed)
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          DataCollatorWithPadding, ProgressCallback, Trainer, TrainingArguments, set_seed)
 
 from .. import apply, count_parameters, fold, gate_values, save
 from .callbacks import BestOnDev, RunFailed, RunProgress, StepTimer
 from .data import Splits, load_splits
 from .encode import Encoded, encode
+from .generative import GenerativeTrainer, Prompts, pad
 from .metrics import score
 from .record import RunRecord, versions
 from .spec import RunSpec, model_path
@@ -64,17 +66,20 @@ def _now() -> str:
 
 def load_model(spec: RunSpec, task: Task):
     """Tokenizer and model with the spec's PELT config applied; seeded so the head and the PELT
-    modules start the same for every method."""
+    modules start the same for every method. The generate objective keeps the model's LM head."""
     path = model_path(spec.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     set_seed(spec.model_seed)
-    labels = {} if task.is_regression else {"id2label": dict(enumerate(task.labels)),
-                                             "label2id": {l: i for i, l in enumerate(task.labels)}}
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=task.num_labels,
-        problem_type="regression" if task.is_regression else "single_label_classification",
-        ignore_mismatched_sizes=True,  # a checkpoint with another task's head: that head is re-initialised
-        **labels)
+    if spec.objective == "generate":
+        model = AutoModelForCausalLM.from_pretrained(path)
+    else:
+        labels = {} if task.is_regression else {"id2label": dict(enumerate(task.labels)),
+                                                 "label2id": {l: i for i, l in enumerate(task.labels)}}
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=task.num_labels,
+            problem_type="regression" if task.is_regression else "single_label_classification",
+            ignore_mismatched_sizes=True,  # a checkpoint with another task's head: that head is re-initialised
+            **labels)
     if tokenizer.pad_token is None:  # decoder tokenizers: pad with eos, as HF's examples do
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
@@ -108,32 +113,55 @@ def _gates(model, dev: Encoded, collator) -> dict[int, dict[str, float]]:
     return sums
 
 
-def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, started: str) -> RunRecord:
-    tokenizer, model = load_model(spec, task)
+def _classify_trainer(spec: RunSpec, task: Task, splits: Splits, tokenizer, model, **kwargs):
+    """Trainer, dev and test splits, gate collator and test scorer of the classify objective."""
     train = encode(splits.train, tokenizer, spec.max_length)
     dev, test = (encode(s, tokenizer, spec.max_length, by_length=True) for s in (splits.dev, splits.test))
     collator = DataCollatorWithPadding(tokenizer)
-    best, timer = BestOnDev(spec.patience), StepTimer()
-    progress = RunProgress(spec.label(), options.progress_position, options.progress)
 
     def metrics(p) -> dict[str, float]:
         return {"score": score(task.metric, p.predictions, p.label_ids, task.is_regression)}
 
+    def test_score(trainer) -> float:
+        predicted = trainer.predict(test)
+        return score(task.metric, predicted.predictions, predicted.label_ids, task.is_regression)
+
+    trainer = Trainer(model=model, train_dataset=train, eval_dataset=dev, data_collator=collator,
+                      compute_metrics=metrics, **kwargs)
+    return trainer, dev, test, collator, test_score
+
+
+def _generative_trainer(spec: RunSpec, task: Task, splits: Splits, tokenizer, model, **kwargs):
+    """The same for the generate objective (harness/generative.py)."""
+    prompts = Prompts(task, tokenizer, spec.max_length)
+    train = prompts.encode(splits.train, train=True)
+    dev, test = (prompts.encode(s, train=False) for s in (splits.dev, splits.test))
+    trainer = GenerativeTrainer(model=model, train_dataset=train, eval_dataset=dev,
+                                data_collator=partial(pad, pad_id=tokenizer.pad_token_id, left=False),
+                                prompts=prompts, eval_batch_size=EVAL_BATCH, **kwargs)
+    return trainer, dev, test, partial(pad, pad_id=tokenizer.pad_token_id, left=True), lambda t: t.score(test)
+
+
+def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, started: str) -> RunRecord:
+    tokenizer, model = load_model(spec, task)
+    best, timer = BestOnDev(spec.patience), StepTimer()
+    progress = RunProgress(spec.label(), options.progress_position, options.progress)
+    make_trainer = _generative_trainer if spec.objective == "generate" else _classify_trainer
     with tempfile.TemporaryDirectory(prefix="unipelt-run-") as tmp:
-        trainer = Trainer(model=model, args=_arguments(spec, tmp), train_dataset=train, eval_dataset=dev,
-                          data_collator=collator, compute_metrics=metrics, callbacks=[best, timer, progress])
+        trainer, dev, test, collator, test_score = make_trainer(
+            spec, task, splits, tokenizer, model, args=_arguments(spec, tmp), callbacks=[best, timer, progress])
+        train = trainer.train_dataset
         trainer.remove_callback(ProgressCallback)
         trainer.train()
         best.restore(model)
         params = count_parameters(model)  # before folding: "total" includes the prefix network
         fold(model)  # inference runs as deployed: the prefix network replaced by its output
         start = time.perf_counter()
-        predicted = trainer.predict(test)
+        test_metric = test_score(trainer)
         infer_seconds = time.perf_counter() - start
     model.eval()
     if options.save_dir and is_main_process():
         save(model, options.save_dir)
-    test_metric = score(task.metric, predicted.predictions, predicted.label_ids, task.is_regression)
     return RunRecord(
         spec=spec, status="finished", metric=task.metric, epochs=tuple(best.epochs),
         best_epoch=best.best_epoch, dev_metric=best.best, test_metric=test_metric,

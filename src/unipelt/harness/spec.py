@@ -13,6 +13,7 @@ import yaml
 from .. import DEFAULT_LEARNING_RATES, PRESETS, PeltConfig, get_preset
 from .data import DEV_SIZE, parse_k
 from .errors import HarnessError
+from .generative import check_can_generate, check_objective
 from .locate import hub_offline_reason
 from .tasks import get_task
 
@@ -37,6 +38,7 @@ class RunSpec:
     batch_size: int = 16
     max_length: int = 128
     dev_size: int = DEV_SIZE
+    objective: str = "classify"  # or "generate": the task as label-word generation (harness/generative.py)
     # Where the data is read from: not part of the run's identity.
     glue_dir: str | None = field(default=None, compare=False)
 
@@ -47,11 +49,14 @@ class RunSpec:
                 raise HarnessError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if not self.lr > 0:
             raise HarnessError(f"the learning rate must be positive, got {self.lr!r}")
+        check_objective(self.objective, get_task(self.task))
 
     @property
     def key(self) -> str:
-        """Stable id of the run: a hash of every field that changes its result."""
-        ident = {k: v for k, v in asdict(self).items() if k != "glue_dir"}
+        """Stable id of the run: a hash of every field that changes its result. The default
+        objective is left out, so keys from before objectives existed stay valid."""
+        ident = {k: v for k, v in asdict(self).items()
+                 if k != "glue_dir" and not (k == "objective" and v == "classify")}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
     @property
@@ -59,7 +64,8 @@ class RunSpec:
         return PeltConfig.from_dict(json.loads(self.config))
 
     def label(self) -> str:
-        return f"{self.task} {self.method} K={self.k} seed={self.data_seed}"
+        objective = " generate" if self.objective == "generate" else ""
+        return f"{self.task} {self.method}{objective} K={self.k} seed={self.data_seed}"
 
 
 def resolve_model(model: str | None) -> str:
@@ -123,6 +129,9 @@ def make_spec(*, task: str, preset: str | None = None, config_file: str | None =
         method, config = preset, get_preset(preset)
     else:
         method, config = Path(config_file).stem, read_config_file(config_file)
-    return RunSpec(task=task, method=method, config=json.dumps(config.to_dict(), sort_keys=True),
+    spec = RunSpec(task=task, method=method, config=json.dumps(config.to_dict(), sort_keys=True),
                    model=resolve_model(model), k=parse_k(k),
                    lr=_default_lr(method, config) if lr is None else lr, **options)
+    if spec.objective == "generate":
+        check_can_generate(model_path(spec.model))
+    return spec

@@ -22,7 +22,8 @@ METHOD_ORDER = ("full", "bitfit", "adapter", "adapter-houlsby", "parallel-adapte
 # UniPELT Table 2: a variant against the max over the single methods it combines.
 SUBMODULES = {"unipelt-ap": ("adapter", "prefix"), "unipelt-apl": ("adapter", "prefix", "lora")}
 # Spec fields that split one method into several rows when they vary inside a block.
-VARIANT_FIELDS = ("lr", "epochs", "patience", "model_seed", "dev_size", "batch_size", "max_length")
+VARIANT_FIELDS = ("lr", "epochs", "patience", "model_seed", "dev_size", "batch_size", "max_length", "objective")
+SPEC_DEFAULTS = {"objective": "classify"}  # fields added later: absent from older stores' specs
 
 Mark = Literal["best", "second"] | None
 
@@ -61,7 +62,7 @@ def with_variants(runs: pd.DataFrame) -> pd.DataFrame:
     learning rates of one preset are two rows, never averaged together)."""
     runs = runs.copy()
     for field_ in VARIANT_FIELDS:
-        runs[field_] = runs["spec"].map(lambda s, f=field_: s.get(f))
+        runs[field_] = runs["spec"].map(lambda s, f=field_: s.get(f, SPEC_DEFAULTS.get(f)))
     labels = []
     for _, run in runs.iterrows():
         same = runs[(runs.method == run.method) & (runs.model == run.model)]

@@ -1,0 +1,90 @@
+"""The generate objective: prompt/label-word encoding, a tiny Llama end to end, and its errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from unipelt import cli
+from unipelt.harness.generative import IGNORE, Prompts
+from unipelt.harness.spec import RunSpec
+from unipelt.harness.store import Store
+from unipelt.harness.tasks import get_task
+
+
+@pytest.fixture
+def tokenizer(tiny_llama):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_llama)
+
+
+def _check(prompts: Prompts, row: dict, prompt_text: str, word: str):
+    f = prompts.encode(pd.DataFrame([row]), train=True)[0]
+    tok = prompts.tokenizer
+    target = tok.encode(" " + word, add_special_tokens=False) + [tok.eos_token_id]
+    n = len(f["input_ids"]) - len(target)
+    assert f["input_ids"][0] == tok.bos_token_id and f["input_ids"][n:] == target
+    assert f["labels"] == [IGNORE] * n + target and f["attention_mask"] == [1] * len(f["input_ids"])
+    assert tok.decode(f["input_ids"][1:n]) == tok.decode(tok.encode(prompt_text, add_special_tokens=False))
+    evaluated = prompts.encode(pd.DataFrame([row]), train=False)[0]
+    assert evaluated["input_ids"] == f["input_ids"][:n] and evaluated["labels"] == row["label"]
+
+
+def test_sst2_and_rte_prompts_mask_all_but_the_label_word(tokenizer):
+    sst2 = Prompts(get_task("sst2"), tokenizer, 128)
+    _check(sst2, {"a": "a gorgeous film", "b": None, "label": 1}, "Sentence: a gorgeous film\nSentiment:", "positive")
+    rte = Prompts(get_task("rte"), tokenizer, 128)
+    _check(rte, {"a": "Cats purr.", "b": "Cats make sounds.", "label": 1}, "Cats purr.\nCats make sounds.\nAnswer:", "no")
+    assert rte.label_of(" Yes, surely") == 0 and rte.label_of(" no.") == 1 and rte.label_of(" maybe") is None
+    assert rte.max_new_tokens == 2
+
+
+def test_long_inputs_keep_the_cue_within_max_length(tokenizer):
+    prompts = Prompts(get_task("sst2"), tokenizer, 16)
+    f = prompts.encode(pd.DataFrame([{"a": "word " * 50, "b": None, "label": 0}]), train=True)[0]
+    assert len(f["input_ids"]) <= 16 and "sentiment :" in tokenizer.decode(f["input_ids"])
+
+
+def test_classify_keys_are_unchanged():
+    spec = dict(task="rte", method="lora", config="{}", model="m", k=16, lr=1e-3)
+    assert RunSpec(**spec).key == "647fcc5a52bd22400dd3"  # the key from before objectives existed
+    assert RunSpec(**spec, objective="generate").key != RunSpec(**spec).key
+
+
+def test_generate_end_to_end(capsys, glue_dir, tiny_llama, tmp_path):
+    store = tmp_path / "s.sqlite"
+    argv = ["-q", "train", "--objective", "generate", "--task", "sst2", "--preset", "lora", "--k", "16",
+            "--model", tiny_llama, "--glue-dir", str(glue_dir), "--dev-size", "8", "--epochs", "2",
+            "--lr", "1e-2", "--store", str(store)]
+    assert cli.main(argv) == 0
+    assert "sst2 lora generate K=16 seed=111: test accuracy" in capsys.readouterr().out
+    with Store(store) as s:
+        run = s.runs().iloc[0]
+    assert run.status == "finished" and 0 <= run.test_metric <= 1 and run.spec["objective"] == "generate"
+    assert run.sizes == {"train": 16, "dev": 8, "test": 30}
+    assert cli.main(argv) == 0 and "already finished" in capsys.readouterr().out
+    sweep = ["-q", "sweep", "--objective", "generate", "--tasks", "sst2", "--presets", "lora", "--k", "16", *argv[10:]]
+    assert cli.main(sweep) == 0 and "1 were already finished" in capsys.readouterr().out  # same key as train
+
+
+@pytest.mark.parametrize("task, model, message", [
+    ("stsb", "tiny_llama", "--objective generate needs label words, and stsb is a regression task"),
+    ("rte", "tiny_model", "--objective generate needs a decoder-only causal LM"),
+])
+def test_generate_errors(capsys, request, glue_dir, tmp_path, task, model, message):
+    argv = ["train", "--objective", "generate", "--task", task, "--preset", "lora", "--k", "16",
+            "--model", request.getfixturevalue(model), "--glue-dir", str(glue_dir), "--store", str(tmp_path / "s.sqlite")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("unipelt: error: ") and "\n" not in err and message in err, err
+
+
+def test_unmatched_answers_count_as_wrong():
+    from unipelt.harness.generative import UNMATCHED
+    from unipelt.harness.metrics import score_predictions
+
+    gold, pred = [0, 1, 1, 0], [UNMATCHED, 1, UNMATCHED, 0]
+    assert score_predictions("accuracy", pred, gold) == 0.5
+    assert score_predictions("f1", pred, gold) == pytest.approx(2 / 3)  # the unmatched positive is a miss
+    assert score_predictions("matthews", [UNMATCHED] * 4, gold) == 0.0
