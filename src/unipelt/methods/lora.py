@@ -28,7 +28,12 @@ class LoRALinear(Wrapper):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.pelt_gate(x) if self.pelt_gate is not None else self.scale.value
-        return self.base_layer(x) + weight * self.pelt_lora(x)
+        out = self.base_layer(x)  # (..., d_out), contiguous; its backward needs x and W, not out
+        lora = self.pelt_lora
+        # w·(B A x) = (w·A x) B: scale the r-wide bottleneck instead of the d-wide output, and add
+        # into out in place, which saves two passes over a (B, T, d) tensor per projection
+        low = (lora.dropout(x) @ lora.down[0]) * weight  # (..., r)
+        return out.view(-1, out.shape[-1]).addmm_(low.reshape(-1, low.shape[-1]), lora.up[0]).view(out.shape)
 
     @torch.no_grad()
     def merge(self) -> nn.Linear:
