@@ -73,22 +73,17 @@ def test_qqp_test_split_is_carved_from_the_end_of_train(glue_dir):
     assert used == set(rows.a.iloc[:-CARVED_TEST_ROWS]) and not used & set(splits.test.a)
 
 
-def test_malformed_row_names_file_and_line(own_glue):
-    path = own_glue / "RTE" / "train.tsv"
+@pytest.mark.parametrize("task, file, index, row, message", [
+    ("rte", "RTE/train.tsv", 6, "5\tonly two fields\n", "7: malformed row: expected 4 tab-separated fields, found 2"),
+    ("sst2", "SST-2/dev.tsv", 3, "a fine film\tmaybe\n", "4: label 'maybe' is not one of"),
+])
+def test_bad_row_names_file_and_line(own_glue, task, file, index, row, message):
+    path = own_glue / file
     lines = path.read_text().splitlines(keepends=True)
-    lines[6] = "5\tonly two fields\n"
+    lines[index] = row
     path.write_text("".join(lines))
-    with pytest.raises(UniPeltError, match=rf"{path}:7: malformed row: expected 4 tab-separated fields, found 2"):
-        read_tsv(path, get_task("rte"))
-
-
-def test_unknown_label_names_file_and_line(own_glue):
-    path = own_glue / "SST-2" / "dev.tsv"
-    lines = path.read_text().splitlines(keepends=True)
-    lines[3] = "a fine film\tmaybe\n"
-    path.write_text("".join(lines))
-    with pytest.raises(UniPeltError, match=rf"{path}:4: label 'maybe' is not one of"):
-        read_tsv(path, get_task("sst2"))
+    with pytest.raises(UniPeltError, match=rf"{path}:{message}"):
+        read_tsv(path, get_task(task))
 
 
 def test_missing_file_names_it(own_glue):
