@@ -45,13 +45,16 @@ class LowRank(nn.Module):
             nn.init.uniform_(self.down, -bound, bound)
             nn.init.zeros_(self.up)
 
+    def bottleneck(self, z: torch.Tensor) -> torch.Tensor:
+        """``act(down(z))`` for a single group: (..., r)."""
+        hid = self.dropout(z) @ self.down[0]
+        return self.act(hid + self.down_bias[0] if self.down_bias is not None else hid)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        z = self.dropout(z)
         if self.groups == 1:  # the common case stays two plain matmuls
-            hid = z @ self.down[0]
-            hid = hid + self.down_bias[0] if self.down_bias is not None else hid
-            out = self.act(hid) @ self.up[0]
+            out = self.bottleneck(z) @ self.up[0]
         else:
+            z = self.dropout(z)
             zg = z.unflatten(-1, (self.groups, -1))  # (..., G, d_in/G)
             hid = torch.einsum("...gi,gir->...gr", zg, self.down)
             hid = hid + self.down_bias if self.down_bias is not None else hid

@@ -32,7 +32,7 @@ class LoRALinear(Wrapper):
         lora = self.pelt_lora
         # w·(B A x) = (w·A x) B: scale the r-wide bottleneck instead of the d-wide output, and add
         # into out in place, which saves two passes over a (B, T, d) tensor per projection
-        low = (lora.dropout(x) @ lora.down[0]) * weight  # (..., r)
+        low = lora.bottleneck(x) * weight  # (..., r)
         return out.view(-1, out.shape[-1]).addmm_(low.reshape(-1, low.shape[-1]), lora.up[0]).view(out.shape)
 
     @torch.no_grad()
