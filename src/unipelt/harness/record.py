@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import platform
+import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from .spec import RunSpec
@@ -45,5 +47,24 @@ def versions() -> dict[str, str]:
 
     from .. import __version__
 
-    return {"unipelt": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
+    found = {"unipelt": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+             "python": platform.python_version()}
+    commit = _git_commit()
+    if commit:
+        found["unipelt_commit"] = commit
+    return found
+
+
+def _git_commit() -> str:
+    """The commit of a source checkout, '+dirty' when it has local changes; '' for an installed wheel."""
+    here = Path(__file__).parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit and commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""

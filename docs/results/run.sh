@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The study's exact commands, in the order they ran. Every sweep resumes: rerun to continue.
+set -euo pipefail
+store=${STORE:-docs/results/unipelt.sqlite}
+export HF_HUB_OFFLINE=1
+for seed in 111 222 333; do
+  unipelt sweep --grid docs/results/grid-k100.toml --data-seeds $seed --store "$store" --workers 2 -q
+done
+unipelt sweep --grid docs/results/grid-masking.toml --store "$store" --workers 2 -q
+for seed in 111 222 333; do
+  unipelt sweep --grid docs/results/grid-k500.toml --data-seeds $seed --store "$store" --workers 2 -q
+done
+unipelt report --store "$store" --out docs/results
