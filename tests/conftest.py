@@ -32,12 +32,6 @@ GENERATORS = {"llama": LlamaForCausalLM, "bart": BartForConditionalGeneration, "
 ARCHS = {arch: (lambda arch=arch, **kw: CLASSIFIERS[arch](CONFIGS[arch](**kw))) for arch in CLASSIFIERS}
 
 
-def skip_unsupported(arch: str, preset: str) -> None:
-    """Prompt tuning is refused on decoder-only models (see arch/llama.py and its own test)."""
-    if arch == "llama" and preset == "prompt":
-        pytest.skip("prompt tuning is not offered for decoder-only models")
-
-
 def build(arch: str = "bert", seed: int = 0, **kw):
     torch.manual_seed(seed)
     return ARCHS[arch](**kw).eval()

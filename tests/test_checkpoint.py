@@ -6,7 +6,7 @@ import torch
 import unipelt
 from unipelt import UniPeltError
 
-from conftest import batch, build, randomize, skip_unsupported
+from conftest import batch, build, randomize
 
 PRESETS = sorted(unipelt.PRESETS)
 
@@ -18,7 +18,6 @@ def logits(model):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_save_then_load_into_a_fresh_base_reproduces_logits(tmp_path, arch, preset):
-    skip_unsupported(arch, preset)
     model = unipelt.apply(build(arch), preset)
     randomize(model)
     unipelt.save(model, tmp_path)

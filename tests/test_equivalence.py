@@ -9,7 +9,7 @@ from unipelt.blocks import Gate
 from unipelt.inject import zero_deltas
 from unipelt.methods.lora import LoRALinear
 
-from conftest import batch, build, randomize, skip_unsupported
+from conftest import batch, build, randomize
 
 NO_PREFIX = [p for p, c in unipelt.PRESETS.items()
              if not c.of(unipelt.PrefixConfig) and not c.of(unipelt.PromptConfig)]
@@ -85,7 +85,6 @@ def test_prefix_matches_the_past_key_values_route():
 @pytest.mark.parametrize("preset", WITH_PREFIX + ["prompt"])
 def test_padding_does_not_leak_into_real_tokens(arch, preset):
     """The custom attention needs its own mask function, else padding is silently attended."""
-    skip_unsupported(arch, preset)
     model = unipelt.apply(build(arch), preset)
     randomize(model)
     b = batch()

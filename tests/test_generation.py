@@ -11,7 +11,7 @@ from transformers import DynamicCache
 import unipelt
 from unipelt import UniPeltError
 
-from conftest import GENERATORS, batch, build_lm, randomize, skip_unsupported
+from conftest import GENERATORS, batch, build_lm, randomize
 
 PRESETS = sorted(unipelt.PRESETS)
 PREFIXED = ["prefix", "mam", "unipelt-ap", "unipelt-apl"]
@@ -47,7 +47,6 @@ def lm_arch(request):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_cached_greedy_generation_matches_uncached_decoding(lm_arch, preset):
-    skip_unsupported(lm_arch, preset)
     model = _trained(lm_arch, preset)
     cached, uncached = (_generate(model, _inputs(lm_arch), c) for c in (True, False))
     assert torch.equal(cached.sequences, uncached.sequences)
@@ -108,6 +107,44 @@ def test_gates_in_causal_layers_do_not_see_later_tokens():
     assert (full[:, :4] - head).abs().max() < 1e-5
 
 
-def test_prompt_tuning_is_refused_on_decoder_only_models():
-    with pytest.raises(UniPeltError, match="prompt tuning is not offered for 'llama'"):
-        unipelt.apply(build_lm("llama"), "prompt")
+def test_causal_prompt_equals_the_prompt_in_front_of_the_input():
+    """A decoder's prompt, served as per-layer keys/values, gives the logits that running the
+    plain model on [prompt; input] gives at the input's positions."""
+    model, plain = unipelt.apply(build_lm("llama"), "prompt"), build_lm("llama")
+    randomize(model, std=1.0)
+    inputs = _inputs("llama")  # left padded: the prompt then sits right before the first real token
+    prompt = model.pelt_prompt.embeddings.detach()
+    b, length = inputs["input_ids"].shape[0], prompt.shape[0]
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    positions = (mask.cumsum(1) - 1).clamp(min=0)  # as generate() gives left-padded rows: 0 at the first real token
+    with torch.no_grad():
+        ours = model(**inputs, position_ids=positions).logits
+        real = torch.cat([prompt.expand(b, -1, -1), plain.get_input_embeddings()(ids)], dim=1)
+        positions = torch.cat([torch.arange(length).expand(b, -1), length + positions], dim=1)
+        mask = torch.cat([mask.new_ones(b, length), mask], dim=1)
+        theirs = plain(inputs_embeds=real, attention_mask=mask, position_ids=positions).logits[:, length:]
+    keep = inputs["attention_mask"].bool()
+    assert (ours - theirs)[keep].abs().max() < 1e-5
+
+
+def _prompt_gradient(**checkpointing) -> torch.Tensor:
+    model = unipelt.apply(build_lm("llama"), "prompt").train()
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
+    inputs = batch()
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    return model.pelt_prompt.embeddings.grad
+
+
+def test_causal_prompt_trains_with_activation_checkpointing():
+    plain = _prompt_gradient()
+    assert plain.abs().sum() > 0
+    assert torch.allclose(plain, _prompt_gradient(use_reentrant=False), atol=1e-6)
+    with pytest.raises(UniPeltError, match="non-reentrant"):
+        _prompt_gradient(use_reentrant=True)
+
+
+def test_prompt_and_prefix_together_are_refused_on_decoder_only_models():
+    cfg = unipelt.PeltConfig(methods=(unipelt.PromptConfig(), unipelt.PrefixConfig()))
+    with pytest.raises(UniPeltError, match="prompt and prefix tuning together"):
+        unipelt.apply(build_lm("llama"), cfg)

@@ -17,7 +17,7 @@ from .config import BitFitConfig, FullFineTuning, PeltConfig, PrefixConfig, Prom
 from .errors import UniPeltError
 from .methods.lora import LoRALinear
 from .methods.prefix import PrefixEncoder
-from .methods.prompt import PeltEmbeddings
+from .methods.prompt import CausalPrompt, PeltEmbeddings
 from .placement import LayerContext, inject_layer, prefix_widths, replace_module
 from .presets import get_preset
 
@@ -46,6 +46,15 @@ def _prefix_encoder(base: nn.Module, spec: ArchSpec, cfg: PeltConfig, d: int) ->
     if len(set(widths)) != 1:
         raise UniPeltError(f"prefix tuning needs attention sublayers with one key width; found {sorted(set(widths))}")
     return PrefixEncoder(prefix, d, len(widths), widths[0])
+
+
+def _causal_prompt(base: nn.Module, cfg: PeltConfig) -> CausalPrompt:
+    if cfg.of(PrefixConfig):
+        raise UniPeltError("prompt and prefix tuning together are not offered on decoder-only models: there "
+                           "the prompt is itself served as a prefix (methods/prompt.py); use one of them")
+    if len(cfg.of(PromptConfig)) > 1:
+        raise UniPeltError("a decoder-only model takes one PromptConfig")
+    return CausalPrompt(cfg.of(PromptConfig)[0], base)
 
 
 def _inject_layers(base: nn.Module, spec: ArchSpec, cfg: PeltConfig, d: int, prefix: PrefixEncoder | None) -> None:
@@ -101,17 +110,14 @@ def apply(model: nn.Module, preset_or_config) -> nn.Module:
     if getattr(model, "pelt_config", None) is not None:
         raise UniPeltError("this model already has unipelt modules; apply() to a fresh model")
     spec = spec_for(model)
-    if cfg.of(PromptConfig) and spec.embeddings is None:
-        raise UniPeltError(f"prompt tuning is not offered for {model.config.model_type!r}: inserted tokens would "
-                           "shift what the LM labels or the classifier's last-token index refer to; "
-                           "prefix tuning gives every layer the same kind of learned context")
     d = getattr(model.config, spec.hidden_key)
     base = model.base_model
-    prefix = _prefix_encoder(base, spec, cfg, d)
-    if prefix is not None:
+    if cfg.of(PromptConfig) and spec.embeddings is None:  # decoder-only: the prompt is served as a prefix
+        prefix = model.pelt_prompt = _causal_prompt(base, cfg)
+    elif (prefix := _prefix_encoder(base, spec, cfg, d)) is not None:
         model.pelt_prefix = prefix
     _inject_layers(base, spec, cfg, d, prefix)
-    for prompt in cfg.of(PromptConfig):
+    for prompt in cfg.of(PromptConfig) if spec.embeddings else ():
         replace_module(base, spec.embeddings, lambda e: PeltEmbeddings(e, prompt, d))
     if prefix is not None or cfg.of(PromptConfig):
         use_pelt_attention(model)

@@ -20,6 +20,7 @@ from .errors import UniPeltError
 from .methods.adapter import Adapter
 from .methods.lora import LoRALinear
 from .methods.prefix import LayerPrefix, PrefixEncoder
+from .methods.prompt import CausalPrompt
 from .wrappers import PeltAttention, PeltHeadOutput, PeltLayer, PeltPostNorm, PeltSublayer, Tap, Wrapper
 
 
@@ -34,7 +35,7 @@ class LayerContext:
     spec: ArchSpec
     d: int
     slot: MaskSlot
-    prefix: PrefixEncoder | None
+    prefix: PrefixEncoder | CausalPrompt | None  # where prefix keys/values come from
     prefix_slots: Iterator[int]  # the next prefix slot index, shared across layers and stacks
 
     @property
@@ -108,13 +109,11 @@ def _inject_lora(layer: nn.Module, ctx: LayerContext) -> None:
 
 def _inject_attention(layer: nn.Module, att: Attention, ctx: LayerContext) -> None:
     """Prefix keys/values and the multi-head parallel adapter of one attention sublayer."""
-    prefix_cfg = ctx.cfg.of(PrefixConfig)
     heads = [a for a in ctx.cfg.of(AdapterConfig) if a.target == "head" and kind(att) in a.attention]
-    if ctx.prefix is not None and kind(att) in prefix_cfg[0].attention:
+    if ctx.prefix is not None and kind(att) in ctx.prefix.attention:
         module = _wrap(layer, att.input, PeltAttention)
-        gated = prefix_cfg[0].composition == "gated"
         head_dim = getattr(module, ctx.spec.head_dim)
-        lp = LayerPrefix(ctx.prefix, next(ctx.prefix_slots), head_dim, ctx.d, gated,
+        lp = LayerPrefix(ctx.prefix, next(ctx.prefix_slots), head_dim, ctx.d, ctx.prefix.gated,
                          pooling=ctx.cfg.gate_pooling, mask_slot=ctx.slot)
         module.pelt_prefix = ctx.labelled(lp, _site(kind(att), "prefix"))
     for cfg in heads:

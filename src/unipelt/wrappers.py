@@ -106,8 +106,9 @@ class PeltAttention(PeltSublayer):
         self.pelt_prefix: nn.Module | None = None
 
     def call_base(self, x: torch.Tensor, args: tuple, kwargs: dict):
-        if self.pelt_prefix is not None:
-            kwargs = {**kwargs, PREFIX_KWARG: self.pelt_prefix(x)}
+        prefix = self.pelt_prefix(x) if self.pelt_prefix is not None else None
+        if prefix is not None:
+            kwargs = {**kwargs, PREFIX_KWARG: prefix}
         return self.base_layer(*args, **kwargs)
 
 

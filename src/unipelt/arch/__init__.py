@@ -68,8 +68,9 @@ class ArchSpec:
     stacks: tuple[Stack, ...]
     hidden_key: str = "hidden_size"  # config attribute holding d
     head_dim: str = "head_dim"  # attribute of an attention module: the width of one head
-    # Prompt tuning's insertion point, relative to the base model. None where inserting tokens
-    # would break the model's own heads (a causal LM's labels, a last-token classifier's index).
+    # Prompt tuning's insertion point, relative to the base model. None in decoder-only models,
+    # where inserted tokens would break the model's own heads (a causal LM's labels, a last-token
+    # classifier's index): there the prompt is served as prefix keys/values (methods/prompt.py).
     embeddings: str | None = None
     head_in_base: tuple[str, ...] = ()  # base-model modules that belong to the task head
 

@@ -2,8 +2,8 @@
 attention and a gated FFN (``down(act(gate(x)) * up(x))``).
 
 Prefix keys/values have ``num_key_value_heads`` heads and are prepended after the rotary
-embedding (attention.py), so they carry no position. Prompt tuning is not offered: inserting
-tokens would shift what a causal LM's labels and a last-token classifier's index refer to.
+embedding (attention.py), so they carry no position. Prompt tuning inserts no tokens here: the
+prompt's own keys and values become a prefix (methods/prompt.py, ``CausalPrompt``).
 """
 
 from . import FFN, ArchSpec, Attention, Stack, register

@@ -25,6 +25,7 @@ class PrefixEncoder(nn.Module):
     def __init__(self, cfg: PrefixConfig, d: int, slots: int, kv_dim: int | None = None):
         super().__init__()
         self.length, self.slots, self.kv_dim = cfg.length, slots, kv_dim or d
+        self.attention, self.gated = cfg.attention, cfg.composition == "gated"
         self.folded: nn.Parameter | None = None
         self.embedding = nn.Embedding(cfg.length, d)
         self.mlp_in = nn.Linear(d, cfg.mid_dim)
@@ -60,17 +61,21 @@ class PrefixEncoder(nn.Module):
 
 
 class LayerPrefix(nn.Module):
-    """One attention sublayer's view of the shared encoder, plus that sublayer's gate."""
+    """One attention sublayer's view of the shared encoder (a ``PrefixEncoder``, or a decoder's
+    ``CausalPrompt``), plus that sublayer's gate."""
 
-    def __init__(self, encoder: PrefixEncoder, slot: int, head_dim: int, d: int, gated: bool,
+    def __init__(self, encoder: nn.Module, slot: int, head_dim: int, d: int, gated: bool,
                  *, pooling: str, mask_slot: MaskSlot):
         super().__init__()
         self.__dict__["encoder"] = encoder  # owned by the model; registering it here would repeat it per layer
         self.slot, self.head_dim = slot, head_dim
         self.pelt_gate = Gate(d, pooling, mask_slot) if gated else None
 
-    def forward(self, h_in: torch.Tensor) -> Prefix:
-        k, v = self.encoder.kv(self.slot)  # (l, d_kv)
+    def forward(self, h_in: torch.Tensor) -> Prefix | None:
+        kv = self.encoder.kv(self.slot)  # (l, d_kv) each
+        if kv is None:
+            return None
+        k, v = kv
         b, length = h_in.shape[0], k.shape[0]
         k = k.view(length, -1, self.head_dim).transpose(0, 1).expand(b, -1, -1, -1)  # (B, H_kv, l, dh)
         v = v.view(length, -1, self.head_dim).transpose(0, 1).expand(b, -1, -1, -1)

@@ -3,8 +3,15 @@
 The prompt goes right after the first token so that poolers reading position 0 (BERT's [CLS])
 still read it; the mask function in attention.py inserts the matching ones into the padding mask.
 In encoder-decoders it joins the encoder input, as in Lester et al.'s T5 setting; attention.py
-widens the decoder's cross-attention mask to match. Decoder-only models are not offered it
-(arch/llama.py says why).
+widens the decoder's cross-attention mask to match.
+
+Decoder-only models get ``CausalPrompt`` instead: inserting tokens would shift what the LM labels
+and a last-token classifier's index refer to. Under a causal mask the prompt tokens see only each
+other, so what every layer computes for them does not depend on the input: running the frozen
+model on the prompt alone, at positions -l..-1, gives each layer's prompt keys and values, and
+prepending those as a prefix (attention.py) is exactly prompt tuning with the prompt in front.
+Positions only enter through rotary embeddings, which depend on distances, so the input keeps
+positions 0.. and the cache, masks and labels never see the prompt.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import torch
 from torch import nn
 
 from ..config import PromptConfig
+from ..errors import UniPeltError
 from ..wrappers import Wrapper
 
 
@@ -27,3 +35,65 @@ class PeltEmbeddings(Wrapper):
         e = self.base_layer(*args, **kwargs)  # (B, T, d)
         p = self.pelt_prompt.to(e.dtype).expand(e.shape[0], -1, -1)  # (B, l, d)
         return torch.cat([e[:, :1], p, e[:, 1:]], dim=1)
+
+
+class CausalPrompt(nn.Module):
+    """The prompt of a decoder-only model, served to each layer as prefix keys and values.
+
+    A forward pre-hook on the base model runs the prompt through it once per forward (batch 1,
+    l tokens), before the real tokens reach the layers; ``kv`` has the same shape contract as
+    ``PrefixEncoder.kv`` so ``LayerPrefix`` serves both.
+    """
+
+    attention = ("self",)
+    gated = False
+
+    def __init__(self, cfg: PromptConfig, base: nn.Module):
+        super().__init__()
+        self.__dict__["base"] = base  # the model owns the base; registering it here would repeat it
+        vocab = base.get_input_embeddings().weight
+        # Lester et al.'s vocabulary init: the prompt starts at the scale the layers expect
+        picks = torch.randint(vocab.shape[0], (cfg.length,), device=vocab.device)
+        self.embeddings = nn.Parameter(vocab.detach()[picks].clone())
+        self.length = cfg.length
+        self._table: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._running = False
+        base.register_forward_pre_hook(self._refresh)
+
+    def _refresh(self, _module, _args) -> None:
+        if self._running:  # the prompt's own pass through the base model
+            return
+        # The prompt pass is l tokens: it runs without activation checkpointing, which would
+        # drop the cache this reads its keys and values from.
+        checkpointed = [m for m in self.base.modules() if getattr(m, "gradient_checkpointing", False) is True]
+        if self.training and any(_reentrant(m) for m in checkpointed):
+            # every layer's recomputation would backpropagate through the shared prompt pass again
+            raise UniPeltError("prompt tuning on a decoder-only model needs non-reentrant activation "
+                               "checkpointing: gradient_checkpointing_kwargs={'use_reentrant': False} "
+                               "(transformers' default)")
+        self._running = True
+        try:
+            for m in checkpointed:
+                m.gradient_checkpointing = False
+            positions = torch.arange(-self.length, 0, device=self.embeddings.device)[None]
+            out = self.base(inputs_embeds=self.embeddings[None], position_ids=positions, use_cache=True)
+        finally:
+            self._running = False
+            for m in checkpointed:
+                m.gradient_checkpointing = True
+        self._table = [(layer.keys[0], layer.values[0]) for layer in out.past_key_values.layers]
+
+    def kv(self, slot: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Layer ``slot``'s prompt keys and values, each (l, d_kv); None during the prompt's own pass."""
+        if self._running:
+            return None
+        if self._table is None:
+            raise UniPeltError("the prompt's keys and values are computed when the base model runs; "
+                               "call the model, not a single layer")
+        k, v = self._table[slot]  # (H_kv, l, dh), rotated at positions -l..-1
+        return k.transpose(0, 1).flatten(1), v.transpose(0, 1).flatten(1)
+
+
+def _reentrant(module: nn.Module) -> bool:
+    fn = getattr(module, "_gradient_checkpointing_func", None)  # a functools.partial of torch's checkpoint
+    return bool(getattr(fn, "keywords", {}).get("use_reentrant", False))
