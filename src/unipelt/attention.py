@@ -166,3 +166,8 @@ def token_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor
     if row.dtype == torch.bool:
         return row
     return row > torch.finfo(row.dtype).min / 2
+
+
+def cached_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every layer's (keys, values) held by a transformers 5 ``DynamicCache``, each (B, H_kv, T, dh)."""
+    return [(layer.keys, layer.values) for layer in cache.layers]

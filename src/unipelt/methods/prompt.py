@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..attention import cached_kv
 from ..config import PromptConfig
 from ..errors import UniPeltError
 from ..wrappers import Wrapper
@@ -69,7 +70,7 @@ class CausalPrompt(nn.Module):
         if self.training and any(_reentrant(m) for m in checkpointed):
             # every layer's recomputation would backpropagate through the shared prompt pass again
             raise UniPeltError("prompt tuning on a decoder-only model needs non-reentrant activation "
-                               "checkpointing: gradient_checkpointing_kwargs={'use_reentrant': False} "
+                               "checkpointing: pass use_reentrant=False in the checkpointing kwargs "
                                "(transformers' default)")
         self._running = True
         try:
@@ -81,7 +82,7 @@ class CausalPrompt(nn.Module):
             self._running = False
             for m in checkpointed:
                 m.gradient_checkpointing = True
-        self._table = [(layer.keys[0], layer.values[0]) for layer in out.past_key_values.layers]
+        self._table = [(k[0], v[0]) for k, v in cached_kv(out.past_key_values)]
 
     def kv(self, slot: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Layer ``slot``'s prompt keys and values, each (l, d_kv); None during the prompt's own pass."""
