@@ -11,3 +11,9 @@ for seed in 111 222 333; do
   unipelt sweep --grid docs/results/grid-k500.toml --data-seeds $seed --store "$store" --workers 2 -q
 done
 unipelt report --store "$store" --out docs/results
+python docs/results/analyze.py --store "$store" > docs/results/analysis.md
+
+# Targeted experiments, in their own store (they ran beside the sweeps above)
+exp=${EXPERIMENTS:-docs/results/experiments.sqlite}
+unipelt sweep --grid docs/results/grid-epochs.toml --store "$exp" -q
+unipelt report --store "$exp" --out docs/results/experiments
