@@ -16,4 +16,5 @@ python docs/results/analyze.py --store "$store" > docs/results/analysis.md
 # Targeted experiments, in their own store (they ran beside the sweeps above)
 exp=${EXPERIMENTS:-docs/results/experiments.sqlite}
 unipelt sweep --grid docs/results/grid-epochs.toml --store "$exp" -q
+unipelt sweep --grid docs/results/grid-lr.toml --store "$exp" -q
 unipelt report --store "$exp" --out docs/results/experiments
