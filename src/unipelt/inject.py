@@ -52,8 +52,6 @@ def _causal_prompt(base: nn.Module, cfg: PeltConfig) -> CausalPrompt:
     if cfg.of(PrefixConfig):
         raise UniPeltError("prompt and prefix tuning together are not offered on decoder-only models: there "
                            "the prompt is itself served as a prefix (methods/prompt.py); use one of them")
-    if len(cfg.of(PromptConfig)) > 1:
-        raise UniPeltError("a decoder-only model takes one PromptConfig")
     return CausalPrompt(cfg.of(PromptConfig)[0], base)
 
 
