@@ -41,13 +41,15 @@ def ranks(stats: pd.DataFrame) -> str:
 
 
 def averages(stats: pd.DataFrame) -> str:
-    """Average over tasks of the mean and of the std, for methods with every task of the K."""
+    """Average over tasks of the mean and of the std, over the tasks every method of the grid ran."""
     rows = []
     for k, block in stats.groupby(level=0):
-        tasks = block.index.get_level_values(1).unique()
-        for method, m in block.groupby(level=2):
-            if len(m) == len(tasks):
-                rows.append({"K": k, "method": method, "tasks": len(tasks), "avg score": m["mean"].mean(),
+        methods = block.groupby(level=1).apply(lambda t: set(t.index.get_level_values(2)))
+        tasks = sorted(t for t, m in methods.items() if set(GRID) <= m)
+        for method in GRID:
+            m = block.loc[(k, tasks, method), :] if tasks else block.iloc[:0]
+            if len(m):
+                rows.append({"K": k, "method": method, "tasks": ",".join(tasks), "avg score": m["mean"].mean(),
                              "avg std over seeds": m["std"].mean(), "seeds": int(m["count"].min())})
     frame = pd.DataFrame(rows).set_index(["K", "method"])
     return table(frame.sort_values(["K", "avg score"], ascending=[True, False]))

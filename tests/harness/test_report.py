@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -96,3 +97,14 @@ def test_files_and_self_contained_html(built, tmp_path):
     assert len(images) == 2 and all(src.startswith("data:image/png;base64,") for src in images)
     assert "<b>71.0 ± 1.4</b>" in html and "<u>85.0 ± 0.0</u>" in html
     assert "](metric_vs_k_0.png)" in (out / "report.md").read_text()
+
+
+def test_table4_reference_spans_full_fine_tuning_variants(tmp_path):
+    # two epoch budgets split "full" into two rows; both are still the reference
+    with Store(tmp_path / "s.sqlite") as store:
+        for method, epochs, step in (("full", 5, 1.0), ("full", 15, 3.0), ("lora", 5, 1.0)):
+            record = _record(method, "rte", 111, 0.6)
+            store.write(replace(record, spec=replace(record.spec, epochs=epochs), train_s_per_step=step))
+        md = report.markdown(report.build(store))
+    lora = _row(md, "Table 4 — tiny: parameters and time", "lora")
+    assert lora[3] == "1.00%" and lora[5] == "50%"  # 1.0 s against the mean of 1.0 s and 3.0 s

@@ -190,15 +190,17 @@ def table2(runs: pd.DataFrame) -> list[Table]:
 
 
 def _relative(runs: pd.DataFrame, column: str, invert: bool) -> dict[str, float]:
-    """Per row: mean over tasks of (row's mean / full fine-tuning's mean) for ``column``;
-    ``invert`` for throughputs, so the result is a relative *time*."""
-    per_task = runs.groupby(["row", "task"])[column].mean()
-    if "full" not in per_task.index.get_level_values(0):
+    """Per row: mean over (task, K) of (row's mean / full fine-tuning's mean) for ``column``;
+    ``invert`` for throughputs, so the result is a relative *time*. The reference is full
+    fine-tuning on the same task and K, whatever its row: a sweep over epochs splits "full" into
+    rows, and step time and throughput do not depend on the epoch count."""
+    full = runs[runs.method == "full"].groupby(["task", "k"])[column].mean()
+    if full.empty:
         return {}
-    full = per_task.loc["full"]
     out = {}
-    for row in per_task.index.get_level_values(0).unique():
-        ratios = [(full[t] / v if invert else v / full[t]) for t, v in per_task.loc[row].items() if t in full.index]
+    for row, block in runs.groupby("row"):
+        ratios = [(full[key] / v if invert else v / full[key])
+                  for key, v in block.groupby(["task", "k"])[column].mean().items() if key in full.index]
         out[row] = float(np.mean(ratios)) if ratios else float("nan")
     return out
 
@@ -213,7 +215,7 @@ def table4(runs: pd.DataFrame) -> list[Table]:
         sub = runs[runs.model == model]
         train_rel = _relative(sub, "train_s_per_step", invert=False)
         infer_rel = _relative(sub, "infer_ex_per_s", invert=True)
-        full_params = sub[sub.row == "full"].params.map(lambda p: p["total"])
+        full_params = sub[sub.method == "full"].params.map(lambda p: p["total"])
         body = []
         for row in ordered(sub.row, METHOD_ORDER):
             r = sub[sub.row == row]
@@ -227,7 +229,7 @@ def table4(runs: pd.DataFrame) -> list[Table]:
                             ("method", "trainable params", "inference params", "% of full", "train s/step",
                              "train time vs full", "inference ex/s", "inference time vs full"), tuple(body),
                             ("Parameters exclude the task head. Relative times average the per-task ratios to full "
-                             "fine-tuning over tasks both were run on.",)))
+                             "fine-tuning over the tasks and K both were run on.",)))
     return tables
 
 
