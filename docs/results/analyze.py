@@ -44,13 +44,12 @@ def averages(stats: pd.DataFrame) -> str:
     """Average over tasks of the mean and of the std, over the tasks every method of the grid ran."""
     rows = []
     for k, block in stats.groupby(level=0):
-        methods = block.groupby(level=1).apply(lambda t: set(t.index.get_level_values(2)))
-        tasks = sorted(t for t, m in methods.items() if set(GRID) <= m)
-        for method in GRID:
-            m = block.loc[(k, tasks, method), :] if tasks else block.iloc[:0]
-            if len(m):
-                rows.append({"K": k, "method": method, "tasks": ",".join(tasks), "avg score": m["mean"].mean(),
-                             "avg std over seeds": m["std"].mean(), "seeds": int(m["count"].min())})
+        wide = block.droplevel(0).unstack("method")  # task × (statistic, method)
+        tasks = wide["mean"].reindex(columns=GRID).dropna().index
+        at = wide.loc[tasks]
+        for method in GRID if len(tasks) else []:
+            rows.append({"K": k, "method": method, "tasks": ",".join(tasks), "avg score": at["mean", method].mean(),
+                         "avg std over seeds": at["std", method].mean(), "seeds": int(at["count", method].min())})
     frame = pd.DataFrame(rows).set_index(["K", "method"])
     return table(frame.sort_values(["K", "avg score"], ascending=[True, False]))
 
