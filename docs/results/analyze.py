@@ -46,8 +46,10 @@ def averages(stats: pd.DataFrame) -> str:
     for k, block in stats.groupby(level=0):
         wide = block.droplevel(0).unstack("method")  # task × (statistic, method)
         tasks = wide["mean"].reindex(columns=GRID).dropna().index
+        if tasks.empty:
+            continue
         at = wide.loc[tasks]
-        for method in GRID if len(tasks) else []:
+        for method in GRID:
             rows.append({"K": k, "method": method, "tasks": ",".join(tasks), "avg score": at["mean", method].mean(),
                          "avg std over seeds": at["std", method].mean(), "seeds": int(at["count", method].min())})
     frame = pd.DataFrame(rows).set_index(["K", "method"])

@@ -228,8 +228,8 @@ def table4(runs: pd.DataFrame) -> list[Table]:
         tables.append(Table(f"Table 4 — {model_name(model)}: parameters and time",
                             ("method", "trainable params", "inference params", "% of full", "train s/step",
                              "train time vs full", "inference ex/s", "inference time vs full"), tuple(body),
-                            ("Parameters exclude the task head. Relative times average the per-task ratios to full "
-                             "fine-tuning over the tasks and K both were run on.",)))
+                            ("Parameters exclude the task head. Relative times average the ratios to full fine-tuning "
+                             "on the same task and K, over those both were run on.",)))
     return tables
 
 
