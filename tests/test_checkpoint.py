@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -42,7 +43,7 @@ def test_loading_into_a_different_base_model_is_refused(tmp_path):
     unipelt.save(unipelt.apply(build(), "lora"), tmp_path)
     with pytest.raises(UniPeltError, match="hidden_size: checkpoint 32 vs model 48"):
         unipelt.load(build(hidden_size=48), tmp_path)
-    with pytest.raises(UniPeltError, match="embedding weights differ"):
+    with pytest.raises(UniPeltError, match="base tensor bert.embeddings.word_embeddings.weight differs"):
         unipelt.load(build(seed=7), tmp_path)
     with pytest.raises(UniPeltError, match="model_type"):
         unipelt.load(build("roberta"), tmp_path)
@@ -69,7 +70,6 @@ def test_damaged_file_is_caught_even_when_the_checksum_is_updated(tmp_path):
     path, meta_path = tmp_path / "unipelt.safetensors", tmp_path / "unipelt.json"
     path.write_bytes(path.read_bytes()[:100])
     meta = json.loads(meta_path.read_text())
-    import hashlib
     meta["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(UniPeltError, match="not a readable safetensors file"):
@@ -81,3 +81,167 @@ def test_missing_checkpoint_and_unapplied_model_errors(tmp_path):
         unipelt.load(build(), tmp_path)
     with pytest.raises(UniPeltError, match="unipelt.apply"):
         unipelt.save(build(), tmp_path)
+
+
+def _state(model) -> dict:
+    """Everything a load could change: the module tree, the parameters, the trainable flags."""
+    return {"modules": [n for n, _ in model.named_modules()], "config": getattr(model, "pelt_config", None),
+            "params": {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()}}
+
+
+def _assert_same(before: dict, after: dict) -> None:
+    assert after["modules"] == before["modules"] and after["config"] == before["config"]
+    assert after["params"].keys() == before["params"].keys()
+    for name, (value, grad) in before["params"].items():
+        assert torch.equal(after["params"][name][0], value) and after["params"][name][1] == grad, name
+
+
+def test_same_embeddings_with_other_encoder_weights_are_refused(tmp_path):
+    unipelt.save(unipelt.apply(build(), "lora"), tmp_path)
+    other = build(seed=7)
+    other.bert.embeddings.load_state_dict(build().bert.embeddings.state_dict())
+    with pytest.raises(UniPeltError, match=r"base tensor bert\.encoder\.layer\.0\.attention\.self\.query\.weight differs"):
+        unipelt.load(other, tmp_path)
+
+
+def test_the_same_weights_in_another_precision_load(tmp_path):
+    model = unipelt.apply(build(), "lora")
+    randomize(model)
+    unipelt.save(model, tmp_path)
+    restored = unipelt.load(build().to(torch.bfloat16), tmp_path)
+    assert restored.pelt_config == model.pelt_config
+
+
+def _rewrite_meta(directory, change) -> None:
+    path = directory / "unipelt.json"
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+
+
+def test_a_format_1_checkpoint_still_loads_and_checks_its_embedding_probe(tmp_path):
+    model = unipelt.apply(build(), "lora")
+    randomize(model)
+    unipelt.save(model, tmp_path)
+
+    def as_format_1(meta):
+        meta["format"] = 1
+        del meta["base_model"]["base_tensors"]
+        meta["base_model"]["embedding_probe"] = build().bert.embeddings.word_embeddings.weight[:4, :8].flatten().tolist()
+    _rewrite_meta(tmp_path, as_format_1)
+    assert (logits(unipelt.load(build(), tmp_path)) - logits(model)).abs().max() < 1e-6
+    with pytest.raises(UniPeltError, match="embedding weights differ"):
+        unipelt.load(build(seed=7), tmp_path)
+
+
+def _drop(key):
+    return lambda meta: meta.pop(key)
+
+
+def _set(*path_and_value):
+    *keys, value = path_and_value
+
+    def change(meta):
+        for key in keys[:-1]:
+            meta = meta[key]
+        meta[keys[-1]] = value
+    return change
+
+
+@pytest.mark.parametrize("change, field", [
+    (_drop("config"), "'config' is missing"),
+    (_drop("base_model"), "'base_model' is missing"),
+    (_drop("sha256"), "'sha256' is missing"),
+    (_set("config", None), "'config' must be dict, got None"),
+    (_set("config", {"methods": 5}), "'config'"),
+    (_set("config", {"methods": [{"method": "lora", "targets": 5}]}), "'config'"),
+    (_set("base_model", []), "'base_model' must be dict, got []"),
+    (_set("base_model", "hidden_size", "big"), "'base_model.hidden_size' must be int or null"),
+    (_set("base_model", "hidden_size", True), "'base_model.hidden_size'"),
+    (_set("base_model", "base_tensors", {"x": None}), "'base_model.base_tensors.x' must be dict"),
+    (_set("base_model", "base_tensors", {"x": {"shape": [1], "dtype": "float32", "sha256": "0"}}),
+     "'base_model.base_tensors.x.probe' is missing"),
+    (_set("base_model", "base_tensors", {"x": {"shape": ["a"], "dtype": "f", "sha256": "0", "probe": []}}),
+     "'base_model.base_tensors.x.shape[]' must be int"),
+    (_set("sha256", 12), "'sha256' must be str, got 12"),
+    (_set("format", True), "checkpoint format True"),
+])
+def test_malformed_metadata_is_refused_naming_the_field(tmp_path, change, field):
+    unipelt.save(unipelt.apply(build(), "lora"), tmp_path)
+    _rewrite_meta(tmp_path, change)
+    model = build()
+    before = _state(model)
+    with pytest.raises(UniPeltError, match="unipelt.json: |checkpoint format") as raised:
+        unipelt.load(model, tmp_path)
+    assert field in str(raised.value)
+    _assert_same(before, _state(model))
+
+
+@pytest.mark.parametrize("content", [b"[]", b"null", b"\xff\xfe{}", b"{"])
+def test_metadata_that_is_not_an_object_is_refused(tmp_path, content):
+    unipelt.save(unipelt.apply(build(), "lora"), tmp_path)
+    (tmp_path / "unipelt.json").write_bytes(content)
+    with pytest.raises(UniPeltError, match="unipelt.json"):
+        unipelt.load(build(), tmp_path)
+
+
+def _resave_weights(directory, change) -> None:
+    """Rewrite the tensors and keep the checksum valid: only the names or shapes are wrong."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(directory / "unipelt.safetensors")
+    save_file(change(tensors), directory / "unipelt.safetensors")
+    digest = hashlib.sha256((directory / "unipelt.safetensors").read_bytes()).hexdigest()
+    _rewrite_meta(directory, _set("sha256", digest))
+
+
+@pytest.mark.parametrize("preset", ["lora", "unipelt-apl", "prompt"])
+@pytest.mark.parametrize("damage", ["extra tensor", "missing tensor", "wrong shape"])
+def test_a_refused_load_leaves_the_model_unchanged(tmp_path, preset, damage):
+    unipelt.save(unipelt.apply(build(), preset), tmp_path)
+
+    def change(tensors):
+        name = sorted(tensors)[0]
+        if damage == "extra tensor":
+            return {**tensors, "pelt_unknown": torch.zeros(2)}
+        if damage == "missing tensor":
+            return {k: v for k, v in tensors.items() if k != name}
+        return {**tensors, name: torch.zeros(*tensors[name].shape, 2)}
+    _resave_weights(tmp_path, change)
+    model = build()
+    rng = torch.random.get_rng_state()
+    before = _state(model)
+    with pytest.raises(UniPeltError, match="does not fit this model|checkpoint shape"):
+        unipelt.load(model, tmp_path)
+    _assert_same(before, _state(model))
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the dry run drew no random numbers
+    assert "pelt_config" not in vars(model)
+
+
+def test_a_refused_load_into_an_applied_model_leaves_it_unchanged(tmp_path):
+    unipelt.save(unipelt.apply(build(), "unipelt-apl"), tmp_path)
+    _resave_weights(tmp_path, lambda t: {k: v for k, v in t.items() if k != "pelt_prefix.folded"})
+    model = unipelt.apply(build(), "unipelt-apl")
+    before = _state(model)
+    with pytest.raises(UniPeltError, match="missing \\['pelt_prefix.folded'\\]"):
+        unipelt.load(model, tmp_path)
+    _assert_same(before, _state(model))
+    assert model.pelt_prefix.folded is None  # not folded by the refused load
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from unipelt import checkpoint
+
+    first = unipelt.apply(build(), "lora")
+    randomize(first)
+    unipelt.save(first, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def disk_full(tensors, path):
+        open(path, "wb").write(b"partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        unipelt.save(unipelt.apply(build(), "lora"), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary file left either
+    assert (logits(unipelt.load(build(), tmp_path)) - logits(first)).abs().max() < 1e-6

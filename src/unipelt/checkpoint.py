@@ -1,10 +1,18 @@
 """Adapter-only checkpoints: the PELT parameters and the task head as safetensors, the config
-and the base model's identity as JSON. Nothing is unpickled."""
+and the base model's identity as JSON. Nothing is unpickled.
+
+``load`` is all-or-nothing: every check (the JSON, the weights' checksum, the base model's
+identity, the tensors' names and shapes) runs before the model is touched, so a refused
+checkpoint leaves the model exactly as it was.
+"""
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import itertools
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -15,12 +23,14 @@ from torch import nn
 from . import __version__
 from .config import PeltConfig
 from .errors import UniPeltError
-from .inject import apply, fold
+from .inject import MARK, apply, fold
 
 WEIGHTS, META = "unipelt.safetensors", "unipelt.json"
-FORMAT = 1
+FORMAT = 2  # 2: a fingerprint of every frozen base tensor; 1 (still read): an embedding probe
 _IDENTITY_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
                   "intermediate_size", "vocab_size")
+SAMPLE = 4096  # values per tensor hashed: cheap on any model, and any retraining changes them
+PROBE = 8  # values per tensor kept in clear, compared with a tolerance across dtypes
 
 
 def _saved_names(model: nn.Module) -> list[str]:
@@ -29,19 +39,41 @@ def _saved_names(model: nn.Module) -> list[str]:
             if p.requires_grad and not n.startswith("pelt_prefix.")]
 
 
-def _identity(model: nn.Module, saved: set[str]) -> dict:
+def _base_name(name: str) -> str:
+    """The name a parameter has in the plain model: wrappers keep the original as .base_layer."""
+    return name.replace(".base_layer", "")
+
+
+def _fingerprint(t: torch.Tensor) -> dict:
+    flat = t.detach().flatten()
+    sample = flat[::max(1, flat.numel() // SAMPLE)][:SAMPLE].float().cpu()
+    probe = sample[::max(1, len(sample) // PROBE)][:PROBE]
+    return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
+            "sha256": hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:16], "probe": probe.tolist()}
+
+
+def _identity(model: nn.Module) -> dict:
     cfg = model.config
     ident = {k: getattr(cfg, k, None) for k in _IDENTITY_KEYS}
-    ident["name_or_path"] = getattr(cfg, "_name_or_path", "")
-    emb = model.get_input_embeddings().weight
-    params = dict(model.named_parameters())
-    if not any(params[n] is emb for n in saved):  # a trained embedding is saved itself
-        ident["embedding_probe"] = emb[:4, :8].detach().float().flatten().tolist()
+    ident["name_or_path"] = str(getattr(cfg, "_name_or_path", ""))
+    # every base weight the checkpoint does not hold: loading onto another one would be wrong
+    ident["base_tensors"] = {_base_name(n): _fingerprint(p) for n, p in model.named_parameters()
+                             if not p.requires_grad and MARK not in n}
     return ident
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _replace(directory: Path, name: str, write) -> None:
+    """Write a file beside its final name, then rename it over: a crash leaves the old file."""
+    tmp = directory / f".{name}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, directory / name)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save(model: nn.Module, directory: str | Path) -> Path:
@@ -52,17 +84,54 @@ def save(model: nn.Module, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     params = dict(model.named_parameters())
-    names = _saved_names(model)
-    tensors = {n: params[n].detach().contiguous().cpu() for n in names}
+    tensors = {n: params[n].detach().contiguous().cpu() for n in _saved_names(model)}
     prefix = getattr(model, "pelt_prefix", None)
     if prefix is not None:
         with torch.no_grad():
             tensors["pelt_prefix.folded"] = (prefix.folded if prefix.folded is not None else prefix.table()).detach().cpu().contiguous()
-    save_file(tensors, directory / WEIGHTS)
-    meta = {"format": FORMAT, "unipelt_version": __version__, "config": cfg.to_dict(),
-            "base_model": _identity(model, set(names)), "sha256": _sha256(directory / WEIGHTS)}
-    (directory / META).write_text(json.dumps(meta, indent=2))
+    meta = {"format": FORMAT, "unipelt_version": __version__, "config": cfg.to_dict(), "base_model": _identity(model)}
+    # the weights first: until the JSON with their checksum replaces the old one, load refuses the pair
+    _replace(directory, WEIGHTS, lambda p: save_file(tensors, p))
+    meta["sha256"] = _sha256(directory / WEIGHTS)
+    _replace(directory, META, lambda p: p.write_text(json.dumps(meta, indent=2)))
     return directory
+
+
+# ---- reading and validating unipelt.json
+def _need(value, kind, field: str, path: Path):
+    """``value`` if it has type ``kind`` (bool never counts as a number), else a UniPeltError naming ``field``."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise UniPeltError(f"{path}: field {field!r} must be {names}, got {value!r}")
+    return value
+
+
+def _field(table: dict, key: str, kind, where: str, path: Path):
+    if key not in table:
+        raise UniPeltError(f"{path}: field {where + key!r} is missing")
+    return _need(table[key], kind, where + key, path)
+
+
+def _check_tensor_entry(entry, where: str, path: Path) -> None:
+    _need(entry, dict, where, path)
+    for key, kind in (("shape", list), ("dtype", str), ("sha256", str), ("probe", list)):
+        _field(entry, key, kind, where + ".", path)
+    for v in entry["shape"]:
+        _need(v, int, f"{where}.shape[]", path)
+    for v in entry["probe"]:
+        _need(v, (int, float), f"{where}.probe[]", path)
+
+
+def _check_base_model(base: dict, path: Path) -> None:
+    for key in _IDENTITY_KEYS:
+        _field(base, key, (str if key == "model_type" else int, type(None)), "base_model.", path)
+    _need(base.get("name_or_path", ""), str, "base_model.name_or_path", path)
+    if "embedding_probe" in base:
+        for v in _need(base["embedding_probe"], list, "base_model.embedding_probe", path):
+            _need(v, (int, float), "base_model.embedding_probe[]", path)
+    for name, entry in _need(base.get("base_tensors", {}), dict, "base_model.base_tensors", path).items():
+        _check_tensor_entry(entry, f"base_model.base_tensors.{name}", path)
 
 
 def _read_meta(directory: Path) -> dict:
@@ -70,29 +139,114 @@ def _read_meta(directory: Path) -> dict:
     if not path.is_file() or not (directory / WEIGHTS).is_file():
         raise UniPeltError(f"{directory} is not a unipelt checkpoint: expected {META} and {WEIGHTS}")
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UniPeltError(f"{path} is not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise UniPeltError(f"{path} is not valid JSON: {e}") from None
-    if meta.get("format") != FORMAT:
-        raise UniPeltError(f"{path} has checkpoint format {meta.get('format')!r}; this unipelt reads {FORMAT}")
+    _need(meta, dict, "(top level)", path)
+    version = meta.get("format")
+    if type(version) is not int or version not in (1, FORMAT):
+        raise UniPeltError(f"{path} has checkpoint format {version!r}; this unipelt reads 1 and {FORMAT}")
+    for key, kind in (("unipelt_version", str), ("config", dict), ("sha256", str), ("base_model", dict)):
+        _field(meta, key, kind, "", path)
+    _check_base_model(meta["base_model"], path)
     return meta
 
 
+def _config(meta: dict, path: Path) -> PeltConfig:
+    try:
+        return PeltConfig.from_dict(meta["config"])
+    except UniPeltError as e:
+        raise UniPeltError(f"{path}: field 'config': {e}") from None
+    except (TypeError, ValueError, AttributeError) as e:  # a malformed entry the config does not name
+        raise UniPeltError(f"{path}: field 'config' is not a PELT config: {e}") from None
+
+
+# ---- checking the base model
+def _same(saved: dict, current: dict) -> bool:
+    if saved["dtype"] == current["dtype"]:
+        return saved["sha256"] == current["sha256"]
+    # another precision of the same weights hashes differently: compare the probe values instead
+    return torch.allclose(torch.tensor(saved["probe"], dtype=torch.float32),
+                          torch.tensor(current["probe"], dtype=torch.float32), rtol=1e-2, atol=1e-3)
+
+
+def _differing_tensor(saved: dict, model: nn.Module) -> str | None:
+    """The first base tensor of the checkpoint that this model lacks or holds differently."""
+    params = {_base_name(n): p for n, p in model.named_parameters()}
+    for name, want in saved.items():
+        have = params.get(name)
+        if have is None:
+            return f"base tensor {name} is missing from this model"
+        if list(have.shape) != want["shape"]:
+            return f"base tensor {name}: checkpoint shape {tuple(want['shape'])} vs model {tuple(have.shape)}"
+        if not _same(want, _fingerprint(have)):
+            return f"base tensor {name} differs (the base model's weights differ: a different pretrained checkpoint)"
+    return None
+
+
+def _legacy_probe_differs(probe: list, model: nn.Module) -> str | None:
+    """Format 1 kept only a 4x8 corner of the input embeddings."""
+    current = model.get_input_embeddings().weight[:4, :8].detach().float().flatten()
+    if len(probe) != len(current) or not torch.allclose(torch.tensor(probe), current, atol=1e-2):
+        return "the base model's embedding weights differ (a different pretrained checkpoint)"
+    return None
+
+
 def _check_identity(saved: dict, model: nn.Module) -> None:
-    current = _identity(model, set())
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs model {current[k]!r}"
-             for k in _IDENTITY_KEYS if saved.get(k) != current[k]]
-    probe = saved.get("embedding_probe")
-    if probe is not None and not torch.allclose(torch.tensor(probe), torch.tensor(current["embedding_probe"]), atol=1e-2):
-        diffs.append("the base model's embedding weights differ (a different pretrained checkpoint)")
+    cfg = model.config
+    diffs = [f"{k}: checkpoint {saved[k]!r} vs model {getattr(cfg, k, None)!r}"
+             for k in _IDENTITY_KEYS if saved[k] != getattr(cfg, k, None)]
+    if not diffs:
+        tensor = _differing_tensor(saved.get("base_tensors", {}), model)
+        probe = saved.get("embedding_probe")
+        diffs = [d for d in (tensor, probe is not None and _legacy_probe_differs(probe, model)) if d]
     if diffs:
-        raise UniPeltError(f"checkpoint was saved from base model {saved.get('name_or_path')!r}, which "
-                           f"differs from {current['name_or_path']!r}: " + "; ".join(diffs))
+        names = [n for n in (saved.get("name_or_path"), getattr(cfg, "_name_or_path", "")) if n]
+        which = f" ({' vs '.join(map(repr, names))})" if names else ""
+        raise UniPeltError(f"the checkpoint was saved from another base model than this one{which}: " + "; ".join(diffs))
+
+
+# ---- checking the tensors against the model they will go into
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """The model's structure with every tensor on the meta device.
+
+    A dry run of ``apply`` on it says which tensors the real model will have, at no memory cost
+    and without touching the model; undoing a real ``apply`` instead would have to know
+    everything apply changes, and a full deep copy would double the memory.
+    """
+    memo = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
+
+
+def _expected_shapes(model: nn.Module, config: PeltConfig) -> dict[str, tuple[int, ...]]:
+    with torch.random.fork_rng(devices=[]):  # the dry run's initialisation must not move the user's RNG
+        target = _meta_copy(model)
+        if getattr(target, "pelt_config", None) is None:
+            apply(target, config)
+        fold(target)
+    params = dict(target.named_parameters())
+    names = _saved_names(target) + (["pelt_prefix.folded"] if "pelt_prefix.folded" in params else [])
+    return {n: tuple(params[n].shape) for n in names}
+
+
+def _check_fits(expected: dict[str, tuple[int, ...]], tensors: dict[str, torch.Tensor], directory: Path) -> None:
+    missing, unexpected = expected.keys() - tensors.keys(), tensors.keys() - expected.keys()
+    if missing or unexpected:
+        raise UniPeltError(f"checkpoint {directory} does not fit this model: missing {sorted(missing)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")
+    for name, tensor in tensors.items():
+        if expected[name] != tuple(tensor.shape):
+            raise UniPeltError(f"{name}: checkpoint shape {tuple(tensor.shape)} vs model {expected[name]}")
 
 
 def _read_tensors(directory: Path, meta: dict) -> dict[str, torch.Tensor]:
     path = directory / WEIGHTS
-    if _sha256(path) != meta.get("sha256"):
+    if _sha256(path) != meta["sha256"]:
         raise UniPeltError(f"{path} does not match the checksum in {META}: the file was truncated or modified")
     try:
         return load_file(path)
@@ -102,26 +256,20 @@ def _read_tensors(directory: Path, meta: dict) -> dict[str, torch.Tensor]:
 
 def load(model: nn.Module, directory: str | Path) -> nn.Module:
     """Apply the checkpoint's config to a fresh base ``model`` (or check the one it has) and load
-    its weights; the prefix comes back folded. Returns ``model``."""
+    its weights; the prefix comes back folded. Returns ``model``; on any error it is unchanged."""
     directory = Path(directory)
     meta = _read_meta(directory)
-    config = PeltConfig.from_dict(meta["config"])
+    config = _config(meta, directory / META)
+    tensors = _read_tensors(directory, meta)
     _check_identity(meta["base_model"], model)
+    if getattr(model, "pelt_config", None) not in (None, config):
+        raise UniPeltError(f"the model has a different unipelt config than the checkpoint in {directory}")
+    _check_fits(_expected_shapes(model, config), tensors, directory)
     if getattr(model, "pelt_config", None) is None:
         apply(model, config)
-    elif model.pelt_config != config:
-        raise UniPeltError(f"the model has a different unipelt config than the checkpoint in {directory}")
-    tensors = _read_tensors(directory, meta)
     fold(model)
     params = dict(model.named_parameters())
-    expected = set(_saved_names(model)) | ({"pelt_prefix.folded"} if "pelt_prefix.folded" in params else set())
-    missing, unexpected = expected - tensors.keys(), tensors.keys() - expected
-    if missing or unexpected:
-        raise UniPeltError(f"checkpoint {directory} does not fit this model: missing {sorted(missing)[:5]}, "
-                           f"unexpected {sorted(unexpected)[:5]}")
     with torch.no_grad():
         for name, tensor in tensors.items():
-            if params[name].shape != tensor.shape:
-                raise UniPeltError(f"{name}: checkpoint shape {tuple(tensor.shape)} vs model {tuple(params[name].shape)}")
             params[name].copy_(tensor)
     return model
