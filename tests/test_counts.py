@@ -35,7 +35,8 @@ def test_exact_arithmetic(bert_base_counts):
     assert c["unipelt-ap"]["gate"] == 12 * 2 * 769  # adapter + prefix gate per layer
     assert c["unipelt-apl"]["gate"] == 12 * 4 * 769  # + one gate each for LoRA q and v
     assert c["prefix"]["total"] > c["prefix"]["inference"]  # the reparameterisation trains more
-    assert c["lora"]["head"] == 768 * 768 + 768 + 768 * 2 + 2  # pooler + classifier
+    assert c["lora"]["head"] == 768 * 2 + 2  # the classifier: the pooler stays frozen (SPEC §3)
+    assert c["lora"]["trainable"] == c["lora"]["total"] + c["lora"]["head"]
 
 
 # He et al. 2022 (§4.4) on a bart-large-shaped model: 12 + 12 layers, 36 attention sublayers

@@ -109,7 +109,7 @@ def test_folded_prefix_equals_the_reparameterised_graph(arch, preset):
     randomize(model)
     before = logits(model)
     unipelt.fold(model)
-    assert model.pelt_prefix.mlp_out is None
+    assert model.pelt_prefix.nets is None
     assert (logits(model) - before).abs().max() < 1e-6
     assert unipelt.count_parameters(model)["total"] == unipelt.count_parameters(model)["inference"]
 

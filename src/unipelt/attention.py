@@ -32,6 +32,7 @@ class Prefix(NamedTuple):
     keys: torch.Tensor  # (B, H_kv, l, dh)
     values: torch.Tensor  # (B, H_kv, l, dh)
     query_gate: torch.Tensor | None = None  # (B, 1, T, 1): a gate per query (causal layers), else None
+    separate: bool = False  # attend to the prefix in a softmax of its own and add (no gating)
 
 
 def _eager_for(module: nn.Module):
@@ -101,17 +102,29 @@ def _narrow(out: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return out[..., :half] + g.transpose(1, 2).to(out.dtype) * out[..., half:]  # g: (B, T, 1, 1)
 
 
-def _make_attention(base_fn, additive: bool):
+def _prefix_alone(query, prefix: Prefix, kwargs: dict) -> torch.Tensor:
+    """softmax(q P_k^T) P_v over the prefix alone, (B, T, H, dh): He et al.'s Δh for prefix tuning
+    without its gating (§3.1). No mask: every query sees every prefix position."""
+    out = nn.functional.scaled_dot_product_attention(
+        query, prefix.keys.to(query.dtype), prefix.values.to(query.dtype), scale=kwargs.get("scaling"),
+        dropout_p=kwargs.get("dropout", 0.0), enable_gqa=True)  # (B, H, T, dh)
+    return out.transpose(1, 2)
+
+
+def _make_attention(base_fn, additive: bool, prompt_at: int):
     def attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
         fn = base_fn or _eager_for(module)
         if attention_mask is not None and attention_mask.shape[-1] < key.shape[2]:
             # cross-attention to an encoder input that prompt tuning lengthened (methods/prompt.py)
-            m = attention_mask
+            m, at = attention_mask, prompt_at
             extra = _visible(m, m.shape[0], m.shape[2], key.shape[2] - m.shape[-1])
-            attention_mask = torch.cat([m[..., :1], extra, m[..., 1:]], dim=-1)
+            attention_mask = torch.cat([m[..., :at], extra, m[..., at:]], dim=-1)
         prefix = kwargs.pop(PREFIX_KWARG, None)
         if prefix is None:
             return fn(module, query, key, value, attention_mask, **kwargs)
+        if prefix.separate:
+            out, weights = fn(module, query, key, value, attention_mask, **kwargs)
+            return out + _prefix_alone(query, prefix, kwargs), weights
         pk, pv = prefix.keys, prefix.values
         if prefix.query_gate is not None:
             query, key, value, pk, pv = _widen_for_query_gate(query, key, value, prefix, kwargs)
@@ -122,15 +135,15 @@ def _make_attention(base_fn, additive: bool):
     return attention
 
 
-def _make_mask(base_fn):
+def _make_mask(base_fn, prompt_at: int):
     def mask(*args, attention_mask=None, q_length=None, kv_length=None, **kwargs):
         # Prompt tuning lengthens the sequence after the user built the 2-D padding mask: the
-        # prompt sits right after the first token (see methods/prompt.py), so insert ones there.
+        # prompt sits after the first ``prompt_at`` tokens (methods/prompt.py): insert ones there.
         if attention_mask is not None and attention_mask.ndim == 2 and q_length is not None \
                 and attention_mask.shape[-1] < q_length:
-            extra = q_length - attention_mask.shape[-1]
+            extra, at = q_length - attention_mask.shape[-1], prompt_at
             ones = attention_mask.new_ones(attention_mask.shape[0], extra)
-            attention_mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=-1)
+            attention_mask = torch.cat([attention_mask[:, :at], ones, attention_mask[:, at:]], dim=-1)
             kv_length = max(kv_length or 0, attention_mask.shape[-1])
         return base_fn(*args, attention_mask=attention_mask, q_length=q_length, kv_length=kv_length, **kwargs)
     return mask
@@ -138,12 +151,24 @@ def _make_mask(base_fn):
 
 # eager: None = the model's own eager function, looked up per call
 _BASES = {"sdpa": (sdpa_attention_forward, sdpa_mask, False), "eager": (None, eager_mask, True)}
-for _name, (_attn, _mask, _additive) in _BASES.items():
-    AttentionInterface.register(f"unipelt_{_name}", _make_attention(_attn, _additive))
-    AttentionMaskInterface.register(f"unipelt_{_name}", _make_mask(_mask))
 
 
-def use_pelt_attention(model: nn.Module) -> None:
+def _register(base: str, prompt_at: int) -> str:
+    """The registered name of the unipelt variant of ``base`` whose prompt (if any) follows
+    ``prompt_at`` tokens; the mask function is called without the model, so the name carries it."""
+    name = f"unipelt_{base}" + (f"_prompt_at_{prompt_at}" if prompt_at else "")
+    attn, mask, additive = _BASES[base]
+    AttentionInterface.register(name, _make_attention(attn, additive, prompt_at))
+    AttentionMaskInterface.register(name, _make_mask(mask, prompt_at))
+    return name
+
+
+for _name in _BASES:
+    for _at in (0, 1):  # the positions the architecture files use
+        _register(_name, _at)
+
+
+def use_pelt_attention(model: nn.Module, prompt_at: int = 0) -> None:
     """Switch ``model`` to the unipelt variant of the attention it uses now (sdpa or eager)."""
     current = model.config._attn_implementation or "eager"
     if current.startswith("unipelt_"):
@@ -151,7 +176,7 @@ def use_pelt_attention(model: nn.Module) -> None:
     if current not in _BASES:
         raise UniPeltError(f"prefix and prompt tuning support sdpa and eager attention, not {current!r}; "
                            "load the model with attn_implementation='sdpa'")
-    model.set_attn_implementation(f"unipelt_{current}")
+    model.set_attn_implementation(_register(current, prompt_at))
 
 
 def token_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:

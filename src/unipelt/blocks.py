@@ -111,6 +111,24 @@ class Gate(nn.Module):
         return (g * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1.0)
 
 
+class Interpolation(Gate):
+    """λ(z) in He et al.'s gated addition ``(1 - λ)·h + λ·Δh`` (their Eq. 5 for prefix tuning):
+    ``sigmoid(Linear(d, 1))`` per token, never pooled.
+
+    The bias starts at -4, λ ≈ 0.018 (ours): at λ = 0.5 the frozen model's h would be halved
+    before training begins, while prefix tuning's own λ starts small.
+    """
+
+    INIT_BIAS = -4.0
+
+    def __init__(self, d: int):
+        super().__init__(d)
+        nn.init.constant_(self.proj.bias, self.INIT_BIAS)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.proj(z))  # (..., T, 1)
+
+
 class Scale(nn.Module):
     """A fixed or learned scalar s in ``h + s·Δh`` (He et al.'s scaled parallel adapter)."""
 
@@ -127,7 +145,9 @@ class Scale(nn.Module):
 
 def composition_weight(composition: str, d: int, *, scale: float = 1.0, learn_scale: bool = False,
                        pooling: str = "masked_mean", slot: MaskSlot | None = None) -> nn.Module:
-    """The module that turns an input into the weight w in ``h + w·Δh``."""
+    """The module that turns an input into the weight w in ``h + w·Δh`` (or λ in interpolation)."""
     if composition == "gated":
         return Gate(d, pooling, slot)
+    if composition == "interpolate":
+        return Interpolation(d)
     return Scale(scale if composition == "scaled" else 1.0, learn=learn_scale)

@@ -19,7 +19,16 @@ Activation = Literal["relu", "gelu", "tanh", "identity"]
 Insertion = Literal["sequential", "parallel"]
 AdapterTarget = Literal["attn", "head", "ffn"]
 LoRATarget = Literal["q", "k", "v", "o", "ffn_in", "ffn_out"]
-Composition = Literal["add", "scaled", "gated"]
+# He et al.'s composition functions, plus UniPELT's gate: add h + Δh; scaled h + s·Δh; gated
+# h + G(z)·Δh with G a pooled sigmoid gate; interpolate (1 - λ(z))·h + λ(z)·Δh, He et al.'s
+# "gated addition", with λ a per-token sigmoid.
+Composition = Literal["add", "scaled", "gated", "interpolate"]
+# Where a sequential adapter sits in a post-norm sublayer (s = x + h, the residual sum):
+# pfeiffer LN(s + A(LN(s))), UniPELT's FFN adapter; houlsby LN(x + h + A(h)), Houlsby 2019 and
+# He et al. Eq. 4. Pre-norm layers have no LayerNorm after the sum: both are h + A(h) there.
+Placement = Literal["pfeiffer", "houlsby"]
+PrefixComposition = Literal["interpolate", "add", "gated"]
+PrefixNetworks = Literal["shared", "per_attention"]
 Init = Literal["bert", "lora"]
 GatePooling = Literal["masked_mean", "mean"]
 AttentionKind = Literal["self", "cross"]  # encoder/decoder self-attention, decoder cross-attention
@@ -62,14 +71,19 @@ def _check_positive(owner: str, name: str, value: Any) -> None:
 class AdapterConfig:
     """A bottleneck ``W_up f(W_down z)`` added to a sublayer (Houlsby 2019; He et al. 2022).
 
-    sequential: z is the sublayer's output (after its residual sum), Pfeiffer/Houlsby placement.
-    parallel: z is the sublayer's input, the result is added to the sublayer output.
-    target "head": a parallel adapter per attention head, on each head's d/Nh slice.
+    sequential: z is the sublayer's output; ``placement`` says which (Pfeiffer or Houlsby).
+    parallel: z is the sublayer's input x, the result is added to the sublayer output h.
+    target "head": He et al.'s multi-head parallel adapter (§3.3): head i's bottleneck reads
+    that head's slice of the frozen query projection x·W_q^(i) and adds to head i's output,
+    before the attention's output projection.
+    composition "interpolate" replaces h by (1 - λ)·h + λ·Δh, so it needs h itself: parallel
+    adapters and Houlsby's placement have it, Pfeiffer's modifies the residual sum instead.
     attention: which attention sublayers an "attn"/"head" adapter goes to in encoder-decoders.
     """
 
     target: AdapterTarget = "ffn"
     insertion: Insertion = "sequential"
+    placement: Placement = "pfeiffer"
     r: int = 48
     activation: Activation = "relu"
     composition: Composition = "add"
@@ -83,6 +97,7 @@ class AdapterConfig:
         owner = "AdapterConfig"
         _check_choice(owner, "target", self.target, AdapterTarget)
         _check_choice(owner, "insertion", self.insertion, Insertion)
+        _check_choice(owner, "placement", self.placement, Placement)
         _check_choice(owner, "activation", self.activation, Activation)
         _check_choice(owner, "composition", self.composition, Composition)
         _check_choice(owner, "init", self.init, Init)
@@ -90,6 +105,11 @@ class AdapterConfig:
         if self.target == "head" and self.insertion != "parallel":
             raise UniPeltError("AdapterConfig(target='head') modifies per-head attention outputs: "
                                "only insertion='parallel' is defined there")
+        if self.insertion == "parallel" and self.placement != "pfeiffer":
+            raise UniPeltError("AdapterConfig.placement only applies to insertion='sequential'")
+        if self.composition == "interpolate" and self.insertion == "sequential" and self.placement == "pfeiffer":
+            raise UniPeltError("AdapterConfig(composition='interpolate') needs the sublayer output h: use "
+                               "insertion='parallel' or placement='houlsby' (Pfeiffer's adapter modifies x + h)")
         if self.composition != "scaled" and (self.scale != 1.0 or self.learn_scale):
             raise UniPeltError("AdapterConfig.scale/learn_scale only apply with composition='scaled'")
         if not 0.0 <= self.dropout < 1.0:
@@ -101,23 +121,30 @@ class AdapterConfig:
 class PrefixConfig:
     """``length`` trainable key/value vectors prepended at every attention (Li & Liang 2021).
 
-    Trained through ``Embedding(l, d) -> Linear(d, mid) -> tanh -> Linear(mid, 2·S·d_kv)``, one
-    network shared by all S prefixed attention sublayers (ours: Li & Liang use one per kind in
-    encoder-decoders); ``unipelt.fold`` replaces it by the 2·S matrices it produces.
-    composition "gated": a per-layer gate scales the prefix keys and values (UniPELT §3).
+    Trained through ``Embedding(l, d) -> Linear(d, mid) -> tanh -> Linear(mid, 2·S·d_kv)``;
+    ``unipelt.fold`` replaces it by the 2·S matrices it produces.
+    networks "shared": one network for all S prefixed attention sublayers (UniPELT's code);
+    "per_attention": one per kind of attention, i.e. encoder self-, decoder self- and
+    cross-attention in encoder-decoders (Li & Liang; He et al.'s scripts).
+    composition, in He et al.'s terms (§3.1): "interpolate" is prefix tuning itself, one softmax
+    over prefix and token keys, which equals (1 - λ(x))·h + λ(x)·Δh; "add" is their "-gating"
+    ablation, h + Δh with Δh = softmax(x W_q P_k^T) P_v over the prefix alone; "gated" is
+    prefix tuning with UniPELT's gate G_P(h_in) on the prefix keys and values (UniPELT §3).
     attention: the sublayers that get a prefix; He et al.'s MAM uses all of them.
     """
 
     length: int = 10
     mid_dim: int = 512
     reparameterize: bool = True
-    composition: Literal["add", "gated"] = "add"
+    networks: PrefixNetworks = "shared"
+    composition: PrefixComposition = "interpolate"
     attention: tuple[AttentionKind, ...] = ALL_ATTENTION
 
     def __post_init__(self) -> None:
         _check_positive("PrefixConfig", "length", self.length)
         _check_positive("PrefixConfig", "mid_dim", self.mid_dim)
-        _check_choice("PrefixConfig", "composition", self.composition, Literal["add", "gated"])
+        _check_choice("PrefixConfig", "composition", self.composition, PrefixComposition)
+        _check_choice("PrefixConfig", "networks", self.networks, PrefixNetworks)
         _check_attention("PrefixConfig", self, applies=True)
 
 
@@ -188,14 +215,23 @@ class PeltConfig:
     Both apply to bidirectional layers. In causal (decoder) layers every gate is per token
     (ours): a sequence mean would let a token's representation depend on later tokens, and cached
     generation, which sees one token at a time, could not reproduce it.
+    modules_to_save: base-model modules trained beside the methods and the task head, as paths
+    relative to the base model (peft's name), e.g. ("pooler",) to train BERT's pooler. The task
+    head outside the base model (``classifier``, ``score``) is always trained; the pooler is not,
+    as in UniPELT's code, ``adapters`` and peft.
     """
 
     methods: tuple[MethodConfig, ...] = field(default_factory=tuple)
     gate_pooling: GatePooling = "masked_mean"
+    modules_to_save: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(self.methods))
         _check_choice("PeltConfig", "gate_pooling", self.gate_pooling, GatePooling)
+        if isinstance(self.modules_to_save, str) or not all(
+                isinstance(m, str) and m for m in self.modules_to_save):
+            raise UniPeltError(f"PeltConfig.modules_to_save must be a tuple of module paths, got {self.modules_to_save!r}")
+        object.__setattr__(self, "modules_to_save", tuple(self.modules_to_save))
         if not self.methods:
             raise UniPeltError("PeltConfig.methods is empty: name at least one method")
         for m in self.methods:
@@ -228,14 +264,22 @@ class PeltConfig:
             for key, value in m.items():
                 if isinstance(value, tuple):  # JSON has lists
                     m[key] = list(value)
-        return {"methods": methods, "gate_pooling": self.gate_pooling}
+        out = {"methods": methods, "gate_pooling": self.gate_pooling}
+        if self.modules_to_save:  # absent when empty, so configs without it keep their JSON
+            out["modules_to_save"] = list(self.modules_to_save)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PeltConfig:
-        if not isinstance(data, dict) or "methods" not in data:
+        if not isinstance(data, dict) or not isinstance(data.get("methods"), list):
             raise UniPeltError("a PELT config needs a 'methods' list, e.g. {'methods': [{'method': 'lora', 'r': 8}]}")
+        known_top = {f.name for f in dataclasses.fields(cls)}
+        if unknown := set(data) - known_top:
+            raise UniPeltError(f"PeltConfig has no field(s) {sorted(unknown)}; fields: {sorted(known_top)}")
         methods = []
         for entry in data["methods"]:
+            if not isinstance(entry, dict):
+                raise UniPeltError(f"a method entry must be a mapping like {{'method': 'lora'}}, got {entry!r}")
             entry = dict(entry)
             name = entry.pop("method", None)
             if name not in METHOD_TYPES:

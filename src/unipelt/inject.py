@@ -18,7 +18,7 @@ from .errors import UniPeltError
 from .methods.lora import LoRALinear
 from .methods.prefix import PrefixEncoder
 from .methods.prompt import CausalPrompt, PeltEmbeddings
-from .placement import LayerContext, inject_layer, prefix_widths, replace_module
+from .placement import LayerContext, inject_layer, prefix_slots, replace_module
 from .presets import get_preset
 
 MARK = "pelt_"  # every added parameter's name contains it
@@ -40,12 +40,13 @@ def _prefix_encoder(base: nn.Module, spec: ArchSpec, cfg: PeltConfig, d: int) ->
     if not cfg.of(PrefixConfig):
         return None
     prefix = cfg.of(PrefixConfig)[0]
-    widths = prefix_widths(base, spec, prefix)
-    if not widths:
+    slots = prefix_slots(base, spec, prefix)
+    if not slots:
         raise UniPeltError(f"PrefixConfig.attention={prefix.attention} matches no attention sublayer of this model")
-    if len(set(widths)) != 1:
-        raise UniPeltError(f"prefix tuning needs attention sublayers with one key width; found {sorted(set(widths))}")
-    return PrefixEncoder(prefix, d, len(widths), widths[0])
+    widths = {w for w, _ in slots}
+    if len(widths) != 1:
+        raise UniPeltError(f"prefix tuning needs attention sublayers with one key width; found {sorted(widths)}")
+    return PrefixEncoder(prefix, d, [group for _, group in slots], widths.pop())
 
 
 def _causal_prompt(base: nn.Module, cfg: PeltConfig) -> CausalPrompt:
@@ -57,8 +58,9 @@ def _causal_prompt(base: nn.Module, cfg: PeltConfig) -> CausalPrompt:
 
 def _inject_layers(base: nn.Module, spec: ArchSpec, cfg: PeltConfig, d: int, prefix: PrefixEncoder | None) -> None:
     slots = itertools.count()
-    for stack in spec.stacks:
-        label = f"{stack.name}." if len(spec.stacks) > 1 else ""
+    stacks = spec.present_stacks(base)
+    for stack in stacks:
+        label = f"{stack.name}." if len(stacks) > 1 else ""
         layers = base.get_submodule(stack.layers)
         for i in range(len(layers)):
             ctx = LayerContext(index=i, stack=stack, label=label, cfg=cfg, spec=spec, d=d,
@@ -74,31 +76,49 @@ def _place_like(model: nn.Module) -> None:
             module.to(device=ref.device, dtype=ref.dtype)
 
 
-def head_parameter_names(model: nn.Module, spec: ArchSpec | None = None) -> set[str]:
-    """The task head: what is outside the base model, plus the spec's ``head_in_base`` modules.
+def _base_prefix(model: nn.Module) -> str:
+    return "" if model.base_model is model else model.base_model_prefix + "."
+
+
+def head_parameter_names(model: nn.Module) -> set[str]:
+    """The task head: every parameter outside the base model (BERT's ``classifier``, Llama's
+    ``score``, BART's and T5's ``classification_head``, RoBERTa's whole classification head).
 
     A language model's output embedding is not a task head: it is pretrained (often tied to the
-    input embedding) and has vocabulary size, so causal and seq2seq LMs keep it frozen. A new
-    task head (a classifier: BERT's ``classifier``, Llama's ``score``, BART's and T5's
-    ``classification_head``) is trained.
+    input embedding) and has vocabulary size, so causal and seq2seq LMs keep it frozen.
     """
-    spec = spec or spec_for(model)
-    base = model.base_model
-    prefix = "" if base is model else model.base_model_prefix + "."
-    in_base = tuple(f"{prefix}{h}." for h in spec.head_in_base)
+    prefix = _base_prefix(model)
+    if not prefix:
+        return set()
     lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     pretrained = {id(p) for p in lm_head.parameters()} if isinstance(lm_head, nn.Module) else set()
     return {n for n, p in model.named_parameters()
-            if MARK not in n and id(p) not in pretrained
-            and ((prefix and not n.startswith(prefix)) or n.startswith(in_base))}
+            if MARK not in n and id(p) not in pretrained and not n.startswith(prefix)}
 
 
-def _set_trainable(model: nn.Module, cfg: PeltConfig, spec: ArchSpec) -> None:
+def saved_module_names(model: nn.Module, cfg: PeltConfig) -> set[str]:
+    """Parameters of the base-model modules named in ``cfg.modules_to_save``."""
+    prefix = _base_prefix(model)
+    paths = tuple(f"{prefix}{m}." for m in cfg.modules_to_save)
+    return {n for n, _ in model.named_parameters() if paths and n.startswith(paths)}
+
+
+def _check_modules_to_save(base: nn.Module, cfg: PeltConfig) -> None:
+    for path in cfg.modules_to_save:
+        try:
+            base.get_submodule(path)
+        except AttributeError:
+            children = ", ".join(name for name, _ in base.named_children())
+            raise UniPeltError(f"modules_to_save names {path!r}, which the base model does not have; "
+                               f"its modules are: {children}") from None
+
+
+def _set_trainable(model: nn.Module, cfg: PeltConfig) -> None:
     full = bool(cfg.of(FullFineTuning))
     bitfit = bool(cfg.of(BitFitConfig))
-    head = head_parameter_names(model, spec)
+    train = head_parameter_names(model) | saved_module_names(model, cfg)
     for name, p in model.named_parameters():
-        p.requires_grad_(full or MARK in name or name in head or (bitfit and name.endswith(".bias")))
+        p.requires_grad_(full or MARK in name or name in train or (bitfit and name.endswith(".bias")))
 
 
 def apply(model: nn.Module, preset_or_config) -> nn.Module:
@@ -110,17 +130,22 @@ def apply(model: nn.Module, preset_or_config) -> nn.Module:
     spec = spec_for(model)
     d = getattr(model.config, spec.hidden_key)
     base = model.base_model
+    _check_modules_to_save(base, cfg)
+    existing = set(model.modules())
     if cfg.of(PromptConfig) and spec.embeddings is None:  # decoder-only: the prompt is served as a prefix
         prefix = model.pelt_prompt = _causal_prompt(base, cfg)
     elif (prefix := _prefix_encoder(base, spec, cfg, d)) is not None:
         model.pelt_prefix = prefix
     _inject_layers(base, spec, cfg, d, prefix)
     for prompt in cfg.of(PromptConfig) if spec.embeddings else ():
-        replace_module(base, spec.embeddings, lambda e: PeltEmbeddings(e, prompt, d))
+        replace_module(base, spec.embeddings, lambda e: PeltEmbeddings(e, prompt, d, spec.prompt_at))
     if prefix is not None or cfg.of(PromptConfig):
-        use_pelt_attention(model)
+        use_pelt_attention(model, prompt_at=spec.prompt_at if cfg.of(PromptConfig) and spec.embeddings else 0)
     _place_like(model)
-    _set_trainable(model, cfg, spec)
+    _set_trainable(model, cfg)
+    for module in model.modules():  # new modules follow the model: an eval model stays deterministic
+        if module not in existing:
+            module.train(model.training)
     model.pelt_config = cfg
     return model
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from .blocks import Gate
 from .config import BitFitConfig
-from .inject import MARK, head_parameter_names
+from .inject import MARK, head_parameter_names, saved_module_names
 from .methods.prefix import PrefixEncoder
 
 KINDS = ("adapter", "prefix", "lora", "prompt")
@@ -25,21 +25,30 @@ def _kind(name: str, bitfit: bool) -> str:
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Trainable parameters per kind, plus ``total`` (trainable now, prefix network included),
-    ``inference`` (stored and used once the prefix is folded) and ``head`` (excluded from both)."""
+    """Trainable parameters per kind ("adapter", "prefix", "lora", "prompt", "gate", "bitfit",
+    "modules_to_save", "base" for full fine-tuning), and:
+
+    head: the task head, always trained and, as in the papers' counts, in no total;
+    total: everything else that trains now, the prefix network included;
+    inference: what ``total`` becomes once the prefix is folded;
+    trainable: everything that trains now, head included.
+    """
     head = head_parameter_names(model) if hasattr(model, "base_model") else set()
     config = getattr(model, "pelt_config", None)
     bitfit = config is not None and bool(config.of(BitFitConfig))
+    saved = saved_module_names(model, config) if config is not None else set()
     counts: dict[str, int] = defaultdict(int)
     for name, p in model.named_parameters():
         if p.requires_grad:
-            counts["head" if name in head else _kind(name, bitfit)] += p.numel()
+            kind = "head" if name in head else "modules_to_save" if name in saved else _kind(name, bitfit)
+            counts[kind] += p.numel()
     counts = dict(counts)
     counts.setdefault("head", 0)
     counts["total"] = sum(v for k, v in counts.items() if k != "head")
+    counts["trainable"] = counts["total"] + counts["head"]
     counts["inference"] = counts["total"]
     prefix = getattr(model, "pelt_prefix", None)
-    if isinstance(prefix, PrefixEncoder) and prefix.folded is None and prefix.mlp_out.weight.requires_grad:
+    if isinstance(prefix, PrefixEncoder) and prefix.folded is None and prefix.trains_network:
         counts["inference"] += prefix.inference_numel() - counts.get("prefix", 0)
     return counts
 

@@ -66,11 +66,17 @@ def has(layer: nn.Module, path: str) -> bool:
     return True
 
 
-def replace_module(root: nn.Module, path: str, make: Callable[[nn.Module], nn.Module]) -> nn.Module:
+def owning_module(root: nn.Module, path: str) -> tuple[nn.Module, str]:
+    """The module that holds ``path``'s last component as a child, and that component's name."""
     parent_path, _, leaf = path.rpartition(".")
     parent = root.get_submodule(parent_path) if parent_path else root
     while isinstance(parent, Wrapper) and leaf not in parent._modules:
         parent = parent.base_layer  # the wrapped module owns it; setting it on the wrapper would shadow it
+    return parent, leaf
+
+
+def replace_module(root: nn.Module, path: str, make: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    parent, leaf = owning_module(root, path)
     new = make(getattr(parent, leaf))
     setattr(parent, leaf, new)
     return new
@@ -120,19 +126,22 @@ def _inject_attention(layer: nn.Module, att: Attention, ctx: LayerContext) -> No
         tap = _tap(layer, att)
         head_dim = getattr(layer.get_submodule(att.input), ctx.spec.head_dim)
         q, o = layer.get_submodule(att.q), layer.get_submodule(att.o)
-        adapter = Adapter(cfg, ctx.d, q.out_features // head_dim, d_out=o.in_features, **ctx.kw)
+        adapter = Adapter(cfg, q.out_features, q.out_features // head_dim, d_out=o.in_features, **ctx.kw)
         ctx.labelled(adapter, _site(kind(att), "adapter_head"))
-        replace_module(layer, att.o, lambda base: PeltHeadOutput(base, tap, adapter))
+        owner, leaf = owning_module(layer, att.q)
+        replace_module(layer, att.o, lambda base: PeltHeadOutput(base, tap, adapter, owner, leaf))
 
 
-def _adapter_group(layer: nn.Module, sub: Sublayer, insertion: str) -> nn.ModuleList:
-    if sub.norm is None:  # pre-norm: the input module also returns h
+def _adapter_group(layer: nn.Module, sub: Sublayer, cfg: AdapterConfig) -> nn.ModuleList:
+    if sub.norm is None:  # pre-norm: the input module also returns h, both placements read it
         host = _wrap(layer, sub.input, _input_wrapper(sub))
-    else:
-        host = _wrap(layer, sub.norm, PeltPostNorm)
-        if insertion == "parallel":
-            host.tap = _tap(layer, sub)
-    return host.pelt_adapter_parallel if insertion == "parallel" else host.pelt_adapter_sequential
+        return host.pelt_adapter_parallel if cfg.insertion == "parallel" else host.pelt_adapter_sequential
+    host = _wrap(layer, sub.norm, PeltPostNorm)
+    if cfg.insertion == "parallel" or cfg.placement == "houlsby":
+        host.tap = _tap(layer, sub)  # x, and h = s - x
+    if cfg.insertion == "parallel":
+        return host.pelt_adapter_parallel
+    return host.pelt_adapter_houlsby if cfg.placement == "houlsby" else host.pelt_adapter_sequential
 
 
 def _inject_adapters(layer: nn.Module, sub: Sublayer, target: str, ctx: LayerContext) -> None:
@@ -142,7 +151,7 @@ def _inject_adapters(layer: nn.Module, sub: Sublayer, target: str, ctx: LayerCon
             continue
         name = "adapter" if target == "ffn" else f"adapter_{target}"
         adapter = ctx.labelled(Adapter(cfg, ctx.d, **ctx.kw), _site(where, name))
-        _adapter_group(layer, sub, cfg.insertion).append(adapter)
+        _adapter_group(layer, sub, cfg).append(adapter)
 
 
 def inject_layer(layer: nn.Module, ctx: LayerContext) -> nn.Module:
@@ -155,8 +164,10 @@ def inject_layer(layer: nn.Module, ctx: LayerContext) -> nn.Module:
     return PeltLayer(layer, ctx.slot) if ctx.cfg.gated else layer
 
 
-def prefix_widths(base: nn.Module, spec: ArchSpec, cfg: PrefixConfig) -> list[int]:
-    """The key width (H_kv · dh) of every attention sublayer that gets a prefix, in slot order."""
-    return [layer.get_submodule(att.k).out_features
-            for stack in spec.stacks for layer in base.get_submodule(stack.layers)
+def prefix_slots(base: nn.Module, spec: ArchSpec, cfg: PrefixConfig) -> list[tuple[int, str]]:
+    """(key width H_kv · dh, kind of attention) of every sublayer that gets a prefix, in slot
+    order; the kind ("encoder.self", "decoder.cross", ...) picks its network with
+    ``networks="per_attention"``."""
+    return [(layer.get_submodule(att.k).out_features, f"{stack.name}.{kind(att)}")
+            for stack in spec.present_stacks(base) for layer in base.get_submodule(stack.layers)
             for att in stack.attention if kind(att) in cfg.attention]

@@ -4,10 +4,13 @@ say, ``attention.self.num_attention_heads`` keeps working.
 
 The placements follow He et al.'s design space (arch/__init__.py names the modules):
 - pre-norm sublayer (Llama, T5): ``PeltSublayer`` around the module that returns h:
-  parallel ``h + Δ(x)``, sequential ``h + Δ(h)``.
-- post-norm sublayer (BERT, BART): ``PeltPostNorm`` around the LayerNorm of ``x + h``:
-  parallel adds Δ(x) to the sum, sequential ``s + Δ(LN(s))`` before the final LN.
-- a parallel adapter whose x enters a different module than the one hosting it reads x from a
+  parallel ``h + Δ(x)``, sequential ``h + Δ(h)`` (Houlsby's and Pfeiffer's placements agree:
+  there is no LayerNorm after the residual sum).
+- post-norm sublayer (BERT, BART): ``PeltPostNorm`` around the LayerNorm of ``s = x + h``:
+  parallel ``LN(x + h + Δ(x))`` (He et al. Eq. 6), Houlsby ``LN(x + h + A(h))`` (He et al.
+  Eq. 4), Pfeiffer ``LN(s + A(LN(s)))`` (UniPELT's adapter).
+- multi-head: ``PeltHeadOutput`` around the output projection, ``o(heads + Δ(x W_q))``.
+- an adapter whose input enters a different module than the one hosting it reads it from a
   ``Tap`` that the input module's wrapper fills on every call.
 """
 
@@ -88,9 +91,9 @@ class PeltSublayer(Wrapper):
             return out
         h = out[0] if isinstance(out, tuple) else out
         for adapter in self.pelt_adapter_parallel:
-            h = h + adapter(x)
+            h = h + adapter(x, h)
         for adapter in self.pelt_adapter_sequential:
-            h = h + adapter(h)
+            h = h + adapter(h, h)
         return (h, *out[1:]) if isinstance(out, tuple) else h
 
 
@@ -115,33 +118,44 @@ class PeltAttention(PeltSublayer):
 class PeltPostNorm(Wrapper):
     """The LayerNorm of a post-norm sublayer, ``LN(s)`` with ``s = x + h``, with adapters around it.
 
-    parallel:   s ← s + Σ Δ(x)              (He et al. 2022: input x, added after the dropout)
-    sequential: s ← s + Σ Δ(LN(s)), LN(s)   (UniPELT §3: h'_A = G_A·h_A + h_F)
-    With every Δ = 0 this is exactly the original LayerNorm.
+    parallel: s + Δ(x)                     (He et al. 2022 Eq. 6: input x, added after the dropout)
+    houlsby:  s + A(h), h = s - x          (Houlsby 2019; He et al. Eq. 4)
+    pfeiffer: s + A(LN(s)), then LN       (UniPELT §3: h'_A = G_A·h_A + h_F)
+    HF adds x + h inline, so h is recovered as s - x from the tapped x: exact up to one rounding
+    of s. With every Δ = 0 this is exactly the original LayerNorm.
     """
 
     def __init__(self, base_layer: nn.Module):
         super().__init__(base_layer)
         self.tap: Tap | None = None  # x, recorded by the sublayer's input module
         self.pelt_adapter_parallel = nn.ModuleList()
+        self.pelt_adapter_houlsby = nn.ModuleList()
         self.pelt_adapter_sequential = nn.ModuleList()
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
-        for adapter in self.pelt_adapter_parallel:
-            s = s + adapter(self.tap.value)
+        x = self.tap.value if self.tap is not None else None
+        h = s - x if x is not None else None  # the sublayer output, before the residual sum
+        increments = [a(x, h) for a in self.pelt_adapter_parallel] + [a(h, h) for a in self.pelt_adapter_houlsby]
+        for increment in increments:
+            s = s + increment
         for adapter in self.pelt_adapter_sequential:
             s = s + adapter(self.base_layer(s))
         return self.base_layer(s)
 
 
 class PeltHeadOutput(Wrapper):
-    """An attention's output projection, with a multi-head parallel adapter added to its input:
-    the concatenated head outputs. The adapter reads the attention's input from ``tap``."""
+    """An attention's output projection, with a multi-head parallel adapter added to its input,
+    the concatenated head outputs: ``o(heads + Δ(x W_q))`` (He et al. 2022 §3.3). The adapter
+    reads the frozen query projection of the attention's input x, which ``tap`` holds; the
+    projection is looked up on every call so that a LoRA on q, or its merge, is seen as it is."""
 
-    def __init__(self, base_layer: nn.Module, tap: Tap, adapter: nn.Module):
+    def __init__(self, base_layer: nn.Module, tap: Tap, adapter: nn.Module, owner: nn.Module, query: str):
         super().__init__(base_layer)
         self.tap = tap
         self.pelt_adapter_head = adapter
+        self.__dict__["owner"] = owner  # the attention module holding q; registered by the layer already
+        self.query = query
 
     def forward(self, heads: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(heads + self.pelt_adapter_head(self.tap.value))
+        q = getattr(self.owner, self.query)(self.tap.value)  # (B, T, H·dh)
+        return self.base_layer(heads + self.pelt_adapter_head(q, heads))

@@ -72,7 +72,24 @@ class ArchSpec:
     # where inserted tokens would break the model's own heads (a causal LM's labels, a last-token
     # classifier's index): there the prompt is served as prefix keys/values (methods/prompt.py).
     embeddings: str | None = None
-    head_in_base: tuple[str, ...] = ()  # base-model modules that belong to the task head
+    # How many leading tokens stay in front of the prompt: 0 prepends it (Lester et al.); BERT's
+    # family keeps [CLS] first, which its pooler and classifier read.
+    prompt_at: int = 0
+
+    def present_stacks(self, base: nn.Module) -> tuple[Stack, ...]:
+        """The stacks this model has: ``T5EncoderModel`` is T5 without its decoder."""
+        stacks = tuple(s for s in self.stacks if _has(base, s.layers))
+        if not stacks:
+            raise UniPeltError(f"the model has none of the layer stacks {[s.layers for s in self.stacks]}")
+        return stacks
+
+
+def _has(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 _SPECS: dict[str, ArchSpec] = {}

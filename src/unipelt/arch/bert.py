@@ -1,4 +1,7 @@
-"""BERT (and the offline MiniLM, a 6-layer BERT): post-norm, ``LN(drop(dense(h)) + x)`` blocks."""
+"""BERT (and the offline MiniLM, a 6-layer BERT): post-norm, ``LN(drop(dense(h)) + x)`` blocks.
+
+The pooler is part of the frozen base model, as in UniPELT's code, ``adapters`` and peft; train it
+with ``PeltConfig(modules_to_save=("pooler",))``."""
 
 from . import FFN, ArchSpec, Attention, Stack, register
 
@@ -14,7 +17,5 @@ BERT = register(ArchSpec(
     ),),
     head_dim="attention_head_size",
     embeddings="embeddings",
-    # BertForSequenceClassification classifies the pooler's output; RoBERTa's head holds the same
-    # dense+tanh layer inside its classifier. Training the pooler keeps the two heads equivalent.
-    head_in_base=("pooler",),
+    prompt_at=1,  # after [CLS]: the pooler and the classifier read position 0
 ))

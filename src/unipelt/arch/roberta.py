@@ -1,8 +1,9 @@
-"""RoBERTa: BERT's module layout; its classification head lives outside the base model."""
+"""RoBERTa: BERT's module layout; its classification head (dense + tanh + out_proj) lives outside
+the base model and is trained whole. The prompt follows <s>, as it follows BERT's [CLS]."""
 
 from dataclasses import replace
 
 from . import register
 from .bert import BERT
 
-ROBERTA = register(replace(BERT, model_types=("roberta", "xlm-roberta"), head_in_base=()))
+ROBERTA = register(replace(BERT, model_types=("roberta", "xlm-roberta")))

@@ -2,10 +2,10 @@
 
 ``l`` key and value vectors are prepended at every prefixed attention sublayer ("slot": each
 layer's self-attention, and in encoder-decoders the decoder's cross-attention too). They are
-trained through a reparameterisation shared by all S slots, ``Embedding(l, d) -> Linear(d, mid)
--> tanh -> Linear(mid, 2·S·d_kv)``; ``fold`` replaces it by the 2·S (l, d_kv) matrices it
-produces, which is all that inference and checkpoints need. d_kv is the key width: d, or fewer
-with grouped-query attention (Llama's num_key_value_heads). Gated: ``G_P(h_in)`` scales the
+trained through a reparameterisation, ``Embedding(l, d) -> Linear(d, mid) -> tanh ->
+Linear(mid, 2·S·d_kv)``, shared by all S slots or one per kind of attention; ``fold`` replaces it
+by the 2·S (l, d_kv) matrices it produces, which is all that inference and checkpoints need.
+d_kv is the key width: d, or fewer with grouped-query attention (Llama's num_key_value_heads). Gated: ``G_P(h_in)`` scales the
 prefix keys and values only.
 """
 
@@ -19,17 +19,42 @@ from ..blocks import Gate, MaskSlot
 from ..config import PrefixConfig
 
 
-class PrefixEncoder(nn.Module):
-    """All slots' prefixes: the reparameterisation network, or after ``fold`` its output."""
+class _Reparameterization(nn.Module):
+    """``Embedding(l, d) -> Linear(d, mid) -> tanh -> Linear(mid, 2·S·d_kv)`` for S slots."""
 
-    def __init__(self, cfg: PrefixConfig, d: int, slots: int, kv_dim: int | None = None):
+    def __init__(self, cfg: PrefixConfig, d: int, slots: int, kv_dim: int):
         super().__init__()
-        self.length, self.slots, self.kv_dim = cfg.length, slots, kv_dim or d
-        self.attention, self.gated = cfg.attention, cfg.composition == "gated"
-        self.folded: nn.Parameter | None = None
+        self.kv_dim = kv_dim
         self.embedding = nn.Embedding(cfg.length, d)
         self.mlp_in = nn.Linear(d, cfg.mid_dim)
-        self.mlp_out = nn.Linear(cfg.mid_dim, 2 * slots * self.kv_dim)
+        self.mlp_out = nn.Linear(cfg.mid_dim, 2 * slots * kv_dim)
+
+    def kv(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.kv_dim
+        hid = torch.tanh(self.mlp_in(self.embedding.weight))  # (l, mid)
+        rows = slice(2 * slot * w, 2 * (slot + 1) * w)  # only this slot's outputs
+        out = nn.functional.linear(hid, self.mlp_out.weight[rows], self.mlp_out.bias[rows])  # (l, 2·d_kv)
+        return out[:, :w], out[:, w:]
+
+
+class PrefixEncoder(nn.Module):
+    """All slots' prefixes: the reparameterisation network(s), or after ``fold`` their output.
+
+    ``groups`` names each slot's network (one name for all with ``networks="shared"``).
+    """
+
+    def __init__(self, cfg: PrefixConfig, d: int, groups: list[str], kv_dim: int | None = None):
+        super().__init__()
+        self.length, self.slots, self.kv_dim = cfg.length, len(groups), kv_dim or d
+        self.attention, self.gated = cfg.attention, cfg.composition == "gated"
+        self.separate = cfg.composition == "add"
+        self.folded: nn.Parameter | None = None
+        names = list(dict.fromkeys(groups)) if cfg.networks == "per_attention" else ["shared"]
+        owner = [names.index(g) if cfg.networks == "per_attention" else 0 for g in groups]
+        # where[i] = (network, its own slot index) of slot i
+        self.where = [(o, owner[:i].count(o)) for i, o in enumerate(owner)]
+        self.nets = nn.ModuleList(_Reparameterization(cfg, d, owner.count(i), self.kv_dim)
+                                  for i in range(len(names)))
         if not cfg.reparameterize:
             self.fold()
 
@@ -37,24 +62,25 @@ class PrefixEncoder(nn.Module):
         """Keys and values of one slot, each (l, d_kv)."""
         if self.folded is not None:
             return self.folded[slot, 0], self.folded[slot, 1]
-        w = self.kv_dim
-        hid = torch.tanh(self.mlp_in(self.embedding.weight))  # (l, mid)
-        rows = slice(2 * slot * w, 2 * (slot + 1) * w)  # only this slot's outputs
-        out = nn.functional.linear(hid, self.mlp_out.weight[rows], self.mlp_out.bias[rows])  # (l, 2·d_kv)
-        return out[:, :w], out[:, w:]
+        net, local = self.where[slot]
+        return self.nets[net].kv(local)
 
     def table(self) -> torch.Tensor:
         """(S, 2, l, d_kv): every slot's keys and values."""
         return torch.stack([torch.stack(self.kv(i)) for i in range(self.slots)])
 
+    @property
+    def trains_network(self) -> bool:
+        return self.nets is not None and self.nets[0].mlp_out.weight.requires_grad
+
     @torch.no_grad()
     def fold(self) -> None:
         if self.folded is not None:
             return
-        requires_grad = self.embedding.weight.requires_grad
+        requires_grad = self.nets[0].embedding.weight.requires_grad
         self.folded = nn.Parameter(self.table().detach().clone(), requires_grad=requires_grad)
-        del self.embedding, self.mlp_in, self.mlp_out
-        self.embedding = self.mlp_in = self.mlp_out = None
+        del self.nets
+        self.nets = None
 
     def inference_numel(self) -> int:
         return 2 * self.slots * self.length * self.kv_dim
@@ -80,7 +106,7 @@ class LayerPrefix(nn.Module):
         k = k.view(length, -1, self.head_dim).transpose(0, 1).expand(b, -1, -1, -1)  # (B, H_kv, l, dh)
         v = v.view(length, -1, self.head_dim).transpose(0, 1).expand(b, -1, -1, -1)
         if self.pelt_gate is None:
-            return Prefix(k, v)
+            return Prefix(k, v, separate=getattr(self.encoder, "separate", False))
         g = self.pelt_gate(h_in).unsqueeze(1)  # (B, 1, 1, 1), or (B, 1, T, 1) per query in causal layers
         if g.shape[2] == 1:
             return Prefix(g * k, g * v)

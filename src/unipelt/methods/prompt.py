@@ -1,9 +1,10 @@
 """Prompt tuning (Lester et al. 2021): ``l`` trainable vectors inserted into the input only.
 
-The prompt goes right after the first token so that poolers reading position 0 (BERT's [CLS])
-still read it; the mask function in attention.py inserts the matching ones into the padding mask.
-In encoder-decoders it joins the encoder input, as in Lester et al.'s T5 setting; attention.py
-widens the decoder's cross-attention mask to match.
+The prompt goes in front of the input (Lester et al.), or after the first ``prompt_at`` tokens
+where the architecture file says so (BERT's family keeps [CLS] first for its pooler); the mask
+function in attention.py inserts the matching ones into the padding mask. In encoder-decoders it
+joins the encoder input, as in Lester et al.'s T5 setting; attention.py widens the decoder's
+cross-attention mask to match.
 
 Decoder-only models get ``CausalPrompt`` instead: inserting tokens would shift what the LM labels
 and a last-token classifier's index refer to. Under a causal mask the prompt tokens see only each
@@ -26,16 +27,17 @@ from ..wrappers import Wrapper
 
 
 class PeltEmbeddings(Wrapper):
-    def __init__(self, base_layer: nn.Module, cfg: PromptConfig, d: int):
+    def __init__(self, base_layer: nn.Module, cfg: PromptConfig, d: int, at: int = 0):
         super().__init__(base_layer)
         ref = next(base_layer.parameters())
+        self.at = at
         # unit variance: the prompt joins the embeddings after their LayerNorm
         self.pelt_prompt = nn.Parameter(torch.randn(cfg.length, d).to(device=ref.device, dtype=ref.dtype))
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         e = self.base_layer(*args, **kwargs)  # (B, T, d)
         p = self.pelt_prompt.to(e.dtype).expand(e.shape[0], -1, -1)  # (B, l, d)
-        return torch.cat([e[:, :1], p, e[:, 1:]], dim=1)
+        return torch.cat([e[:, :self.at], p, e[:, self.at:]], dim=1)
 
 
 class CausalPrompt(nn.Module):
