@@ -1,5 +1,5 @@
 """Where UniPELT-APL's inference time goes: the plain model, UniPELT-APL, the same modules with
-every gate fixed to 1 (unipelt-nogate), and that with its LoRA merged, timed alternately in one
+no gates (unipelt-apl-nogate), and that with its LoRA merged, timed alternately in one
 process so that their ratios do not carry drift between processes.
 
     python benchmarks/inference_overhead.py [--rounds 6] [--batch 64]
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
-    models = {n: build(n) for n in ("plain", "unipelt-apl", "unipelt-nogate", "unipelt-nogate+merge")}
+    models = {n: build(n) for n in ("plain", "unipelt-apl", "unipelt-apl-nogate", "unipelt-apl-nogate+merge")}
     ids = torch.randint(1000, 20000, (args.batch, 128), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     times: dict[str, list[float]] = {n: [] for n in models}
