@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .errors import UniPeltError
 
@@ -103,32 +104,69 @@ def _options(args: argparse.Namespace, *names: str) -> dict:
 
 def _train(args: argparse.Namespace) -> int:
     from .harness import Store, make_spec, runner
+    from .harness.paths import check_output_dir, check_store_path
     from .harness.sweep import preflight
 
+    # every input and output is checked before the store is opened: a mistake changes nothing
     spec = make_spec(task=args.task, preset=args.preset, config_file=args.config, model=args.model, k=args.k,
                      lr=args.lr, data_seed=args.data_seed, glue_dir=args.glue_dir,
                      **_options(args, "model_seed", "epochs", "patience", "dev_size", "batch_size", "max_length",
                                  "objective"))
+    check_store_path(Path(args.store), exists=False, writable=True)
+    if args.save:
+        check_output_dir(args.save, "--save directory")
+    preflight([spec])
     with Store(args.store) as store:
-        if spec.key in store.finished_keys() and not args.force:
-            print(f"{spec.label()}: already finished in {args.store} (use --force to run it again)")
+        if not _claim(store, spec, args):
             return 0
-        preflight([spec])
         record = runner.run(spec, runner.RunOptions(progress=not args.quiet, save_dir=args.save))
-        if runner.is_main_process():
-            store.write(record)
+        if not runner.is_main_process():
+            return 0
+        written = store.write(record)
+        kept = store.result(spec.key) if written.kept_finished else None
+    return _train_outcome(spec, record, written, kept, args.store)
+
+
+def _claim(store, spec, args: argparse.Namespace) -> bool:
+    """Whether this process runs ``spec``: not when it is finished (without --force); an error
+    when another process is training it now. Under accelerate only rank 0 claims."""
+    from .harness import runner
+    from .harness.errors import HarnessError
+
+    if not runner.is_main_process():
+        return args.force or spec.key not in store.finished_keys()
+    claim = store.claim(spec.key, force=args.force)
+    if claim.status == "finished":
+        print(f"{spec.label()}: already finished in {args.store} (use --force to run it again)")
+        return False
+    if claim.status == "busy":
+        raise HarnessError(f"{spec.label()} is being trained now by {claim.owner} (last heartbeat "
+                           f"{claim.age:.0f} s ago) on {args.store}; wait for it to finish")
+    return True
+
+
+def _train_outcome(spec, record, written, kept, store_path: str) -> int:
     if record.status == "failed":
-        print(f"{spec.label()}: run failed: {record.reason} (recorded in {args.store})")
+        detail = (f"; the run's finished result (test {kept.metric} {kept.test_metric:.4f}, {kept.finished_at}) "
+                  f"is kept" if kept is not None else "")
+        print(f"{spec.label()}: run failed: {record.reason} (attempt {written.attempt} recorded in "
+              f"{store_path}{detail})")
         return 1
     print(f"{spec.label()}: test {record.metric} {record.test_metric:.4f} (best epoch {record.best_epoch} of "
           f"{len(record.epochs)}), {record.params.get('total', 0):,} trainable params, "
-          f"{record.train_s_per_step:.3f} s/step, {record.infer_ex_per_s:.0f} ex/s -> {args.store}")
+          f"{record.train_s_per_step:.3f} s/step, {record.infer_ex_per_s:.0f} ex/s -> {store_path}")
+    if record.save_error:
+        print(f"unipelt: error: the run finished and is recorded, but saving it failed: {record.save_error}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
 def _sweep(args: argparse.Namespace, grid_file: str | None = None) -> int:
     from .harness import Store, make_grid, run_sweep
     from .harness.grid import describe
+    from .harness.paths import check_output_dir, check_store_path
+    from .harness.sweep import preflight
 
     grid = make_grid(grid_file, tasks=args.tasks, presets=args.presets, configs=getattr(args, "configs", None),
                      k=args.k, data_seeds=args.data_seeds, model=args.model, glue_dir=args.glue_dir,
@@ -136,18 +174,26 @@ def _sweep(args: argparse.Namespace, grid_file: str | None = None) -> int:
                      **_options(args, "model_seed", "epochs", "patience", "dev_size", "objective"))
     specs = grid.specs()
     log.info("grid: %s = %d runs", describe(grid), len(specs))
+    check_store_path(Path(args.store), exists=False, writable=True)
+    if getattr(args, "out", None):  # the demo reports afterwards
+        check_output_dir(args.out, "--out directory")
+    preflight(specs)
     with Store(args.store) as store:
         summary = run_sweep(specs, store, workers=getattr(args, "workers", 1), backend=getattr(args, "backend", "local"),
                             ray_address=getattr(args, "ray_address", None), progress=not args.quiet)
+    kept = f" ({summary.kept} of them kept an earlier finished result)" if summary.kept else ""
+    elsewhere = f", {summary.elsewhere} are being trained by another sweep" if summary.elsewhere else ""
     print(f"sweep: {summary.total} runs in the grid: {summary.skipped} were already finished, "
-          f"{summary.finished} finished now, {summary.failed} failed -> {args.store}")
+          f"{summary.finished} finished now, {summary.failed} failed{kept}{elsewhere} -> {args.store}")
     return 1 if summary.failed else 0
 
 
 def _report(args: argparse.Namespace) -> int:
     from .harness import Store, report
+    from .harness.paths import check_output_dir
 
-    with Store(args.store, create=False) as store:
+    check_output_dir(args.out, "--out directory")
+    with Store(args.store, readonly=True) as store:
         built = report.build(store)
     out = report.write(built, args.out)
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")
@@ -160,7 +206,7 @@ def _demo(args: argparse.Namespace) -> int:
     args.workers, args.backend, args.ray_address, args.tasks = 1, "local", None, args.task
     status = _sweep(args)
     _report(args)
-    with Store(args.store, create=False) as store:
+    with Store(args.store, readonly=True) as store:
         built = report.build(store)
     for table in built.tables:  # the accuracy table and the cost table
         if table.title.startswith(("Table 1", "Table 4")):
@@ -185,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"train": _train, "sweep": lambda a: _sweep(a, a.grid), "report": _report, "demo": _demo}
     try:
         return commands[args.command](args)
-    except UniPeltError as e:
+    except (UniPeltError, OSError) as e:  # OSError: a file that vanished or filled a disk after the checks
         print(f"unipelt: error: {str(e).replace(chr(10), ' ')}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:

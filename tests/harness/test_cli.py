@@ -118,7 +118,7 @@ def test_newer_store_is_refused_and_kept(capsys, base, tmp_path):
         db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     db.close()
     before = path.read_bytes()
-    for argv in (["train", "--task", "rte", "--preset", "lora", *base], ["report", "--store", str(path)]):
+    for argv in (["train", "--task", "rte", "--preset", "lora", "--k", "16", *base], ["report", "--store", str(path)]):
         assert "newer than this unipelt reads" in _error(capsys, argv)
     assert path.read_bytes() == before
 
@@ -142,5 +142,5 @@ def test_argparse_errors_return_instead_of_exiting(capsys):
 def test_non_positive_settings_are_refused(capsys, base):
     assert "epochs must be a positive integer, got 0" in _error(
         capsys, ["train", "--task", "rte", "--preset", "lora", *base, "--epochs", "0"])
-    assert "learning rate must be positive" in _error(
+    assert "learning rate must be a positive number" in _error(
         capsys, ["train", "--task", "rte", "--preset", "lora", *base, "--lr", "-1"])

@@ -34,5 +34,5 @@ def test_run_key_ignores_where_the_data_is(tiny_model):
 def test_grid_needs_tasks_and_methods(tiny_model):
     with pytest.raises(UniPeltError, match="no methods"):
         make_grid(tasks="rte", model=tiny_model)
-    with pytest.raises(UniPeltError, match="data seeds must be integers"):
+    with pytest.raises(UniPeltError, match="'data_seeds' must be a list of integers"):
         make_grid(tasks="rte", presets="lora", data_seeds="1,x")

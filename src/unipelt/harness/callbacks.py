@@ -30,12 +30,15 @@ class BestOnDev(TrainerCallback):
         self.best: float = -math.inf
         self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] = {}
+        self.first_loss: float | None = None  # the first step's, before any update (logging_first_step)
         self._loss = math.nan
         self._bad = 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self._loss = float(logs["loss"])
+            if self.first_loss is None:
+                self.first_loss = self._loss
             if not math.isfinite(self._loss):
                 raise RunFailed(f"training loss is {self._loss} at epoch {round(state.epoch or 0)}")
 
@@ -49,6 +52,20 @@ class BestOnDev(TrainerCallback):
         else:
             self._bad += 1
             control.should_training_stop = self._bad >= self.patience
+
+    def divergence(self, factor: float) -> str | None:
+        """Why the losses say training diverged: the last epoch's is not finite, or ``factor``
+        times what training started from (the first step's loss or the first epoch's, the lower)."""
+        if not self.epochs:
+            return None
+        last, first = self.epochs[-1], self.epochs[0].train_loss
+        start = min(first, self.first_loss) if self.first_loss is not None else first
+        if not math.isfinite(last.train_loss):
+            return f"diverged: training loss is {last.train_loss} at epoch {last.epoch}"
+        if last.train_loss > factor * start:
+            return (f"diverged: training loss rose from {start:.4g} at the start (epoch 1: {first:.4g}) "
+                    f"to {last.train_loss:.4g} at epoch {last.epoch}, over {factor:g}x")
+        return None
 
     @torch.no_grad()
     def restore(self, model: torch.nn.Module) -> None:

@@ -43,12 +43,10 @@ class Splits:
 
 def parse_k(value: str | int) -> int | str:
     """``"all"`` or a positive int: the train-set sizes the protocol allows."""
-    if str(value).lower() == "all":
+    if isinstance(value, str) and value.strip().lower() == "all":
         return "all"
-    try:
-        k = int(value)
-    except ValueError:
-        raise HarnessError(f"K must be a positive integer or 'all', got {value!r}") from None
+    # only whole numbers: int(1.5) would quietly train on 1 example, int(True) on one too
+    k = int(value) if type(value) is int or (isinstance(value, str) and value.strip().isdigit()) else 0
     if k <= 0:
         raise HarnessError(f"K must be a positive integer or 'all', got {value!r}")
     return k
@@ -81,22 +79,34 @@ def read_tsv(path: Path, task: Task) -> pd.DataFrame:
     The csv module (not pandas) so a malformed row is reported with its line number; quoting is
     off because GLUE text contains bare quotes; utf-8-sig drops MRPC's byte-order mark.
     """
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None) if task.header else None
-        if task.header and header is None:
-            raise HarnessError(f"{path}: file is empty, expected a header line")
-        width = len(header) if header else None
-        cols = [_column(header, c, path) for c in (task.text_a, task.text_b, task.label)]
-        rows = []
-        for row in reader:
-            width = width or len(row)  # header-less file: the first row sets the width
-            if len(row) != width or len(row) <= max(c for c in cols if c is not None):
-                raise HarnessError(f"{path}:{reader.line_num}: malformed row: expected {width} "
-                                   f"tab-separated fields, found {len(row)}")
-            a, b, raw = (row[c] if c is not None else None for c in cols)
-            rows.append((a, b, _label(task, raw, path, reader.line_num)))
-    return pd.DataFrame(rows, columns=COLUMNS)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return pd.DataFrame(_rows(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), task, path),
+                                columns=COLUMNS)
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x}: {e.reason})") from None
+
+
+def _rows(reader, task: Task, path: Path) -> list[tuple]:
+    header = next(reader, None) if task.header else None
+    if task.header and header is None:
+        raise HarnessError(f"{path}: file is empty, expected a header line")
+    width = len(header) if header else None
+    cols = [_column(header, c, path) for c in (task.text_a, task.text_b, task.label)]
+    rows, blank = [], None
+    for row in reader:
+        if not row:  # blank lines may end a file (an editor's habit), not sit between rows
+            blank = blank or reader.line_num
+            continue
+        if blank:
+            raise HarnessError(f"{path}:{blank}: blank line between rows")
+        width = width or len(row)  # header-less file: the first row sets the width
+        if len(row) != width or len(row) <= max(c for c in cols if c is not None):
+            raise HarnessError(f"{path}:{reader.line_num}: malformed row: expected {width} "
+                               f"tab-separated fields, found {len(row)}")
+        a, b, raw = (row[c] if c is not None else None for c in cols)
+        rows.append((a, b, _label(task, raw, path, reader.line_num)))
+    return rows
 
 
 def _test_file(task: Task, folder: Path) -> Path | None:

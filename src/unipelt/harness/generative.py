@@ -45,9 +45,9 @@ def check_objective(objective: str, task: Task) -> None:
                            f"use --objective classify")
 
 
-def check_can_generate(path: str) -> None:
+def check_can_generate(path: str, config=None) -> None:
     """Refuse encoder models (BERT, RoBERTa, ...): they have no causal-LM head to generate with."""
-    config = AutoConfig.from_pretrained(path)
+    config = config or AutoConfig.from_pretrained(path)
     kind = config.model_type
     if (kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES
             or getattr(config, "is_encoder_decoder", False)):

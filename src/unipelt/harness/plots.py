@@ -7,12 +7,24 @@ import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: headless machines have no display
 
+import functools  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .tables import METHOD_ORDER, ordered, k_sort_key  # noqa: E402
 from .tasks import TASK_ORDER  # noqa: E402
+
+
+def plain_text(draw):
+    """Run ``draw`` with every text drawn as given: method, config and model names are the
+    user's, and mathtext would parse a '$...$' in one (and fail on a malformed one)."""
+    @functools.wraps(draw)
+    def drawn(*args, **kwargs):
+        with plt.rc_context({"text.parse_math": False, "text.usetex": False}):
+            return draw(*args, **kwargs)
+    return drawn
 
 
 def metric_vs_k(runs: pd.DataFrame, title: str) -> plt.Figure:

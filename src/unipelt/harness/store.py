@@ -1,29 +1,47 @@
-"""The results store: one SQLite file (stdlib ``sqlite3``), one row per run.
+"""The results store: one SQLite file (stdlib ``sqlite3``, WAL mode), one row per run.
 
-A run is written once, at its end, in a single transaction (its row, its epochs, its gate
-values), so a crash leaves either the whole run or nothing. Re-running a failed run replaces its
-row; a finished run is never written twice. The ``schema_version`` table lets a newer unipelt
-migrate an older file and makes an older unipelt refuse a newer one instead of misreading it.
+``runs`` holds each run's result: its latest finished attempt, or, while none finished, its
+latest failed one; a failed attempt never replaces a finished result. ``attempts`` keeps every
+attempt. An attempt is written once, at its end, in a single transaction (its row, its epochs,
+its gate values), so a crash leaves either the whole attempt or nothing.
+
+``leases`` lets several sweeps share one store: a process claims a run before training it and
+keeps the claim alive with a heartbeat; a claim whose heartbeat stopped (its owner crashed)
+expires. The ``schema_version`` table lets a newer unipelt migrate an older file and makes an
+older unipelt refuse a newer one instead of misreading it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+import os
+import platform
 import sqlite3
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from .errors import HarnessError
+from .paths import check_store_path
 from .record import RunRecord
 
-SCHEMA_VERSION = 1
-DEFAULT_STORE = Path("runs") / "unipelt.sqlite"
+log = logging.getLogger(__name__)
 
-SCHEMA = """
+SCHEMA_VERSION = 2
+DEFAULT_STORE = Path("runs") / "unipelt.sqlite"
+BUSY_TIMEOUT = 60.0  # seconds a writer waits for another's transaction
+LEASE_TTL = 300.0  # a claim without a heartbeat for this long belongs to a dead process
+HEARTBEAT = 30.0
+
+RUNS = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE runs (
     run_key TEXT PRIMARY KEY,
@@ -50,22 +68,103 @@ CREATE TABLE gates (
     PRIMARY KEY (run_key, layer, submodule)
 );
 """
+# Schema 2. Not tied to runs by a foreign key: the runs row of a run is replaced, its history stays.
+ATTEMPTS_AND_LEASES = """
+CREATE TABLE attempts (
+    run_key TEXT NOT NULL, attempt INTEGER NOT NULL,
+    status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', test_metric REAL,
+    host TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT NOT NULL,
+    PRIMARY KEY (run_key, attempt)
+);
+CREATE TABLE leases (
+    run_key TEXT PRIMARY KEY, owner TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+    heartbeat REAL NOT NULL  -- time.time() of the owner's last sign of life
+);
+"""
+# From schema 1: the one attempt each run row stands for becomes its history.
+MIGRATE_1 = ATTEMPTS_AND_LEASES + """
+INSERT INTO attempts SELECT run_key, attempts, status, reason, test_metric, host, started_at, finished_at FROM runs;
+"""
+
+
+def _statements(script: str) -> list[str]:
+    return [s for s in script.split(";") if s.strip()]
+
+
+def _json(value) -> str:
+    """Strict JSON: a non-finite float (an lr of inf, a diverged loss) is stored as a string."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return [clean(x) for x in v] if isinstance(v, (list, tuple)) else v
+    return json.dumps(clean(value), sort_keys=True, allow_nan=False)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Whether this process may train a run now: ``status`` is 'claimed', 'finished' (the store
+    has its result) or 'busy' (a live process holds it: ``owner``, heartbeat ``age`` seconds ago)."""
+
+    status: str
+    owner: str = ""
+    age: float = 0.0
+
+
+@dataclass(frozen=True)
+class Written:
+    attempt: int  # this attempt's number
+    kept_finished: bool  # it failed, and the run's earlier finished result stays its result
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes this process's claims on its own connection (sqlite3 connections are not
+    shared between threads), so a long run keeps its claim."""
+
+    def __init__(self, path: Path, owner: str):
+        super().__init__(daemon=True, name="unipelt-heartbeat")
+        self.path, self.owner, self.stopped = path, owner, threading.Event()
+
+    def run(self) -> None:
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        try:
+            while not self.stopped.wait(HEARTBEAT):
+                try:
+                    db.execute("UPDATE leases SET heartbeat = ? WHERE owner = ?", (time.time(), self.owner))
+                except sqlite3.Error as e:  # a missed beat is survivable: the TTL is ten of them
+                    log.warning("could not refresh run claims in %s: %s", self.path, e)
+        finally:
+            db.close()
 
 
 class Store:
-    """Open (or, with ``create``, make) the store at ``path``."""
+    """Open (or, with ``create``, make) the store at ``path``; ``readonly`` never writes the file
+    (a store from an older schema is read as it is)."""
 
-    def __init__(self, path: str | Path = DEFAULT_STORE, *, create: bool = True):
-        self.path = Path(path)
-        if not self.path.is_file():
-            if not create:
-                raise HarnessError(f"results store {self.path} does not exist")
+    def __init__(self, path: str | Path = DEFAULT_STORE, *, create: bool = True, readonly: bool = False):
+        self.path, self.readonly = Path(path), readonly
+        self.owner = f"{platform.node()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._heartbeat: _Heartbeat | None = None
+        check_store_path(self.path, exists=readonly or not create, writable=not readonly)
+        if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        # autocommit mode: every write below opens its own explicit transaction
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA foreign_keys = ON")
         try:
-            self._check_schema()
+            self.db = self._connect()
+        except sqlite3.Error as e:
+            raise HarnessError(f"cannot open results store {self.path}: {e}") from None
+        try:
+            self._open()
         except sqlite3.DatabaseError as e:
             self.db.close()
             raise HarnessError(f"{self.path} is not a unipelt results store (SQLite): {e}") from None
@@ -73,23 +172,48 @@ class Store:
             self.db.close()
             raise
 
+    def _connect(self) -> sqlite3.Connection:
+        # autocommit mode: every write below opens its own explicit transaction
+        if self.readonly:
+            return sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        db.execute("PRAGMA foreign_keys = ON")
+        return db
+
     def _tables(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
-    def _check_schema(self) -> None:
-        if not self._tables():
+    def _open(self) -> None:
+        if not self._tables() and not self.readonly:
             with self.transaction():
                 if not self._tables():  # re-checked under the write lock: another process may have won
-                    for statement in filter(str.strip, SCHEMA.split(";")):
+                    for statement in _statements(RUNS + ATTEMPTS_AND_LEASES):
                         self.db.execute(statement)
                     self.db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-        tables = self._tables()
-        if "schema_version" not in tables:
-            raise HarnessError(f"{self.path} is an SQLite file but not a unipelt results store (no schema_version table)")
+        self.version = self._version()
+        if not self.readonly:
+            if self.version < SCHEMA_VERSION:
+                self._migrate()
+            # readers never block the writer, nor it them; set only on a checked store: it changes the file
+            self.db.execute("PRAGMA journal_mode = WAL")
+
+    def _version(self) -> int:
+        if "schema_version" not in self._tables():
+            raise HarnessError(f"{self.path} is not a unipelt results store (no schema_version table)")
         version = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise HarnessError(f"results store {self.path} has schema version {version}, newer than this unipelt "
                                f"reads ({SCHEMA_VERSION}); upgrade unipelt to use it (the file was left unchanged)")
+        return version
+
+    def _migrate(self) -> None:
+        with self.transaction() as db:
+            if db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] < SCHEMA_VERSION:
+                for statement in _statements(MIGRATE_1):
+                    db.execute(statement)
+                db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        log.info("migrated results store %s to schema version %d", self.path, SCHEMA_VERSION)
+        self.version = SCHEMA_VERSION
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -103,6 +227,14 @@ class Store:
         self.db.execute("COMMIT")
 
     def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stopped.set()
+            self._heartbeat.join()
+        if not self.readonly:
+            try:  # an interrupted sweep's claims: free for the next one at once
+                self.db.execute("DELETE FROM leases WHERE owner = ?", (self.owner,))
+            except sqlite3.Error as e:
+                log.warning("could not release run claims in %s: %s", self.path, e)
         self.db.close()
 
     def __enter__(self) -> Store:
@@ -111,43 +243,106 @@ class Store:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # ---- writing
-    def write(self, record: RunRecord) -> None:
-        """Record a run atomically; a previous (failed) attempt of the same run is replaced."""
-        spec = record.spec
-        spec_json = json.dumps({**asdict(spec), "config": json.loads(spec.config)}, sort_keys=True)
-        row = dict(run_key=spec.key, task=spec.task, method=spec.method, k=str(spec.k), data_seed=spec.data_seed,
-                   model_seed=spec.model_seed, model=spec.model, lr=spec.lr, spec=spec_json, status=record.status,
-                   reason=record.reason, metric=record.metric, best_epoch=record.best_epoch,
-                   dev_metric=record.dev_metric, test_metric=record.test_metric, test_source=record.test_source,
-                   sizes=json.dumps(record.sizes), params=json.dumps(record.params),
-                   train_s_per_step=record.train_s_per_step, infer_ex_per_s=record.infer_ex_per_s,
-                   versions=json.dumps(record.versions), host=record.host, started_at=record.started_at,
-                   finished_at=record.finished_at)
+    # ---- claims
+    def _holder(self, db: sqlite3.Connection, key: str) -> Claim | None:
+        """The live claim another process holds on ``key``, if any."""
+        row = db.execute("SELECT owner, host, pid, heartbeat FROM leases WHERE run_key = ?", (key,)).fetchone()
+        if row is None or row[0] == self.owner:
+            return None
+        owner, host, pid, beat = row
+        age = time.time() - beat
+        # on this host a dead owner is known at once; elsewhere only its silence says so
+        if age > LEASE_TTL or (host == platform.node() and not _pid_alive(pid)):
+            return None
+        return Claim("busy", owner, age)
+
+    def claim(self, key: str, *, force: bool = False) -> Claim:
+        """Claim run ``key`` for this process unless it is finished (ignored with ``force``) or
+        a live process holds it."""
         with self.transaction() as db:
-            prior = db.execute("SELECT attempts FROM runs WHERE run_key = ?", (spec.key,)).fetchone()
-            row["attempts"] = prior[0] + 1 if prior else 1
-            db.execute("DELETE FROM runs WHERE run_key = ?", (spec.key,))  # cascades to epochs, gates
-            db.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
-            db.executemany("INSERT INTO epochs VALUES (?, ?, ?, ?)",
-                           [(spec.key, e.epoch, e.train_loss, e.dev_metric) for e in record.epochs])
-            db.executemany("INSERT INTO gates VALUES (?, ?, ?, ?)",
-                           [(spec.key, layer, name, value) for layer, values in record.gates.items()
-                            for name, value in values.items()])
+            if not force and db.execute("SELECT 1 FROM runs WHERE run_key = ? AND status = 'finished'",
+                                        (key,)).fetchone():
+                return Claim("finished")
+            if (holder := self._holder(db, key)) is not None:
+                return holder
+            db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+                       (key, self.owner, platform.node(), os.getpid(), time.time()))
+        if self._heartbeat is None:
+            self._heartbeat = _Heartbeat(self.path, self.owner)
+            self._heartbeat.start()
+        return Claim("claimed")
+
+    def release(self, key: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM leases WHERE run_key = ? AND owner = ?", (key, self.owner))
+
+    # ---- writing
+    def _row(self, record: RunRecord, attempt: int) -> dict:
+        spec = record.spec
+        return dict(run_key=spec.key, task=spec.task, method=spec.method, k=str(spec.k), data_seed=spec.data_seed,
+                    model_seed=spec.model_seed, model=spec.model, lr=spec.lr,
+                    spec=_json({**asdict(spec), "config": json.loads(spec.config)}), status=record.status,
+                    reason=record.reason, metric=record.metric, best_epoch=record.best_epoch,
+                    dev_metric=record.dev_metric, test_metric=record.test_metric, test_source=record.test_source,
+                    sizes=_json(record.sizes), params=_json(record.params),
+                    train_s_per_step=record.train_s_per_step, infer_ex_per_s=record.infer_ex_per_s,
+                    versions=_json(record.versions), host=record.host, started_at=record.started_at,
+                    finished_at=record.finished_at, attempts=attempt)
+
+    def write(self, record: RunRecord) -> Written:
+        """Record an attempt atomically and release this process's claim on the run. It becomes
+        the run's result unless it failed and the run has a finished result."""
+        key = record.spec.key
+        with self.transaction() as db:
+            attempt = 1 + db.execute("SELECT COALESCE(MAX(attempt), 0) FROM attempts WHERE run_key = ?",
+                                     (key,)).fetchone()[0]
+            db.execute("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (key, attempt, record.status, record.reason, record.test_metric, record.host,
+                        record.started_at, record.finished_at))
+            current = db.execute("SELECT status FROM runs WHERE run_key = ?", (key,)).fetchone()
+            keep = record.status == "failed" and current is not None and current[0] == "finished"
+            if keep:
+                db.execute("UPDATE runs SET attempts = ? WHERE run_key = ?", (attempt, key))
+            else:
+                self._replace(db, record, attempt)
+            db.execute("DELETE FROM leases WHERE run_key = ? AND owner = ?", (key, self.owner))
+        return Written(attempt, keep)
+
+    def _replace(self, db: sqlite3.Connection, record: RunRecord, attempt: int) -> None:
+        key, row = record.spec.key, self._row(record, attempt)
+        db.execute("DELETE FROM runs WHERE run_key = ?", (key,))  # cascades to epochs, gates
+        db.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+        db.executemany("INSERT INTO epochs VALUES (?, ?, ?, ?)",
+                       [(key, e.epoch, e.train_loss, e.dev_metric) for e in record.epochs])
+        db.executemany("INSERT INTO gates VALUES (?, ?, ?, ?)",
+                       [(key, layer, name, value) for layer, values in record.gates.items()
+                        for name, value in values.items()])
 
     # ---- reading
     def finished_keys(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT run_key FROM runs WHERE status = 'finished'")}
 
+    def result(self, key: str) -> pd.Series | None:
+        """The run's current result row, if the store has one."""
+        rows = self._runs("WHERE run_key = ?", (key,))
+        return None if rows.empty else rows.iloc[0]
+
     def runs(self, status: str | None = None) -> pd.DataFrame:
         """All runs (or those with ``status``); JSON columns are decoded."""
-        query, args = "SELECT * FROM runs", ()
-        if status:
-            query, args = query + " WHERE status = ?", (status,)
-        frame = pd.read_sql_query(query + " ORDER BY task, method, k, data_seed", self.db, params=args)
+        return self._runs("WHERE status = ?", (status,)) if status else self._runs()
+
+    def _runs(self, where: str = "", args: tuple = ()) -> pd.DataFrame:
+        frame = pd.read_sql_query(f"SELECT * FROM runs {where} ORDER BY task, method, k, data_seed", self.db, params=args)
         for col in ("spec", "sizes", "params", "versions"):
             frame[col] = frame[col].map(json.loads)
         return frame
+
+    def attempts(self) -> pd.DataFrame:
+        """Every attempt of every run, oldest first (a schema-1 store read as it is: one per run)."""
+        if self.version < 2:
+            return pd.read_sql_query("SELECT run_key, attempts AS attempt, status, reason, test_metric, host, "
+                                     "started_at, finished_at FROM runs ORDER BY run_key", self.db)
+        return pd.read_sql_query("SELECT * FROM attempts ORDER BY run_key, attempt", self.db)
 
     def epochs(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT * FROM epochs ORDER BY run_key, epoch", self.db)

@@ -1,14 +1,17 @@
 """Run a grid of specs, skipping those the store already holds as finished, so an interrupted
-sweep resumes where it stopped. Results are written by this (driver) process only: workers, local
-or Ray, return records; the store never sees concurrent writers from one sweep."""
+sweep resumes where it stopped. Each run is claimed in the store just before it starts, so
+several sweeps on one store share the grid instead of training each run twice. Results are
+written by the driver process only: workers, local or Ray, return records."""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import os
+import threading
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
@@ -33,6 +36,8 @@ class SweepSummary:
     skipped: int  # already finished in the store
     finished: int
     failed: int
+    elsewhere: int = 0  # being trained by another sweep on the same store
+    kept: int = 0  # failed attempts of runs whose earlier finished result stays
 
 
 def preflight(specs: Iterable[RunSpec]) -> None:
@@ -47,37 +52,66 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _run_in_worker(spec: RunSpec, threads: int) -> RunRecord:
-    """Entry point of a local worker process: its own slice of the cores, no per-run bar
-    (several bars from several processes would interleave)."""
+def _exit_with_parent() -> None:
+    """A worker outlives a killed parent (SIGKILL runs no cleanup) unless it watches for it:
+    the parent's sentinel becomes ready when the parent dies, whatever killed it."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()
+        os._exit(1)
+
+
+def _start_worker(threads: int) -> None:
+    """Initializer of a local worker process: its own slice of the cores, no per-run bar
+    (several bars from several processes would interleave), and death with its parent."""
     import torch
 
+    threading.Thread(target=_exit_with_parent, daemon=True, name="unipelt-parent-watch").start()
     torch.set_num_threads(threads)
     runner.quiet_transformers()
+
+
+def _run_in_worker(spec: RunSpec) -> RunRecord:
     return runner.run(spec, runner.RunOptions(progress=False))
 
 
-def _local(specs: list[RunSpec], workers: int, progress: bool) -> Iterator[RunRecord]:
-    if workers == 1:
-        for spec in specs:
-            yield runner.run(spec, runner.RunOptions(progress=progress, progress_position=1))
-        return
-    threads = threads_per_worker(workers)
+def worker_pool(workers: int) -> ProcessPoolExecutor:
     # spawn: a forked child would inherit torch's thread pools and the parent's open store
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_run_in_worker, spec, threads) for spec in specs]
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_worker, initargs=(threads_per_worker(workers),))
+
+
+def _pooled(specs: Iterator[RunSpec], workers: int) -> Iterator[RunRecord]:
+    """At most ``workers`` runs in flight; the next spec is drawn (and so claimed) only when a
+    worker is free, so a run waiting in a queue is never claimed away from another sweep."""
+    with worker_pool(workers) as pool:
+        pending = set()
         try:
-            for future in as_completed(futures):
-                yield future.result()
+            while True:
+                while len(pending) < workers and (spec := next(specs, None)) is not None:
+                    pending.add(pool.submit(_run_in_worker, spec))
+                if not pending:
+                    return
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
         except BrokenProcessPool:
             raise HarnessError("a sweep worker process died (killed or out of memory); finished runs are "
                                "saved, rerun the same command to resume") from None
         finally:
-            for future in futures:
+            for future in pending:
                 future.cancel()
 
 
-def execute(specs: list[RunSpec], workers: int, backend: str, ray_address: str | None,
+def _local(specs: Iterator[RunSpec], workers: int, progress: bool) -> Iterator[RunRecord]:
+    if workers == 1:
+        for spec in specs:
+            yield runner.run(spec, runner.RunOptions(progress=progress, progress_position=1))
+        return
+    yield from _pooled(specs, workers)
+
+
+def execute(specs: Iterator[RunSpec], workers: int, backend: str, ray_address: str | None,
             progress: bool = True) -> Iterator[RunRecord]:
     if backend == "ray":
         from .ray_backend import run_on_ray
@@ -85,7 +119,21 @@ def execute(specs: list[RunSpec], workers: int, backend: str, ray_address: str |
         return run_on_ray(specs, threads_per_run=1, address=ray_address)
     if backend != "local":
         raise HarnessError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-    return _local(specs, workers, progress)
+    return _local(iter(specs), workers, progress)
+
+
+def _claimed(specs: list[RunSpec], store: Store, counts: Counter, bar) -> Iterator[RunSpec]:
+    """The specs this process claims, in order; the others are counted (finished meanwhile,
+    or being trained by another sweep) and passed over."""
+    for spec in specs:
+        claim = store.claim(spec.key)
+        if claim.status == "claimed":
+            yield spec
+            continue
+        counts["finished_elsewhere" if claim.status == "finished" else "busy"] += 1
+        bar.update(1)
+        if claim.status == "busy":
+            log.info("%s: being trained by %s, left to it", spec.label(), claim.owner)
 
 
 def run_sweep(specs: list[RunSpec], store: Store, *, workers: int = 1, backend: str = "local",
@@ -93,16 +141,19 @@ def run_sweep(specs: list[RunSpec], store: Store, *, workers: int = 1, backend: 
     """Run every spec not yet finished in ``store``; each result is recorded as it arrives."""
     if workers < 1:
         raise HarnessError(f"--workers must be at least 1, got {workers}")
+    unique = list({s.key: s for s in specs}.values())  # dedupe, keep order
     done = store.finished_keys()
-    todo = list({s.key: s for s in specs if s.key not in done}.values())  # dedupe, keep order
-    skipped = len({s.key for s in specs}) - len(todo)
-    log.info("sweep: %d runs, %d already finished, %d to run", skipped + len(todo), skipped, len(todo))
+    todo = [s for s in unique if s.key not in done]
+    log.info("sweep: %d runs, %d already finished, %d to run", len(unique), len(unique) - len(todo), len(todo))
     preflight(todo)
-    counts = {"finished": 0, "failed": 0}
+    counts: Counter = Counter()
     with tqdm(total=len(todo), desc="sweep", unit="run", position=0, disable=not progress, dynamic_ncols=True) as bar:
-        for record in execute(todo, workers, backend, ray_address, progress):
-            store.write(record)
+        for record in execute(_claimed(todo, store, counts, bar), workers, backend, ray_address, progress):
+            written = store.write(record)
             counts[record.status] += 1
+            counts["kept"] += written.kept_finished
             bar.update(1)
             bar.set_postfix(failed=counts["failed"])
-    return SweepSummary(total=skipped + len(todo), skipped=skipped, **counts)
+    return SweepSummary(total=len(unique), skipped=len(unique) - len(todo) + counts["finished_elsewhere"],
+                        finished=counts["finished"], failed=counts["failed"], elsewhere=counts["busy"],
+                        kept=counts["kept"])

@@ -59,7 +59,6 @@ TASK_ORDER = ("sst2", "mrpc", "cola", "rte", "qnli", "stsb", "mnli", "qqp")
 
 
 def get_task(name: str) -> Task:
-    try:
-        return TASKS[name.lower()]
-    except KeyError:
-        raise HarnessError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
+    if not isinstance(name, str) or name.lower() not in TASKS:
+        raise HarnessError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    return TASKS[name.lower()]

