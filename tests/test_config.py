@@ -44,7 +44,7 @@ def test_unipelt_is_the_union_of_single_methods_with_gates_on():
     (lambda: PeltConfig(methods=(LoRAConfig(attention=("cross",)), LoRAConfig(targets=("q",)))), "same projection"),
     (lambda: PeltConfig(methods=(LoRAConfig(),), gate_pooling="max"), "not one of"),
     (lambda: PeltConfig.from_dict({"methods": [{"method": "lora", "rank": 8}]}), "no field"),
-    (lambda: PeltConfig.from_dict({"methods": [{"method": "ia3"}]}), "unknown method"),
+    (lambda: PeltConfig.from_dict({"methods": [{"method": "ia4"}]}), "unknown method"),
     (lambda: unipelt.get_preset("unipelt-xyz"), "known presets: adapter"),
 ])
 def test_invalid_configs_are_rejected_at_construction(make, message):

@@ -1,22 +1,27 @@
 """unipelt: parameter-efficient tuning of pretrained Transformers.
 
-Adapters, prefix tuning, LoRA and prompt tuning as points of one design space (He et al., ICLR
-2022), combined and gated as in UniPELT (Mao et al., ACL 2022).
+Adapters, prefix tuning, LoRA, prompt tuning, (IA)³ and BitFit as points of one design space
+(He et al., ICLR 2022), combined and gated as in UniPELT (Mao et al., ACL 2022).
 """
 
-__version__ = "0.1.0"
-
-from .config import (AdapterConfig, BitFitConfig, FullFineTuning, LoRAConfig, PeltConfig,  # noqa: E402
-                     PrefixConfig, PromptConfig)
-from .errors import UniPeltError  # noqa: E402
-from .presets import DEFAULT_LEARNING_RATES, PRESETS, get_preset  # noqa: E402
-from .inject import apply, fold, merge  # noqa: E402
-from .introspect import count_parameters, gate_values  # noqa: E402
-from .checkpoint import load, save  # noqa: E402
-from .interop import from_peft  # noqa: E402
+from .version import __version__
+from .config import MethodConfig, PeltConfig
+from .errors import UniPeltError
+from .methods.adapter import AdapterConfig
+from .methods.bitfit import BitFitConfig, FullFineTuning
+from .methods.ia3 import IA3Config
+from .methods.lora import LoRAConfig
+from .methods.prefix import PrefixConfig
+from .methods.prompt import PromptConfig
+from .presets import DEFAULT_LEARNING_RATES, PRESETS, get_preset
+from .inject import apply, disable, enable, fold, merge, merge_and_unload, unload
+from .introspect import count_parameters, gate_values
+from .checkpoint import load, save
+from .interop import from_peft
 
 __all__ = [
-    "AdapterConfig", "BitFitConfig", "FullFineTuning", "LoRAConfig", "PeltConfig", "PrefixConfig",
-    "PromptConfig", "UniPeltError", "DEFAULT_LEARNING_RATES", "PRESETS", "get_preset", "apply",
-    "fold", "merge", "count_parameters", "gate_values", "load", "save", "from_peft",
+    "__version__", "AdapterConfig", "BitFitConfig", "FullFineTuning", "IA3Config", "LoRAConfig", "MethodConfig",
+    "PeltConfig", "PrefixConfig", "PromptConfig", "UniPeltError", "DEFAULT_LEARNING_RATES", "PRESETS",
+    "get_preset", "apply", "disable", "enable", "fold", "merge", "merge_and_unload", "unload",
+    "count_parameters", "gate_values", "load", "save", "from_peft",
 ]

@@ -168,6 +168,12 @@ for _name in _BASES:
         _register(_name, _at)
 
 
+def pelt_attention_base(name: str | None) -> str:
+    """The stock implementation behind a unipelt one: "unipelt_sdpa_prompt_at_1" -> "sdpa"."""
+    name = name or "eager"
+    return name.removeprefix("unipelt_").split("_prompt_at_")[0] if name.startswith("unipelt_") else name
+
+
 def use_pelt_attention(model: nn.Module, prompt_at: int = 0) -> None:
     """Switch ``model`` to the unipelt variant of the attention it uses now (sdpa or eager)."""
     current = model.config._attn_implementation or "eager"
@@ -191,6 +197,17 @@ def token_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor
     if row.dtype == torch.bool:
         return row
     return row > torch.finfo(row.dtype).min / 2
+
+
+def checkpointing_layers(model: nn.Module) -> list[nn.Module]:
+    """The modules whose activation checkpointing is on (transformers' ``gradient_checkpointing``
+    flag, which can be switched on after ``apply``)."""
+    return [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+
+
+def reentrant_checkpointing(module: nn.Module) -> bool:
+    fn = getattr(module, "_gradient_checkpointing_func", None)  # a functools.partial of torch's checkpoint
+    return bool(getattr(fn, "keywords", {}).get("use_reentrant", False))
 
 
 def cached_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
+from .version import __version__
 from .config import PeltConfig
 from .errors import UniPeltError
 from .inject import MARK, apply, fold

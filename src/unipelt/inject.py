@@ -1,25 +1,23 @@
 """``apply``: turn a HF transformers model into a PELT model in place; ``merge`` and ``fold``
-prepare it for deployment. Injection reads the config and the architecture spec; it never
-mutates either.
+prepare it for deployment; ``disable``/``enable`` switch the added modules off and on;
+``unload`` returns the plain base model. Injection reads the config, the method registry and the
+architecture spec; it never mutates any of them.
 """
 
 from __future__ import annotations
 
-import itertools
-
-import torch
 from torch import nn
 
-from .arch import ArchSpec, spec_for
-from .attention import use_pelt_attention
-from .blocks import Gate, LowRank, MaskSlot, Scale
-from .config import BitFitConfig, FullFineTuning, PeltConfig, PrefixConfig, PromptConfig
+from .arch import spec_for
+from .attention import pelt_attention_base, use_pelt_attention
+from .blocks import Gate, LowRank, Scale
+from .config import MethodConfig, PeltConfig
 from .errors import UniPeltError
-from .methods.lora import LoRALinear
+from .methods import METHODS, ModelContext, configured
 from .methods.prefix import PrefixEncoder
-from .methods.prompt import CausalPrompt, PeltEmbeddings
-from .placement import LayerContext, inject_layer, prefix_slots, replace_module
+from .placement import inject_layers
 from .presets import get_preset
+from .wrappers import Wrapper, replace_module
 
 MARK = "pelt_"  # every added parameter's name contains it
 
@@ -29,43 +27,10 @@ def _as_config(preset_or_config) -> PeltConfig:
         return get_preset(preset_or_config)
     if isinstance(preset_or_config, PeltConfig):
         return preset_or_config
-    try:
+    if isinstance(preset_or_config, MethodConfig):
         return PeltConfig(methods=(preset_or_config,))
-    except UniPeltError:
-        raise UniPeltError(f"apply() takes a preset name, a PeltConfig or a method config, "
-                           f"not {type(preset_or_config).__name__}") from None
-
-
-def _prefix_encoder(base: nn.Module, spec: ArchSpec, cfg: PeltConfig, d: int) -> PrefixEncoder | None:
-    if not cfg.of(PrefixConfig):
-        return None
-    prefix = cfg.of(PrefixConfig)[0]
-    slots = prefix_slots(base, spec, prefix)
-    if not slots:
-        raise UniPeltError(f"PrefixConfig.attention={prefix.attention} matches no attention sublayer of this model")
-    widths = {w for w, _ in slots}
-    if len(widths) != 1:
-        raise UniPeltError(f"prefix tuning needs attention sublayers with one key width; found {sorted(widths)}")
-    return PrefixEncoder(prefix, d, [group for _, group in slots], widths.pop())
-
-
-def _causal_prompt(base: nn.Module, cfg: PeltConfig) -> CausalPrompt:
-    if cfg.of(PrefixConfig):
-        raise UniPeltError("prompt and prefix tuning together are not offered on decoder-only models: there "
-                           "the prompt is itself served as a prefix (methods/prompt.py); use one of them")
-    return CausalPrompt(cfg.of(PromptConfig)[0], base)
-
-
-def _inject_layers(base: nn.Module, spec: ArchSpec, cfg: PeltConfig, d: int, prefix: PrefixEncoder | None) -> None:
-    slots = itertools.count()
-    stacks = spec.present_stacks(base)
-    for stack in stacks:
-        label = f"{stack.name}." if len(stacks) > 1 else ""
-        layers = base.get_submodule(stack.layers)
-        for i in range(len(layers)):
-            ctx = LayerContext(index=i, stack=stack, label=label, cfg=cfg, spec=spec, d=d,
-                               slot=MaskSlot(causal=stack.causal), prefix=prefix, prefix_slots=slots)
-            layers[i] = inject_layer(layers[i], ctx)
+    raise UniPeltError(f"apply() takes a preset name, a PeltConfig or a method config, "
+                       f"not {type(preset_or_config).__name__}")
 
 
 def _place_like(model: nn.Module) -> None:
@@ -114,11 +79,10 @@ def _check_modules_to_save(base: nn.Module, cfg: PeltConfig) -> None:
 
 
 def _set_trainable(model: nn.Module, cfg: PeltConfig) -> None:
-    full = bool(cfg.of(FullFineTuning))
-    bitfit = bool(cfg.of(BitFitConfig))
+    rules = [m.trains for m, _ in configured(cfg) if m.trains is not None]
     train = head_parameter_names(model) | saved_module_names(model, cfg)
     for name, p in model.named_parameters():
-        p.requires_grad_(full or MARK in name or name in train or (bitfit and name.endswith(".bias")))
+        p.requires_grad_(MARK in name or name in train or any(rule(name) for rule in rules))
 
 
 def apply(model: nn.Module, preset_or_config) -> nn.Module:
@@ -128,19 +92,16 @@ def apply(model: nn.Module, preset_or_config) -> nn.Module:
     if getattr(model, "pelt_config", None) is not None:
         raise UniPeltError("this model already has unipelt modules; apply() to a fresh model")
     spec = spec_for(model)
-    d = getattr(model.config, spec.hidden_key)
     base = model.base_model
     _check_modules_to_save(base, cfg)
     existing = set(model.modules())
-    if cfg.of(PromptConfig) and spec.embeddings is None:  # decoder-only: the prompt is served as a prefix
-        prefix = model.pelt_prompt = _causal_prompt(base, cfg)
-    elif (prefix := _prefix_encoder(base, spec, cfg, d)) is not None:
-        model.pelt_prefix = prefix
-    _inject_layers(base, spec, cfg, d, prefix)
-    for prompt in cfg.of(PromptConfig) if spec.embeddings else ():
-        replace_module(base, spec.embeddings, lambda e: PeltEmbeddings(e, prompt, d, spec.prompt_at))
-    if prefix is not None or cfg.of(PromptConfig):
-        use_pelt_attention(model, prompt_at=spec.prompt_at if cfg.of(PromptConfig) and spec.embeddings else 0)
+    ctx = ModelContext(model=model, base=base, spec=spec, cfg=cfg, d=getattr(model.config, spec.hidden_key))
+    for method, configs in configured(cfg):
+        if method.setup is not None:
+            method.setup(ctx, configs)
+    inject_layers(ctx)
+    if ctx.attention_hook:
+        use_pelt_attention(model, prompt_at=ctx.prompt_at)
     _place_like(model)
     _set_trainable(model, cfg)
     for module in model.modules():  # new modules follow the model: an eval model stays deterministic
@@ -158,24 +119,90 @@ def fold(model: nn.Module) -> nn.Module:
     return model
 
 
-def merge(model: nn.Module) -> nn.Module:
-    """Fold every ungated LoRA into its base weight (and the prefix network into its output).
+def _mergeable(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, Wrapper) and hasattr(m, "merge")]
 
-    Afterwards the LoRA wrappers are gone: inference costs what the plain model costs.
-    """
-    lora = [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
-    gated = [n for n, m in lora if m.pelt_gate is not None]
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold every ungated LoRA and every (IA)³ vector into its base weight, and the prefix network
+    into its output. Afterwards those wrappers are gone: they cost what the plain model costs."""
+    found = _mergeable(model)
+    gated = [n for n, m in found if getattr(m, "pelt_gate", None) is not None]
     if gated:
         raise UniPeltError(f"gated LoRA cannot be merged (its scale depends on the input): {gated[:3]}...")
-    for name, _ in lora:
+    for name, _ in sorted(found, key=lambda item: -item[0].count(".")):  # innermost first
         replace_module(model, name, lambda m: m.merge())
     fold(model)
     return model
 
 
-@torch.no_grad()
+class _Switch:
+    """``disable``/``enable`` act at once; used as a context manager, the previous state returns."""
+
+    def __init__(self, model: nn.Module, active: bool):
+        self.model, self.previous = model, _set_active(model, active)
+
+    def __enter__(self) -> nn.Module:
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        for module, state in self.previous:
+            module.pelt_active = state
+
+
+def _set_active(model: nn.Module, active: bool) -> list[tuple[nn.Module, bool]]:
+    if getattr(model, "pelt_config", None) is None:
+        raise UniPeltError("this model has no unipelt modules: apply() or load() first")
+    switches = [m for m in model.modules() if hasattr(type(m), "pelt_active")]
+    previous = [(m, m.pelt_active) for m in switches]
+    for m in switches:
+        m.pelt_active = active
+    return previous
+
+
+def disable(model: nn.Module) -> _Switch:
+    """Run the frozen base model (and its task head) without the added modules, until ``enable``
+    or the end of a ``with unipelt.disable(model):`` block. Nothing is removed or reloaded."""
+    return _Switch(model, False)
+
+
+def enable(model: nn.Module) -> _Switch:
+    return _Switch(model, True)
+
+
+def unload(model: nn.Module) -> nn.Module:
+    """Remove every unipelt module and return the plain base model, without merging (peft's
+    ``unload``); every parameter trains again, as in a freshly loaded model."""
+    if getattr(model, "pelt_config", None) is None:
+        raise UniPeltError("this model has no unipelt modules: apply() or load() first")
+    while wrapped := next((n for n, m in model.named_modules() if isinstance(m, Wrapper)), None):
+        replace_module(model, wrapped, lambda m: m.base_layer)
+    prompt = getattr(model, "pelt_prompt", None)
+    if prompt is not None:
+        prompt.remove()
+    for name in ("pelt_prefix", "pelt_prompt", "pelt_config"):
+        if hasattr(model, name):
+            delattr(model, name)
+    model.set_attn_implementation(pelt_attention_base(model.config._attn_implementation))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """``merge``, then ``unload``: the plain model with LoRA and (IA)³ folded in (peft's name).
+    Refused when other modules (adapters, prefixes, prompts, gates) would be lost."""
+    kept = {type(m).__name__ for m in model.modules()
+            if any(isinstance(m, meth.modules) for meth in METHODS.values()) and not hasattr(m, "merge")}
+    if kept:
+        raise UniPeltError(f"merge_and_unload folds LoRA and (IA)³ only; this model also has {sorted(kept)}, "
+                           "which would be lost: use merge() to fold what can be folded")
+    return unload(merge(model))
+
+
 def zero_deltas(model: nn.Module) -> None:
-    """Set every up-projection to zero, so each added module's Δh is 0 (a test helper)."""
-    for name, p in model.named_parameters():
-        if MARK in name and (name.endswith(".up") or name.endswith(".up_bias")):
-            p.zero_()
+    """Switch every module that can be switched off to Δh = 0 (a test helper): up-projections
+    zero, (IA)³ vectors one, interpolations' λ zero. Prefixes have no such state."""
+    for module in model.modules():
+        if hasattr(module, "switch_off"):
+            module.switch_off()

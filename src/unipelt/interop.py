@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .arch import spec_for
-from .config import LoRAConfig, PeltConfig
+from .config import PeltConfig
+from .methods.lora import LoRAConfig
 from .errors import UniPeltError
 from .inject import apply
 

@@ -8,25 +8,33 @@ import torch
 from torch import nn
 
 from .blocks import Gate
-from .config import BitFitConfig
-from .inject import MARK, head_parameter_names, saved_module_names
+from .inject import head_parameter_names, saved_module_names
+from .methods import configured, kind_of_module
 from .methods.prefix import PrefixEncoder
 
-KINDS = ("adapter", "prefix", "lora", "prompt")
+
+def _own_parameters(module: nn.Module):
+    """A method module's parameters, without those of the base layer it wraps."""
+    return (p for n, p in module.named_parameters() if not n.startswith("base_layer.") and ".base_layer." not in n)
 
 
-def _kind(name: str, bitfit: bool) -> str:
-    if f"{MARK}gate" in name:
-        return "gate"
-    for kind in KINDS:
-        if f"{MARK}{kind}" in name:
-            return kind
-    return "bitfit" if bitfit else "base"
+def _kinds(model: nn.Module) -> dict[int, str]:
+    """id(parameter) -> the kind of the method module (registry) or gate that owns it."""
+    kinds: dict[int, str] = {}
+    for module in model.modules():
+        if isinstance(module, Gate):
+            kinds.update((id(p), "gate") for p in module.parameters())
+    for module in model.modules():
+        kind = kind_of_module(module)
+        if kind is not None:
+            for p in _own_parameters(module):
+                kinds.setdefault(id(p), kind)
+    return kinds
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Trainable parameters per kind ("adapter", "prefix", "lora", "prompt", "gate", "bitfit",
-    "modules_to_save", "base" for full fine-tuning), and:
+    """Trainable parameters per kind (the methods' kinds: "adapter", "prefix", "lora", "prompt",
+    "ia3", "gate", "bitfit", "base" for full fine-tuning; "modules_to_save"), and:
 
     head: the task head, always trained and, as in the papers' counts, in no total;
     total: everything else that trains now, the prefix network included;
@@ -35,12 +43,13 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     """
     head = head_parameter_names(model) if hasattr(model, "base_model") else set()
     config = getattr(model, "pelt_config", None)
-    bitfit = config is not None and bool(config.of(BitFitConfig))
     saved = saved_module_names(model, config) if config is not None else set()
+    base_kind = next((m.kind for m, _ in configured(config) if m.trains is not None), "base") if config else "base"
+    owners = _kinds(model)
     counts: dict[str, int] = defaultdict(int)
     for name, p in model.named_parameters():
         if p.requires_grad:
-            kind = "head" if name in head else "modules_to_save" if name in saved else _kind(name, bitfit)
+            kind = "head" if name in head else "modules_to_save" if name in saved else owners.get(id(p), base_kind)
             counts[kind] += p.numel()
     counts = dict(counts)
     counts.setdefault("head", 0)

@@ -8,9 +8,14 @@ from __future__ import annotations
 from dataclasses import replace
 from types import MappingProxyType
 
-from .config import (AdapterConfig, BitFitConfig, FullFineTuning, LoRAConfig, PeltConfig,
-                     PrefixConfig, PromptConfig)
+from .config import PeltConfig
 from .errors import UniPeltError
+from .methods.adapter import AdapterConfig
+from .methods.bitfit import BitFitConfig, FullFineTuning
+from .methods.ia3 import IA3Config
+from .methods.lora import LoRAConfig
+from .methods.prefix import PrefixConfig
+from .methods.prompt import PromptConfig
 
 ADAPTER = AdapterConfig(target="ffn", insertion="sequential", r=48)  # Pfeiffer placement
 PREFIX = PrefixConfig(length=10, mid_dim=512)
@@ -68,6 +73,8 @@ register("mh-parallel-adapter",
 register("prefix", PeltConfig(methods=(PREFIX,)), 2e-4)
 register("prompt", PeltConfig(methods=(PromptConfig(length=10),)), 2e-4)
 register("lora", PeltConfig(methods=(LORA,)), 5e-4)
+# Liu et al. 2022 train (IA)³ with lr 3e-3; its vectors start at one and move little per step.
+register("ia3", PeltConfig(methods=(IA3Config(),)), 3e-3)
 register("unipelt-ap", _unipelt(ADAPTER, PREFIX), 5e-4)
 register("unipelt-apl", _unipelt(ADAPTER, PREFIX, LORA), 5e-4)
 # UniPELT Table 3's "-NoGate" sits under UniPELT (AP): adapter + prefix, no gates. The APL

@@ -1,6 +1,7 @@
 """Where the Δh modules plug into a transformer layer. Each wrapper keeps the original module as
 ``.base_layer`` (wrap, don't patch) and forwards unknown attributes to it, so code that reads,
-say, ``attention.self.num_attention_heads`` keeps working.
+say, ``attention.self.num_attention_heads`` keeps working. ``pelt_active = False`` makes a
+wrapper call its base layer alone (``unipelt.disable``).
 
 The placements follow He et al.'s design space (arch/__init__.py names the modules):
 - pre-norm sublayer (Llama, T5): ``PeltSublayer`` around the module that returns h:
@@ -16,6 +17,8 @@ The placements follow He et al.'s design space (arch/__init__.py names the modul
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -24,6 +27,8 @@ from .blocks import MaskSlot
 
 
 class Wrapper(nn.Module):
+    pelt_active = True  # False: the base layer alone (unipelt.disable)
+
     def __init__(self, base_layer: nn.Module):
         super().__init__()
         self.base_layer = base_layer
@@ -33,6 +38,36 @@ class Wrapper(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(super().__getattr__("base_layer"), name)
+
+
+def has(root: nn.Module, path: str) -> bool:
+    try:
+        root.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def owning_module(root: nn.Module, path: str) -> tuple[nn.Module, str]:
+    """The module that holds ``path``'s last component as a child, and that component's name."""
+    parent_path, _, leaf = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    while isinstance(parent, Wrapper) and leaf not in parent._modules:
+        parent = parent.base_layer  # the wrapped module owns it; setting it on the wrapper would shadow it
+    return parent, leaf
+
+
+def replace_module(root: nn.Module, path: str, make: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    parent, leaf = owning_module(root, path)
+    new = make(getattr(parent, leaf))
+    setattr(parent, leaf, new)
+    return new
+
+
+def wrap_at(root: nn.Module, path: str, cls: type) -> nn.Module:
+    """The ``cls`` wrapper at ``path``, created on first use so that methods share it."""
+    module = root.get_submodule(path)
+    return module if isinstance(module, cls) else replace_module(root, path, cls)
 
 
 class Tap:
@@ -53,16 +88,19 @@ class PeltLayer(Wrapper):
 
     HF hands the padding mask to the layer but not to its linear maps; this wrapper writes it to
     the layer's ``MaskSlot``. It is left there after the call because gradient checkpointing runs
-    the layer again during backward, outside this wrapper.
+    the layer again during backward, outside this wrapper. ``mask_position``: where the mask is
+    among the layer's positional arguments (the architecture file says).
     """
 
-    def __init__(self, base_layer: nn.Module, slot: MaskSlot):
+    def __init__(self, base_layer: nn.Module, slot: MaskSlot, mask_position: int = 1):
         super().__init__(base_layer)
-        self.slot = slot
+        self.slot, self.mask_position = slot, mask_position
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask=None, *args, **kwargs):
-        self.slot.mask = token_mask(attention_mask, hidden_states.shape[1])
-        return self.base_layer(hidden_states, attention_mask, *args, **kwargs)
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        pos = self.mask_position - 1
+        mask = args[pos] if len(args) > pos else kwargs.get("attention_mask")
+        self.slot.mask = token_mask(mask, hidden_states.shape[1])
+        return self.base_layer(hidden_states, *args, **kwargs)
 
 
 def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -70,23 +108,29 @@ def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
 
 
 class PeltSublayer(Wrapper):
-    """A sublayer module (attention or FFN) with adapters on its output; records its input in
-    ``tap`` when a downstream module needs it. Attention modules return tuples: h is the first."""
+    """A sublayer's input module (attention or FFN) with adapters on its output h, prefix keys and
+    values for attention, and a ``tap`` on its input for modules downstream. Attention modules
+    return tuples: h is the first.
+
+    The prefix travels to the registered attention function as a keyword argument (attention.py),
+    so no attention code is copied here.
+    """
 
     def __init__(self, base_layer: nn.Module):
         super().__init__(base_layer)
         self.tap: Tap | None = None
+        self.pelt_prefix: nn.Module | None = None
         self.pelt_adapter_parallel = nn.ModuleList()
         self.pelt_adapter_sequential = nn.ModuleList()
 
-    def call_base(self, x: torch.Tensor, args: tuple, kwargs: dict):
-        return self.base_layer(*args, **kwargs)
-
     def forward(self, *args, **kwargs):
+        if not self.pelt_active:
+            return self.base_layer(*args, **kwargs)
         x = _first_input(args, kwargs)
         if self.tap is not None:
             self.tap.value = x
-        out = self.call_base(x, args, kwargs)
+        prefix = self.pelt_prefix(x) if self.pelt_prefix is not None else None
+        out = self.base_layer(*args, **(kwargs if prefix is None else {**kwargs, PREFIX_KWARG: prefix}))
         if not self.pelt_adapter_parallel and not self.pelt_adapter_sequential:
             return out
         h = out[0] if isinstance(out, tuple) else out
@@ -95,24 +139,6 @@ class PeltSublayer(Wrapper):
         for adapter in self.pelt_adapter_sequential:
             h = h + adapter(h, h)
         return (h, *out[1:]) if isinstance(out, tuple) else h
-
-
-class PeltAttention(PeltSublayer):
-    """An attention module that also takes prefix keys/values.
-
-    The prefix travels to the registered attention function as a keyword argument (attention.py),
-    so no attention code is copied here.
-    """
-
-    def __init__(self, base_layer: nn.Module):
-        super().__init__(base_layer)
-        self.pelt_prefix: nn.Module | None = None
-
-    def call_base(self, x: torch.Tensor, args: tuple, kwargs: dict):
-        prefix = self.pelt_prefix(x) if self.pelt_prefix is not None else None
-        if prefix is not None:
-            kwargs = {**kwargs, PREFIX_KWARG: prefix}
-        return self.base_layer(*args, **kwargs)
 
 
 class PeltPostNorm(Wrapper):
@@ -133,6 +159,8 @@ class PeltPostNorm(Wrapper):
         self.pelt_adapter_sequential = nn.ModuleList()
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
+        if not self.pelt_active:
+            return self.base_layer(s)
         x = self.tap.value if self.tap is not None else None
         h = s - x if x is not None else None  # the sublayer output, before the residual sum
         increments = [a(x, h) for a in self.pelt_adapter_parallel] + [a(h, h) for a in self.pelt_adapter_houlsby]
@@ -157,5 +185,15 @@ class PeltHeadOutput(Wrapper):
         self.query = query
 
     def forward(self, heads: torch.Tensor) -> torch.Tensor:
+        if not self.pelt_active:
+            return self.base_layer(heads)
         q = getattr(self.owner, self.query)(self.tap.value)  # (B, T, H·dh)
         return self.base_layer(heads + self.pelt_adapter_head(q, heads))
+
+
+def tap_input(layer: nn.Module, path: str) -> Tap:
+    """A tap on the input x of the sublayer whose input module is at ``path``."""
+    module = wrap_at(layer, path, PeltSublayer)
+    if module.tap is None:
+        module.tap = Tap()
+    return module.tap

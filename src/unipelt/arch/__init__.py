@@ -25,6 +25,11 @@ class Sublayer:
     input: str
     norm: str | None = None  # post-norm only
 
+    @property
+    def kind(self) -> str:
+        """"self" or "cross" for attention, "ffn" for the feed-forward sublayer."""
+        return "ffn"
+
 
 @dataclass(frozen=True, kw_only=True)
 class Attention(Sublayer):
@@ -35,6 +40,10 @@ class Attention(Sublayer):
     v: str
     o: str
     cross: bool = False  # decoder cross-attention: keys and values come from the encoder
+
+    @property
+    def kind(self) -> str:
+        return "cross" if self.cross else "self"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +61,7 @@ class Stack:
     causal: bool  # a decoder's layers: their gates stay per token (blocks.Gate)
     attention: tuple[Attention, ...]
     ffn: FFN
+    mask_position: int = 1  # the padding mask's place among a layer's positional arguments
 
     def lora_paths(self) -> dict[tuple[str, str], tuple[str, ...]]:
         """(target, attention kind or "ffn") -> the linear maps it names in one layer."""

@@ -14,11 +14,83 @@ adapter reads the attention's query projection, one bottleneck per head's slice 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
 import torch
 from torch import nn
 
-from ..blocks import Gate, LowRank, MaskSlot, composition_weight
-from ..config import AdapterConfig
+from ..blocks import Gate, Interpolation, LowRank, MaskSlot, composition_weight
+from ..config import (ALL_ATTENTION, Activation, AttentionKind, Composition, Init, MethodConfig, check_attention,
+                      check_bool, check_choice, check_number, check_positive)
+from ..errors import UniPeltError
+from ..wrappers import PeltHeadOutput, PeltPostNorm, PeltSublayer, owning_module, replace_module, tap_input, wrap_at
+from . import LayerContext, Method, register
+
+Insertion = Literal["sequential", "parallel"]
+AdapterTarget = Literal["attn", "head", "ffn"]
+# Where a sequential adapter sits in a post-norm sublayer (s = x + h, the residual sum):
+# pfeiffer LN(s + A(LN(s))), UniPELT's FFN adapter; houlsby LN(x + h + A(h)), Houlsby 2019 and
+# He et al. Eq. 4. Pre-norm layers have no LayerNorm after the sum: both are h + A(h) there.
+Placement = Literal["pfeiffer", "houlsby"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterConfig(MethodConfig):
+    """A bottleneck ``W_up f(W_down z)`` added to a sublayer (Houlsby 2019; He et al. 2022).
+
+    sequential: z is the sublayer's output; ``placement`` says which (Pfeiffer or Houlsby).
+    parallel: z is the sublayer's input x, the result is added to the sublayer output h.
+    target "head": He et al.'s multi-head parallel adapter (§3.3): head i's bottleneck reads
+    that head's slice of the frozen query projection x·W_q^(i) and adds to head i's output,
+    before the attention's output projection (with LoRA on q, the adapted projection).
+    composition "interpolate" replaces h by (1 - λ)·h + λ·Δh, so it needs h itself: parallel
+    adapters and Houlsby's placement have it, Pfeiffer's modifies the residual sum instead.
+    attention: which attention sublayers an "attn"/"head" adapter goes to in encoder-decoders.
+    """
+
+    method: ClassVar[str] = "adapter"
+    target: AdapterTarget = "ffn"
+    insertion: Insertion = "sequential"
+    placement: Placement = "pfeiffer"
+    r: int = 48
+    activation: Activation = "relu"
+    composition: Composition = "add"
+    scale: float = 1.0
+    learn_scale: bool = False
+    init: Init = "bert"
+    dropout: float = 0.0
+    attention: tuple[AttentionKind, ...] = ALL_ATTENTION
+
+    def __post_init__(self) -> None:
+        owner = "AdapterConfig"
+        for name, allowed in (("target", AdapterTarget), ("insertion", Insertion), ("placement", Placement),
+                              ("activation", Activation), ("composition", Composition), ("init", Init)):
+            check_choice(owner, name, getattr(self, name), allowed)
+        check_positive(owner, "r", self.r)
+        check_number(owner, "scale", self.scale)
+        check_bool(owner, "learn_scale", self.learn_scale)
+        check_number(owner, "dropout", self.dropout, 0.0, 1.0)
+        if self.target == "head" and self.insertion != "parallel":
+            raise UniPeltError("AdapterConfig(target='head') modifies per-head attention outputs: "
+                               "only insertion='parallel' is defined there")
+        if self.insertion == "parallel" and self.placement != "pfeiffer":
+            raise UniPeltError("AdapterConfig.placement only applies to insertion='sequential'")
+        if self.composition == "interpolate" and self.insertion == "sequential" and self.placement == "pfeiffer":
+            raise UniPeltError("AdapterConfig(composition='interpolate') needs the sublayer output h: use "
+                               "insertion='parallel' or placement='houlsby' (Pfeiffer's adapter modifies x + h)")
+        if self.composition != "scaled" and (self.scale != 1.0 or self.learn_scale):
+            raise UniPeltError("AdapterConfig.scale/learn_scale only apply with composition='scaled'")
+        check_attention(owner, self, applies=self.target != "ffn")
+
+    def sites(self) -> list[tuple]:
+        return [(self.target, self.insertion, site) for site in (self.attention if self.target != "ffn" else ("ffn",))]
+
+    @classmethod
+    def check_together(cls, configs: list) -> None:
+        places = [p for m in configs for p in m.sites()]
+        if len(set(places)) != len(places):
+            raise UniPeltError(f"two adapters share a (target, insertion) placement: {places}")
 
 
 class Adapter(nn.Module):
@@ -40,3 +112,53 @@ class Adapter(nn.Module):
         weight = self.pelt_gate if self.pelt_gate is not None else self.scale
         delta = self.block(z)
         return weight(z) * (delta - h if self.interpolates else delta)
+
+    @torch.no_grad()
+    def switch_off(self) -> None:
+        """h' = h: A = 0, and an interpolation's λ = 0."""
+        self.block.up.zero_()
+        if self.block.up_bias is not None:
+            self.block.up_bias.zero_()
+        if isinstance(self.pelt_gate, Interpolation):
+            self.pelt_gate.proj.weight.zero_()
+            self.pelt_gate.proj.bias.fill_(-1e4)
+
+
+def _head_adapters(layer: nn.Module, att, ctx: LayerContext, configs: list) -> None:
+    for cfg in configs:
+        tap = tap_input(layer, att.input)
+        head_dim = getattr(layer.get_submodule(att.input), ctx.model.spec.head_dim)
+        q, o = layer.get_submodule(att.q), layer.get_submodule(att.o)
+        adapter = Adapter(cfg, q.out_features, q.out_features // head_dim, d_out=o.in_features, **ctx.kw)
+        ctx.labelled(adapter, "adapter_head", att.kind)
+        owner, leaf = owning_module(layer, att.q)
+        replace_module(layer, att.o, lambda base: PeltHeadOutput(base, tap, adapter, owner, leaf))
+
+
+def _group(layer: nn.Module, sub, cfg: AdapterConfig) -> nn.ModuleList:
+    """The list of the wrapper that hosts ``cfg``'s adapter at sublayer ``sub``."""
+    if sub.norm is None:  # pre-norm: the input module also returns h, both placements read it
+        host = wrap_at(layer, sub.input, PeltSublayer)
+        return host.pelt_adapter_parallel if cfg.insertion == "parallel" else host.pelt_adapter_sequential
+    host = wrap_at(layer, sub.norm, PeltPostNorm)
+    if cfg.insertion == "parallel" or cfg.placement == "houlsby":
+        host.tap = tap_input(layer, sub.input)  # x, and h = s - x
+    if cfg.insertion == "parallel":
+        return host.pelt_adapter_parallel
+    return host.pelt_adapter_houlsby if cfg.placement == "houlsby" else host.pelt_adapter_sequential
+
+
+def place(layer: nn.Module, ctx: LayerContext, configs: list) -> None:
+    for att in ctx.stack.attention:
+        _head_adapters(layer, att, ctx, [c for c in configs if c.target == "head" and att.kind in c.attention])
+    subs = [(att, "attn") for att in ctx.stack.attention] + [(ctx.stack.ffn, "ffn")]
+    for sub, target in subs:
+        for cfg in configs:
+            if cfg.target != target or (target == "attn" and sub.kind not in cfg.attention):
+                continue
+            name = "adapter" if target == "ffn" else f"adapter_{target}"
+            adapter = ctx.labelled(Adapter(cfg, ctx.d, **ctx.kw), name, sub.kind)
+            _group(layer, sub, cfg).append(adapter)
+
+
+register(Method(config=AdapterConfig, kind="adapter", modules=(Adapter,), place=place))

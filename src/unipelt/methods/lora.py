@@ -7,13 +7,59 @@ official code the gate replaces alpha/r. Only ungated LoRA can be merged into W.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
 import torch
 from torch import nn
 
 from ..blocks import Gate, LowRank, MaskSlot, composition_weight
-from ..config import LoRAConfig
+from ..config import (ALL_ATTENTION, AttentionKind, MethodConfig, check_attention, check_choice, check_choices,
+                      check_number, check_positive)
 from ..errors import UniPeltError
-from ..wrappers import Wrapper
+from ..wrappers import Wrapper, has, replace_module
+from . import LayerContext, Method, register
+
+LoRATarget = Literal["q", "k", "v", "o", "ffn_in", "ffn_out"]
+ATTENTION_TARGETS = ("q", "k", "v", "o")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoRAConfig(MethodConfig):
+    """``W x + s · B A x`` on the named linear maps (Hu et al. 2021), B zero-initialised.
+
+    composition "scaled": s = alpha / r (loralib and peft's convention).
+    composition "gated": s = G_L(h_in), one gate per target; alpha has no effect (UniPELT's code).
+    ffn_in/ffn_out: the FFN's input/output projections (BART fc1/fc2; Llama's gate+up/down).
+    attention: which attention sublayers the q/k/v/o targets are taken from in encoder-decoders.
+    """
+
+    method: ClassVar[str] = "lora"
+    r: int = 8
+    alpha: float = 2.0
+    targets: tuple[LoRATarget, ...] = ("q", "v")
+    composition: Literal["scaled", "gated"] = "scaled"
+    dropout: float = 0.0
+    attention: tuple[AttentionKind, ...] = ALL_ATTENTION
+
+    def __post_init__(self) -> None:
+        check_positive("LoRAConfig", "r", self.r)
+        check_number("LoRAConfig", "alpha", self.alpha)
+        check_choice("LoRAConfig", "composition", self.composition, Literal["scaled", "gated"])
+        object.__setattr__(self, "targets", check_choices("LoRAConfig", "targets", self.targets, LoRATarget))
+        check_number("LoRAConfig", "dropout", self.dropout, 0.0, 1.0)
+        check_attention("LoRAConfig", self, applies=any(t in ATTENTION_TARGETS for t in self.targets))
+
+    def places(self) -> list[tuple[str, str]]:
+        """(target, attention kind) pairs; FFN targets have kind "ffn"."""
+        return [(t, kind) for t in self.targets
+                for kind in (self.attention if t in ATTENTION_TARGETS else ("ffn",))]
+
+    @classmethod
+    def check_together(cls, configs: list) -> None:
+        places = [p for m in configs for p in m.places()]
+        if len(set(places)) != len(places):
+            raise UniPeltError(f"two LoRA configs target the same projection: {places}")
 
 
 class LoRALinear(Wrapper):
@@ -27,8 +73,10 @@ class LoRALinear(Wrapper):
         self.scale = None if isinstance(weight, Gate) else weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.pelt_gate(x) if self.pelt_gate is not None else self.scale.value
         out = self.base_layer(x)  # (..., d_out), contiguous; its backward needs x and W, not out
+        if not self.pelt_active:
+            return out
+        weight = self.pelt_gate(x) if self.pelt_gate is not None else self.scale.value
         lora = self.pelt_lora
         # w·(B A x) = (w·A x) B: scale the r-wide bottleneck instead of the d-wide output, and add
         # into out in place, which saves two passes over a (B, T, d) tensor per projection
@@ -44,3 +92,23 @@ class LoRALinear(Wrapper):
         delta = self.scale.value * self.pelt_lora.delta_weight()
         base.weight += delta.to(base.weight.dtype)
         return base
+
+    @torch.no_grad()
+    def switch_off(self) -> None:
+        self.pelt_lora.up.zero_()
+
+
+def place(layer: nn.Module, ctx: LayerContext, configs: list) -> None:
+    paths = ctx.stack.lora_paths()
+    for lora in configs:
+        for target, where in lora.places():
+            found = [p for p in paths.get((target, where), ()) if has(layer, p)]
+            if where == "ffn" and not found:
+                raise UniPeltError(f"LoRA target {target!r}: none of {paths[(target, where)]} is in the layer")
+            for path in found:
+                name = f"lora_{target}" if len(found) == 1 else f"lora_{target}.{path.rpartition('.')[2]}"
+                wrapped = replace_module(layer, path, lambda lin: LoRALinear(lin, lora, **ctx.kw))
+                ctx.labelled(wrapped, name, where)
+
+
+register(Method(config=LoRAConfig, kind="lora", modules=(LoRALinear,), place=place))

@@ -11,12 +11,56 @@ prefix keys and values only.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
 import torch
 from torch import nn
 
 from ..attention import Prefix
 from ..blocks import Gate, MaskSlot
-from ..config import PrefixConfig
+from ..config import (ALL_ATTENTION, AttentionKind, MethodConfig, check_attention, check_bool, check_choice,
+                      check_positive)
+from ..errors import UniPeltError
+from ..wrappers import PeltSublayer, wrap_at
+from . import LayerContext, Method, ModelContext, register
+
+PrefixComposition = Literal["interpolate", "add", "gated"]
+PrefixNetworks = Literal["shared", "per_attention"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrefixConfig(MethodConfig):
+    """``length`` trainable key/value vectors prepended at every attention (Li & Liang 2021).
+
+    Trained through ``Embedding(l, d) -> Linear(d, mid) -> tanh -> Linear(mid, 2·S·d_kv)``;
+    ``unipelt.fold`` replaces it by the 2·S matrices it produces.
+    networks "shared": one network for all S prefixed attention sublayers (UniPELT's code);
+    "per_attention": one per kind of attention, i.e. encoder self-, decoder self- and
+    cross-attention in encoder-decoders (Li & Liang; He et al.'s scripts).
+    composition, in He et al.'s terms (§3.1): "interpolate" is prefix tuning itself, one softmax
+    over prefix and token keys, which equals (1 - λ(x))·h + λ(x)·Δh; "add" is their "-gating"
+    ablation, h + Δh with Δh = softmax(x W_q P_k^T) P_v over the prefix alone; "gated" is
+    prefix tuning with UniPELT's gate G_P(h_in) on the prefix keys and values (UniPELT §3).
+    attention: the sublayers that get a prefix; He et al.'s MAM uses all of them.
+    """
+
+    method: ClassVar[str] = "prefix"
+    unique: ClassVar[bool] = True
+    length: int = 10
+    mid_dim: int = 512
+    reparameterize: bool = True
+    networks: PrefixNetworks = "shared"
+    composition: PrefixComposition = "interpolate"
+    attention: tuple[AttentionKind, ...] = ALL_ATTENTION
+
+    def __post_init__(self) -> None:
+        check_positive("PrefixConfig", "length", self.length)
+        check_positive("PrefixConfig", "mid_dim", self.mid_dim)
+        check_bool("PrefixConfig", "reparameterize", self.reparameterize)
+        check_choice("PrefixConfig", "composition", self.composition, PrefixComposition)
+        check_choice("PrefixConfig", "networks", self.networks, PrefixNetworks)
+        check_attention("PrefixConfig", self, applies=True)
 
 
 class _Reparameterization(nn.Module):
@@ -111,3 +155,43 @@ class LayerPrefix(nn.Module):
         if g.shape[2] == 1:
             return Prefix(g * k, g * v)
         return Prefix(k, v, query_gate=g)
+
+
+def attach(layer: nn.Module, ctx: LayerContext, source: nn.Module, gated: bool) -> None:
+    """Give every attention sublayer of the layer that ``source`` serves its ``LayerPrefix``."""
+    for att in ctx.stack.attention:
+        if att.kind not in source.attention:
+            continue
+        module = wrap_at(layer, att.input, PeltSublayer)
+        head_dim = getattr(module, ctx.model.spec.head_dim)
+        lp = LayerPrefix(source, next(ctx.model.prefix_slots), head_dim, ctx.d, gated,
+                         pooling=ctx.cfg.gate_pooling, mask_slot=ctx.slot)
+        module.pelt_prefix = ctx.labelled(lp, "prefix", att.kind)
+
+
+def _slots(ctx: ModelContext, cfg: PrefixConfig) -> list[tuple[int, str]]:
+    """(key width H_kv · dh, kind of attention) of every sublayer that gets a prefix, in slot
+    order; the kind ("encoder.self", "decoder.cross", ...) picks its network with
+    ``networks="per_attention"``."""
+    return [(layer.get_submodule(att.k).out_features, f"{stack.name}.{att.kind}")
+            for stack in ctx.spec.present_stacks(ctx.base) for layer in ctx.base.get_submodule(stack.layers)
+            for att in stack.attention if att.kind in cfg.attention]
+
+
+def setup(ctx: ModelContext, configs: list) -> None:
+    cfg = configs[0]
+    slots = _slots(ctx, cfg)
+    if not slots:
+        raise UniPeltError(f"PrefixConfig.attention={cfg.attention} matches no attention sublayer of this model")
+    widths = {w for w, _ in slots}
+    if len(widths) != 1:
+        raise UniPeltError(f"prefix tuning needs attention sublayers with one key width; found {sorted(widths)}")
+    ctx.model.pelt_prefix = ctx.prefix = PrefixEncoder(cfg, ctx.d, [group for _, group in slots], widths.pop())
+    ctx.attention_hook = True
+
+
+def place(layer: nn.Module, ctx: LayerContext, configs: list) -> None:
+    attach(layer, ctx, ctx.model.prefix, configs[0].composition == "gated")
+
+
+register(Method(config=PrefixConfig, kind="prefix", modules=(PrefixEncoder,), setup=setup, place=place))

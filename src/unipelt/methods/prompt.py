@@ -17,13 +17,30 @@ positions 0.. and the cache, masks and labels never see the prompt.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 
-from ..attention import cached_kv
-from ..config import PromptConfig
+from ..attention import cached_kv, checkpointing_layers, reentrant_checkpointing
+from ..config import MethodConfig, check_positive
 from ..errors import UniPeltError
-from ..wrappers import Wrapper
+from ..wrappers import Wrapper, replace_module
+from . import LayerContext, Method, ModelContext, register
+from .prefix import PrefixConfig, attach
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptConfig(MethodConfig):
+    """``length`` trainable embeddings inserted into the input only (Lester et al. 2021)."""
+
+    method: ClassVar[str] = "prompt"
+    unique: ClassVar[bool] = True
+    length: int = 10
+
+    def __post_init__(self) -> None:
+        check_positive("PromptConfig", "length", self.length)
 
 
 class PeltEmbeddings(Wrapper):
@@ -36,6 +53,8 @@ class PeltEmbeddings(Wrapper):
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         e = self.base_layer(*args, **kwargs)  # (B, T, d)
+        if not self.pelt_active:
+            return e
         p = self.pelt_prompt.to(e.dtype).expand(e.shape[0], -1, -1)  # (B, l, d)
         return torch.cat([e[:, :self.at], p, e[:, self.at:]], dim=1)
 
@@ -44,12 +63,15 @@ class CausalPrompt(nn.Module):
     """The prompt of a decoder-only model, served to each layer as prefix keys and values.
 
     A forward pre-hook on the base model runs the prompt through it once per forward (batch 1,
-    l tokens), before the real tokens reach the layers; ``kv`` has the same shape contract as
-    ``PrefixEncoder.kv`` so ``LayerPrefix`` serves both.
+    l tokens), before the real tokens reach the layers, whatever the inputs (ids or embeddings);
+    ``kv`` has the same shape contract as ``PrefixEncoder.kv`` so ``LayerPrefix`` serves both.
+    A hook, not a wrapper: wrapping the base model would move every module path under it.
+    ``remove`` takes it off (``unipelt.unload``).
     """
 
     attention = ("self",)
     gated = False
+    pelt_active = True
 
     def __init__(self, cfg: PromptConfig, base: nn.Module):
         super().__init__()
@@ -61,15 +83,18 @@ class CausalPrompt(nn.Module):
         self.length = cfg.length
         self._table: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._running = False
-        base.register_forward_pre_hook(self._refresh)
+        self._hook = base.register_forward_pre_hook(self._refresh)
+
+    def remove(self) -> None:
+        self._hook.remove()
 
     def _refresh(self, _module, _args) -> None:
-        if self._running:  # the prompt's own pass through the base model
+        if self._running or not self.pelt_active:  # the prompt's own pass; or switched off
             return
         # The prompt pass is l tokens: it runs without activation checkpointing, which would
         # drop the cache this reads its keys and values from.
-        checkpointed = [m for m in self.base.modules() if getattr(m, "gradient_checkpointing", False) is True]
-        if self.training and any(_reentrant(m) for m in checkpointed):
+        checkpointed = checkpointing_layers(self.base)
+        if self.training and any(reentrant_checkpointing(m) for m in checkpointed):
             # every layer's recomputation would backpropagate through the shared prompt pass again
             raise UniPeltError("prompt tuning on a decoder-only model needs non-reentrant activation "
                                "checkpointing: pass use_reentrant=False in the checkpointing kwargs "
@@ -77,7 +102,7 @@ class CausalPrompt(nn.Module):
         self._running = True
         try:
             for m in checkpointed:
-                m.gradient_checkpointing = False
+                m.gradient_checkpointing = False  # transformers' per-layer switch
             positions = torch.arange(-self.length, 0, device=self.embeddings.device)[None]
             out = self.base(inputs_embeds=self.embeddings[None], position_ids=positions, use_cache=True)
         finally:
@@ -97,6 +122,23 @@ class CausalPrompt(nn.Module):
         return k.transpose(0, 1).flatten(1), v.transpose(0, 1).flatten(1)
 
 
-def _reentrant(module: nn.Module) -> bool:
-    fn = getattr(module, "_gradient_checkpointing_func", None)  # a functools.partial of torch's checkpoint
-    return bool(getattr(fn, "keywords", {}).get("use_reentrant", False))
+def setup(ctx: ModelContext, configs: list) -> None:
+    cfg, spec = configs[0], ctx.spec
+    ctx.attention_hook = True
+    if spec.embeddings is not None:
+        replace_module(ctx.base, spec.embeddings, lambda e: PeltEmbeddings(e, cfg, ctx.d, spec.prompt_at))
+        ctx.prompt_at = spec.prompt_at
+        return
+    # decoder-only: the prompt is served as a prefix
+    if ctx.cfg.of(PrefixConfig):
+        raise UniPeltError("prompt and prefix tuning together are not offered on decoder-only models: there "
+                           "the prompt is itself served as a prefix (methods/prompt.py); use one of them")
+    ctx.model.pelt_prompt = ctx.prefix = CausalPrompt(cfg, ctx.base)
+
+
+def place(layer: nn.Module, ctx: LayerContext, configs: list) -> None:
+    if isinstance(ctx.model.prefix, CausalPrompt):
+        attach(layer, ctx, ctx.model.prefix, gated=False)
+
+
+register(Method(config=PromptConfig, kind="prompt", modules=(PeltEmbeddings, CausalPrompt), setup=setup, place=place))

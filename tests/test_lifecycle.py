@@ -1,0 +1,96 @@
+"""(IA)³ against its equation, and the model's life cycle: merge, disable/enable, unload."""
+
+import pytest
+import torch
+
+import unipelt
+from unipelt import IA3Config, UniPeltError
+from unipelt.methods.ia3 import IA3Linear
+from unipelt.wrappers import Wrapper
+
+from conftest import batch, build, randomize
+
+PRESETS = sorted(unipelt.PRESETS)
+
+
+def logits(model, b=None):
+    with torch.no_grad():
+        return model(**(b or batch())).logits
+
+
+def test_ia3_rescales_keys_values_and_the_ffn_activation():
+    """Liu et al. 2022: k = l_k ⊙ W_k x, v = l_v ⊙ W_v x, FFN = W_out (l_ff ⊙ f(W_in x))."""
+    model = unipelt.apply(build(), "ia3")
+    randomize(model, std=0.5)
+    plain = build()
+    plain.load_state_dict({k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "pelt_" not in k})
+    for i, layer in enumerate(plain.bert.encoder.layer):
+        ours = model.bert.encoder.layer[i]
+        lk, lv = ours.attention.self.key.pelt_ia3, ours.attention.self.value.pelt_ia3
+        lff = ours.output.dense.pelt_ia3
+        layer.attention.self.key.register_forward_hook(lambda m, i, out, l=lk: out * l)
+        layer.attention.self.value.register_forward_hook(lambda m, i, out, l=lv: out * l)
+        layer.output.dense.register_forward_pre_hook(lambda m, args, l=lff: (args[0] * l,))
+    assert (logits(model) - logits(plain)).abs().max() < 1e-5
+    assert unipelt.count_parameters(model)["ia3"] == 2 * (32 + 32 + 64)
+
+
+def test_ia3_merges_exactly(arch):
+    model = unipelt.apply(build(arch), IA3Config())
+    randomize(model, std=0.5)
+    before = logits(model)
+    unipelt.merge(model)
+    assert not any(isinstance(m, IA3Linear) for m in model.modules())
+    assert (logits(model) - before).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_disable_runs_the_base_model_and_enable_brings_the_modules_back(arch, preset):
+    base = logits(build(arch))
+    model = unipelt.apply(build(arch), preset)
+    randomize(model, only_pelt=True, std=0.3)
+    adapted = logits(model)
+    with unipelt.disable(model):
+        assert (logits(model) - base).abs().max() < 1e-5
+    assert torch.equal(logits(model), adapted)
+    unipelt.disable(model)
+    assert (logits(model) - base).abs().max() < 1e-5
+    unipelt.enable(model)
+    assert torch.equal(logits(model), adapted)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_unload_returns_the_plain_base_model(arch, preset):
+    plain = build(arch)
+    model = unipelt.apply(build(arch), preset)
+    randomize(model, only_pelt=True)
+    model = unipelt.unload(model)
+    assert not any(isinstance(m, Wrapper) for m in model.modules())
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    assert not model.config._attn_implementation.startswith("unipelt_")
+    assert (logits(model) - logits(plain)).abs().max() < 1e-5
+    assert all(p.requires_grad for p in model.parameters())
+    unipelt.apply(model, "lora")  # a plain model again: it takes a new config
+
+
+@pytest.mark.parametrize("preset", ["lora", "ia3"])
+def test_merge_and_unload_keeps_the_adapted_outputs_in_a_plain_model(arch, preset):
+    model = unipelt.apply(build(arch), preset)
+    randomize(model, std=0.3)
+    before = logits(model)
+    plain = unipelt.merge_and_unload(model)
+    assert plain.state_dict().keys() == build(arch).state_dict().keys()
+    assert (logits(plain) - before).abs().max() < 1e-5
+
+
+def test_merge_and_unload_refuses_to_drop_modules_it_cannot_fold():
+    with pytest.raises(UniPeltError, match="merge_and_unload folds LoRA and \\(IA\\)³ only.*Adapter"):
+        unipelt.merge_and_unload(unipelt.apply(build(), "adapter"))
+    with pytest.raises(UniPeltError, match="no unipelt modules"):
+        unipelt.disable(build())
+
+
+def test_ia3_on_a_projection_another_method_wrapped_is_refused():
+    cfg = unipelt.PeltConfig(methods=(unipelt.LoRAConfig(targets=("v",)), IA3Config(targets=("v",))))
+    with pytest.raises(UniPeltError, match="same projection"):
+        unipelt.apply(build(), cfg)
