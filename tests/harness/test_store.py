@@ -74,3 +74,47 @@ def test_not_a_store(tmp_path):
         Store(junk)
     with pytest.raises(UniPeltError, match="does not exist"):
         Store(tmp_path / "missing.sqlite", create=False)
+
+
+def _schema_1_store(path) -> None:
+    """A store as unipelt wrote it before attempts and claims (schema version 1)."""
+    from unipelt.harness.store import RUNS
+
+    db = sqlite3.connect(path)
+    db.executescript(RUNS)
+    db.execute("INSERT INTO schema_version VALUES (1)")
+    db.commit()
+    db.close()
+    with sqlite3.connect(path) as db:  # one finished run, written by the v1 code path's columns
+        row = Store._row(record(), attempt=3)
+        db.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+    db.close()
+
+
+def test_a_schema_1_store_is_read_as_it_is_and_migrated_on_write(tmp_path):
+    path = tmp_path / "old.sqlite"
+    _schema_1_store(path)
+    before = path.read_bytes()
+    with Store(path, readonly=True) as store:
+        assert store.version == 1 and store.runs().loc[0, "test_metric"] == 0.55
+        assert store.attempts().attempt.tolist() == [3]
+    assert path.read_bytes() == before  # reading never migrates
+    with Store(path) as store:
+        assert store.version == SCHEMA_VERSION == 2
+        assert store.attempts().attempt.tolist() == [3]  # the run's one known attempt becomes its history
+        assert store.write(RunRecord(spec=spec(), status="failed", reason="boom", metric="accuracy")).kept_finished
+        assert store.attempts().attempt.tolist() == [3, 4] and store.runs().loc[0, "status"] == "finished"
+
+
+@pytest.mark.parametrize("name", ["unipelt.sqlite", "experiments.sqlite"])
+def test_the_committed_stores_still_report_and_stay_unchanged(name):
+    from pathlib import Path
+
+    from unipelt.harness import report
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "results" / name
+    before = path.read_bytes()
+    with Store(path, readonly=True) as store:
+        built = report.build(store)
+    assert any(t.title.startswith("Table 1") for t in built.tables)
+    assert path.read_bytes() == before

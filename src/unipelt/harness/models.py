@@ -79,8 +79,7 @@ def model_identity(model: str) -> str:
     folder = Path(model_path(model))
     if not folder.is_dir():
         return ""
-    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file())
-    return _identity(folder, stamp)
+    return _identity(folder, tuple((p.name, _stamp(p)) for p in sorted(folder.iterdir()) if p.is_file()))
 
 
 def _position_limit(config) -> int | None:
@@ -90,8 +89,13 @@ def _position_limit(config) -> int | None:
     return limit
 
 
+def _stamp(path: Path) -> tuple | None:
+    """What tells a changed file from the one cached: its size and modification time."""
+    return (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
+
+
 @lru_cache(maxsize=64)
-def _config(path: str):
+def _config(path: str, stamp: tuple | None):
     try:
         return AutoConfig.from_pretrained(path)
     except Exception as e:  # transformers raises OSError, ValueError, KeyError... for a broken file
@@ -104,7 +108,7 @@ def check_model(model: str, *, objective: str, max_length: int) -> None:
     path = model_path(model)
     if Path(path).is_dir() and not any((Path(path) / w).is_file() for w in WEIGHTS):
         raise HarnessError(f"model directory {path} has no weights ({' or '.join(WEIGHTS[::2])})")
-    config = _config(path)
+    config = _config(path, _stamp(Path(path) / "config.json"))
     if config.model_type not in supported():
         raise HarnessError(f"model {path} is a {config.model_type!r} model, which unipelt does not support; "
                            f"supported: {', '.join(supported())}")

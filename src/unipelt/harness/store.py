@@ -277,7 +277,8 @@ class Store:
             db.execute("DELETE FROM leases WHERE run_key = ? AND owner = ?", (key, self.owner))
 
     # ---- writing
-    def _row(self, record: RunRecord, attempt: int) -> dict:
+    @staticmethod
+    def _row(record: RunRecord, attempt: int) -> dict:
         spec = record.spec
         return dict(run_key=spec.key, task=spec.task, method=spec.method, k=str(spec.k), data_seed=spec.data_seed,
                     model_seed=spec.model_seed, model=spec.model, lr=spec.lr,
