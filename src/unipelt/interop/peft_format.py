@@ -1,0 +1,218 @@
+"""HF peft checkpoints in both directions: ``from_peft`` (LoRA, prompt tuning) and ``to_peft``.
+
+A peft checkpoint is ``adapter_config.json`` + ``adapter_model.safetensors``; tensor names are the
+model's module paths under ``base_model.model.``: ``<module>.lora_A.weight`` (r, in) and
+``.lora_B.weight`` (out, r), the task head's own names, and ``prompt_embeddings`` (l, d) for
+prompt tuning. tests/test_interop_peft.py checks each direction against peft itself.
+
+What maps exactly (peft 0.21 on transformers 5):
+- LoRA: ``W x + lora_alpha/r · B A x`` with dropout on x, unipelt's ungated LoRA.
+- prompt tuning on a decoder-only causal LM: peft prepends the l embeddings to the input; under a
+  causal mask with rotary positions that is what unipelt's prompt computes for the real tokens
+  (peft's logits carry l extra leading positions).
+What is refused, and why:
+- prompt tuning elsewhere: BERT's family and seq2seq models get peft's prompt in front of the
+  word embeddings, before position embeddings and LayerNorm (BERT) or on both stacks (seq2seq);
+  a decoder-only sequence classifier under peft reads the last position of padded rows.
+- prefix tuning: peft serves it as a key/value cache. BERT's family takes none under
+  transformers 5; in rotary decoders the cache shifts the tokens' positions by l, so queries
+  meet the unrotated prefix keys at other angles than in unipelt (which keeps positions at 0);
+  in encoder-decoders only the decoder is prefixed.
+- gates, adapters, BitFit and any combination of methods: peft has no such config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .. import LoRAConfig, PeltConfig, PromptConfig  # bound before unipelt imports interop
+from ..arch import spec_for
+from ..errors import UniPeltError
+from ..inject import MARK, head_parameter_names
+from ..methods.lora import LoRALinear
+from ._safe import install, read_json, read_tensors
+
+CONFIG, WEIGHTS, ROOT = "adapter_config.json", "adapter_model.safetensors", "base_model.model."
+_UNSUPPORTED = {"use_dora": "DoRA", "use_rslora": "rsLoRA", "fan_in_fan_out": "fan_in_fan_out"}
+
+
+def _lora_config(cfg: dict, model: nn.Module) -> LoRAConfig:
+    for key, name in _UNSUPPORTED.items():
+        if cfg.get(key):
+            raise UniPeltError(f"the peft checkpoint uses {name}, which unipelt does not implement")
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("bias", "none") != "none":
+        raise UniPeltError("peft checkpoints with rank/alpha patterns or trained biases are not supported")
+    attention = spec_for(model).stacks[0].attention[0]
+    leaf_to_target = {getattr(attention, t).rpartition(".")[2]: t for t in ("q", "k", "v")}
+    modules = cfg["target_modules"]
+    modules = [modules] if isinstance(modules, str) else modules
+    if unknown := [m for m in modules if m not in leaf_to_target]:
+        raise UniPeltError(f"peft target_modules {unknown} have no unipelt equivalent; known: {sorted(leaf_to_target)}")
+    targets = tuple(sorted((leaf_to_target[m] for m in modules), key="qkv".index))
+    return LoRAConfig(r=cfg["r"], alpha=float(cfg["lora_alpha"]), targets=targets,
+                      dropout=float(cfg.get("lora_dropout", 0.0)))
+
+
+def _is_causal_lm(model: nn.Module) -> bool:
+    return type(model).__name__.endswith("ForCausalLM")
+
+
+def _prompt_refusal(model: nn.Module) -> str | None:
+    """Why peft's prompt tuning and unipelt's differ on ``model``, or None where they agree."""
+    if spec_for(model).embeddings is not None:
+        return ("peft inserts the prompt in front of the word embeddings, before position embeddings and "
+                "LayerNorm (BERT's family) or into both stacks (seq2seq); unipelt's follows the embedding module")
+    if not _is_causal_lm(model):
+        return ("peft's prompt-tuned sequence classifier passes inputs_embeds only, so the classifier reads the "
+                "last position even in right-padded rows; only causal LMs compute the same function")
+    return None
+
+
+def _prompt_config(cfg: dict, model: nn.Module) -> PromptConfig:
+    if why := _prompt_refusal(model):
+        raise UniPeltError(f"peft prompt tuning on {type(model).__name__}: {why}")
+    if cfg.get("num_transformer_submodules", 1) != 1 or cfg.get("token_dim") != model.config.hidden_size:
+        raise UniPeltError("the peft prompt does not fit this model (token_dim or transformer submodules differ)")
+    return PromptConfig(length=int(cfg["num_virtual_tokens"]))
+
+
+_REFUSED = {
+    "PREFIX_TUNING": "peft serves the prefix as a key/value cache: BERT's family takes none under transformers 5, "
+                     "rotary decoders then start the tokens' positions at l (unipelt keeps 0), and encoder-decoders "
+                     "get a prefix in the decoder only",
+}
+
+
+def _assign(tensors: dict[str, torch.Tensor], source: Path):
+    def assign(model: nn.Module) -> dict:
+        modules, params, out = dict(model.named_modules()), dict(model.named_parameters()), {}
+        for key, tensor in tensors.items():
+            name = key.removeprefix(ROOT)
+            if key == "prompt_embeddings":
+                out[model.pelt_prompt.embeddings] = tensor
+            elif ".lora_A." in name or ".lora_B." in name:
+                owner, _, part = name.partition(".lora_")
+                block = getattr(modules.get(owner), "pelt_lora", None)
+                if block is None:
+                    raise UniPeltError(f"{source}: tensor {key!r} adapts {owner!r}, which has no LoRA here")
+                out[block.down if part.startswith("A") else block.up] = tensor.T[None]
+            elif name in params:
+                out[params[name]] = tensor
+            else:
+                raise UniPeltError(f"{source}: tensor {key!r} has no place in this model")
+        return out
+    return assign
+
+
+def from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
+    """Apply a HF peft checkpoint (LoRA, or prompt tuning on a causal LM) to a fresh base
+    ``model``; the task head it saved is loaded too. Refuses what unipelt cannot compute the same."""
+    directory = Path(directory)
+    cfg_path, weights_path = directory / CONFIG, directory / WEIGHTS
+    if not cfg_path.is_file() or not weights_path.is_file():
+        raise UniPeltError(f"{directory} is not a peft checkpoint: expected {CONFIG} and {WEIGHTS} "
+                           "(pickled .bin files are never loaded)")
+    cfg = read_json(cfg_path)
+    kind = cfg.get("peft_type")
+    if kind in _REFUSED:
+        raise UniPeltError(f"peft {kind} cannot be imported exactly: {_REFUSED[kind]}")
+    if kind == "LORA":
+        method = _lora_config(cfg, model)
+    elif kind == "PROMPT_TUNING":
+        method = _prompt_config(cfg, model)
+    else:
+        raise UniPeltError(f"peft {kind!r} checkpoints cannot be imported; unipelt reads LORA and PROMPT_TUNING")
+    return install(model, PeltConfig(methods=(method,)), _assign(read_tensors(weights_path), weights_path),
+                   str(directory))
+
+
+# ---- export
+def _task_type(model: nn.Module) -> str | None:
+    name = type(model).__name__
+    for suffix, task in (("ForSequenceClassification", "SEQ_CLS"), ("ForCausalLM", "CAUSAL_LM"),
+                         ("ForConditionalGeneration", "SEQ_2_SEQ_LM")):
+        if name.endswith(suffix):
+            return task
+    return None
+
+
+def _plain(name: str) -> str:
+    """The name a module has in the plain HF model peft will load into."""
+    return name.replace(".base_layer", "")
+
+
+def _export_refusal(cfg: PeltConfig, model: nn.Module) -> str | None:
+    kinds = {type(m).__name__ for m in cfg.methods}
+    if cfg.gated:
+        return "it is gated (UniPELT): peft has no gates"
+    if kinds == {"LoRAConfig"}:
+        if len({(m.r, m.alpha, m.dropout) for m in cfg.methods}) > 1:
+            return "its LoRA configs differ in r, alpha or dropout (peft's rank/alpha patterns are not written)"
+        return None
+    if kinds == {"PromptConfig"}:
+        return _prompt_refusal(model)
+    if len(cfg.methods) > 1:
+        return f"it combines {sorted(kinds)}: a peft checkpoint holds one method"
+    if kinds == {"PrefixConfig"}:
+        return _REFUSED["PREFIX_TUNING"]
+    return f"peft has no equivalent of {kinds.pop()} written here"
+
+
+def _target_modules(model: nn.Module, adapted: list[str]) -> list[str]:
+    """peft's leaf names when they pick out exactly the adapted linear maps, else their full paths."""
+    linears = {_plain(n) for n, m in model.named_modules() if isinstance(m, nn.Linear) and MARK not in n}
+    linears = {n.removesuffix(".base_layer") for n in linears} | set(adapted)
+    leaves = {n.rpartition(".")[2] for n in adapted}
+    return sorted(leaves) if {n for n in linears if n.rpartition(".")[2] in leaves} == set(adapted) else sorted(adapted)
+
+
+def _lora_export(model: nn.Module, cfg: PeltConfig) -> tuple[dict, dict]:
+    wrapped = [(_plain(n), m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+    if not wrapped:
+        raise UniPeltError("to_peft: the model has no LoRA left to export (was it merged?)")
+    tensors = {}
+    for name, m in wrapped:
+        tensors[f"{ROOT}{name}.lora_A.weight"] = m.pelt_lora.down[0].T  # (r, in)
+        tensors[f"{ROOT}{name}.lora_B.weight"] = m.pelt_lora.up[0].T  # (out, r)
+    lora = cfg.methods[0]
+    return {"peft_type": "LORA", "r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
+            "target_modules": _target_modules(model, [n for n, _ in wrapped]), "bias": "none",
+            "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "init_lora_weights": True}, tensors
+
+
+def _prompt_export(model: nn.Module) -> tuple[dict, dict]:
+    embeddings = model.pelt_prompt.embeddings
+    c = model.config
+    return {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": embeddings.shape[0], "token_dim": embeddings.shape[1],
+            "num_transformer_submodules": 1, "num_attention_heads": c.num_attention_heads,
+            "num_layers": c.num_hidden_layers, "prompt_tuning_init": "RANDOM"}, {"prompt_embeddings": embeddings}
+
+
+def to_peft(model: nn.Module, directory: str | Path) -> Path:
+    """Write a unipelt model with ungated LoRA (or, on a causal LM, prompt tuning) as a peft
+    checkpoint that ``PeftModel.from_pretrained`` loads with the same logits; the task head and
+    ``modules_to_save`` go along as peft's ``modules_to_save``. Refuses what peft cannot express."""
+    cfg: PeltConfig | None = getattr(model, "pelt_config", None)
+    if cfg is None:
+        raise UniPeltError("to_peft() needs a model returned by unipelt.apply()")
+    if why := _export_refusal(cfg, model):
+        raise UniPeltError(f"to_peft: this model cannot be written as a peft checkpoint: {why}")
+    config, tensors = _lora_export(model, cfg) if isinstance(cfg.methods[0], LoRAConfig) else _prompt_export(model)
+    params = dict(model.named_parameters())
+    base = model.base_model_prefix
+    saved = sorted(head_parameter_names(model)) + [
+        n for n in params if any(_plain(n).startswith(f"{base}.{m}.") for m in cfg.modules_to_save)]
+    tensors.update({f"{ROOT}{_plain(n)}": params[n] for n in saved})
+    modules = sorted({n.split(".")[0] for n in head_parameter_names(model)}) + list(cfg.modules_to_save)
+    config.update({"task_type": _task_type(model), "modules_to_save": modules or None, "inference_mode": True,
+                   "base_model_name_or_path": str(getattr(model.config, "_name_or_path", "") or "") or None})
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, directory / WEIGHTS)
+    (directory / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return directory
