@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import transformers
 from transformers import (BartConfig, BartForConditionalGeneration, BartForSequenceClassification, BertConfig,
                           BertForSequenceClassification, LlamaConfig, LlamaForCausalLM,
                           LlamaForSequenceClassification, RobertaConfig, RobertaForSequenceClassification, T5Config,
@@ -24,11 +25,35 @@ CONFIGS = {
     "t5": lambda **kw: T5Config(**{
         "vocab_size": 120, "d_model": 32, "d_kv": 6, "d_ff": 64, "num_layers": 2, "num_heads": 4, "num_labels": 3,
         **SPECIAL, **kw}),
+    "electra": lambda **kw: transformers.ElectraConfig(**{**TINY, "embedding_size": 32, **kw}),
+    "distilbert": lambda **kw: transformers.DistilBertConfig(**{
+        "vocab_size": 120, "dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64, "max_position_embeddings": 64,
+        "num_labels": 3, **kw}),
+    # a sliding window shorter than the test batch: prefixes must stay visible outside it
+    "mistral": lambda **kw: transformers.MistralConfig(**{**TINY, **SPECIAL, "num_key_value_heads": 2,
+                                                          "sliding_window": 4, **kw}),
+    "qwen2": lambda **kw: transformers.Qwen2Config(**{**TINY, **SPECIAL, "num_key_value_heads": 2, **kw}),
+    "qwen3": lambda **kw: transformers.Qwen3Config(**{**TINY, **SPECIAL, "num_key_value_heads": 2, "head_dim": 8, **kw}),
+    "gemma": lambda **kw: transformers.GemmaConfig(**{**TINY, **SPECIAL, "num_key_value_heads": 2, "head_dim": 8, **kw}),
+    # soft-capped logits and alternating sliding-window (4) / global layers
+    "gemma2": lambda **kw: transformers.Gemma2Config(**{**TINY, **SPECIAL, "num_key_value_heads": 2, "head_dim": 8,
+                                                        "sliding_window": 4, **kw}),
 }
 CLASSIFIERS = {"bert": BertForSequenceClassification, "roberta": RobertaForSequenceClassification,
                "llama": LlamaForSequenceClassification, "bart": BartForSequenceClassification,
-               "t5": T5ForSequenceClassification}
+               "t5": T5ForSequenceClassification, "electra": transformers.ElectraForSequenceClassification,
+               "distilbert": transformers.DistilBertForSequenceClassification,
+               "mistral": transformers.MistralForSequenceClassification,
+               "qwen2": transformers.Qwen2ForSequenceClassification,
+               "qwen3": transformers.Qwen3ForSequenceClassification,
+               "gemma": transformers.GemmaForSequenceClassification,
+               "gemma2": transformers.Gemma2ForSequenceClassification}
 GENERATORS = {"llama": LlamaForCausalLM, "bart": BartForConditionalGeneration, "t5": T5ForConditionalGeneration}
+# decoder-only LMs beyond Llama: tests/test_arch_generation.py runs the generation invariants on them
+# (test_generation.py pads and feeds inputs Llama's way, by name)
+DECODER_LMS = {"mistral": transformers.MistralForCausalLM, "qwen2": transformers.Qwen2ForCausalLM,
+               "qwen3": transformers.Qwen3ForCausalLM, "gemma": transformers.GemmaForCausalLM,
+               "gemma2": transformers.Gemma2ForCausalLM}
 ARCHS = {arch: (lambda arch=arch, **kw: CLASSIFIERS[arch](CONFIGS[arch](**kw))) for arch in CLASSIFIERS}
 
 
@@ -40,7 +65,7 @@ def build(arch: str = "bert", seed: int = 0, **kw):
 def build_lm(arch: str, seed: int = 0, **kw):
     """A tiny causal or seq2seq LM for generation tests."""
     torch.manual_seed(seed)
-    return GENERATORS[arch](CONFIGS[arch](**kw)).eval()
+    return {**GENERATORS, **DECODER_LMS}[arch](CONFIGS[arch](**kw)).eval()
 
 
 def batch(seed: int = 1, b: int = 3, t: int = 9) -> dict:
