@@ -1,0 +1,114 @@
+"""unipelt <-> HF peft checkpoints, checked against the peft installed beside unipelt."""
+
+import json
+
+import pytest
+import torch
+
+import unipelt
+from unipelt import LoRAConfig, PeltConfig, PromptConfig
+
+from conftest import batch, build, build_lm, randomize
+
+peft = pytest.importorskip("peft")
+
+
+def _logits(model, b=None):
+    with torch.no_grad():
+        return model(**(b or batch())).logits
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "llama", "bart", "t5"])
+def test_an_ungated_lora_model_is_written_as_a_peft_checkpoint_with_the_same_logits(tmp_path, arch):
+    ours = unipelt.apply(build(arch), PeltConfig(methods=(LoRAConfig(r=4, alpha=8.0, targets=("q", "v", "ffn_out")),)))
+    randomize(ours, std=0.1)
+    unipelt.to_peft(ours, tmp_path)
+    ref = peft.PeftModel.from_pretrained(build(arch), tmp_path).eval()
+    assert (_logits(ours) - _logits(ref)).abs().max() < 1e-5
+    assert (_logits(ours) - _logits(build(arch))).abs().max() > 1e-3  # the LoRA and the head travelled
+
+
+def test_target_modules_are_full_paths_where_leaf_names_would_adapt_more(tmp_path):
+    """BART's q_proj names self- and cross-attention alike: a self-only LoRA lists its paths."""
+    ours = unipelt.apply(build("bart"), LoRAConfig(targets=("q",), attention=("self",)))
+    randomize(ours, std=0.1)
+    unipelt.to_peft(ours, tmp_path)
+    targets = json.loads((tmp_path / "adapter_config.json").read_text())["target_modules"]
+    assert all(t.endswith(".self_attn.q_proj") for t in targets) and len(targets) == 4
+    ref = peft.PeftModel.from_pretrained(build("bart"), tmp_path).eval()
+    assert (_logits(ours) - _logits(ref)).abs().max() < 1e-5
+
+
+def test_modules_to_save_travel_with_the_head(tmp_path):
+    ours = unipelt.apply(build("bert"), PeltConfig(methods=(LoRAConfig(),), modules_to_save=("pooler",)))
+    randomize(ours, std=0.1)
+    unipelt.to_peft(ours, tmp_path)
+    ref = peft.PeftModel.from_pretrained(build("bert"), tmp_path).eval()
+    assert (_logits(ours) - _logits(ref)).abs().max() < 1e-5
+
+
+def test_an_exported_lora_imports_back(tmp_path):
+    ours = unipelt.apply(build("roberta"), LoRAConfig(r=4, alpha=8.0, targets=("q", "k", "v")))
+    randomize(ours, std=0.1)
+    unipelt.to_peft(ours, tmp_path)
+    back = unipelt.from_peft(build("roberta"), tmp_path)
+    assert back.pelt_config.methods == ours.pelt_config.methods
+    assert (_logits(back) - _logits(ours)).abs().max() < 1e-6
+
+
+def _prompted_lm(length=4):
+    ours = unipelt.apply(build_lm("llama"), PromptConfig(length=length))
+    with torch.no_grad():
+        ours.pelt_prompt.embeddings.normal_(0.0, 1.0)
+    return ours
+
+
+def test_a_causal_lm_prompt_goes_to_peft_and_comes_back_with_the_same_logits(tmp_path):
+    """peft puts the prompt in front of the input: its logits have l leading positions more."""
+    ours = _prompted_lm()
+    unipelt.to_peft(ours, tmp_path)
+    ref = peft.PeftModel.from_pretrained(build_lm("llama"), tmp_path).eval()
+    assert (_logits(ours) - _logits(ref)[:, 4:]).abs().max() < 1e-5
+    back = unipelt.from_peft(build_lm("llama"), tmp_path)
+    assert back.pelt_config.methods == (PromptConfig(length=4),)
+    assert (_logits(back) - _logits(ours)).abs().max() < 1e-6
+
+
+def test_a_peft_prompt_checkpoint_imports_with_peft_logits(tmp_path):
+    ref = peft.get_peft_model(build_lm("llama"), peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5))
+    with torch.no_grad():
+        ref.prompt_encoder["default"].embedding.weight.normal_(0.0, 1.0)
+    ref.save_pretrained(tmp_path)
+    ours = unipelt.from_peft(build_lm("llama"), tmp_path)
+    assert (_logits(ours) - _logits(ref.eval())[:, 5:]).abs().max() < 1e-5
+
+
+REFUSED_EXPORTS = [
+    ("gated", lambda: unipelt.apply(build("bert"), "unipelt-apl"), "gated"),
+    ("adapter", lambda: unipelt.apply(build("bert"), "adapter"), "AdapterConfig"),
+    ("prefix", lambda: unipelt.apply(build_lm("llama"), "prefix"), "positions"),
+    ("combined", lambda: unipelt.apply(build("bert"), PeltConfig(methods=(LoRAConfig(), PromptConfig()))), "combines"),
+    ("bert prompt", lambda: unipelt.apply(build("bert"), PromptConfig()), "LayerNorm"),
+    ("llama classifier prompt", lambda: unipelt.apply(build("llama"), PromptConfig()), "right-padded"),
+    ("merged", lambda: unipelt.merge(unipelt.apply(build("bert"), "lora")), "merged"),
+]
+
+
+@pytest.mark.parametrize("make,reason", [r[1:] for r in REFUSED_EXPORTS], ids=[r[0] for r in REFUSED_EXPORTS])
+def test_what_peft_cannot_express_is_refused(tmp_path, make, reason):
+    with pytest.raises(unipelt.UniPeltError, match=reason):
+        unipelt.to_peft(make(), tmp_path)
+    assert not (tmp_path / "adapter_config.json").exists()
+
+
+def test_peft_prefix_and_other_prompts_are_refused_on_import(tmp_path):
+    peft.get_peft_model(build_lm("llama"), peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)) \
+        .save_pretrained(tmp_path / "prefix")
+    with pytest.raises(unipelt.UniPeltError, match="positions"):
+        unipelt.from_peft(build_lm("llama"), tmp_path / "prefix")
+    peft.get_peft_model(build("bert"), peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4)) \
+        .save_pretrained(tmp_path / "prompt")
+    model = build("bert")
+    with pytest.raises(unipelt.UniPeltError, match="LayerNorm"):
+        unipelt.from_peft(model, tmp_path / "prompt")
+    assert getattr(model, "pelt_config", None) is None
