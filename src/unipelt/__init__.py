@@ -17,11 +17,12 @@ from .presets import DEFAULT_LEARNING_RATES, PRESETS, get_preset
 from .inject import apply, disable, enable, fold, merge, merge_and_unload, unload
 from .introspect import count_parameters, gate_values
 from .checkpoint import load, save
+from .multitask import MultiTask
 from .interop import from_adapters, from_peft, to_peft
 
 __all__ = [
     "__version__", "AdapterConfig", "BitFitConfig", "FullFineTuning", "IA3Config", "LoRAConfig", "MethodConfig",
     "PeltConfig", "PrefixConfig", "PromptConfig", "UniPeltError", "DEFAULT_LEARNING_RATES", "PRESETS",
     "get_preset", "apply", "disable", "enable", "fold", "merge", "merge_and_unload", "unload",
-    "count_parameters", "gate_values", "load", "save", "from_peft", "from_adapters", "to_peft",
+    "count_parameters", "gate_values", "load", "save", "MultiTask", "from_peft", "from_adapters", "to_peft",
 ]

@@ -33,6 +33,7 @@ class Prefix(NamedTuple):
     values: torch.Tensor  # (B, H_kv, l, dh)
     query_gate: torch.Tensor | None = None  # (B, 1, T, 1): a gate per query (causal layers), else None
     separate: bool = False  # attend to the prefix in a softmax of its own and add (no gating)
+    visible: torch.Tensor | None = None  # (B, l) bool: which prefix positions each row sees (mixed-task batches)
 
 
 def _eager_for(module: nn.Module):
@@ -64,7 +65,7 @@ def _causal(query: torch.Tensor, key: torch.Tensor, additive: bool) -> torch.Ten
     return mask
 
 
-def _prepend_prefix(module, query, key, value, mask, pk, pv, additive: bool, kwargs: dict):
+def _prepend_prefix(module, query, key, value, mask, pk, pv, additive: bool, kwargs: dict, visible=None):
     n = pk.shape[2]
     is_causal = kwargs.get("is_causal")
     is_causal = getattr(module, "is_causal", False) if is_causal is None else is_causal
@@ -72,8 +73,20 @@ def _prepend_prefix(module, query, key, value, mask, pk, pv, additive: bool, kwa
         mask = _causal(query, key, additive)
     key = torch.cat([pk.to(key.dtype), key], dim=2)  # (B, H_kv, l + S, dh)
     value = torch.cat([pv.to(value.dtype), value], dim=2)
+    if visible is not None and mask is None:  # rows see different prefix positions: a mask is needed
+        shape = (query.shape[0], 1, query.shape[2], key.shape[2] - n)
+        mask = (torch.zeros(shape, dtype=query.dtype, device=query.device) if additive
+                else torch.ones(shape, dtype=torch.bool, device=query.device))
     if mask is not None:
-        mask = torch.cat([_visible(mask, mask.shape[0], mask.shape[2], n), mask], dim=-1)
+        if visible is not None:
+            mask = mask.expand(query.shape[0], -1, -1, -1)
+        columns = _visible(mask, mask.shape[0], mask.shape[2], n)
+        if visible is not None:  # (B, l) -> (B, 1, 1, l), True/0.0 where seen
+            seen = visible[:, None, None, :]
+            columns = seen if mask.dtype == torch.bool else torch.zeros_like(columns).masked_fill(
+                ~seen, torch.finfo(mask.dtype).min)
+            columns = columns.expand(mask.shape[0], mask.shape[1], mask.shape[2], n)
+        mask = torch.cat([columns, mask], dim=-1)
     bias = kwargs.get("position_bias")
     if bias is not None:  # T5's relative position bias: none for the prefix positions
         kwargs["position_bias"] = torch.cat([bias.new_zeros(*bias.shape[:3], n), bias], dim=-1)
@@ -129,7 +142,7 @@ def _make_attention(base_fn, additive: bool, prompt_at: int):
         if prefix.query_gate is not None:
             query, key, value, pk, pv = _widen_for_query_gate(query, key, value, prefix, kwargs)
         key, value, attention_mask = _prepend_prefix(module, query, key, value, attention_mask, pk, pv,
-                                                     additive, kwargs)
+                                                     additive, kwargs, prefix.visible)
         out, weights = fn(module, query, key, value, attention_mask, **kwargs)
         return (out if prefix.query_gate is None else _narrow(out, prefix.query_gate)), weights
     return attention

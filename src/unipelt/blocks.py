@@ -72,14 +72,16 @@ class MaskSlot:
     ``mask``: which tokens are real, for the masked mean. HF layers do not hand the padding mask
     to linear maps, so the layer wrapper (``PeltLayer``) writes it here; gates read it.
     ``causal``: the layer is causal (a decoder's), so gates stay per token (see ``Gate``).
+    ``rows``: in a mixed-task batch (unipelt.MultiTask), the rows a task's modules run on now.
     Not a module: it holds no state worth saving and must not be registered once per gate.
     """
 
-    __slots__ = ("mask", "causal")
+    __slots__ = ("mask", "causal", "rows")
 
     def __init__(self, causal: bool = False) -> None:
         self.mask: torch.Tensor | None = None
         self.causal = causal
+        self.rows: torch.Tensor | None = None
 
 
 class Gate(nn.Module):
@@ -105,6 +107,8 @@ class Gate(nn.Module):
         if self.slot.causal:
             return g
         token_mask = self.slot.mask
+        if token_mask is not None and self.slot.rows is not None:
+            token_mask = token_mask[self.slot.rows]
         if self.pooling == "mean" or token_mask is None or token_mask.shape[1] != z.shape[1]:
             return g.mean(dim=1, keepdim=True)
         m = token_mask.to(g.dtype).unsqueeze(-1)  # (B, T, 1)

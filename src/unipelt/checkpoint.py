@@ -62,6 +62,13 @@ def _identity(model: nn.Module) -> dict:
     return ident
 
 
+def _task(model: nn.Module) -> dict:
+    """What serving the checkpoint needs to know of its head: its size, label names and kind."""
+    cfg = model.config
+    return {"num_labels": getattr(cfg, "num_labels", None), "problem_type": getattr(cfg, "problem_type", None),
+            "id2label": {str(k): str(v) for k, v in (getattr(cfg, "id2label", None) or {}).items()}}
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -89,7 +96,8 @@ def save(model: nn.Module, directory: str | Path) -> Path:
     if prefix is not None:
         with torch.no_grad():
             tensors["pelt_prefix.folded"] = (prefix.folded if prefix.folded is not None else prefix.table()).detach().cpu().contiguous()
-    meta = {"format": FORMAT, "unipelt_version": __version__, "config": cfg.to_dict(), "base_model": _identity(model)}
+    meta = {"format": FORMAT, "unipelt_version": __version__, "config": cfg.to_dict(), "base_model": _identity(model),
+            "task": _task(model)}
     # the weights first: until the JSON with their checksum replaces the old one, load refuses the pair
     _replace(directory, WEIGHTS, lambda p: save_file(tensors, p))
     meta["sha256"] = _sha256(directory / WEIGHTS)

@@ -83,6 +83,11 @@ class LoRALinear(Wrapper):
         low = lora.bottleneck(x) * weight  # (..., r)
         return out.view(-1, out.shape[-1]).addmm_(low.reshape(-1, low.shape[-1]), lora.up[0]).view(out.shape)
 
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """w · B A x alone, (..., d_out)."""
+        weight = self.pelt_gate(x) if self.pelt_gate is not None else self.scale.value
+        return (self.pelt_lora.bottleneck(x) * weight) @ self.pelt_lora.up[0]
+
     @torch.no_grad()
     def merge(self) -> nn.Linear:
         """Fold ``s · B A`` into the base weight and return the plain linear layer."""

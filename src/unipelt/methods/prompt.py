@@ -91,6 +91,10 @@ class CausalPrompt(nn.Module):
     def _refresh(self, _module, _args) -> None:
         if self._running or not self.pelt_active:  # the prompt's own pass; or switched off
             return
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Run the prompt through the base model and keep every layer's keys and values."""
         # The prompt pass is l tokens: it runs without activation checkpointing, which would
         # drop the cache this reads its keys and values from.
         checkpointed = checkpointing_layers(self.base)

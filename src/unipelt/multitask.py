@@ -1,0 +1,449 @@
+"""One frozen backbone, many tasks: batches whose rows belong to different tasks, in one pass.
+
+``MultiTask(base_model)`` holds one copy of the base weights. ``add(name, directory)`` loads a
+``unipelt.save`` checkpoint into a skeleton of the base model whose base tensors *are* the shared
+ones (no copy), then hands the skeleton's modules to ``Site`` wrappers in the shared model, one
+per place where any task has a module. A site runs its base module once for the whole batch and
+each task's modules on that task's rows only:
+
+- LoRA, (IA)³, BitFit's bias differences: added to (or scaling) the shared output on the rows;
+- adapters: applied to the rows of the sublayer's output; post-norm and multi-head placements
+  recompute their small LayerNorm / output projection on those rows;
+- prefixes of any length: one padded key/value block, each row seeing only its task's prefix
+  (``Prefix.visible``); UniPELT gates pool over their own rows (``MaskSlot.rows``);
+- prompts: each row is laid out as ``[first tokens, its prompt, the rest, padding]``, so no row's
+  positions move; decoder-only prompts are served as prefixes;
+- heads: each row goes through its task's head, logits cut to that task's size.
+
+Inference only (gradients are not defined through the in-place row updates). A full
+fine-tuning checkpoint has no shared backbone and is refused; merged LoRA cannot be mixed with
+other tasks and is never used here (checkpoints hold LoRA unmerged).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .arch import spec_for
+from .attention import PREFIX_KWARG, Prefix, token_mask, use_pelt_attention
+from .blocks import Gate
+from .checkpoint import META, load
+from .errors import UniPeltError
+from .methods.adapter import Adapter
+from .methods.bitfit import BitFitConfig, FullFineTuning
+from .methods.ia3 import IA3Linear
+from .methods.lora import LoRALinear
+from .methods.prefix import PrefixConfig
+from .methods.prompt import CausalPrompt, PeltEmbeddings, PromptConfig
+from .wrappers import PeltHeadOutput, PeltLayer, PeltPostNorm, PeltSublayer, Wrapper
+
+
+class Router:
+    """Which rows each task owns in the current batch, shared by every site."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, torch.Tensor] | None = None
+        self.prompt: torch.Tensor | None = None  # (B,) prompt length of every row
+        self.widest_prompt = 0
+        self.prompt_at = 0
+
+
+@dataclass
+class BiasDelta:
+    """A BitFit task's bias minus the shared one, for a module the task does not wrap."""
+
+    delta: torch.Tensor
+
+
+def _slots(module) -> set:
+    return {g.slot for g in module.modules() if isinstance(g, Gate)} if isinstance(module, nn.Module) else set()
+
+
+class _OnRows:
+    """Point every gate slot (and the given taps) of a task's module at its rows for a while."""
+
+    def __init__(self, entry, rows: torch.Tensor, taps=()):
+        self.slots, self.rows, self.taps = _slots(entry), rows, [t for t in taps if t is not None]
+
+    def __enter__(self):
+        for s in self.slots:
+            s.rows = self.rows
+        self.saved = [t.value for t in self.taps]
+        for t in self.taps:
+            t.value = t.value[self.rows]
+
+    def __exit__(self, *exc):
+        for s in self.slots:
+            s.rows = None
+        for t, v in zip(self.taps, self.saved):
+            t.value = v
+
+
+def _taps(entry) -> list:
+    tap = getattr(entry, "tap", None)
+    return [tap] if tap is not None else []
+
+
+class Site(Wrapper):
+    """A shared base module and, per task, what that task puts at the same place."""
+
+    def __init__(self, base_layer: nn.Module, router: Router):
+        super().__init__(base_layer)
+        self.__dict__["router"] = router
+        self.__dict__["entries"] = {}  # task -> list of its entries here; not registered: the tasks own them
+
+    def forward(self, *args, **kwargs):
+        rows = self.router.rows
+        active = [(t, e, rows[t]) for t, es in self.entries.items() for e in es if rows and t in rows]
+        if not active:
+            return self.base_layer(*args, **kwargs)
+        args, kwargs = self._before(active, args, kwargs)
+        out = self.base_layer(*args, **kwargs)
+        x = args[0] if args else kwargs.get("hidden_states")
+        return self._after(active, x, out)
+
+    def _before(self, active, args, kwargs):
+        x = args[0] if args else kwargs.get("hidden_states")
+        scaled = [(e, r) for _, e, r in active if isinstance(e, IA3Linear) and e.on == "input"]
+        if scaled:
+            x = x.clone()
+            for e, r in scaled:
+                x[r] = x[r] * e.pelt_ia3
+            args = (x, *args[1:]) if args else args
+            kwargs = kwargs if args else {**kwargs, "hidden_states": x}
+        for _, e, _ in active:
+            if isinstance(e, PeltLayer):
+                pos = e.mask_position - 1
+                mask = args[pos + 1] if len(args) > pos + 1 else kwargs.get("attention_mask")
+                e.slot.mask = token_mask(mask, x.shape[1])
+            if isinstance(e, PeltSublayer) and e.tap is not None:
+                e.tap.value = x
+        prefix = self._prefix(active, x)
+        if prefix is not None:
+            kwargs = {**kwargs, PREFIX_KWARG: prefix}
+        return args, kwargs
+
+    def _prefix(self, active, x: torch.Tensor) -> Prefix | None:
+        """Every task's prefix in one padded block; each row sees only its own."""
+        parts = []
+        for _, e, r in active:
+            if isinstance(e, PeltSublayer) and e.pelt_prefix is not None:
+                with _OnRows(e.pelt_prefix, r):
+                    p = e.pelt_prefix(x[r])
+                if p is not None:
+                    parts.append((r, p))
+        if not parts:
+            return None
+        b, (_, first) = x.shape[0], parts[0]
+        width = max(p.keys.shape[2] for _, p in parts)
+        shape = (b, first.keys.shape[1], width, first.keys.shape[3])
+        keys, values = first.keys.new_zeros(shape), first.values.new_zeros(shape)
+        visible = torch.zeros(b, width, dtype=torch.bool, device=x.device)
+        gated = any(p.query_gate is not None for _, p in parts)
+        gate = first.keys.new_ones(b, 1, x.shape[1], 1) if gated else None
+        for r, p in parts:
+            n = p.keys.shape[2]
+            keys[r, :, :n], values[r, :, :n], visible[r, :n] = p.keys, p.values, True
+            if p.query_gate is not None:
+                gate[r] = p.query_gate
+        return Prefix(keys, values, query_gate=gate, visible=visible)
+
+    def _after(self, active, x, out):
+        for task, e, r in active:
+            if isinstance(e, PeltEmbeddings):
+                return self._lay_out_prompts(active, out)
+        h = out[0] if isinstance(out, tuple) else out
+        h = h.clone()
+        for _, e, r in sorted(active, key=lambda a: isinstance(a[1], IA3Linear)):  # scaling last
+            if isinstance(e, BiasDelta):
+                h[r] += e.delta
+            elif isinstance(e, LoRALinear):
+                with _OnRows(e, r):
+                    h[r] += e.delta(x[r])
+            elif isinstance(e, IA3Linear) and e.on == "output":
+                h[r] *= e.pelt_ia3
+            elif isinstance(e, PeltSublayer):
+                h[r] = self._adapters(e, x[r], h[r], r)
+            elif isinstance(e, (PeltPostNorm, PeltHeadOutput)):
+                with _OnRows(e, r, _taps(e)):  # recompute the small module on the task's rows
+                    h[r] = e(x[r])
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    @staticmethod
+    def _adapters(e: PeltSublayer, x: torch.Tensor, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        with _OnRows(e, r):
+            for adapter in e.pelt_adapter_parallel:
+                h = h + adapter(x, h)
+            for adapter in e.pelt_adapter_sequential:
+                h = h + adapter(h, h)
+        return h
+
+    def _lay_out_prompts(self, active, e: torch.Tensor) -> torch.Tensor:
+        """Row b: [e[:at], its prompt, e[at:], zeros]: every token keeps its place after the prompt."""
+        router, at = self.router, self.router.prompt_at
+        b, t, d = e.shape
+        out = e.new_zeros(b, t + router.widest_prompt, d)
+        out[:, :at] = e[:, :at]
+        lengths = router.prompt
+        for n in lengths.unique().tolist():
+            rows = (lengths == n).nonzero().flatten()
+            out[rows, at + n:t + n] = e[rows, at:]
+        for _, entry, r in active:
+            n = entry.pelt_prompt.shape[0]
+            out[r, at:at + n] = entry.pelt_prompt.to(e.dtype)
+        return out
+
+
+class HeadSite(nn.Module):
+    """Each row through its task's head; logits padded to the widest head, cut per row later."""
+
+    def __init__(self, router: Router):
+        super().__init__()
+        self.__dict__["router"] = router
+        self.__dict__["heads"] = {}  # task -> (module, num_labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [(r, self.heads[task][0](x[r])) for task, r in self.router.rows.items()]
+        width = max(y.shape[-1] for _, y in parts)
+        out = parts[0][1].new_zeros(x.shape[0], *parts[0][1].shape[1:-1], width)  # (B, [T,] widest)
+        for r, y in parts:
+            out[r, ..., :y.shape[-1]] = y
+        return out
+
+
+@dataclass
+class Task:
+    name: str
+    model: nn.Module  # the skeleton: shared base tensors, the task's modules and head
+    config: object
+    num_labels: int
+    labels: list[str]
+    regression: bool
+    prompt_length: int  # tokens its prompt inserts (0 for none, or a decoder's prompt-as-prefix)
+
+
+def _canonical(name: str) -> str:
+    return name.replace(".base_layer", "")
+
+
+class MultiTask:
+    """One base model, many tasks' modules and heads; ``mt(input_ids=..., attention_mask=...,
+    tasks=[name per row])`` returns one logits tensor per row."""
+
+    def __init__(self, base_model: nn.Module):
+        if getattr(base_model, "pelt_config", None) is not None:
+            raise UniPeltError("MultiTask takes the plain base model; its tasks come from checkpoints (add)")
+        self.spec = spec_for(base_model)
+        self.model = base_model.eval().requires_grad_(False)
+        self.router = Router()
+        tensors = itertools.chain(base_model.parameters(), base_model.buffers())
+        self._shared = {id(t): t for t in tensors}
+        self._pristine = copy.deepcopy(base_model.base_model, dict(self._shared))  # modules only
+        self._heads = {name: HeadSite(self.router) for name, m in base_model.named_children()
+                       if m is not base_model.base_model and any(True for _ in m.parameters())}
+        if not self._heads:
+            raise UniPeltError(f"{type(base_model).__name__} has no task head: MultiTask serves classifiers "
+                               "(AutoModelForSequenceClassification)")
+        for name, head in self._heads.items():
+            setattr(self.model, name, head)
+        self._tasks: dict[str, Task] = {}
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self._tasks)
+
+    # ---- adding and removing tasks
+    def add(self, name: str, directory: str | Path) -> None:
+        """Load a ``unipelt.save`` checkpoint as task ``name``; all-or-nothing."""
+        if not isinstance(name, str) or not name:
+            raise UniPeltError(f"a task needs a non-empty name, got {name!r}")
+        if name in self._tasks:
+            raise UniPeltError(f"task {name!r} is already loaded; remove it first")
+        task = self._build(name, Path(directory))
+        self._graft(task)
+        self._tasks[name] = task
+        if task.model.config._attn_implementation.startswith("unipelt_"):
+            use_pelt_attention(self.model)
+
+    def remove(self, name: str) -> None:
+        if name not in self._tasks:
+            raise UniPeltError(f"unknown task {name!r}; loaded: {', '.join(self._tasks) or 'none'}")
+        del self._tasks[name]
+        for module in self.model.modules():
+            if isinstance(module, Site):
+                module.entries.pop(name, None)
+            if isinstance(module, HeadSite):
+                module.heads.pop(name, None)
+
+    def _meta(self, directory: Path) -> dict:
+        try:
+            meta = json.loads((directory / META).read_text("utf-8"))
+            config = meta["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}  # load() says what is wrong with it
+        from .config import PeltConfig
+        cfg = PeltConfig.from_dict(config)
+        if cfg.of(FullFineTuning):
+            raise UniPeltError(f"{directory}: a full fine-tuning checkpoint has no shared backbone to serve")
+        if cfg.modules_to_save:
+            raise UniPeltError(f"{directory}: the task trains base modules {list(cfg.modules_to_save)}, which "
+                               "every other task shares: it cannot join a mixed batch")
+        if any(p.composition == "add" for p in cfg.of(PrefixConfig)):
+            raise UniPeltError(f"{directory}: prefix composition 'add' (the -gating ablation) is not served "
+                               "in mixed batches")
+        return meta.get("task") if isinstance(meta.get("task"), dict) else {}
+
+    def _skeleton(self, task_meta: dict, bitfit: bool) -> nn.Module:
+        """A model of the base's class on the shared base tensors, with a new head of the task's size."""
+        cfg = copy.deepcopy(self.model.config)
+        if isinstance(task_meta.get("num_labels"), int):
+            cfg.num_labels = task_meta["num_labels"]
+            cfg.problem_type = task_meta.get("problem_type")
+            labels = task_meta.get("id2label") or {}
+            cfg.id2label = {int(k): v for k, v in labels.items()} if len(labels) == cfg.num_labels else None
+        with torch.device("meta"):
+            skeleton = type(self.model)(cfg)
+        base = copy.deepcopy(self._pristine, dict(self._shared))
+        setattr(skeleton, self.model.base_model_prefix, base)
+        device = next(self.model.parameters()).device
+        for name, child in skeleton.named_children():
+            if child is not base:
+                child.to_empty(device=device)  # the checkpoint fills the head
+        if bitfit:  # the task's biases are its own; the shared ones stay as they are
+            for m in base.modules():
+                if isinstance(getattr(m, "bias", None), nn.Parameter):
+                    m.bias = nn.Parameter(m.bias.detach().clone())
+        return skeleton.eval()
+
+    def _build(self, name: str, directory: Path) -> Task:
+        from .config import PeltConfig
+        task_meta = self._meta(directory)
+        config = None
+        try:
+            config = PeltConfig.from_dict(json.loads((directory / META).read_text("utf-8"))["config"])
+        except Exception:
+            pass  # load() below refuses the checkpoint with the precise reason
+        skeleton = self._skeleton(task_meta, bool(config and config.of(BitFitConfig)))
+        load(skeleton, directory)
+        cfg = skeleton.config
+        n = cfg.num_labels
+        labels = [str(cfg.id2label.get(i, f"LABEL_{i}")) for i in range(n)] if cfg.id2label else [str(i) for i in range(n)]
+        prompt = skeleton.pelt_config.of(PromptConfig)
+        inserted = prompt[0].length if prompt and self.spec.embeddings is not None else 0
+        return Task(name=name, model=skeleton, config=skeleton.pelt_config, num_labels=n, labels=labels,
+                    regression=cfg.problem_type == "regression" or n == 1, prompt_length=inserted)
+
+    def _site_at(self, path: str) -> Site:
+        """The site at ``path`` (a plain-model path) in the shared model, created on first use."""
+        parent, leaf = self.model, path
+        if "." in path:
+            parent_path, _, leaf = path.rpartition(".")
+            parent = self.model
+            for part in parent_path.split("."):
+                parent = getattr(parent.base_layer if isinstance(parent, Site) else parent, part)
+            parent = parent.base_layer if isinstance(parent, Site) else parent
+        module = getattr(parent, leaf)
+        if not isinstance(module, Site):
+            module = Site(module, self.router)
+            setattr(parent, leaf, module)
+        return module
+
+    def _graft(self, task: Task) -> None:
+        wrappers = [(n, m) for n, m in task.model.named_modules() if isinstance(m, Wrapper)]
+        seen: set[str] = set()
+        for name, module in wrappers:
+            path = _canonical(name)
+            if path in seen:
+                raise UniPeltError(f"task {task.name!r} puts two modules at {path}: not offered in mixed batches")
+            seen.add(path)
+        entries = [(_canonical(n), m) for n, m in wrappers]
+        if task.config.of(BitFitConfig):
+            recomputed = {p for p, m in entries if isinstance(m, (PeltPostNorm, PeltHeadOutput))}
+            entries += self._bias_deltas(task, recomputed)
+        for path, entry in entries:
+            self._site_at(path).entries.setdefault(task.name, []).append(entry)
+        for head_name, site in self._heads.items():
+            site.heads[task.name] = (getattr(task.model, head_name), task.num_labels)
+
+    def _bias_deltas(self, task: Task, recomputed: set[str]) -> list[tuple[str, BiasDelta]]:
+        """Every bias of a BitFit task, as a difference to the shared one, at the modules that no
+        wrapper of the task recomputes on its rows (post-norm LayerNorms, multi-head projections)."""
+        shared = dict(self._pristine.named_modules())
+        prefix = self.model.base_model_prefix
+        out = []
+        for name, m in task.model.base_model.named_modules():
+            plain, bias = _canonical(name), getattr(m, "bias", None)
+            path = f"{prefix}.{plain}" if plain else prefix
+            if isinstance(bias, nn.Parameter) and plain in shared and path not in recomputed:
+                out.append((path, BiasDelta((bias - shared[plain].bias).detach())))
+        return out
+
+    # ---- running mixed batches
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 tasks: Sequence[str] = ()) -> list[torch.Tensor]:
+        tasks = list(tasks)
+        if len(tasks) != input_ids.shape[0]:
+            raise UniPeltError(f"tasks names {len(tasks)} rows, the batch has {input_ids.shape[0]}")
+        if unknown := sorted(set(tasks) - self._tasks.keys()):
+            raise UniPeltError(f"unknown task(s) {unknown}; loaded: {', '.join(self._tasks) or 'none'}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        device = input_ids.device
+        names = list(dict.fromkeys(tasks))
+        rows = {t: torch.tensor([i for i, x in enumerate(tasks) if x == t], device=device) for t in names}
+        self.router.rows = rows
+        self.router.prompt = torch.tensor([self._tasks[t].prompt_length for t in tasks], device=device)
+        self.router.widest_prompt = int(self.router.prompt.max())
+        self.router.prompt_at = self.spec.prompt_at
+        for t in names:
+            prompt = getattr(self._tasks[t].model, "pelt_prompt", None)
+            if isinstance(prompt, CausalPrompt):
+                prompt.refresh()
+        try:
+            with torch.no_grad():
+                logits = self.model(input_ids=input_ids, attention_mask=self._mask(attention_mask)).logits
+        finally:
+            self.router.rows = None
+        return [logits[i, :self._tasks[t].num_labels] for i, t in enumerate(tasks)]
+
+    def _mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The padding mask of the prompt layout: [first tokens, ones for the prompt, rest, zeros]."""
+        widest, at = self.router.widest_prompt, self.router.prompt_at
+        if widest == 0:
+            return mask
+        lengths = self.router.prompt
+        b, t = mask.shape
+        full = mask.new_zeros(b, t + widest)
+        full[:, :at] = mask[:, :at]
+        for n in lengths.unique().tolist():
+            rows = (lengths == n).nonzero().flatten()
+            full[rows, at:at + n] = 1
+            full[rows, at + n:t + n] = mask[rows, at:]
+        return full
+
+    def predict(self, inputs: Sequence, tasks: Sequence[str], tokenizer, max_length: int | None = None) -> list[dict]:
+        """Texts (or (text, text) pairs) for the named tasks: each row's label and scores, or value."""
+        if len(inputs) != len(tasks):
+            raise UniPeltError(f"{len(inputs)} inputs but {len(tasks)} task names")
+        limit = max_length or min(tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", 512))
+        encoded = [tokenizer(*(row if isinstance(row, (list, tuple)) else (row,)), truncation=True, max_length=limit)
+                   for row in inputs]
+        batch = tokenizer.pad(encoded, return_tensors="pt")
+        logits = self(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], tasks=tasks)
+        return [self._answer(self._tasks[t], z) for t, z in zip(tasks, logits)]
+
+    @staticmethod
+    def _answer(task: Task, logits: torch.Tensor) -> dict:
+        if task.regression:
+            return {"task": task.name, "value": float(logits[0])}
+        p = logits.float().softmax(-1)
+        return {"task": task.name, "label": task.labels[int(p.argmax())],
+                "scores": {label: float(v) for label, v in zip(task.labels, p)}}

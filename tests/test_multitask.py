@@ -1,0 +1,150 @@
+"""Mixed-task batches on one backbone: each row equals its task's own model on that row alone."""
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+import unipelt
+from unipelt import MultiTask, UniPeltError
+
+from conftest import TINY, build, randomize
+
+SERVED = sorted(p for p in unipelt.PRESETS if p not in ("full", "prefix-nogating"))
+
+
+def rows(n: int, seed: int = 0, longest: int = 11) -> dict:
+    """n rows of lengths 3..longest, right-padded; eos (2) last as BART and T5 classify there."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, longest + 1, (n,), generator=g)
+    ids = torch.full((n, int(lengths.max())), 1)
+    mask = torch.zeros_like(ids)
+    for i, n_i in enumerate(lengths.tolist()):
+        ids[i, :n_i] = torch.randint(5, TINY["vocab_size"], (n_i,), generator=g)
+        ids[i, n_i - 1] = 2
+        mask[i, :n_i] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def trained(tmp_path, arch, preset, labels=2, seed=0):
+    model = unipelt.apply(build(arch, num_labels=labels), preset)
+    randomize(model, std=0.1, seed=seed)
+    unipelt.save(model, tmp_path / preset)
+    return unipelt.load(build(arch, num_labels=labels), tmp_path / preset)
+
+
+def alone(model, batch, i):
+    n = int(batch["attention_mask"][i].sum())
+    with torch.no_grad():
+        return model(**{k: v[i:i + 1, :n] for k, v in batch.items()}).logits[0]
+
+
+def assert_rows_match(mt, singles, batch, tasks):
+    out = mt(**batch, tasks=tasks)
+    for i, task in enumerate(tasks):
+        ref = alone(singles[task], batch, i)
+        assert out[i].shape == ref.shape, task
+        assert (out[i] - ref).abs().max() < 1e-5, (task, (out[i] - ref).abs().max())
+
+
+def test_every_preset_mixed_in_one_batch(tmp_path, arch):
+    singles = {p: trained(tmp_path, arch, p, labels=1 + i % 3, seed=i) for i, p in enumerate(SERVED)}
+    mt = MultiTask(build(arch))
+    for p in SERVED:
+        mt.add(p, tmp_path / p)
+    assert mt.tasks == SERVED
+    tasks = [SERVED[i % len(SERVED)] for i in range(2 * len(SERVED))]
+    assert_rows_match(mt, singles, rows(len(tasks), seed=3), tasks)
+
+
+@pytest.mark.parametrize("preset", SERVED)
+def test_each_preset_beside_another_task(tmp_path, preset):
+    singles = {preset: trained(tmp_path, "bert", preset, labels=3), "lora": trained(tmp_path, "bert", "lora", seed=1)}
+    mt = MultiTask(build())
+    for name in singles:
+        mt.add(name, tmp_path / name)
+    assert_rows_match(mt, singles, rows(5, seed=4), [preset, "lora", preset, preset, "lora"])
+
+
+def test_adding_or_removing_a_task_leaves_the_others_unchanged(tmp_path):
+    for p in ("unipelt-apl", "prompt", "bitfit"):
+        trained(tmp_path, "bert", p)
+    mt = MultiTask(build())
+    mt.add("unipelt-apl", tmp_path / "unipelt-apl")
+    batch, tasks = rows(4, seed=5), ["unipelt-apl"] * 4
+    before = torch.stack(mt(**batch, tasks=tasks))
+    mt.add("prompt", tmp_path / "prompt")
+    mt.add("bitfit", tmp_path / "bitfit")
+    assert torch.equal(torch.stack(mt(**batch, tasks=tasks)), before)
+    mixed = mt(**batch, tasks=["unipelt-apl", "prompt", "bitfit", "unipelt-apl"])
+    # other rows change the batch's shapes (the prompt widens it), so only rounding may differ
+    assert (mixed[0] - before[0]).abs().max() < 1e-6 and (mixed[3] - before[3]).abs().max() < 1e-6
+    mt.remove("prompt")
+    mt.remove("bitfit")
+    assert mt.tasks == ["unipelt-apl"]
+    assert torch.equal(torch.stack(mt(**batch, tasks=tasks)), before)
+
+
+def test_the_shared_backbone_holds_one_copy_of_the_base_weights(tmp_path):
+    base = build()
+    weights = {id(p) for p in base.base_model.parameters()}
+    mt = MultiTask(base)
+    for p in ("lora", "bitfit", "unipelt-apl"):
+        trained(tmp_path, "bert", p)
+        mt.add(p, tmp_path / p)
+    for name in mt.tasks:  # each task's skeleton points at the shared tensors, BitFit's biases aside
+        skeleton = mt._tasks[name].model.base_model
+        shared = {id(p) for n, p in skeleton.named_parameters() if "pelt_" not in n and not n.endswith(".bias")}
+        assert shared <= weights
+    ref = build()
+    assert all(torch.equal(a, b) for a, b in zip(base.base_model.parameters(), ref.base_model.parameters()))
+
+
+def test_bad_checkpoints_and_calls_are_refused(tmp_path):
+    for p in ("full", "prefix-nogating", "lora"):
+        trained(tmp_path, "bert", p)
+    mt = MultiTask(build())
+    with pytest.raises(UniPeltError, match="full fine-tuning checkpoint has no shared backbone"):
+        mt.add("full", tmp_path / "full")
+    with pytest.raises(UniPeltError, match="not served in mixed batches"):
+        mt.add("nogating", tmp_path / "prefix-nogating")
+    cfg = unipelt.PeltConfig(methods=(unipelt.LoRAConfig(),), modules_to_save=("pooler",))
+    unipelt.save(unipelt.apply(build(), cfg), tmp_path / "pooler")
+    with pytest.raises(UniPeltError, match="trains base modules"):
+        mt.add("pooler", tmp_path / "pooler")
+    with pytest.raises(UniPeltError, match="another base model"):
+        MultiTask(build(seed=7)).add("lora", tmp_path / "lora")
+    mt.add("lora", tmp_path / "lora")
+    with pytest.raises(UniPeltError, match="already loaded"):
+        mt.add("lora", tmp_path / "lora")
+    with pytest.raises(UniPeltError, match="unknown task"):
+        mt(**rows(2), tasks=["lora", "rte"])
+    with pytest.raises(UniPeltError, match="plain base model"):
+        MultiTask(unipelt.apply(build(), "lora"))
+    assert mt.tasks == ["lora"]
+
+
+def _tokenizer():
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"w{i}" for i in range(40)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", model_max_length=64)
+
+
+def test_predict_names_labels_as_the_checkpoint_does(tmp_path):
+    model = unipelt.apply(build(num_labels=2, id2label={0: "negative", 1: "positive"}), "unipelt-apl")
+    randomize(model)
+    unipelt.save(model, tmp_path / "sst2")
+    regression = unipelt.apply(build(num_labels=1, problem_type="regression"), "lora")
+    randomize(regression)
+    unipelt.save(regression, tmp_path / "stsb")
+    mt = MultiTask(build(pad_token_id=0))
+    mt.add("sst2", tmp_path / "sst2")
+    mt.add("stsb", tmp_path / "stsb")
+    out = mt.predict(["w1 w2 w3", ("w4 w5", "w6"), "w7"], ["sst2", "stsb", "sst2"], _tokenizer())
+    assert [o["task"] for o in out] == ["sst2", "stsb", "sst2"]
+    assert set(out[0]["scores"]) == {"negative", "positive"} and out[0]["label"] in out[0]["scores"]
+    assert abs(sum(out[2]["scores"].values()) - 1) < 1e-6
+    assert isinstance(out[1]["value"], float)
