@@ -85,6 +85,8 @@ def read_tsv(path: Path, task: Task) -> pd.DataFrame:
                                 columns=COLUMNS)
     except UnicodeDecodeError as e:
         raise HarnessError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x}: {e.reason})") from None
+    except csv.Error as e:  # e.g. a field over the csv module's size limit
+        raise HarnessError(f"{path}: not a readable TSV file: {e}") from None
 
 
 def _rows(reader, task: Task, path: Path) -> list[tuple]:

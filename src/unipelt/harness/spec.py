@@ -48,8 +48,9 @@ class RunSpec:
             if type(value) is not int or value < 1:  # type(): True is an int to isinstance
                 raise HarnessError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         for name in ("data_seed", "model_seed"):
-            if type(getattr(self, name)) is not int:
-                raise HarnessError(f"{name.replace('_', '-')} must be an integer, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if type(value) is not int or not 0 <= value < 2**32:  # what numpy's seeding takes
+                raise HarnessError(f"{name.replace('_', '-')} must be an integer from 0 to 2**32 - 1, got {value!r}")
         if type(self.lr) not in (int, float) or not self.lr > 0:
             raise HarnessError(f"the learning rate must be a positive number, got {self.lr!r}")
         check_objective(self.objective, get_task(self.task))
