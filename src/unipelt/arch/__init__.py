@@ -125,4 +125,4 @@ def supported() -> list[str]:
     return sorted(_SPECS)
 
 
-from . import bart, bert, distilbert, electra, gemma, llama, mistral, qwen, roberta, t5  # noqa: E402,F401  (each file registers its spec)
+from . import bart, bert, distilbert, electra, gemma, llama, mbart, mistral, qwen, roberta, t5  # noqa: E402,F401  (each file registers its spec)
