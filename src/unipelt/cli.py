@@ -166,7 +166,7 @@ def _sweep(args: argparse.Namespace, grid_file: str | None = None) -> int:
     from .harness import Store, make_grid, run_sweep
     from .harness.grid import describe
     from .harness.paths import check_output_dir, check_store_path
-    from .harness.sweep import preflight
+    from .harness.sweep import check_execution, preflight
 
     grid = make_grid(grid_file, tasks=args.tasks, presets=args.presets, configs=getattr(args, "configs", None),
                      k=args.k, data_seeds=args.data_seeds, model=args.model, glue_dir=args.glue_dir,
@@ -174,6 +174,7 @@ def _sweep(args: argparse.Namespace, grid_file: str | None = None) -> int:
                      **_options(args, "model_seed", "epochs", "patience", "dev_size", "objective"))
     specs = grid.specs()
     log.info("grid: %s = %d runs", describe(grid), len(specs))
+    check_execution(getattr(args, "workers", 1), getattr(args, "backend", "local"))
     check_store_path(Path(args.store), exists=False, writable=True)
     if getattr(args, "out", None):  # the demo reports afterwards
         check_output_dir(args.out, "--out directory")

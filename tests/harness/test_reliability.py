@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from unipelt import cli
-from unipelt.harness import make_grid, make_spec, run_sweep, runner
+from unipelt.harness import make_grid, make_spec, report, run_sweep, runner
 from unipelt.harness.callbacks import BestOnDev
 from unipelt.harness.record import EpochLog, RunRecord
 from unipelt.harness.spec import RunSpec
@@ -68,6 +68,9 @@ def test_a_failed_rerun_keeps_the_finished_result(capsys, train, tmp_path, monke
         assert attempts.status.tolist() == ["finished", "failed"] and attempts.attempt.tolist() == [1, 2]
         assert attempts.reason.iloc[1] == "OSError: model directory broken since"
     assert cli.main(train) == 0 and "already finished" in capsys.readouterr().out
+    with Store(tmp_path / "s.sqlite", readonly=True) as store:
+        summary = report.build(store).summary
+    assert summary.startswith("1 finished and 0 failed runs (1 failed attempt(s) of finished runs kept as history)")
 
 
 def test_a_concurrent_failed_duplicate_keeps_the_finished_result(tmp_path, glue_dir, tiny_model):
@@ -164,6 +167,13 @@ def test_closing_a_store_releases_its_claims(tmp_path):
         first.claim(key)
     with Store(tmp_path / "s.sqlite") as second:
         assert second.claim(key).status == "claimed"
+
+
+def test_bad_execution_flags_leave_the_store_alone(capsys, glue_dir, tiny_model, tmp_path):
+    argv = ["sweep", "--tasks", "rte", "--presets", "lora", "--k", "16", "--model", tiny_model, "--glue-dir",
+            str(glue_dir), "--dev-size", "20", "--store", str(tmp_path / "s.sqlite")]
+    assert "--workers must be at least 1, got 0" in _error(capsys, [*argv, "--workers", "0"])
+    assert not (tmp_path / "s.sqlite").exists()
 
 
 def test_a_sweep_leaves_runs_another_sweep_holds(tmp_path, glue_dir, tiny_model, monkeypatch):

@@ -114,10 +114,14 @@ def _figures(runs: pd.DataFrame, gates: pd.DataFrame) -> list[Figure]:
     return figures
 
 
-def _summary(all_runs: pd.DataFrame) -> str:
+def _summary(all_runs: pd.DataFrame, attempts: pd.DataFrame) -> str:
     counts = all_runs.status.value_counts().to_dict()
     versions = sorted({v["unipelt"] for v in all_runs.versions if "unipelt" in v})
-    return (f"{counts.get('finished', 0)} finished and {counts.get('failed', 0)} failed runs; unipelt "
+    # a run's failed attempts stay in the store as history; its result is its finished attempt
+    finished = set(all_runs.run_key[all_runs.status == "finished"])
+    history = int(((attempts.status == "failed") & attempts.run_key.isin(finished)).sum())
+    retried = f" ({history} failed attempt(s) of finished runs kept as history)" if history else ""
+    return (f"{counts.get('finished', 0)} finished and {counts.get('failed', 0)} failed runs{retried}; unipelt "
             f"{', '.join(versions)}; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
 
 
@@ -131,7 +135,7 @@ def build(store: Store) -> Report:
     found = [*tables.table1(runs), *tables.table2(runs), *tables.table4(runs)]
     if (failed := tables.failures(all_runs)) is not None:
         found.append(failed)
-    return Report(tuple(found), tuple(_figures(runs, gates)), _summary(all_runs))
+    return Report(tuple(found), tuple(_figures(runs, gates)), _summary(all_runs, store.attempts()))
 
 
 def write(report: Report, out_dir: str | Path) -> Path:

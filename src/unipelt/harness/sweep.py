@@ -5,6 +5,7 @@ written by the driver process only: workers, local or Ray, return records."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import multiprocessing
 import os
@@ -46,6 +47,16 @@ def preflight(specs: Iterable[RunSpec]) -> None:
     cases = {(s.task, str(s.k), s.dev_size, s.glue_dir): s for s in specs}
     for s in cases.values():
         load_splits(get_task(s.task), s.k, 0, dev_size=s.dev_size, glue_dir=s.glue_dir)
+
+
+def check_execution(workers: int, backend: str) -> None:
+    """How the sweep runs, checked before the store is opened."""
+    if type(workers) is not int or workers < 1:
+        raise HarnessError(f"--workers must be at least 1, got {workers}")
+    if backend not in BACKENDS:
+        raise HarnessError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise HarnessError("--backend ray needs Ray: pip install 'unipelt[ray]'")
 
 
 def threads_per_worker(workers: int) -> int:
@@ -113,12 +124,11 @@ def _local(specs: Iterator[RunSpec], workers: int, progress: bool) -> Iterator[R
 
 def execute(specs: Iterator[RunSpec], workers: int, backend: str, ray_address: str | None,
             progress: bool = True) -> Iterator[RunRecord]:
+    check_execution(workers, backend)
     if backend == "ray":
         from .ray_backend import run_on_ray
 
         return run_on_ray(specs, threads_per_run=1, address=ray_address)
-    if backend != "local":
-        raise HarnessError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     return _local(iter(specs), workers, progress)
 
 
@@ -139,8 +149,7 @@ def _claimed(specs: list[RunSpec], store: Store, counts: Counter, bar) -> Iterat
 def run_sweep(specs: list[RunSpec], store: Store, *, workers: int = 1, backend: str = "local",
               ray_address: str | None = None, progress: bool = True) -> SweepSummary:
     """Run every spec not yet finished in ``store``; each result is recorded as it arrives."""
-    if workers < 1:
-        raise HarnessError(f"--workers must be at least 1, got {workers}")
+    check_execution(workers, backend)
     unique = list({s.key: s for s in specs}.values())  # dedupe, keep order
     done = store.finished_keys()
     todo = [s for s in unique if s.key not in done]
