@@ -245,3 +245,23 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         unipelt.save(unipelt.apply(build(), "lora"), tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary file left either
     assert (logits(unipelt.load(build(), tmp_path)) - logits(first)).abs().max() < 1e-6
+
+
+def test_a_format_1_checkpoint_loads_as_it_ran(tmp_path):
+    """unipelt 0.1 called standard prefix tuning "add" and trained BERT's pooler in every method."""
+    cfg = unipelt.PeltConfig(methods=(unipelt.PrefixConfig(length=3), unipelt.LoRAConfig()), modules_to_save=("pooler",))
+    model = unipelt.apply(build(), cfg)
+    randomize(model)
+    unipelt.save(model, tmp_path)
+    meta = json.loads((tmp_path / "unipelt.json").read_text())
+    old = {k: v for k, v in meta["config"].items() if k != "modules_to_save"}
+    for m in old["methods"]:
+        m.pop("networks", None)
+        if m["method"] == "prefix":
+            m["composition"] = "add"
+    emb = model.get_input_embeddings().weight[:4, :8].detach().flatten().tolist()
+    base = {k: v for k, v in meta["base_model"].items() if k != "base_tensors"} | {"embedding_probe": emb}
+    (tmp_path / "unipelt.json").write_text(json.dumps({**meta, "format": 1, "config": old, "base_model": base}))
+    restored = unipelt.load(build(), tmp_path)
+    assert restored.pelt_config == cfg
+    assert (logits(restored) - logits(model)).abs().max() < 1e-6

@@ -9,6 +9,7 @@ checkpoint leaves the model exactly as it was.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -162,9 +163,26 @@ def _read_meta(directory: Path) -> dict:
     return meta
 
 
+def _v1_config(data: dict) -> dict:
+    """Format 1 (unipelt 0.1) named standard prefix tuning composition "add"; it is "interpolate"
+    now, and "add" is He et al.'s -gating ablation."""
+    methods = [dict(m, composition="interpolate") if isinstance(m, dict) and m.get("method") == "prefix"
+               and m.get("composition") == "add" else m for m in data.get("methods", [])]
+    return {**data, "methods": methods}
+
+
+def _v1_pooler(config: PeltConfig, tensors: dict, model: nn.Module) -> PeltConfig:
+    """Format 1 trained BERT's pooler in every method and saved it: it loads as modules_to_save."""
+    pooler = f"{model.base_model_prefix}.pooler."
+    if any(n.startswith(pooler) for n in tensors) and "pooler" not in config.modules_to_save:
+        return dataclasses.replace(config, modules_to_save=(*config.modules_to_save, "pooler"))
+    return config
+
+
 def _config(meta: dict, path: Path) -> PeltConfig:
+    data = meta["config"]
     try:
-        return PeltConfig.from_dict(meta["config"])
+        return PeltConfig.from_dict(_v1_config(data) if meta["format"] == 1 and isinstance(data, dict) else data)
     except UniPeltError as e:
         raise UniPeltError(f"{path}: field 'config': {e}") from None
     except (TypeError, ValueError, AttributeError) as e:  # a malformed entry the config does not name
@@ -269,6 +287,8 @@ def load(model: nn.Module, directory: str | Path) -> nn.Module:
     meta = _read_meta(directory)
     config = _config(meta, directory / META)
     tensors = _read_tensors(directory, meta)
+    if meta["format"] == 1:
+        config = _v1_pooler(config, tensors, model)
     _check_identity(meta["base_model"], model)
     if getattr(model, "pelt_config", None) not in (None, config):
         raise UniPeltError(f"the model has a different unipelt config than the checkpoint in {directory}")
