@@ -3,6 +3,8 @@
 import pytest
 import torch
 import transformers
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers import (BartConfig, BartForConditionalGeneration, BartForSequenceClassification, BertConfig,
                           BertForSequenceClassification, LlamaConfig, LlamaForCausalLM,
                           LlamaForSequenceClassification, RobertaConfig, RobertaForSequenceClassification, T5Config,
@@ -43,6 +45,28 @@ CONFIGS = {
     "gemma2": lambda **kw: transformers.Gemma2Config(**{**TINY, **SPECIAL, "num_key_value_heads": 2, "head_dim": 8,
                                                         "sliding_window": 4, **kw}),
 }
+CONFIGS["t5-encoder"] = CONFIGS["t5"]
+
+
+class T5EncoderClassifier(transformers.T5PreTrainedModel):
+    """``T5EncoderModel`` alone (its base model has no decoder stack) under a linear head on the
+    first token, so that the T5 encoder runs every invariant of the table."""
+
+    base_model_prefix = "transformer"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.transformer = transformers.T5EncoderModel(config)
+        self.classifier = nn.Linear(config.d_model, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        h = self.transformer(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        logits = self.classifier(h[:, 0])  # (B, labels)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
 CLASSIFIERS = {"bert": BertForSequenceClassification, "roberta": RobertaForSequenceClassification,
                "llama": LlamaForSequenceClassification, "bart": BartForSequenceClassification,
                "t5": T5ForSequenceClassification, "electra": transformers.ElectraForSequenceClassification,
@@ -52,7 +76,7 @@ CLASSIFIERS = {"bert": BertForSequenceClassification, "roberta": RobertaForSeque
                "qwen3": transformers.Qwen3ForSequenceClassification,
                "gemma": transformers.GemmaForSequenceClassification,
                "gemma2": transformers.Gemma2ForSequenceClassification,
-               "mbart": transformers.MBartForSequenceClassification}
+               "mbart": transformers.MBartForSequenceClassification, "t5-encoder": T5EncoderClassifier}
 GENERATORS = {"llama": LlamaForCausalLM, "bart": BartForConditionalGeneration, "t5": T5ForConditionalGeneration,
               "mbart": transformers.MBartForConditionalGeneration}
 # decoder-only LMs beyond Llama: tests/test_arch_generation.py runs the generation invariants on them
@@ -64,7 +88,7 @@ DECODER_LMS = {"mistral": transformers.MistralForCausalLM, "qwen2": transformers
 HEADS = {"bert": "classifier", "roberta": "classifier", "llama": "score", "bart": "classification_head",
          "t5": "classification_head", "electra": "classifier", "distilbert": "classifier",
          "mistral": "score", "qwen2": "score", "qwen3": "score", "gemma": "score", "gemma2": "score",
-         "mbart": "classification_head"}
+         "mbart": "classification_head", "t5-encoder": "classifier"}
 # (test function, architecture) -> why that shared invariant does not apply there; reported as skipped
 NOT_APPLICABLE = {
     ("test_sdpa_and_eager_agree_with_prefix", "gemma2"): "transformers has no sdpa attention for Gemma-2",
