@@ -108,3 +108,13 @@ def test_table4_reference_spans_full_fine_tuning_variants(tmp_path):
         md = report.markdown(report.build(store))
     lora = _row(md, "Table 4 — tiny: parameters and time", "lora")
     assert lora[3] == "1.00%" and lora[5] == "50%"  # 1.0 s against the mean of 1.0 s and 3.0 s
+
+
+def test_a_model_replaced_at_the_same_path_gets_its_own_rows(tmp_path):
+    with Store(tmp_path / "s.sqlite") as store:
+        for model_id, value in (("aaaa", 0.6), ("bbbb", 0.8)):
+            record = _record("lora", "rte", 111, value)
+            store.write(replace(record, spec=replace(record.spec, model_id=model_id)))
+        md = report.markdown(report.build(store))
+    assert _row(md, "Table 1 — tiny, K=100", "lora model\\_id=aaaa")[1] == "<u>60.0</u>"
+    assert _row(md, "Table 1 — tiny, K=100", "lora model\\_id=bbbb")[1] == "**80.0**"

@@ -22,8 +22,10 @@ METHOD_ORDER = ("full", "bitfit", "adapter", "adapter-houlsby", "parallel-adapte
 # UniPELT Table 2: a variant against the max over the single methods it combines.
 SUBMODULES = {"unipelt-ap": ("adapter", "prefix"), "unipelt-apl": ("adapter", "prefix", "lora")}
 # Spec fields that split one method into several rows when they vary inside a block.
-VARIANT_FIELDS = ("lr", "epochs", "patience", "model_seed", "dev_size", "batch_size", "max_length", "objective")
-SPEC_DEFAULTS = {"objective": "classify"}  # fields added later: absent from older stores' specs
+# model_id: a model replaced at the same path is another model, never averaged with the first
+VARIANT_FIELDS = ("lr", "epochs", "patience", "model_seed", "dev_size", "batch_size", "max_length", "objective",
+                  "model_id")
+SPEC_DEFAULTS = {"objective": "classify", "model_id": ""}  # fields added later: absent from older stores' specs
 
 Mark = Literal["best", "second"] | None
 
