@@ -13,7 +13,10 @@ whose FFN may be inline linears) they go around the norm.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
@@ -113,12 +116,39 @@ def register(spec: ArchSpec) -> ArchSpec:
     return spec
 
 
+HOW_TO_ADD = "docs/contributing.md, \"Adding an architecture\""
+
+
+def _unsupported(model_type) -> UniPeltError:
+    return UniPeltError(f"unipelt does not support model_type {model_type!r} yet; supported: "
+                        f"{', '.join(sorted(_SPECS))}. Adding one is a small data file: see {HOW_TO_ADD}")
+
+
 def spec_for(model: nn.Module) -> ArchSpec:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in _SPECS:
-        raise UniPeltError(f"unipelt does not support model_type {model_type!r} yet; "
-                           f"supported: {', '.join(sorted(_SPECS))}")
+        raise _unsupported(model_type)
     return _SPECS[model_type]
+
+
+def check_supported(model_type_or_path: str | os.PathLike) -> str:
+    """Refuse an unsupported architecture before any weights load; returns its ``model_type``.
+
+    Takes a ``model_type`` ("gpt2"), a model directory or its ``config.json``: only that file is
+    read. A hub name that is not a local path is taken as a model type only if it is one.
+    """
+    path = Path(model_type_or_path)
+    config = path / "config.json" if path.is_dir() else path
+    if config.is_file():
+        try:
+            model_type = json.loads(config.read_text()).get("model_type")
+        except (OSError, ValueError, AttributeError) as e:
+            raise UniPeltError(f"{config} is not a readable model config.json: {e}") from None
+    else:
+        model_type = str(model_type_or_path)
+    if model_type not in _SPECS:
+        raise _unsupported(model_type)
+    return model_type
 
 
 def supported() -> list[str]:
