@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import UniPeltError
+from .serve.cli import add_parser as _add_serve, run as _serve
 
 log = logging.getLogger("unipelt")
 
@@ -94,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sweep(sub)
     _add_report_and_demo(sub)
+    _add_serve(sub)
     return parser
 
 
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse has printed usage and its error; return instead of exiting
         return int(e.code or 0)
     _configure_logging(args)
-    commands = {"train": _train, "sweep": lambda a: _sweep(a, a.grid), "report": _report, "demo": _demo}
+    commands = {"train": _train, "sweep": lambda a: _sweep(a, a.grid), "report": _report, "demo": _demo, "serve": _serve}
     try:
         return commands[args.command](args)
     except (UniPeltError, OSError) as e:  # OSError: a file that vanished or filled a disk after the checks

@@ -1,0 +1,288 @@
+"""The HTTP API (FastAPI): one app for both backends, over a ``Service`` that answers rows.
+
+``POST /v1/predict``, ``GET /v1/tasks``, ``GET /health``, ``GET /metrics``; with an admin token,
+``POST``/``DELETE /v1/tasks/{name}``. Every refusal is a 4xx JSON body ``{"error": message}``;
+nothing a client sends can stop the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
+from starlette.exceptions import HTTPException
+
+from .batcher import Batcher
+from .engine import Engine, Row, ServeError, TaskSpec
+from .metrics import Metrics
+
+TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+ADMIN_OFF = "admin endpoints are off: start the server with --admin-token or $UNIPELT_ADMIN_TOKEN"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeSettings:
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    max_inputs: int = 256  # per request
+    max_body_bytes: int = 1 << 20
+    max_queued_rows: int = 8192  # beyond this, 503 rather than unbounded memory
+    request_timeout_s: float = 60.0
+    admin_token: str | None = None
+    tasks_dir: Path | None = None  # where POST /v1/tasks/{name} may load from
+
+    def __post_init__(self):
+        if self.max_batch < 1 or self.max_wait_ms < 0 or self.max_inputs < 1 or self.max_body_bytes < 1:
+            raise ValueError("max_batch, max_inputs and max_body_bytes must be positive, max_wait_ms >= 0")
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            raise ValueError("the admin token must have at least 16 characters")
+
+
+class Service(Protocol):
+    engine: Engine  # the tasks and their checks; forwards go through predict()
+
+    async def start(self, metrics: Metrics) -> None: ...
+    async def stop(self) -> None: ...
+    async def predict(self, rows: list[Row]) -> list[dict]: ...
+    async def add(self, name: str, spec: TaskSpec) -> dict: ...
+    async def remove(self, name: str) -> None: ...
+
+
+class LocalService:
+    """One process: the engine behind the dynamic batcher; task changes run in a thread too."""
+
+    def __init__(self, engine: Engine, settings: ServeSettings):
+        self.engine, self.settings, self.batcher = engine, settings, None
+
+    async def start(self, metrics: Metrics) -> None:
+        s = self.settings
+        self.batcher = Batcher(self.engine.run, max_batch=s.max_batch, max_wait_s=s.max_wait_ms / 1000,
+                               max_queued=max(s.max_queued_rows, s.max_batch), on_batch=metrics.batch_rows.observe)
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.close()
+
+    async def predict(self, rows: list[Row]) -> list[dict]:
+        return await self.batcher.submit(rows)
+
+    async def add(self, name: str, spec: TaskSpec) -> dict:
+        return (await asyncio.to_thread(self.engine.add, name, spec)).as_json()
+
+    async def remove(self, name: str) -> None:
+        await asyncio.to_thread(self.engine.remove, name)
+
+
+# ---- request bodies
+def _text(i: int, x: Any) -> str | tuple[str, str]:
+    if isinstance(x, str):
+        return x
+    if isinstance(x, list) and len(x) == 2 and all(isinstance(s, str) for s in x):
+        return (x[0], x[1])
+    raise ValueError(f"inputs[{i}] must be a string or a pair [string, string], got {type(x).__name__} "
+                     f"{str(x)[:40]!r}")
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task: StrictStr
+    inputs: list[Any] = Field(min_length=1, description='texts, or sentence pairs as [["a", "b"], ...]')
+
+    @field_validator("inputs")
+    @classmethod
+    def _texts(cls, v: list) -> list:
+        return [_text(i, x) for i, x in enumerate(v)]
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: StrictStr = Field(description="checkpoint directory, relative to the server's --tasks-dir")
+    pairs: StrictBool | None = Field(None, description="whether the task takes sentence pairs")
+
+
+# ---- the app
+def create_app(service: Service, settings: ServeSettings) -> FastAPI:
+    metrics = Metrics(settings.max_batch)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.start(metrics)
+        yield
+        await service.stop()  # after uvicorn stopped accepting: finishes what is queued
+
+    app = FastAPI(title="unipelt", lifespan=lifespan)
+    _errors(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(Observe, metrics=metrics)
+    admin = _admin_check(settings)
+
+    @app.post("/v1/predict")
+    async def predict(body: PredictRequest) -> JSONResponse:
+        if len(body.inputs) > settings.max_inputs:
+            raise ServeError(413, f"{len(body.inputs)} inputs in one request; at most {settings.max_inputs}: "
+                                  "split it into several requests")
+        service.engine.check(body.task, body.inputs)
+        rows = [Row(body.task, t) for t in body.inputs]
+        try:
+            outputs = await asyncio.wait_for(service.predict(rows), settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise ServeError(504, f"no answer within {settings.request_timeout_s} s; the server is overloaded") from None
+        metrics.rows.labels(body.task).inc(len(rows))
+        return JSONResponse({"task": body.task, "outputs": outputs})
+
+    @app.get("/v1/tasks")
+    async def tasks() -> JSONResponse:
+        return JSONResponse({"tasks": service.engine.tasks()})
+
+    @app.post("/v1/tasks/{name}", status_code=201, dependencies=[Depends(admin)])
+    async def load(body: LoadRequest, name: str = _name_param()) -> JSONResponse:
+        spec = TaskSpec(path=_inside(settings.tasks_dir, body.path), pairs=body.pairs)
+        return JSONResponse(await service.add(name, spec), status_code=201)
+
+    @app.delete("/v1/tasks/{name}", dependencies=[Depends(admin)])
+    async def unload(name: str = _name_param()) -> JSONResponse:
+        await service.remove(name)
+        return JSONResponse({"removed": name})
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse({"status": "ok", "tasks": len(service.engine.info)})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    return app
+
+
+def _name_param():
+    from fastapi import Path as PathParam
+
+    return PathParam(pattern=TASK_NAME, description="task name: letters, digits, _ . -")
+
+
+def _admin_check(settings: ServeSettings):
+    def check(request: Request) -> None:
+        if not settings.admin_token:
+            raise ServeError(404, ADMIN_OFF)
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ServeError(401, "admin endpoints need the header 'Authorization: Bearer <admin token>'")
+        if not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
+            raise ServeError(403, "wrong admin token")
+    return check
+
+
+def _inside(root: Path | None, relative: str) -> Path:
+    """``relative`` resolved under ``root``; symlinks or '..' that leave it are refused."""
+    if root is None:
+        raise ServeError(404, "loading tasks is off: the server was started without --tasks-dir "
+                              "(and its --task directories have no common parent)")
+    base = root.resolve()
+    path = (base / relative).resolve()
+    if Path(relative).is_absolute() or not path.is_relative_to(base):
+        raise ServeError(400, f"path {relative!r} is outside the server's tasks directory; give it relative to it")
+    if not path.is_dir():
+        raise ServeError(404, f"no checkpoint directory {relative!r} in the server's tasks directory")
+    return path
+
+
+def _errors(app: FastAPI) -> None:
+    """Every refusal as ``{"error": message}``: the message is what the client should change."""
+
+    @app.exception_handler(ServeError)
+    async def refused(_: Request, e: ServeError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        return JSONResponse({"error": e.message}, status_code=e.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        errors = e.errors()
+        if any(err.get("type") == "json_invalid" for err in errors):
+            return JSONResponse({"error": "the body is not valid JSON"}, status_code=400)
+        parts = []
+        for err in errors[:5]:
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            parts.append(f"{where}: {msg}" if where and not msg.startswith(where) else msg)
+        return JSONResponse({"error": "; ".join(parts)}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http(_: Request, e: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=e.headers)
+
+
+class BodyLimit:
+    """Refuse bodies over ``limit`` bytes with a 413 before the app reads (or parses) them."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await _too_large(scope, receive, send, self.limit)
+        chunks, size, more = [], 0, True
+        while more:  # a chunked body has no declared length: read it up to the limit
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                return await _too_large(scope, receive, send, self.limit)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # the client's disconnect, when it comes
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(scope, receive, send, limit: int) -> None:
+    # "close": the rest of the body is never read, so the connection cannot carry another request
+    response = JSONResponse({"error": f"the body is over {limit} bytes: send fewer or shorter inputs"},
+                            status_code=413, headers={"Connection": "close"})
+    await response(scope, receive, send)
+
+
+class Observe:
+    """Count every response by route and status, and time it."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def sending(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            self.metrics.in_flight.dec()
+            route = getattr(scope.get("route"), "path", None) or "unmatched"  # no label per unknown URL
+            self.metrics.observe_request(route, status, time.perf_counter() - start)
