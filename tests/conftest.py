@@ -5,6 +5,8 @@ import torch
 import transformers
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
+
+import unipelt
 from transformers import (BartConfig, BartForConditionalGeneration, BartForSequenceClassification, BertConfig,
                           BertForSequenceClassification, LlamaConfig, LlamaForCausalLM,
                           LlamaForSequenceClassification, RobertaConfig, RobertaForSequenceClassification, T5Config,
@@ -31,6 +33,9 @@ CONFIGS = {
         "vocab_size": 120, "d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
         "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "max_position_embeddings": 64,
         "num_labels": 3, **SPECIAL, **kw}),
+    # relative-position (disentangled) attention with both c2p and p2c terms, as DeBERTa-v3
+    "deberta-v2": lambda **kw: transformers.DebertaV2Config(**{
+        **TINY, "relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_buckets": 8, **kw}),
     "electra": lambda **kw: transformers.ElectraConfig(**{**TINY, "embedding_size": 32, **kw}),
     "distilbert": lambda **kw: transformers.DistilBertConfig(**{
         "vocab_size": 120, "dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64, "max_position_embeddings": 64,
@@ -76,7 +81,8 @@ CLASSIFIERS = {"bert": BertForSequenceClassification, "roberta": RobertaForSeque
                "qwen3": transformers.Qwen3ForSequenceClassification,
                "gemma": transformers.GemmaForSequenceClassification,
                "gemma2": transformers.Gemma2ForSequenceClassification,
-               "mbart": transformers.MBartForSequenceClassification, "t5-encoder": T5EncoderClassifier}
+               "mbart": transformers.MBartForSequenceClassification, "t5-encoder": T5EncoderClassifier,
+               "deberta-v2": transformers.DebertaV2ForSequenceClassification}
 GENERATORS = {"llama": LlamaForCausalLM, "bart": BartForConditionalGeneration, "t5": T5ForConditionalGeneration,
               "mbart": transformers.MBartForConditionalGeneration}
 # decoder-only LMs beyond Llama: tests/test_arch_generation.py runs the generation invariants on them
@@ -88,7 +94,8 @@ DECODER_LMS = {"mistral": transformers.MistralForCausalLM, "qwen2": transformers
 HEADS = {"bert": "classifier", "roberta": "classifier", "llama": "score", "bart": "classification_head",
          "t5": "classification_head", "electra": "classifier", "distilbert": "classifier",
          "mistral": "score", "qwen2": "score", "qwen3": "score", "gemma": "score", "gemma2": "score",
-         "mbart": "classification_head", "t5-encoder": "classifier"}
+         "mbart": "classification_head", "t5-encoder": "classifier",
+         "deberta-v2": "classifier"}
 # (test function, architecture) -> why that shared invariant does not apply there; reported as skipped
 NOT_APPLICABLE = {
     ("test_sdpa_and_eager_agree_with_prefix", "gemma2"): "transformers has no sdpa attention for Gemma-2",
@@ -99,11 +106,19 @@ NOT_APPLICABLE = {
 # checks what the library says instead)
 _MBART_PARALLEL_FFN = "mBART's FFN is inline in a pre-norm layer: a parallel FFN adapter needs a host " \
                       "that reads x from a tap on fc1 (core change, docs/contributing.md)"
+_DEBERTA = "DeBERTa's disentangled attention does not call transformers' attention interface (arch/deberta_v2.py)"
+_PREFIXED = [name for name, cfg in unipelt.PRESETS.items() if cfg.of(unipelt.PrefixConfig) or cfg.of(unipelt.PromptConfig)]
 NOT_SUPPORTED = {
     "mbart": {name: _MBART_PARALLEL_FFN for name in (
         "mam", "pa-attn-ffn", "parallel-adapter", "scaled-parallel-adapter", "parallel-ffn", "composition-add",
         "composition-scaled", "composition-gated", "composition-interpolate", "learned-scale")},
+    "deberta-v2": {name: _DEBERTA for name in (
+        *_PREFIXED, "prefix-interpolate", "prefix-add", "prefix-gated", "prefix-per-attention",
+        "prefix-no-reparameterization")},
 }
+for _test in ("test_closed_gates_switch_adapter_and_lora_off", "test_sdpa_and_eager_agree_with_prefix",
+              "test_gradient_checkpointing_gives_the_same_gradients", "test_every_preset_mixed_in_one_batch"):
+    NOT_APPLICABLE[(_test, "deberta-v2")] = _DEBERTA + ": the test uses a prefix"
 NOT_APPLICABLE[("test_every_preset_mixed_in_one_batch", "mbart")] = _MBART_PARALLEL_FFN
 ARCHS = {arch: (lambda arch=arch, **kw: CLASSIFIERS[arch](CONFIGS[arch](**kw))) for arch in CLASSIFIERS}
 

@@ -206,6 +206,10 @@ def token_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor
     """
     if attention_mask is None or attention_mask.ndim != 4:
         return None
+    if not attention_mask.dtype.is_floating_point and attention_mask.dtype != torch.bool:
+        # DeBERTa's 0/1 product mask m_i·m_j: a padded last query sees nothing; a key is real
+        # when some query sees it
+        return attention_mask[:, 0, :, -length:].bool().any(dim=1)
     row = attention_mask[:, 0, -1, -length:]
     if row.dtype == torch.bool:
         return row

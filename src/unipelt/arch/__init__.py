@@ -88,6 +88,15 @@ class ArchSpec:
     # How many leading tokens stay in front of the prompt: 0 prepends it (Lester et al.); BERT's
     # family keeps [CLS] first, which its pooler and classifier read.
     prompt_at: int = 0
+    # Why prefix and prompt tuning cannot reach this architecture's attention (it does not call
+    # transformers' attention interface, attention.py), or None where they can.
+    no_attention_hook: str | None = None
+
+    def check_attention_hook(self, method: str) -> None:
+        """Refuse ``method`` (a prefix or prompt) on an architecture whose attention unipelt cannot hook."""
+        if self.no_attention_hook is not None:
+            raise UniPeltError(f"{method} tuning is not available on {'/'.join(self.model_types)}: "
+                               f"{self.no_attention_hook}")
 
     def present_stacks(self, base: nn.Module) -> tuple[Stack, ...]:
         """The stacks this model has: ``T5EncoderModel`` is T5 without its decoder."""
@@ -155,4 +164,4 @@ def supported() -> list[str]:
     return sorted(_SPECS)
 
 
-from . import bart, bert, distilbert, electra, gemma, llama, mbart, mistral, qwen, roberta, t5  # noqa: E402,F401  (each file registers its spec)
+from . import bart, bert, deberta_v2, distilbert, electra, gemma, llama, mbart, mistral, qwen, roberta, t5  # noqa: E402,F401  (each file registers its spec)
