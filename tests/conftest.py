@@ -58,6 +58,7 @@ class T5EncoderClassifier(transformers.T5PreTrainedModel):
     first token, so that the T5 encoder runs every invariant of the table."""
 
     base_model_prefix = "transformer"
+    table_name = "T5EncoderModel"  # docs/arch_table.py shows the model users load
 
     def __init__(self, config):
         super().__init__(config)
