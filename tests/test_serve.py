@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -430,14 +431,21 @@ def _start(served: Path, *flags: str) -> tuple[subprocess.Popen, str]:
     ckpt = served / "ckpt"
     cmd = [sys.executable, "-m", "unipelt", "-q", "serve", "--model", str(served / "base"), "--port", "0",
            "--task", f"sst2={ckpt / 'sst2'}", "--task", f"rte={ckpt / 'rte'}:pairs", *flags]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server never blocks on a full pipe
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    line = _read_line(proc, timeout=120)
+    proc.log = log
+    line = _read_line(proc, timeout=180)
     match = re.search(r"listening on (http://\S+)", line or "")
     if not match:
         proc.kill()
-        raise AssertionError(f"the server did not start: {line!r} {proc.stderr.read()[-2000:]}")
+        raise AssertionError(f"the server did not start: {line!r} {stderr(proc)}")
     return proc, match.group(1)
+
+
+def stderr(proc: subprocess.Popen) -> str:
+    proc.log.seek(0)
+    return proc.log.read()[-3000:]
 
 
 def _read_line(proc: subprocess.Popen, timeout: float) -> str | None:
@@ -472,7 +480,7 @@ def test_sigterm_finishes_queued_requests_and_exits_0(served):
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(60)
-        assert proc.wait(timeout=60) == 0, proc.stderr.read()[-2000:]
+        assert proc.wait(timeout=60) == 0, stderr(proc)
     finally:
         if proc.poll() is None:
             proc.kill()

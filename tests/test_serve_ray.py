@@ -1,0 +1,41 @@
+"""unipelt serve --backend ray: the same app and engine as a Ray Serve deployment (1 replica,
+a local Ray started by the server), answering as the library does and exiting 0 on SIGTERM."""
+
+import signal
+
+import httpx
+import pytest
+
+pytest.importorskip("ray.serve")
+
+from test_serve import TASKS, TOKEN, _start, alone, assert_answer, inputs_for, served, single, stderr  # noqa: E402,F401
+
+
+def test_ray_backend_answers_as_the_library_and_stops_on_sigterm(served):
+    proc, url = _start(served, "--backend", "ray", "--replicas", "1", "--max-wait-ms", "20",
+                       "--admin-token", TOKEN)
+    try:
+        sst2, rte = inputs_for("sst2", 5, seed=11), inputs_for("rte", 3, seed=12)
+        with httpx.Client(base_url=url, timeout=60) as c:
+            a = c.post("/v1/predict", json={"task": "sst2", "inputs": sst2})
+            b = c.post("/v1/predict", json={"task": "rte", "inputs": rte})
+            bad = c.post("/v1/predict", json={"task": "sst2", "inputs": [["w1", "w2"]]})
+            tasks = c.get("/v1/tasks").json()["tasks"]
+            load = c.post("/v1/tasks/x", json={"path": "spare"}, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert a.status_code == b.status_code == 200, (a.text, b.text)
+        for name, inputs, r in (("sst2", sst2, a), ("rte", rte, b)):
+            model = single(served, name)
+            for text, answer in zip(inputs, r.json()["outputs"]):
+                assert_answer(answer, alone(model, text), TASKS[name][1])
+        assert bad.status_code == 422 and "takes single strings" in bad.json()["error"]
+        assert [t["name"] for t in tasks] == ["sst2", "rte"]
+        assert load.status_code == 501 and "local backend only" in load.json()["error"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, stderr(proc)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # lets the server stop its Ray instance
+            try:
+                proc.wait(timeout=60)
+            except Exception:
+                proc.kill()
