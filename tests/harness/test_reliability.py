@@ -272,6 +272,10 @@ def test_divergence_rule():
                                      "to 7e+10 at epoch 2, over 10x")
     best.epochs[-1] = EpochLog(epoch=2, train_loss=0.5, dev_metric=0.5)
     assert best.divergence(10.0) is None
+    best.first_loss, best.epochs[-1] = 1e-4, EpochLog(epoch=2, train_loss=0.005, dev_metric=0.5)
+    assert best.divergence(10.0) is None  # a tenfold rise near zero is noise
+    best.epochs[-1] = EpochLog(epoch=2, train_loss=float("inf"), dev_metric=0.5)
+    assert best.divergence(10.0) == "diverged: training loss is inf at epoch 2"
 
 
 def test_a_huge_learning_rate_fails_as_diverged(glue_dir, tiny_model, tmp_path):

@@ -62,7 +62,7 @@ class BestOnDev(TrainerCallback):
         start = min(first, self.first_loss) if self.first_loss is not None else first
         if not math.isfinite(last.train_loss):
             return f"diverged: training loss is {last.train_loss} at epoch {last.epoch}"
-        if last.train_loss > factor * start:
+        if last.train_loss > factor * max(start, 0.01):  # near zero, a tenfold rise is noise, not divergence
             return (f"diverged: training loss rose from {start:.4g} at the start (epoch 1: {first:.4g}) "
                     f"to {last.train_loss:.4g} at epoch {last.epoch}, over {factor:g}x")
         return None
