@@ -87,6 +87,14 @@ class _OnRows:
             t.value = v
 
 
+def _changes_output(entry) -> bool:
+    if isinstance(entry, PeltSublayer):
+        return bool(entry.pelt_adapter_parallel or entry.pelt_adapter_sequential)
+    if isinstance(entry, IA3Linear):
+        return entry.on == "output"
+    return not isinstance(entry, PeltLayer)
+
+
 def _taps(entry) -> list:
     tap = getattr(entry, "tap", None)
     return [tap] if tap is not None else []
@@ -157,9 +165,11 @@ class Site(Wrapper):
         return Prefix(keys, values, query_gate=gate, visible=visible)
 
     def _after(self, active, x, out):
-        for task, e, r in active:
-            if isinstance(e, PeltEmbeddings):
-                return self._lay_out_prompts(active, out)
+        if any(isinstance(e, PeltEmbeddings) for _, e, _ in active):
+            return self._lay_out_prompts(active, out)
+        active = [a for a in active if _changes_output(a[1])]
+        if not active:
+            return out
         h = out[0] if isinstance(out, tuple) else out
         h = h.clone()
         for _, e, r in sorted(active, key=lambda a: isinstance(a[1], IA3Linear)):  # scaling last
