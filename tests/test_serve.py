@@ -464,10 +464,14 @@ def _in_flight(url: str) -> int:
 
 def test_sigterm_finishes_queued_requests_and_exits_0(served):
     # batches wait up to 1.5 s to fill, so the requests are still queued when SIGTERM comes
-    proc, url = _start(served, "--max-wait-ms", "1500")
+    proc, url = _start(served, "--max-wait-ms", "1500", "--max-body-kb", "16")
     inputs = inputs_for("sst2", 6, seed=3)
     results = [None] * 6
     try:
+        # over the limit, on a real socket: the client gets its 413, not a reset connection
+        big = b'{"task": "sst2", "inputs": ["' + b"w1 " * 30000 + b'"]}'
+        r = httpx.post(f"{url}/v1/predict", content=big, headers={"content-type": "application/json"}, timeout=30)
+        assert r.status_code == 413 and "over 16384 bytes" in r.json()["error"]
         def send(i):
             results[i] = httpx.post(f"{url}/v1/predict", json={"task": "sst2", "inputs": [inputs[i]]}, timeout=60)
         threads = [threading.Thread(target=send, args=(i,)) for i in range(6)]

@@ -222,7 +222,14 @@ def _errors(app: FastAPI) -> None:
 
 
 class BodyLimit:
-    """Refuse bodies over ``limit`` bytes with a 413 before the app reads (or parses) them."""
+    """Refuse bodies over ``limit`` bytes with a 413 before the app parses them.
+
+    A body up to DRAIN times the limit is read to its end and dropped, so that the client, which
+    sends its whole body before reading, gets the 413 rather than a reset connection; a larger
+    one is refused at once and its connection closed.
+    """
+
+    DRAIN = 16
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -231,18 +238,21 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await _too_large(scope, receive, send, self.limit)
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit * self.DRAIN):
+            return await _too_large(scope, receive, send, self.limit, close=True)
         chunks, size, more = [], 0, True
-        while more:  # a chunked body has no declared length: read it up to the limit
+        while more:  # a chunked body has no declared length: count it as it comes
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > self.limit:
-                return await _too_large(scope, receive, send, self.limit)
+            body, more = message.get("body", b""), message.get("more_body", False)
+            size += len(body)
+            if size <= self.limit:
+                chunks.append(body)
+            elif size > self.limit * self.DRAIN:
+                return await _too_large(scope, receive, send, self.limit, close=True)
+        if size > self.limit:
+            return await _too_large(scope, receive, send, self.limit, close=False)
         body, replayed = b"".join(chunks), False
 
         async def replay():
@@ -255,10 +265,10 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-async def _too_large(scope, receive, send, limit: int) -> None:
-    # "close": the rest of the body is never read, so the connection cannot carry another request
+async def _too_large(scope, receive, send, limit: int, close: bool) -> None:
+    # "close" when the rest of the body is never read: the connection cannot carry another request
     response = JSONResponse({"error": f"the body is over {limit} bytes: send fewer or shorter inputs"},
-                            status_code=413, headers={"Connection": "close"})
+                            status_code=413, headers={"Connection": "close"} if close else None)
     await response(scope, receive, send)
 
 
