@@ -105,14 +105,9 @@ NOT_APPLICABLE = {
 # architecture -> {preset or design-space case: why it does not run there}; every test
 # parametrized with both is reported as skipped with that reason (tests/test_arch_refusals.py
 # checks what the library says instead)
-_MBART_PARALLEL_FFN = "mBART's FFN is inline in a pre-norm layer: a parallel FFN adapter needs a host " \
-                      "that reads x from a tap on fc1 (core change, docs/contributing.md)"
 _DEBERTA = "DeBERTa's disentangled attention does not call transformers' attention interface (arch/deberta_v2.py)"
 _PREFIXED = [name for name, cfg in unipelt.PRESETS.items() if cfg.of(unipelt.PrefixConfig) or cfg.of(unipelt.PromptConfig)]
 NOT_SUPPORTED = {
-    "mbart": {name: _MBART_PARALLEL_FFN for name in (
-        "mam", "pa-attn-ffn", "parallel-adapter", "scaled-parallel-adapter", "parallel-ffn", "composition-add",
-        "composition-scaled", "composition-gated", "composition-interpolate", "learned-scale")},
     "deberta-v2": {name: _DEBERTA for name in (
         *_PREFIXED, "prefix-interpolate", "prefix-add", "prefix-gated", "prefix-per-attention",
         "prefix-no-reparameterization")},
@@ -120,7 +115,6 @@ NOT_SUPPORTED = {
 for _test in ("test_closed_gates_switch_adapter_and_lora_off", "test_sdpa_and_eager_agree_with_prefix",
               "test_gradient_checkpointing_gives_the_same_gradients", "test_every_preset_mixed_in_one_batch"):
     NOT_APPLICABLE[(_test, "deberta-v2")] = _DEBERTA + ": the test uses a prefix"
-NOT_APPLICABLE[("test_every_preset_mixed_in_one_batch", "mbart")] = _MBART_PARALLEL_FFN
 ARCHS = {arch: (lambda arch=arch, **kw: CLASSIFIERS[arch](CONFIGS[arch](**kw))) for arch in CLASSIFIERS}
 
 

@@ -9,18 +9,11 @@ from unipelt import AdapterConfig, LoRAConfig, PeltConfig, UniPeltError
 
 from conftest import NOT_SUPPORTED, batch, build
 
-# refusals that need a line outside arch/ (docs/contributing.md): until then the method fails
-# later with a shape error instead of a clear UniPeltError
-AWAITING_CORE = {("deberta-v2", "prompt"): "methods/prompt.py setup must call spec.check_attention_hook",
-                 **{("mbart", name): "a parallel adapter host for inline FFNs (wrappers.py, adapter.py)"
-                    for name in NOT_SUPPORTED["mbart"]}}
 PRESET_CASES = [(arch, name) for arch, names in NOT_SUPPORTED.items() for name in names if name in unipelt.PRESETS]
 
 
 @pytest.mark.parametrize("refused", PRESET_CASES, ids="-".join)  # not "arch"/"preset": conftest would skip it
 def test_an_unsupported_method_is_refused_at_apply_with_its_reason(refused):
-    if refused in AWAITING_CORE:
-        pytest.xfail(AWAITING_CORE[refused])
     arch, preset = refused
     with pytest.raises(UniPeltError, match="not available on"):
         unipelt.apply(build(arch), preset)

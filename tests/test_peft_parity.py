@@ -6,7 +6,7 @@ import torch
 import unipelt
 from unipelt.arch import spec_for
 
-from conftest import batch, build
+from conftest import HEADS, batch, build
 
 peft = pytest.importorskip("peft")
 
@@ -16,8 +16,6 @@ def _qv_leaves(arch: str) -> list[str]:
     return [getattr(attention, t).rpartition(".")[2] for t in ("q", "v")]
 
 
-HEADS = {"bert": "classifier", "roberta": "classifier", "llama": "score", "bart": "classification_head",
-         "t5": "classification_head"}
 
 
 def test_same_lora_weights_give_the_same_logits_as_peft(arch):

@@ -189,6 +189,8 @@ class Site(Wrapper):
 
     @staticmethod
     def _adapters(e: PeltSublayer, x: torch.Tensor, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        if e.source is not None:
+            x = e.source.value[r]
         with _OnRows(e, r):
             for adapter in e.pelt_adapter_parallel:
                 h = h + adapter(x, h)

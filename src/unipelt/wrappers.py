@@ -119,6 +119,7 @@ class PeltSublayer(Wrapper):
     def __init__(self, base_layer: nn.Module):
         super().__init__(base_layer)
         self.tap: Tap | None = None
+        self.source: Tap | None = None  # where parallel adapters read x, when it enters another module
         self.pelt_prefix: nn.Module | None = None
         self.pelt_adapter_parallel = nn.ModuleList()
         self.pelt_adapter_sequential = nn.ModuleList()
@@ -134,6 +135,7 @@ class PeltSublayer(Wrapper):
         if not self.pelt_adapter_parallel and not self.pelt_adapter_sequential:
             return out
         h = out[0] if isinstance(out, tuple) else out
+        x = self.source.value if self.source is not None else x
         for adapter in self.pelt_adapter_parallel:
             h = h + adapter(x, h)
         for adapter in self.pelt_adapter_sequential:

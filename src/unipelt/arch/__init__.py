@@ -27,6 +27,9 @@ from ..errors import UniPeltError
 class Sublayer:
     input: str
     norm: str | None = None  # post-norm only
+    # pre-norm only, when the input module does not return h: the module that does (an inline
+    # FFN written out in the layer, mBART's fc2); adapters go around it and read x from ``input``
+    output: str | None = None
 
     @property
     def kind(self) -> str:

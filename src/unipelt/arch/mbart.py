@@ -2,9 +2,8 @@
 for every sublayer, with an inline FFN (``fc2(act(fc1(LN(x))))`` written out in the layer).
 
 The attention modules return h, so every method goes there as in Llama and T5. The FFN has no
-module that both receives x and returns h: sequential adapters wrap ``fc2``, whose output is h;
-parallel FFN adapters (read x, add to h) need the adapter host to take x from a tap on ``fc1``,
-which the placement code does not offer yet (docs/contributing.md, "Inline FFNs").
+module that both receives x and returns h: adapters wrap ``fc2`` (``output``), whose output is h,
+and parallel ones read x from a tap on ``fc1``.
 """
 
 from . import FFN, ArchSpec, Attention, Stack, register
@@ -15,7 +14,7 @@ def _attention(module: str, cross: bool = False) -> Attention:
                      v=f"{module}.v_proj", o=f"{module}.out_proj")
 
 
-_FFN = FFN(input="fc2", ffn_in=("fc1",), ffn_out=("fc2",))
+_FFN = FFN(input="fc1", output="fc2", ffn_in=("fc1",), ffn_out=("fc2",))
 
 MBART = register(ArchSpec(
     model_types=("mbart",),

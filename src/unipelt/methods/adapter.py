@@ -137,8 +137,10 @@ def _head_adapters(layer: nn.Module, att, ctx: LayerContext, configs: list) -> N
 
 def _group(layer: nn.Module, sub, cfg: AdapterConfig) -> nn.ModuleList:
     """The list of the wrapper that hosts ``cfg``'s adapter at sublayer ``sub``."""
-    if sub.norm is None:  # pre-norm: the input module also returns h, both placements read it
-        host = wrap_at(layer, sub.input, PeltSublayer)
+    if sub.norm is None:  # pre-norm: the module that returns h hosts them, both placements read h
+        host = wrap_at(layer, sub.output or sub.input, PeltSublayer)
+        if sub.output is not None and cfg.insertion == "parallel":
+            host.source = tap_input(layer, sub.input)  # x enters another module
         return host.pelt_adapter_parallel if cfg.insertion == "parallel" else host.pelt_adapter_sequential
     host = wrap_at(layer, sub.norm, PeltPostNorm)
     if cfg.insertion == "parallel" or cfg.placement == "houlsby":

@@ -1,0 +1,37 @@
+"""Half precision for every preset: bf16/fp16 inference close to float32, bf16 autocast training."""
+
+import pytest
+import torch
+
+import unipelt
+
+from conftest import batch, build, randomize
+
+PRESETS = sorted(unipelt.PRESETS)
+
+
+# one architecture of each kind: post-norm encoder, encoder-decoder with relative positions, decoder
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("arch", ["bert", "t5", "llama"])
+def test_half_precision_inference_stays_close_to_float32(arch, preset, dtype):
+    model = unipelt.apply(build(arch), preset)
+    randomize(model)
+    half = unipelt.apply(build(arch), preset)
+    half.load_state_dict(model.state_dict())
+    half = half.to(dtype)
+    assert {p.dtype for n, p in half.named_parameters() if "pelt_" in n} <= {dtype}
+    with torch.no_grad():
+        ref, out = model(**batch()).logits, half(**batch()).logits
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert (out.float() - ref).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_bf16_autocast_training_step(preset):
+    model = unipelt.apply(build("bert"), preset).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**batch(), labels=torch.tensor([0, 1, 2])).loss
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert torch.isfinite(loss) and grads and all(g is not None and torch.isfinite(g).all() for g in grads)
