@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,4,16,64")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()  # MiniLM's missing classifier is reported once per load
+    transformers.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         memory(root, [int(s) for s in args.sizes.split(",")])

@@ -170,8 +170,7 @@ class Site(Wrapper):
         active = [a for a in active if _changes_output(a[1])]
         if not active:
             return out
-        h = out[0] if isinstance(out, tuple) else out
-        h = h.clone()
+        h = out[0] if isinstance(out, tuple) else out  # fresh from the base module: updated in place
         for _, e, r in sorted(active, key=lambda a: isinstance(a[1], IA3Linear)):  # scaling last
             if isinstance(e, BiasDelta):
                 h[r] += e.delta
