@@ -5,6 +5,7 @@ replaced model is a new run, a diverged run is a failure."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -282,7 +283,9 @@ def test_a_huge_learning_rate_fails_as_diverged(glue_dir, tiny_model, tmp_path):
     spec = make_spec(task="rte", preset="lora", model=tiny_model, k=32, lr=1e4, epochs=3, dev_size=20,
                      glue_dir=str(glue_dir))
     record = runner.run(spec, runner.RunOptions(progress=False))
-    assert record.status == "failed" and record.reason.startswith("diverged: training loss rose from 0.69")
+    # from about ln 2, the loss of a 2-class head at the start, to thousands
+    assert record.status == "failed" and re.match(r"diverged: training loss rose from 0\.\d+ at the start .* over 10x$",
+                                                  record.reason), record.reason
 
 
 def test_an_infinite_learning_rate_is_stored_as_strict_json(tmp_path):
