@@ -7,12 +7,13 @@ few over the model's 512 tokens. Then:
 
 1. every distinct input's reference answer from its task's own model alone (``unipelt.load``, one
    row, no padding), and the library's offline mixed-batch throughput on the load's rows
-   (``MultiTask.predict`` in batches of --max-batch, in request order);
+   (``MultiTask.predict`` in batches of --max-batch, in request order), timed again after the load;
 2. ``python -m unipelt serve`` as a subprocess; --clients concurrent clients send --requests
    requests (1-4 inputs of a random task each; a --bad-share of them malformed in 8 ways);
 3. report: sent / answered / errored by status, lost and mismatched answers (each checked against
    its reference; each bad request must get its own 4xx), p50/p95/p99 latency, throughput against
-   the offline one, the server's batch sizes, and the server's exit status after SIGTERM.
+   the offline one (rows per second, and per CPU second of the server process, which a shared
+   machine's other load does not move), the server's batch sizes, and the server's exit status after SIGTERM.
 
     python benchmarks/load_test.py [--requests 2000] [--clients 32] [--bad-share 0.05] [--time-limit 900]
 """
@@ -65,7 +66,8 @@ def base(labels, seed: int):
     if labels is None:
         return AutoModelForSequenceClassification.from_pretrained(minilm(), num_labels=1, problem_type="regression")
     return AutoModelForSequenceClassification.from_pretrained(
-        minilm(), num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+        minilm(), num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={l: i for i, l in enumerate(labels)})
 
 
 def make_checkpoints(root: Path) -> dict[str, Path]:
@@ -177,18 +179,25 @@ def library(dirs: dict[str, Path]) -> unipelt.MultiTask:
 
 
 @torch.inference_mode()
-def offline(mt, pool: dict[str, list], requests: list[dict], tok, max_batch: int, limit: int) -> float:
-    """Rows/s of MultiTask.predict on the load's good rows, in request order, batches of max_batch
-    (timed before and after the load, as the load of a shared machine drifts; ``limit``: the first rows only)."""
+def offline(mt, pool: dict[str, list], requests: list[dict], tok, max_batch: int, limit: int) -> tuple[float, float]:
+    """Rows per second and per CPU second of MultiTask.predict on the load's good rows, in request
+    order, batches of max_batch (``limit``: the first rows only)."""
     rows = [(r["task"], pool[r["task"]][j]) for r in requests if r["kind"] == "good" for j in r["idx"]]
     rows = rows[:limit] if limit else rows
     rows = [(t, tuple(x) if isinstance(x, list) else x) for t, x in rows]
     mt.predict([x for _, x in rows[:max_batch]], [t for t, _ in rows[:max_batch]], tok)  # warm-up
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(rows), max_batch):
         chunk = rows[i:i + max_batch]
         mt.predict([x for _, x in chunk], [t for t, _ in chunk], tok)
-    return len(rows) / (time.perf_counter() - start)
+    return len(rows) / (time.perf_counter() - start), len(rows) / (time.process_time() - cpu)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process, all its threads (Linux): on a shared machine, wall time measures the
+    neighbours' load as much as ours; CPU time per row does not."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 # ---- the server and the load
@@ -275,9 +284,11 @@ def batch_stats(metrics: str) -> tuple[float, float]:
     return count, total / max(count, 1)
 
 
-def report(args, requests, c: dict, wall: float, offline_rps: tuple, batches, exit_code, segments) -> dict:
+def report(args, requests, c: dict, wall: float, server_cpu: float, offline_rps: tuple, batches, exit_code,
+           segments) -> dict:
     sent = sum(c["statuses"].values())
-    served_rps, before, after = c["rows"] / wall, *offline_rps
+    served_rps, served_cpu = c["rows"] / wall, c["rows"] / server_cpu
+    (before, before_cpu), (after, after_cpu) = offline_rps
     out = {"requests_planned": len(requests), "requests_sent": sent,
            "answered_200": c["statuses"].get(200, 0),
            "by_status": {str(k): v for k, v in sorted(c["statuses"].items(), key=str)},
@@ -288,6 +299,9 @@ def report(args, requests, c: dict, wall: float, offline_rps: tuple, batches, ex
            "wall_s": round(wall, 2), "served_rows_per_s": round(served_rps, 1),
            "offline_rows_per_s_before_after": [round(before, 1), round(after, 1)],
            "ratio": round(served_rps / ((before + after) / 2), 3),
+           "served_rows_per_cpu_s": round(served_cpu, 1),
+           "offline_rows_per_cpu_s_before_after": [round(before_cpu, 1), round(after_cpu, 1)],
+           "ratio_per_cpu_s": round(served_cpu / ((before_cpu + after_cpu) / 2), 3),
            "server_batches": int(batches[0]), "mean_batch_rows": round(batches[1], 1),
            "server_exit_code_after_sigterm": exit_code,
            "pair_tasks_max_change_with_segment_ids": {k: round(v, 4) for k, v in segments.items()},
@@ -307,7 +321,8 @@ def main() -> int:
     p.add_argument("--long-requests", type=int, default=2, help="requests with an input over 512 tokens")
     p.add_argument("--offline-rows", type=int, default=0, help="rows timed offline (default 0: all)")
     p.add_argument("--time-limit", type=float, default=900, help="seconds of load at most")
-    p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", str(Path(__file__).parents[2] / "shared/data/glue")))
+    glue = os.environ.get("GLUE_DIR", str(Path(__file__).parents[2] / "shared/data/glue"))
+    p.add_argument("--glue-dir", default=glue, help="GLUE directory (default: $GLUE_DIR, then ../shared/data/glue)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -323,7 +338,9 @@ def main() -> int:
         before = offline(mt, pool, requests, tok, args.max_batch, args.offline_rows)
         proc, url = start_server(dirs, args.max_batch, log)
         try:
+            cpu = cpu_seconds(proc.pid)
             results, wall = asyncio.run(send_all(url, requests, args.clients, args.time_limit))
+            cpu = cpu_seconds(proc.pid) - cpu
             batches = batch_stats(httpx.get(f"{url}/metrics", timeout=30).text)
             proc.send_signal(signal.SIGTERM)
             exit_code = proc.wait(timeout=120)
@@ -331,8 +348,8 @@ def main() -> int:
             if proc.poll() is None:
                 proc.kill()
         after = offline(mt, pool, requests, tok, args.max_batch, args.offline_rows)
-        out = report(args, requests, check(requests, results, refs), wall, (before, after), batches, exit_code,
-                     segments)
+        out = report(args, requests, check(requests, results, refs), wall, cpu, (before, after), batches,
+                     exit_code, segments)
         if exit_code != 0:
             log.seek(0)
             print(log.read()[-3000:], file=sys.stderr)

@@ -52,7 +52,8 @@ def tokenizer():
 def task_model(labels):
     if labels is None:
         return build(num_labels=1, problem_type="regression")
-    return build(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+    return build(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                 label2id={l: i for i, l in enumerate(labels)})
 
 
 def save_task(directory: Path, preset: str, labels, seed: int) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
@@ -123,8 +124,12 @@ def create_app(service: Service, settings: ServeSettings) -> FastAPI:
     _errors(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(Observe, metrics=metrics)
-    admin = _admin_check(settings)
+    _predict_routes(app, service, settings, metrics)
+    _task_routes(app, service, settings)
+    return app
 
+
+def _predict_routes(app: FastAPI, service: Service, settings: ServeSettings, metrics: Metrics) -> None:
     @app.post("/v1/predict")
     async def predict(body: PredictRequest) -> JSONResponse:
         if len(body.inputs) > settings.max_inputs:
@@ -135,23 +140,10 @@ def create_app(service: Service, settings: ServeSettings) -> FastAPI:
         try:
             outputs = await asyncio.wait_for(service.predict(rows), settings.request_timeout_s)
         except asyncio.TimeoutError:
-            raise ServeError(504, f"no answer within {settings.request_timeout_s} s; the server is overloaded") from None
+            raise ServeError(504, f"no answer within {settings.request_timeout_s} s: the server is overloaded, "
+                                  "retry later") from None
         metrics.rows.labels(body.task).inc(len(rows))
         return JSONResponse({"task": body.task, "outputs": outputs})
-
-    @app.get("/v1/tasks")
-    async def tasks() -> JSONResponse:
-        return JSONResponse({"tasks": service.engine.tasks()})
-
-    @app.post("/v1/tasks/{name}", status_code=201, dependencies=[Depends(admin)])
-    async def load(body: LoadRequest, name: str = _name_param()) -> JSONResponse:
-        spec = TaskSpec(path=_inside(settings.tasks_dir, body.path), pairs=body.pairs)
-        return JSONResponse(await service.add(name, spec), status_code=201)
-
-    @app.delete("/v1/tasks/{name}", dependencies=[Depends(admin)])
-    async def unload(name: str = _name_param()) -> JSONResponse:
-        await service.remove(name)
-        return JSONResponse({"removed": name})
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -161,13 +153,24 @@ def create_app(service: Service, settings: ServeSettings) -> FastAPI:
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    return app
 
+def _task_routes(app: FastAPI, service: Service, settings: ServeSettings) -> None:
+    admin = _admin_check(settings)
+    name_param = PathParam(pattern=TASK_NAME, description="task name: letters, digits, _ . -")
 
-def _name_param():
-    from fastapi import Path as PathParam
+    @app.get("/v1/tasks")
+    async def tasks() -> JSONResponse:
+        return JSONResponse({"tasks": service.engine.tasks()})
 
-    return PathParam(pattern=TASK_NAME, description="task name: letters, digits, _ . -")
+    @app.post("/v1/tasks/{name}", status_code=201, dependencies=[Depends(admin)])
+    async def load(body: LoadRequest, name: str = name_param) -> JSONResponse:
+        spec = TaskSpec(path=_inside(settings.tasks_dir, body.path), pairs=body.pairs)
+        return JSONResponse(await service.add(name, spec), status_code=201)
+
+    @app.delete("/v1/tasks/{name}", dependencies=[Depends(admin)])
+    async def unload(name: str = name_param) -> JSONResponse:
+        await service.remove(name)
+        return JSONResponse({"removed": name})
 
 
 def _admin_check(settings: ServeSettings):
