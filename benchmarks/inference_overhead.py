@@ -15,9 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from minilm import load  # noqa: E402
 
 import unipelt  # noqa: E402
-from minilm import load  # noqa: E402
 
 
 def build(name: str):

@@ -6,7 +6,6 @@ the Pfeiffer adapter uses 384/48 = 8 and MAM's parallel adapter 384/512 = 0.75.
 
 import adapters
 from adapters import ConfigUnion, LoRAConfig, ParBnConfig, PrefixTuningConfig, SeqBnConfig
-
 from minilm import load, trainable
 
 D = 384
@@ -17,9 +16,11 @@ CONFIGS = {
     "unipelt-apl": lambda: ConfigUnion(
         LoRAConfig(r=8, alpha=2, attn_matrices=["q", "v"], use_gating=True),
         PrefixTuningConfig(prefix_length=10, bottleneck_size=512, use_gating=True),
-        SeqBnConfig(reduction_factor=D / 48, use_gating=True)),
-    "mam": lambda: ConfigUnion(PrefixTuningConfig(prefix_length=30, bottleneck_size=512),
-                               ParBnConfig(reduction_factor=D / 512, scaling=4.0)),
+        SeqBnConfig(reduction_factor=D / 48, use_gating=True),
+    ),
+    "mam": lambda: ConfigUnion(
+        PrefixTuningConfig(prefix_length=30, bottleneck_size=512), ParBnConfig(reduction_factor=D / 512, scaling=4.0)
+    ),
 }
 
 
@@ -37,4 +38,5 @@ def build(method):
         if method == "lora":
             m.merge_adapter("bench")
         return m
+
     return model, counted, prepare

@@ -1,13 +1,13 @@
 """HF peft 0.21: LoRA and prefix tuning only (no bottleneck adapters, gating or MAM)."""
 
 import peft
-
 from minilm import load, trainable
 
 CONFIGS = {
     "lora": lambda: peft.LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=2, target_modules=["query", "value"]),
-    "prefix": lambda: peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=10,
-                                              prefix_projection=True, encoder_hidden_size=512),
+    "prefix": lambda: peft.PrefixTuningConfig(
+        task_type="SEQ_CLS", num_virtual_tokens=10, prefix_projection=True, encoder_hidden_size=512
+    ),
 }
 
 

@@ -1,6 +1,6 @@
-import unipelt
-
 from minilm import load
+
+import unipelt
 
 INFERENCE = {"lora": unipelt.merge, "prefix": unipelt.fold, "unipelt-apl": unipelt.fold, "mam": unipelt.fold}
 

@@ -26,21 +26,40 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "tests" / "fixtures" / "adapters"
 ARCHS = ("bert", "roberta")
-TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=40, num_labels=3)
+TINY = dict(
+    vocab_size=100,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=40,
+    num_labels=3,
+)
 
 
 def _configs():
     """name -> (adapters config, how the head is saved, weights format). Small sizes keep each
     fixture a few KB; the defaults that matter (Pfeiffer's LayerNorm placement, ParBn's
     scaling, UniPELT's gates) are the library's own."""
-    from adapters import (ConfigUnion, DoubleSeqBnConfig, LoRAConfig, MAMConfig, ParBnConfig,  # noqa: F401
-                          PrefixTuningConfig, PromptTuningConfig, SeqBnConfig, UniPELTConfig)
+    from adapters import (
+        DoubleSeqBnConfig,
+        LoRAConfig,
+        MAMConfig,
+        ParBnConfig,  # noqa: F401
+        PrefixTuningConfig,
+        PromptTuningConfig,
+        SeqBnConfig,
+        UniPELTConfig,
+    )
+
     prefix = dict(prefix_length=4, bottleneck_size=8)
     return {
         "seq_bn": (SeqBnConfig(), "flex", "safetensors"),
-        "seq_bn_gelu_attn": (SeqBnConfig(mh_adapter=True, non_linearity="gelu", reduction_factor=8), "flex",
-                             "safetensors"),
+        "seq_bn_gelu_attn": (
+            SeqBnConfig(mh_adapter=True, non_linearity="gelu", reduction_factor=8),
+            "flex",
+            "safetensors",
+        ),
         "double_seq_bn": (DoubleSeqBnConfig(non_linearity="relu", reduction_factor=8), "flex", "safetensors"),
         "par_bn": (ParBnConfig(reduction_factor=4), "flex", "safetensors"),  # scaling 4.0, its default
         "scaled_par_bn": (ParBnConfig(scaling="learned", reduction_factor=4), "flex", "safetensors"),
@@ -49,13 +68,19 @@ def _configs():
         "prefix_tuning": (PrefixTuningConfig(**prefix), "flex", "bin"),
         "prefix_tuning_flat": (PrefixTuningConfig(flat=True, prefix_length=4), "flex", "bin"),
         "lora": (LoRAConfig(r=4, alpha=8), "flex", "safetensors"),
-        "lora_ffn": (LoRAConfig(r=2, alpha=3, attn_matrices=["k"], intermediate_lora=True, output_lora=True),
-                     "flex", "safetensors"),
+        "lora_ffn": (
+            LoRAConfig(r=2, alpha=3, attn_matrices=["k"], intermediate_lora=True, output_lora=True),
+            "flex",
+            "safetensors",
+        ),
         # trained on the plain HF model with adapters.init: no head is saved, the base one stays
         "lora_bin_nohead": (LoRAConfig(r=4, alpha=16, attn_matrices=["q", "k", "v"]), "none", "bin"),
         "prompt_tuning": (PromptTuningConfig(prompt_length=4, combine="prefix_after_bos"), "flex", "safetensors"),
-        "unipelt": (UniPELTConfig(PrefixTuningConfig(**prefix), SeqBnConfig(reduction_factor=8),
-                                  LoRAConfig(r=4, alpha=2)), "flex", "bin"),
+        "unipelt": (
+            UniPELTConfig(PrefixTuningConfig(**prefix), SeqBnConfig(reduction_factor=8), LoRAConfig(r=4, alpha=2)),
+            "flex",
+            "bin",
+        ),
         "mam": (MAMConfig(PrefixTuningConfig(**prefix), ParBnConfig(reduction_factor=4)), "flex", "bin"),
     }
 
@@ -77,12 +102,12 @@ def _batch(torch, arch: str):
 def _base(arch: str, directory: Path):
     import torch
     from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+
     torch.manual_seed(0)
     if arch == "bert":
         model = BertForSequenceClassification(BertConfig(**TINY, pad_token_id=0))
     else:
-        model = RobertaForSequenceClassification(RobertaConfig(**TINY, pad_token_id=1, bos_token_id=0,
-                                                               eos_token_id=2))
+        model = RobertaForSequenceClassification(RobertaConfig(**TINY, pad_token_id=1, bos_token_id=0, eos_token_id=2))
     model.save_pretrained(directory, safe_serialization=True)
 
 
@@ -105,6 +130,7 @@ def _fixture(arch: str, name: str, config, head: str, fmt: str, base: Path, out:
     from adapters import AutoAdapterModel
     from safetensors.torch import save_file
     from transformers import AutoModelForSequenceClassification
+
     torch.manual_seed(100)
     ids, mask = _batch(torch, arch)
     # eager attention: under sdpa, adapters 1.3 lets a prompt-tuned BERT attend to padding (a padded
@@ -132,6 +158,7 @@ def _fixture(arch: str, name: str, config, head: str, fmt: str, base: Path, out:
 def generate() -> None:
     import adapters
     import transformers
+
     if OUT.exists():
         shutil.rmtree(OUT)
     for arch in ARCHS:
@@ -140,9 +167,17 @@ def generate() -> None:
         for name, (config, head, fmt) in _configs().items():
             _fixture(arch, name, config, head, fmt, base, OUT / arch / name)
             print(f"{arch}/{name}", file=sys.stderr)
-    (OUT / "VERSIONS.json").write_text(json.dumps(
-        {"adapters": adapters.__version__, "transformers": transformers.__version__,
-         "generator": "benchmarks/make_adapters_fixtures.py"}, indent=2) + "\n")
+    (OUT / "VERSIONS.json").write_text(
+        json.dumps(
+            {
+                "adapters": adapters.__version__,
+                "transformers": transformers.__version__,
+                "generator": "benchmarks/make_adapters_fixtures.py",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def main() -> None:
@@ -151,6 +186,7 @@ def main() -> None:
     except ImportError:  # unipelt's environment: run again in the comparators'
         sys.path.insert(0, str(HERE))
         from run import _adapters_python
+
         subprocess.run([_adapters_python(), __file__], check=True)
         return
     generate()

@@ -49,6 +49,7 @@ def train_step_seconds(model, device: str, repeats: int = 8, warmup: int = 2) ->
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
     return _median_seconds(step, device, repeats, warmup)
 
 
@@ -69,8 +70,7 @@ def inference(model, device: str, plain=None, repeats: int = 6, warmup: int = 1)
             for key, batch, n in (("big", big, 1), ("one", one, 4)):
                 times[name][key].append(_median_seconds(lambda: m(**batch), device, n, 0))
     med = {k: {key: statistics.median(v) for key, v in t.items()} for k, t in times.items()}
-    result = {"infer_examples_per_s": EVAL_BATCH / med["method"]["big"],
-              "latency_ms": 1000 * med["method"]["one"]}
+    result = {"infer_examples_per_s": EVAL_BATCH / med["method"]["big"], "latency_ms": 1000 * med["method"]["one"]}
     if plain is not None:
         result["infer_vs_plain"] = med["method"]["big"] / med["plain"]["big"]
         result["latency_vs_plain"] = med["method"]["one"] / med["plain"]["one"]
@@ -88,8 +88,11 @@ def measure(model, device: str, trainable: int, prepare_inference=None, load_pla
     """Train first (peak memory is the process's peak, so one model per process), then infer,
     alternating with the plain model from ``load_plain`` when given."""
     model.to(device)
-    result = {"trainable": trainable, "train_step_s": train_step_seconds(model, device),
-              "peak_train_mb": peak_memory_mb(device)}
+    result = {
+        "trainable": trainable,
+        "train_step_s": train_step_seconds(model, device),
+        "peak_train_mb": peak_memory_mb(device),
+    }
     if prepare_inference is not None:
         model = prepare_inference(model) or model
     result.update(inference(model, device, load_plain() if load_plain else None))

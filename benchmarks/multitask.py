@@ -26,9 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from minilm import load  # noqa: E402
 
 import unipelt  # noqa: E402
-from minilm import load  # noqa: E402
 
 MIX = ("lora", "adapter", "unipelt-apl", "prefix", "bitfit", "ia3", "mam", "prompt")  # presets, in turn
 BATCH, LENGTH = 64, 128
@@ -49,8 +49,13 @@ def _holding(mt) -> list[torch.Tensor]:
     head, and any bias of its own) and BitFit's bias differences."""
     models = [mt.model] + [t.model for t in mt._tasks.values()]
     tensors = [t for m in models for t in itertools.chain(m.parameters(), m.buffers())]
-    deltas = [e.delta for m in mt.model.modules() for es in getattr(m, "entries", {}).values() for e in es
-              if hasattr(e, "delta") and isinstance(e.delta, torch.Tensor)]
+    deltas = [
+        e.delta
+        for m in mt.model.modules()
+        for es in getattr(m, "entries", {}).values()
+        for e in es
+        if hasattr(e, "delta") and isinstance(e.delta, torch.Tensor)
+    ]
     return tensors + deltas
 
 
@@ -78,8 +83,10 @@ def memory(root: Path, sizes: list[int]) -> None:
             mt.add(d.name, d)
         held = _tensor_bytes(_holding(mt))
         modules = sum((d / "unipelt.safetensors").stat().st_size for d in dirs[:n])
-        print(f"| {n} | {held / 2**20:.1f} MiB | {(base_bytes + modules) / 2**20:.1f} MiB | "
-              f"{held / (base_bytes + modules):.3f} | {n * base_bytes / 2**20:.0f} MiB |")
+        print(
+            f"| {n} | {held / 2**20:.1f} MiB | {(base_bytes + modules) / 2**20:.1f} MiB | "
+            f"{held / (base_bytes + modules):.3f} | {n * base_bytes / 2**20:.0f} MiB |"
+        )
 
 
 def _batch(device: str) -> dict:
@@ -110,12 +117,17 @@ def throughput(root: Path, tasks: int, presets, rounds: int, device: str, peft: 
     batch = _batch(device)
     mixed = [dirs[i % tasks].name for i in range(BATCH)]
     # one model per preset in use: a task's own model costs what any task of its preset costs
-    own = {p: unipelt.fold(unipelt.load(load().to(device), d).eval())
-           for p, d in {preset_of[d.name]: d for d in dirs}.items()}
+    own = {
+        p: unipelt.fold(unipelt.load(load().to(device), d).eval())
+        for p, d in {preset_of[d.name]: d for d in dirs}.items()
+    }
     groups = {t: torch.tensor([i for i, x in enumerate(mixed) if x == t]) for t in dict.fromkeys(mixed)}
-    fns = {"mixed batch (MultiTask)": lambda: mt(**batch, tasks=mixed),
-           "tasks one after another (own models)": lambda: [
-               own[preset_of[t]](**{k: v[r] for k, v in batch.items()}) for t, r in groups.items()]}
+    fns = {
+        "mixed batch (MultiTask)": lambda: mt(**batch, tasks=mixed),
+        "tasks one after another (own models)": lambda: [
+            own[preset_of[t]](**{k: v[r] for k, v in batch.items()}) for t, r in groups.items()
+        ],
+    }
     fns |= {f"single-task batch: {p}": (lambda m=m: m(**batch)) for p, m in own.items()}
     if peft:
         fns["peft mixed batch (adapter_names=)"] = _peft_mixed(root, dirs, device, batch, mixed)
@@ -123,8 +135,10 @@ def throughput(root: Path, tasks: int, presets, rounds: int, device: str, peft: 
     # a 64-row batch of these tasks' modules, if each row could run alone in a batch of its own kind
     share = {p: sum(len(r) for task, r in groups.items() if preset_of[task] == p) / BATCH for p in own}
     ref = sum(share[p] * t[f"single-task batch: {p}"] for p in own)
-    print(f"\n{tasks} tasks ({', '.join(sorted(own))}), batch {BATCH} x {LENGTH}, {device}; reference: "
-          f"single-task batches of 64 with the same modules, weighted by rows ({ref:.3f} s):")
+    print(
+        f"\n{tasks} tasks ({', '.join(sorted(own))}), batch {BATCH} x {LENGTH}, {device}; reference: "
+        f"single-task batches of 64 with the same modules, weighted by rows ({ref:.3f} s):"
+    )
     print("| run | s/batch | rows/s | throughput vs reference |\n|---|---:|---:|---:|")
     for name, sec in t.items():
         print(f"| {name} | {sec:.3f} | {BATCH / sec:.0f} | {ref / sec:.2f}x |")
@@ -132,6 +146,7 @@ def throughput(root: Path, tasks: int, presets, rounds: int, device: str, peft: 
 
 def _peft_mixed(root: Path, dirs, device, batch, mixed):
     from peft import PeftModel
+
     peft_dirs = []
     for d in dirs:
         model = unipelt.load(load(), d)

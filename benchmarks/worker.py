@@ -13,7 +13,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-
 from measure import measure  # noqa: E402
 
 METHODS = ("frozen", "full", "lora", "prefix", "adapter", "unipelt-apl", "mam")

@@ -12,8 +12,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import unipelt  # noqa: E402
 from conftest import CLASSIFIERS, CONFIGS, DECODER_LMS, GENERATORS, NOT_SUPPORTED  # noqa: E402
+
+import unipelt  # noqa: E402
 
 # method column -> the presets that use it
 COLUMNS = {
@@ -45,8 +46,11 @@ def main() -> None:
         cells = [cell(arch, presets) for presets in COLUMNS.values()]
         generates = "✓" if arch in GENERATORS or arch in DECODER_LMS else ""
         model_type = CONFIGS[arch]().model_type
-        print(f"| {arch} | `{model_type}` | `{getattr(CLASSIFIERS[arch], 'table_name', CLASSIFIERS[arch].__name__)}` | " + " | ".join(cells)
-              + f" | {generates} |")
+        print(
+            f"| {arch} | `{model_type}` | `{getattr(CLASSIFIERS[arch], 'table_name', CLASSIFIERS[arch].__name__)}` | "
+            + " | ".join(cells)
+            + f" | {generates} |"
+        )
         notes.update({reason: None for reason in NOT_SUPPORTED.get(arch, {}).values()})
     for reason in notes:
         print(f"\n— / partly: {reason}.")

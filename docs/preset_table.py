@@ -14,8 +14,14 @@ from transformers import AutoConfig, BertConfig, BertForSequenceClassification  
 
 import unipelt  # noqa: E402
 
-BERT_BASE = BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                       vocab_size=30522, num_labels=2)
+BERT_BASE = BertConfig(
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    vocab_size=30522,
+    num_labels=2,
+)
 
 
 def counts(config, preset: str) -> dict[str, int]:

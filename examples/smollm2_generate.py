@@ -23,12 +23,32 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import unipelt
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TRAIN = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Germany", "Berlin"),
-         ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Canada", "Ottawa"), ("Greece", "Athens"),
-         ("Russia", "Moscow"), ("China", "Beijing"), ("Poland", "Warsaw"), ("Ireland", "Dublin"),
-         ("Sweden", "Stockholm"), ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Cuba", "Havana"),
-         ("Belgium", "Brussels"), ("Denmark", "Copenhagen"), ("Hungary", "Budapest"), ("Chile", "Santiago"),
-         ("Thailand", "Bangkok"), ("Finland", "Helsinki"), ("Argentina", "Buenos Aires"), ("Mexico", "Mexico City")]
+TRAIN = [
+    ("France", "Paris"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Germany", "Berlin"),
+    ("Japan", "Tokyo"),
+    ("Egypt", "Cairo"),
+    ("Canada", "Ottawa"),
+    ("Greece", "Athens"),
+    ("Russia", "Moscow"),
+    ("China", "Beijing"),
+    ("Poland", "Warsaw"),
+    ("Ireland", "Dublin"),
+    ("Sweden", "Stockholm"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+    ("Cuba", "Havana"),
+    ("Belgium", "Brussels"),
+    ("Denmark", "Copenhagen"),
+    ("Hungary", "Budapest"),
+    ("Chile", "Santiago"),
+    ("Thailand", "Bangkok"),
+    ("Finland", "Helsinki"),
+    ("Argentina", "Buenos Aires"),
+    ("Mexico", "Mexico City"),
+]
 HELD_OUT = ["Portugal", "Austria", "Norway"]
 BATCH = 8
 
@@ -86,9 +106,10 @@ def generate(model, tokenizer, countries: list[str], use_cache: bool = True, **k
     texts = [tokenizer.decode(prompt_ids(tokenizer, c)) for c in countries]
     inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=8, do_sample=False, use_cache=use_cache,
-                             pad_token_id=tokenizer.pad_token_id, **kw)
-    return out, [tokenizer.decode(o[inputs["input_ids"].shape[1]:], skip_special_tokens=True) for o in out]
+        out = model.generate(
+            **inputs, max_new_tokens=8, do_sample=False, use_cache=use_cache, pad_token_id=tokenizer.pad_token_id, **kw
+        )
+    return out, [tokenizer.decode(o[inputs["input_ids"].shape[1] :], skip_special_tokens=True) for o in out]
 
 
 def main() -> None:
@@ -104,7 +125,7 @@ def main() -> None:
     print(f"loaded {GGUF} in {time.perf_counter() - start:.1f} s")
     print("before:", generate(model, tokenizer, HELD_OUT)[1])
 
-    batches = [training_batch(tokenizer, TRAIN[i:i + BATCH]) for i in range(0, len(TRAIN), BATCH)]
+    batches = [training_batch(tokenizer, TRAIN[i : i + BATCH]) for i in range(0, len(TRAIN), BATCH)]
     with torch.no_grad():
         print(f"base model loss on the first batch: {model(**batches[0]).loss.item():.3f}")
     unipelt.apply(model, args.preset)
@@ -119,7 +140,9 @@ def main() -> None:
     print(f"after ({time.perf_counter() - start:.2f} s, cached):", texts)
     start = time.perf_counter()
     uncached, _ = generate(model, tokenizer, HELD_OUT, use_cache=False)
-    print(f"uncached decoding ({time.perf_counter() - start:.2f} s) gives the same tokens:", torch.equal(cached, uncached))
+    print(
+        f"uncached decoding ({time.perf_counter() - start:.2f} s) gives the same tokens:", torch.equal(cached, uncached)
+    )
     print("beam search (3 beams):", generate(model, tokenizer, HELD_OUT, num_beams=3)[1])
 
 

@@ -4,16 +4,34 @@ import pytest
 import torch
 import transformers
 from torch import nn
+from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
+    BartForSequenceClassification,
+    BertConfig,
+    BertForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+    T5Config,
+    T5ForConditionalGeneration,
+    T5ForSequenceClassification,
+)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 import unipelt
-from transformers import (BartConfig, BartForConditionalGeneration, BartForSequenceClassification, BertConfig,
-                          BertForSequenceClassification, LlamaConfig, LlamaForCausalLM,
-                          LlamaForSequenceClassification, RobertaConfig, RobertaForSequenceClassification, T5Config,
-                          T5ForConditionalGeneration, T5ForSequenceClassification)
 
-TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64, max_position_embeddings=64, num_labels=3)
+TINY = dict(
+    vocab_size=120,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    num_labels=3,
+)
 # Special tokens shared by the newer configs: bos 0, pad 1, eos 2 (BART and T5 classify at the eos).
 SPECIAL = dict(bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=0)
 CONFIGS = {
@@ -21,34 +39,84 @@ CONFIGS = {
     "roberta": lambda **kw: RobertaConfig(**{**TINY, "pad_token_id": 1, **kw}),
     # grouped-query attention: 4 query heads share 2 key/value heads
     "llama": lambda **kw: LlamaConfig(**{**TINY, **SPECIAL, "num_key_value_heads": 2, **kw}),
-    "bart": lambda **kw: BartConfig(**{
-        "vocab_size": 120, "d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
-        "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "max_position_embeddings": 64,
-        "num_labels": 3, **SPECIAL, **kw}),
+    "bart": lambda **kw: BartConfig(
+        **{
+            "vocab_size": 120,
+            "d_model": 32,
+            "encoder_layers": 2,
+            "decoder_layers": 2,
+            "encoder_attention_heads": 4,
+            "decoder_attention_heads": 4,
+            "encoder_ffn_dim": 64,
+            "decoder_ffn_dim": 64,
+            "max_position_embeddings": 64,
+            "num_labels": 3,
+            **SPECIAL,
+            **kw,
+        }
+    ),
     # d_kv * heads = 24 differs from d_model = 32, as in several real T5 sizes
-    "t5": lambda **kw: T5Config(**{
-        "vocab_size": 120, "d_model": 32, "d_kv": 6, "d_ff": 64, "num_layers": 2, "num_heads": 4, "num_labels": 3,
-        **SPECIAL, **kw}),
-    "mbart": lambda **kw: transformers.MBartConfig(**{
-        "vocab_size": 120, "d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
-        "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "max_position_embeddings": 64,
-        "num_labels": 3, **SPECIAL, **kw}),
+    "t5": lambda **kw: T5Config(
+        **{
+            "vocab_size": 120,
+            "d_model": 32,
+            "d_kv": 6,
+            "d_ff": 64,
+            "num_layers": 2,
+            "num_heads": 4,
+            "num_labels": 3,
+            **SPECIAL,
+            **kw,
+        }
+    ),
+    "mbart": lambda **kw: transformers.MBartConfig(
+        **{
+            "vocab_size": 120,
+            "d_model": 32,
+            "encoder_layers": 2,
+            "decoder_layers": 2,
+            "encoder_attention_heads": 4,
+            "decoder_attention_heads": 4,
+            "encoder_ffn_dim": 64,
+            "decoder_ffn_dim": 64,
+            "max_position_embeddings": 64,
+            "num_labels": 3,
+            **SPECIAL,
+            **kw,
+        }
+    ),
     # relative-position (disentangled) attention with both c2p and p2c terms, as DeBERTa-v3
-    "deberta-v2": lambda **kw: transformers.DebertaV2Config(**{
-        **TINY, "relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_buckets": 8, **kw}),
+    "deberta-v2": lambda **kw: transformers.DebertaV2Config(
+        **{**TINY, "relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_buckets": 8, **kw}
+    ),
     "electra": lambda **kw: transformers.ElectraConfig(**{**TINY, "embedding_size": 32, **kw}),
-    "distilbert": lambda **kw: transformers.DistilBertConfig(**{
-        "vocab_size": 120, "dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64, "max_position_embeddings": 64,
-        "num_labels": 3, **kw}),
+    "distilbert": lambda **kw: transformers.DistilBertConfig(
+        **{
+            "vocab_size": 120,
+            "dim": 32,
+            "n_layers": 2,
+            "n_heads": 4,
+            "hidden_dim": 64,
+            "max_position_embeddings": 64,
+            "num_labels": 3,
+            **kw,
+        }
+    ),
     # a sliding window shorter than the test batch: prefixes must stay visible outside it
-    "mistral": lambda **kw: transformers.MistralConfig(**{**TINY, **SPECIAL, "num_key_value_heads": 2,
-                                                          "sliding_window": 4, **kw}),
+    "mistral": lambda **kw: transformers.MistralConfig(
+        **{**TINY, **SPECIAL, "num_key_value_heads": 2, "sliding_window": 4, **kw}
+    ),
     "qwen2": lambda **kw: transformers.Qwen2Config(**{**TINY, **SPECIAL, "num_key_value_heads": 2, **kw}),
-    "qwen3": lambda **kw: transformers.Qwen3Config(**{**TINY, **SPECIAL, "num_key_value_heads": 2, "head_dim": 8, **kw}),
-    "gemma": lambda **kw: transformers.GemmaConfig(**{**TINY, **SPECIAL, "num_key_value_heads": 2, "head_dim": 8, **kw}),
+    "qwen3": lambda **kw: transformers.Qwen3Config(
+        **{**TINY, **SPECIAL, "num_key_value_heads": 2, "head_dim": 8, **kw}
+    ),
+    "gemma": lambda **kw: transformers.GemmaConfig(
+        **{**TINY, **SPECIAL, "num_key_value_heads": 2, "head_dim": 8, **kw}
+    ),
     # soft-capped logits and alternating sliding-window (4) / global layers
-    "gemma2": lambda **kw: transformers.Gemma2Config(**{**TINY, **SPECIAL, "num_key_value_heads": 2, "head_dim": 8,
-                                                        "sliding_window": 4, **kw}),
+    "gemma2": lambda **kw: transformers.Gemma2Config(
+        **{**TINY, **SPECIAL, "num_key_value_heads": 2, "head_dim": 8, "sliding_window": 4, **kw}
+    ),
 }
 CONFIGS["t5-encoder"] = CONFIGS["t5"]
 
@@ -73,30 +141,56 @@ class T5EncoderClassifier(transformers.T5PreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-CLASSIFIERS = {"bert": BertForSequenceClassification, "roberta": RobertaForSequenceClassification,
-               "llama": LlamaForSequenceClassification, "bart": BartForSequenceClassification,
-               "t5": T5ForSequenceClassification, "electra": transformers.ElectraForSequenceClassification,
-               "distilbert": transformers.DistilBertForSequenceClassification,
-               "mistral": transformers.MistralForSequenceClassification,
-               "qwen2": transformers.Qwen2ForSequenceClassification,
-               "qwen3": transformers.Qwen3ForSequenceClassification,
-               "gemma": transformers.GemmaForSequenceClassification,
-               "gemma2": transformers.Gemma2ForSequenceClassification,
-               "mbart": transformers.MBartForSequenceClassification, "t5-encoder": T5EncoderClassifier,
-               "deberta-v2": transformers.DebertaV2ForSequenceClassification}
-GENERATORS = {"llama": LlamaForCausalLM, "bart": BartForConditionalGeneration, "t5": T5ForConditionalGeneration,
-              "mbart": transformers.MBartForConditionalGeneration}
+CLASSIFIERS = {
+    "bert": BertForSequenceClassification,
+    "roberta": RobertaForSequenceClassification,
+    "llama": LlamaForSequenceClassification,
+    "bart": BartForSequenceClassification,
+    "t5": T5ForSequenceClassification,
+    "electra": transformers.ElectraForSequenceClassification,
+    "distilbert": transformers.DistilBertForSequenceClassification,
+    "mistral": transformers.MistralForSequenceClassification,
+    "qwen2": transformers.Qwen2ForSequenceClassification,
+    "qwen3": transformers.Qwen3ForSequenceClassification,
+    "gemma": transformers.GemmaForSequenceClassification,
+    "gemma2": transformers.Gemma2ForSequenceClassification,
+    "mbart": transformers.MBartForSequenceClassification,
+    "t5-encoder": T5EncoderClassifier,
+    "deberta-v2": transformers.DebertaV2ForSequenceClassification,
+}
+GENERATORS = {
+    "llama": LlamaForCausalLM,
+    "bart": BartForConditionalGeneration,
+    "t5": T5ForConditionalGeneration,
+    "mbart": transformers.MBartForConditionalGeneration,
+}
 # decoder-only LMs beyond Llama: tests/test_arch_generation.py runs the generation invariants on them
 # (test_generation.py pads and feeds inputs Llama's way, by name)
-DECODER_LMS = {"mistral": transformers.MistralForCausalLM, "qwen2": transformers.Qwen2ForCausalLM,
-               "qwen3": transformers.Qwen3ForCausalLM, "gemma": transformers.GemmaForCausalLM,
-               "gemma2": transformers.Gemma2ForCausalLM}
+DECODER_LMS = {
+    "mistral": transformers.MistralForCausalLM,
+    "qwen2": transformers.Qwen2ForCausalLM,
+    "qwen3": transformers.Qwen3ForCausalLM,
+    "gemma": transformers.GemmaForCausalLM,
+    "gemma2": transformers.Gemma2ForCausalLM,
+}
 # each classifier's task head, trained with every method (peft's modules_to_save)
-HEADS = {"bert": "classifier", "roberta": "classifier", "llama": "score", "bart": "classification_head",
-         "t5": "classification_head", "electra": "classifier", "distilbert": "classifier",
-         "mistral": "score", "qwen2": "score", "qwen3": "score", "gemma": "score", "gemma2": "score",
-         "mbart": "classification_head", "t5-encoder": "classifier",
-         "deberta-v2": "classifier"}
+HEADS = {
+    "bert": "classifier",
+    "roberta": "classifier",
+    "llama": "score",
+    "bart": "classification_head",
+    "t5": "classification_head",
+    "electra": "classifier",
+    "distilbert": "classifier",
+    "mistral": "score",
+    "qwen2": "score",
+    "qwen3": "score",
+    "gemma": "score",
+    "gemma2": "score",
+    "mbart": "classification_head",
+    "t5-encoder": "classifier",
+    "deberta-v2": "classifier",
+}
 # (test function, architecture) -> why that shared invariant does not apply there; reported as skipped
 NOT_APPLICABLE = {
     ("test_sdpa_and_eager_agree_with_prefix", "gemma2"): "transformers has no sdpa attention for Gemma-2",
@@ -106,14 +200,28 @@ NOT_APPLICABLE = {
 # parametrized with both is reported as skipped with that reason (tests/test_arch_refusals.py
 # checks what the library says instead)
 _DEBERTA = "DeBERTa's disentangled attention does not call transformers' attention interface (arch/deberta_v2.py)"
-_PREFIXED = [name for name, cfg in unipelt.PRESETS.items() if cfg.of(unipelt.PrefixConfig) or cfg.of(unipelt.PromptConfig)]
+_PREFIXED = [
+    name for name, cfg in unipelt.PRESETS.items() if cfg.of(unipelt.PrefixConfig) or cfg.of(unipelt.PromptConfig)
+]
 NOT_SUPPORTED = {
-    "deberta-v2": {name: _DEBERTA for name in (
-        *_PREFIXED, "prefix-interpolate", "prefix-add", "prefix-gated", "prefix-per-attention",
-        "prefix-no-reparameterization")},
+    "deberta-v2": {
+        name: _DEBERTA
+        for name in (
+            *_PREFIXED,
+            "prefix-interpolate",
+            "prefix-add",
+            "prefix-gated",
+            "prefix-per-attention",
+            "prefix-no-reparameterization",
+        )
+    },
 }
-for _test in ("test_closed_gates_switch_adapter_and_lora_off", "test_sdpa_and_eager_agree_with_prefix",
-              "test_gradient_checkpointing_gives_the_same_gradients", "test_every_preset_mixed_in_one_batch"):
+for _test in (
+    "test_closed_gates_switch_adapter_and_lora_off",
+    "test_sdpa_and_eager_agree_with_prefix",
+    "test_gradient_checkpointing_gives_the_same_gradients",
+    "test_every_preset_mixed_in_one_batch",
+):
     NOT_APPLICABLE[(_test, "deberta-v2")] = _DEBERTA + ": the test uses a prefix"
 ARCHS = {arch: (lambda arch=arch, **kw: CLASSIFIERS[arch](CONFIGS[arch](**kw))) for arch in CLASSIFIERS}
 
@@ -135,8 +243,8 @@ def batch(seed: int = 1, b: int = 3, t: int = 9) -> dict:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, TINY["vocab_size"], (b, t), generator=g)
     mask = torch.ones_like(ids)
-    mask[1, t - 3:] = 0
-    mask[2, t - 5:] = 0
+    mask[1, t - 3 :] = 0
+    mask[2, t - 5 :] = 0
     ids[mask == 0] = 1
     ids[torch.arange(b), mask.sum(1) - 1] = 2
     return {"input_ids": ids, "attention_mask": mask}
@@ -160,7 +268,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         arch = params.get("arch", params.get("lm_arch"))
-        reason = NOT_APPLICABLE.get((getattr(item, "originalname", item.name), arch)) \
-            or NOT_SUPPORTED.get(arch, {}).get(params.get("preset", params.get("name")))
+        reason = NOT_APPLICABLE.get((getattr(item, "originalname", item.name), arch)) or NOT_SUPPORTED.get(
+            arch, {}
+        ).get(params.get("preset", params.get("name")))
         if reason:
             item.add_marker(pytest.mark.skip(reason=reason))

@@ -4,10 +4,9 @@ in front, and sliding windows (Mistral, Gemma-2) that prefixes leave intact."""
 
 import pytest
 import torch
+from conftest import CONFIGS, DECODER_LMS, batch, build_lm, randomize
 
 import unipelt
-
-from conftest import CONFIGS, DECODER_LMS, batch, build_lm, randomize
 
 PRESETS = sorted(unipelt.PRESETS)
 PREFIXED = ["prefix", "mam", "unipelt-ap", "unipelt-apl"]
@@ -33,8 +32,16 @@ def _left_padded() -> dict:
 
 def _generate(model, use_cache, **kw):
     with torch.no_grad():
-        return model.generate(**_left_padded(), max_new_tokens=5, do_sample=False, use_cache=use_cache,
-                              pad_token_id=1, output_scores=True, return_dict_in_generate=True, **kw)
+        return model.generate(
+            **_left_padded(),
+            max_new_tokens=5,
+            do_sample=False,
+            use_cache=use_cache,
+            pad_token_id=1,
+            output_scores=True,
+            return_dict_in_generate=True,
+            **kw,
+        )
 
 
 def _trained(arch, preset, **kw):
@@ -74,10 +81,14 @@ def test_prefix_without_padding_gets_a_causal_mask_aligned_to_the_last_keys(arch
     assert (out[0] - out[1]).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("arch, kw", [
-    ("mistral", {}), ("mistral", {"attn_implementation": "eager"}),
-    ("gemma2", {"layer_types": ["sliding_attention"]}),
-])
+@pytest.mark.parametrize(
+    "arch, kw",
+    [
+        ("mistral", {}),
+        ("mistral", {"attn_implementation": "eager"}),
+        ("gemma2", {"layer_types": ["sliding_attention"]}),
+    ],
+)
 def test_prefix_keys_are_always_visible_and_the_window_still_hides_old_tokens(arch, kw):
     """One sliding-window layer (window 4): the last query must not see token 0, with or without
     a prefix; prefix keys are seen by every query."""
@@ -92,4 +103,3 @@ def test_prefix_keys_are_always_visible_and_the_window_still_hides_old_tokens(ar
     assert CONFIGS[arch]().sliding_window < ids.shape[1]
     assert (last - last_other).abs().max() == 0  # token 0 is outside the last query's window
     assert (last - plain).abs().max() > 1e-4  # the prefix is inside it
-

@@ -3,11 +3,10 @@ and the invariants those architectures keep without it."""
 
 import pytest
 import torch
+from conftest import NOT_SUPPORTED, batch, build
 
 import unipelt
 from unipelt import AdapterConfig, LoRAConfig, PeltConfig, UniPeltError
-
-from conftest import NOT_SUPPORTED, batch, build
 
 PRESET_CASES = [(arch, name) for arch, names in NOT_SUPPORTED.items() for name in names if name in unipelt.PRESETS]
 
@@ -19,8 +18,13 @@ def test_an_unsupported_method_is_refused_at_apply_with_its_reason(refused):
         unipelt.apply(build(arch), preset)
 
 
-GATED = PeltConfig(methods=(AdapterConfig(composition="gated", r=4), LoRAConfig(r=2, composition="gated"),
-                            AdapterConfig(target="attn", insertion="parallel", r=4, composition="gated")))
+GATED = PeltConfig(
+    methods=(
+        AdapterConfig(composition="gated", r=4),
+        LoRAConfig(r=2, composition="gated"),
+        AdapterConfig(target="attn", insertion="parallel", r=4, composition="gated"),
+    )
+)
 
 
 def test_deberta_gates_read_its_product_mask_and_ignore_padding():

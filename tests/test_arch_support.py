@@ -3,12 +3,11 @@
 import json
 
 import pytest
+from conftest import ARCHS, build
 
 import unipelt
 from unipelt import UniPeltError
 from unipelt.arch import check_supported, supported
-
-from conftest import ARCHS, build
 
 
 def test_every_row_of_the_test_table_is_a_supported_architecture():
@@ -36,6 +35,7 @@ def test_a_model_directory_or_its_config_is_checked_from_config_json_alone(tmp_p
 
 def test_apply_refuses_an_unsupported_model_with_the_same_message():
     from transformers import GPT2Config, GPT2ForSequenceClassification
+
     model = GPT2ForSequenceClassification(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=50))
     with pytest.raises(UniPeltError, match=r"model_type 'gpt2'.*Adding an architecture"):
         unipelt.apply(model, "lora")

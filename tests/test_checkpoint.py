@@ -3,11 +3,10 @@ import json
 
 import pytest
 import torch
+from conftest import batch, build, randomize
 
 import unipelt
 from unipelt import UniPeltError
-
-from conftest import batch, build, randomize
 
 PRESETS = sorted(unipelt.PRESETS)
 
@@ -31,6 +30,7 @@ def test_checkpoint_holds_only_pelt_parameters_and_the_head(tmp_path):
     model = unipelt.apply(build(), "unipelt-apl")
     unipelt.save(model, tmp_path)
     from safetensors import safe_open
+
     with safe_open(tmp_path / "unipelt.safetensors", "pt") as f:
         keys = list(f.keys())
     assert "pelt_prefix.folded" in keys and not any("mlp" in k for k in keys)
@@ -85,8 +85,11 @@ def test_missing_checkpoint_and_unapplied_model_errors(tmp_path):
 
 def _state(model) -> dict:
     """Everything a load could change: the module tree, the parameters, the trainable flags."""
-    return {"modules": [n for n, _ in model.named_modules()], "config": getattr(model, "pelt_config", None),
-            "params": {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()}}
+    return {
+        "modules": [n for n, _ in model.named_modules()],
+        "config": getattr(model, "pelt_config", None),
+        "params": {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()},
+    }
 
 
 def _assert_same(before: dict, after: dict) -> None:
@@ -100,7 +103,9 @@ def test_same_embeddings_with_other_encoder_weights_are_refused(tmp_path):
     unipelt.save(unipelt.apply(build(), "lora"), tmp_path)
     other = build(seed=7)
     other.bert.embeddings.load_state_dict(build().bert.embeddings.state_dict())
-    with pytest.raises(UniPeltError, match=r"base tensor bert\.encoder\.layer\.0\.attention\.self\.query\.weight differs"):
+    with pytest.raises(
+        UniPeltError, match=r"base tensor bert\.encoder\.layer\.0\.attention\.self\.query\.weight differs"
+    ):
         unipelt.load(other, tmp_path)
 
 
@@ -127,7 +132,10 @@ def test_a_format_1_checkpoint_still_loads_and_checks_its_embedding_probe(tmp_pa
     def as_format_1(meta):
         meta["format"] = 1
         del meta["base_model"]["base_tensors"]
-        meta["base_model"]["embedding_probe"] = build().bert.embeddings.word_embeddings.weight[:4, :8].flatten().tolist()
+        meta["base_model"]["embedding_probe"] = (
+            build().bert.embeddings.word_embeddings.weight[:4, :8].flatten().tolist()
+        )
+
     _rewrite_meta(tmp_path, as_format_1)
     assert (logits(unipelt.load(build(), tmp_path)) - logits(model)).abs().max() < 1e-6
     with pytest.raises(UniPeltError, match="embedding weights differ"):
@@ -145,27 +153,35 @@ def _set(*path_and_value):
         for key in keys[:-1]:
             meta = meta[key]
         meta[keys[-1]] = value
+
     return change
 
 
-@pytest.mark.parametrize("change, field", [
-    (_drop("config"), "'config' is missing"),
-    (_drop("base_model"), "'base_model' is missing"),
-    (_drop("sha256"), "'sha256' is missing"),
-    (_set("config", None), "'config' must be dict, got None"),
-    (_set("config", {"methods": 5}), "'config'"),
-    (_set("config", {"methods": [{"method": "lora", "targets": 5}]}), "'config'"),
-    (_set("base_model", []), "'base_model' must be dict, got []"),
-    (_set("base_model", "hidden_size", "big"), "'base_model.hidden_size' must be int or null"),
-    (_set("base_model", "hidden_size", True), "'base_model.hidden_size'"),
-    (_set("base_model", "base_tensors", {"x": None}), "'base_model.base_tensors.x' must be dict"),
-    (_set("base_model", "base_tensors", {"x": {"shape": [1], "dtype": "float32", "sha256": "0"}}),
-     "'base_model.base_tensors.x.probe' is missing"),
-    (_set("base_model", "base_tensors", {"x": {"shape": ["a"], "dtype": "f", "sha256": "0", "probe": []}}),
-     "'base_model.base_tensors.x.shape[]' must be int"),
-    (_set("sha256", 12), "'sha256' must be str, got 12"),
-    (_set("format", True), "checkpoint format True"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (_drop("config"), "'config' is missing"),
+        (_drop("base_model"), "'base_model' is missing"),
+        (_drop("sha256"), "'sha256' is missing"),
+        (_set("config", None), "'config' must be dict, got None"),
+        (_set("config", {"methods": 5}), "'config'"),
+        (_set("config", {"methods": [{"method": "lora", "targets": 5}]}), "'config'"),
+        (_set("base_model", []), "'base_model' must be dict, got []"),
+        (_set("base_model", "hidden_size", "big"), "'base_model.hidden_size' must be int or null"),
+        (_set("base_model", "hidden_size", True), "'base_model.hidden_size'"),
+        (_set("base_model", "base_tensors", {"x": None}), "'base_model.base_tensors.x' must be dict"),
+        (
+            _set("base_model", "base_tensors", {"x": {"shape": [1], "dtype": "float32", "sha256": "0"}}),
+            "'base_model.base_tensors.x.probe' is missing",
+        ),
+        (
+            _set("base_model", "base_tensors", {"x": {"shape": ["a"], "dtype": "f", "sha256": "0", "probe": []}}),
+            "'base_model.base_tensors.x.shape[]' must be int",
+        ),
+        (_set("sha256", 12), "'sha256' must be str, got 12"),
+        (_set("format", True), "checkpoint format True"),
+    ],
+)
 def test_malformed_metadata_is_refused_naming_the_field(tmp_path, change, field):
     unipelt.save(unipelt.apply(build(), "lora"), tmp_path)
     _rewrite_meta(tmp_path, change)
@@ -207,6 +223,7 @@ def test_a_refused_load_leaves_the_model_unchanged(tmp_path, preset, damage):
         if damage == "missing tensor":
             return {k: v for k, v in tensors.items() if k != name}
         return {**tensors, name: torch.zeros(*tensors[name].shape, 2)}
+
     _resave_weights(tmp_path, change)
     model = build()
     rng = torch.random.get_rng_state()
@@ -240,6 +257,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     def disk_full(tensors, path):
         open(path, "wb").write(b"partial")
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(checkpoint, "save_file", disk_full)
     with pytest.raises(OSError, match="No space left"):
         unipelt.save(unipelt.apply(build(), "lora"), tmp_path)
@@ -249,7 +267,9 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_a_format_1_checkpoint_loads_as_it_ran(tmp_path):
     """unipelt 0.1 called standard prefix tuning "add" and trained BERT's pooler in every method."""
-    cfg = unipelt.PeltConfig(methods=(unipelt.PrefixConfig(length=3), unipelt.LoRAConfig()), modules_to_save=("pooler",))
+    cfg = unipelt.PeltConfig(
+        methods=(unipelt.PrefixConfig(length=3), unipelt.LoRAConfig()), modules_to_save=("pooler",)
+    )
     model = unipelt.apply(build(), cfg)
     randomize(model)
     unipelt.save(model, tmp_path)

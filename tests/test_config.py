@@ -23,30 +23,33 @@ def test_unipelt_is_the_union_of_single_methods_with_gates_on():
     assert (pa.insertion, pa.r, pa.composition, pa.scale) == ("parallel", 512, "scaled", 4.0)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: AdapterConfig(target="head", insertion="sequential"), "only insertion='parallel'"),
-    (lambda: AdapterConfig(target="mlp"), "not one of"),
-    (lambda: AdapterConfig(r=0), "positive integer"),
-    (lambda: AdapterConfig(scale=4.0), "composition='scaled'"),
-    (lambda: LoRAConfig(targets=()), "non-empty"),
-    (lambda: LoRAConfig(targets=("q", "q")), "duplicates"),
-    (lambda: LoRAConfig(targets=("query",)), "not one of"),
-    (lambda: PrefixConfig(length=-1), "positive integer"),
-    (lambda: PrefixConfig(attention=("encoder",)), "not one of"),
-    (lambda: PrefixConfig(attention=()), "non-empty"),
-    (lambda: AdapterConfig(target="ffn", attention=("self",)), "only applies to attention"),
-    (lambda: LoRAConfig(targets=("ffn_in",), attention=("cross",)), "only applies to attention"),
-    (lambda: PeltConfig(methods=()), "empty"),
-    (lambda: PeltConfig(methods=(unipelt.FullFineTuning(), LoRAConfig())), "cannot be combined"),
-    (lambda: PeltConfig(methods=(PrefixConfig(), PrefixConfig())), "more than one PrefixConfig"),
-    (lambda: PeltConfig(methods=(AdapterConfig(), AdapterConfig(r=8))), "share a (target, insertion)"),
-    (lambda: PeltConfig(methods=(LoRAConfig(), LoRAConfig(targets=("v", "k")))), "same projection"),
-    (lambda: PeltConfig(methods=(LoRAConfig(attention=("cross",)), LoRAConfig(targets=("q",)))), "same projection"),
-    (lambda: PeltConfig(methods=(LoRAConfig(),), gate_pooling="max"), "not one of"),
-    (lambda: PeltConfig.from_dict({"methods": [{"method": "lora", "rank": 8}]}), "no field"),
-    (lambda: PeltConfig.from_dict({"methods": [{"method": "ia4"}]}), "unknown method"),
-    (lambda: unipelt.get_preset("unipelt-xyz"), "known presets: adapter"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: AdapterConfig(target="head", insertion="sequential"), "only insertion='parallel'"),
+        (lambda: AdapterConfig(target="mlp"), "not one of"),
+        (lambda: AdapterConfig(r=0), "positive integer"),
+        (lambda: AdapterConfig(scale=4.0), "composition='scaled'"),
+        (lambda: LoRAConfig(targets=()), "non-empty"),
+        (lambda: LoRAConfig(targets=("q", "q")), "duplicates"),
+        (lambda: LoRAConfig(targets=("query",)), "not one of"),
+        (lambda: PrefixConfig(length=-1), "positive integer"),
+        (lambda: PrefixConfig(attention=("encoder",)), "not one of"),
+        (lambda: PrefixConfig(attention=()), "non-empty"),
+        (lambda: AdapterConfig(target="ffn", attention=("self",)), "only applies to attention"),
+        (lambda: LoRAConfig(targets=("ffn_in",), attention=("cross",)), "only applies to attention"),
+        (lambda: PeltConfig(methods=()), "empty"),
+        (lambda: PeltConfig(methods=(unipelt.FullFineTuning(), LoRAConfig())), "cannot be combined"),
+        (lambda: PeltConfig(methods=(PrefixConfig(), PrefixConfig())), "more than one PrefixConfig"),
+        (lambda: PeltConfig(methods=(AdapterConfig(), AdapterConfig(r=8))), "share a (target, insertion)"),
+        (lambda: PeltConfig(methods=(LoRAConfig(), LoRAConfig(targets=("v", "k")))), "same projection"),
+        (lambda: PeltConfig(methods=(LoRAConfig(attention=("cross",)), LoRAConfig(targets=("q",)))), "same projection"),
+        (lambda: PeltConfig(methods=(LoRAConfig(),), gate_pooling="max"), "not one of"),
+        (lambda: PeltConfig.from_dict({"methods": [{"method": "lora", "rank": 8}]}), "no field"),
+        (lambda: PeltConfig.from_dict({"methods": [{"method": "ia4"}]}), "unknown method"),
+        (lambda: unipelt.get_preset("unipelt-xyz"), "known presets: adapter"),
+    ],
+)
 def test_invalid_configs_are_rejected_at_construction(make, message):
     with pytest.raises(UniPeltError, match=message.replace("(", r"\(").replace(")", r"\)")):
         make()

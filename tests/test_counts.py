@@ -6,10 +6,22 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import unipelt
 
-BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                 vocab_size=30522, num_labels=2)
-PAPER = {"bitfit": 103_000, "prefix": 184_000, "lora": 295_000, "adapter": 895_000,
-         "unipelt-ap": 1_100_000, "unipelt-apl": 1_400_000}
+BERT_BASE = dict(
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    vocab_size=30522,
+    num_labels=2,
+)
+PAPER = {
+    "bitfit": 103_000,
+    "prefix": 184_000,
+    "lora": 295_000,
+    "adapter": 895_000,
+    "unipelt-ap": 1_100_000,
+    "unipelt-apl": 1_400_000,
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +54,22 @@ def test_exact_arithmetic(bert_base_counts):
 # He et al. 2022 (§4.4) on a bart-large-shaped model: 12 + 12 layers, 36 attention sublayers
 # (encoder self, decoder self, decoder cross), 24 FFN sublayers.
 D, ATTENTION, FFN_SUBLAYERS = 1024, 36, 24
-BART_LARGE = dict(d_model=D, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
-                  decoder_attention_heads=16, encoder_ffn_dim=4 * D, decoder_ffn_dim=4 * D, vocab_size=50265)
+BART_LARGE = dict(
+    d_model=D,
+    encoder_layers=12,
+    decoder_layers=12,
+    encoder_attention_heads=16,
+    decoder_attention_heads=16,
+    encoder_ffn_dim=4 * D,
+    decoder_ffn_dim=4 * D,
+    vocab_size=50265,
+)
 
 
 @pytest.fixture(scope="module")
 def bart_large_counts():
     from transformers import BartConfig, BartForConditionalGeneration
+
     counts = {}
     for preset in ("mam", "pa-attn-ffn", "prefix-lora-ffn"):
         with torch.device("meta"):  # shapes only, and the added modules are built on meta too

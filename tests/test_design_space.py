@@ -4,23 +4,29 @@ LoRA target, on every architecture of the test table."""
 
 import pytest
 import torch
+from conftest import ARCHS, CLASSIFIERS, batch, build, randomize
 
 import unipelt
 from unipelt import AdapterConfig, IA3Config, LoRAConfig, PeltConfig, PrefixConfig
 from unipelt.blocks import Gate
 from unipelt.inject import zero_deltas
 
-from conftest import ARCHS, CLASSIFIERS, batch, build, randomize
-
 A = dict(r=4)
 CASES = {
     **{f"activation-{f}": AdapterConfig(activation=f, **A) for f in ("relu", "gelu", "tanh", "identity")},
-    **{f"sequential-{p}-{t}": AdapterConfig(target=t, placement=p, **A)
-       for p in ("pfeiffer", "houlsby") for t in ("attn", "ffn")},
+    **{
+        f"sequential-{p}-{t}": AdapterConfig(target=t, placement=p, **A)
+        for p in ("pfeiffer", "houlsby")
+        for t in ("attn", "ffn")
+    },
     **{f"parallel-{t}": AdapterConfig(target=t, insertion="parallel", **A) for t in ("attn", "head", "ffn")},
-    **{f"composition-{c}": AdapterConfig(insertion="parallel", composition=c, **A)
-       for c in ("add", "scaled", "gated", "interpolate")},
-    "composition-interpolate-houlsby": AdapterConfig(target="attn", placement="houlsby", composition="interpolate", **A),
+    **{
+        f"composition-{c}": AdapterConfig(insertion="parallel", composition=c, **A)
+        for c in ("add", "scaled", "gated", "interpolate")
+    },
+    "composition-interpolate-houlsby": AdapterConfig(
+        target="attn", placement="houlsby", composition="interpolate", **A
+    ),
     "composition-interpolate-head": AdapterConfig(target="head", insertion="parallel", composition="interpolate", **A),
     "learned-scale": AdapterConfig(insertion="parallel", composition="scaled", scale=2.0, learn_scale=True, **A),
     "init-lora": AdapterConfig(init="lora", **A),

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import batch, build, randomize
 from transformers import DynamicCache
 
 import unipelt
@@ -9,10 +10,7 @@ from unipelt.blocks import Gate
 from unipelt.inject import zero_deltas
 from unipelt.methods.lora import LoRALinear
 
-from conftest import batch, build, randomize
-
-NO_PREFIX = [p for p, c in unipelt.PRESETS.items()
-             if not c.of(unipelt.PrefixConfig) and not c.of(unipelt.PromptConfig)]
+NO_PREFIX = [p for p, c in unipelt.PRESETS.items() if not c.of(unipelt.PrefixConfig) and not c.of(unipelt.PromptConfig)]
 WITH_PREFIX = [p for p, c in unipelt.PRESETS.items() if c.of(unipelt.PrefixConfig)]
 
 
@@ -72,13 +70,13 @@ def test_prefix_matches_the_past_key_values_route():
         k, v = (t.view(length, 4, -1).transpose(0, 1).expand(n, -1, -1, -1) for t in table[i])
         cache.update(k.contiguous(), v.contiguous(), i)
     plain = build("bert")
-    plain.load_state_dict({k.replace(".base_layer", ""): v for k, v in model.state_dict().items()
-                           if "pelt_" not in k})
+    plain.load_state_dict({k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "pelt_" not in k})
     mask = torch.cat([torch.ones(n, length, dtype=torch.long), b["attention_mask"]], dim=1)
     positions = torch.arange(b["input_ids"].shape[1]).expand(n, -1)
     with torch.no_grad():
-        reference = plain(input_ids=b["input_ids"], attention_mask=mask, past_key_values=cache,
-                          position_ids=positions).logits
+        reference = plain(
+            input_ids=b["input_ids"], attention_mask=mask, past_key_values=cache, position_ids=positions
+        ).logits
     assert (ours - reference).abs().max() < 1e-5
 
 

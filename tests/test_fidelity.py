@@ -7,6 +7,7 @@ where Pfeiffer's and Houlsby's placements differ), eval mode, so dropout is the 
 
 import pytest
 import torch
+from conftest import CONFIGS, batch, build, randomize
 from transformers import T5Config, T5EncoderModel
 
 import unipelt
@@ -14,8 +15,6 @@ from unipelt import AdapterConfig, LoRAConfig, PeltConfig, PrefixConfig, PromptC
 from unipelt.inject import zero_deltas
 from unipelt.methods.adapter import Adapter
 from unipelt.methods.lora import LoRALinear
-
-from conftest import CONFIGS, batch, build, randomize
 
 
 def plain_copy(model, arch="bert", **kw):
@@ -47,8 +46,9 @@ def trained(preset_or_config, arch="bert", std=0.2, **kw):
 
 
 def capture_input(module, store: dict, key: str):
-    module.register_forward_pre_hook(lambda m, args, kwargs: store.__setitem__(key, args[0] if args else kwargs["hidden_states"]),
-                                     with_kwargs=True)
+    module.register_forward_pre_hook(
+        lambda m, args, kwargs: store.__setitem__(key, args[0] if args else kwargs["hidden_states"]), with_kwargs=True
+    )
 
 
 def assert_same(model, plain, b=None):
@@ -110,8 +110,14 @@ def test_pfeiffer_adapter_reads_the_normalised_sum():
     for i, layer in enumerate(plain.bert.encoder.layer):
         a = found[f"bert.encoder.layer.{i}.output.LayerNorm.pelt_adapter_sequential.0"]
         ln = layer.output.LayerNorm
-        ln.register_forward_pre_hook(lambda m, args, a=a, ln=ln: (args[0] + bottleneck(a, torch.nn.functional.layer_norm(
-            args[0], ln.normalized_shape, ln.weight, ln.bias, ln.eps)),))
+        ln.register_forward_pre_hook(
+            lambda m, args, a=a, ln=ln: (
+                args[0]
+                + bottleneck(
+                    a, torch.nn.functional.layer_norm(args[0], ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+                ),
+            )
+        )
     assert_same(model, plain)
 
 
@@ -137,6 +143,7 @@ def test_multi_head_adapter_reads_each_heads_query_projection():
             blk = a.block
             delta = torch.cat([torch.relu(q[h] @ blk.down[h] + blk.down_bias[h]) @ blk.up[h] for h in range(4)], -1)
             return (args[0] + delta + blk.up_bias,)
+
         layer.attention.output.dense.register_forward_pre_hook(add_heads)
     assert_same(model, plain)
     counts = unipelt.count_parameters(model)  # the same budget as a d/Nh slice: 2·r·d + Nh·r + d
@@ -154,6 +161,7 @@ def test_interpolating_parallel_adapter():
         def interpolate(m, inp, h, a=a, i=i):
             lam = torch.sigmoid(seen[i] @ a.pelt_gate.proj.weight.T + a.pelt_gate.proj.bias)  # (B, T, 1)
             return (1 - lam) * h + lam * bottleneck(a, seen[i])
+
         layer.output.dense.register_forward_hook(interpolate)
     assert_same(model, plain)
 
@@ -174,8 +182,9 @@ def _prefix_hooks(model, plain, b, combine):
             x = seen[i]
             q, k, v = (_heads(f(x)) for f in (att.query, att.key, att.value))
             pk, pv = (_heads(t.expand(x.shape[0], -1, -1)) for t in table[i])
-            h = combine(q * 8 ** -0.5, k, v, pk, pv, key_mask)  # (B, H, T, dh)
+            h = combine(q * 8**-0.5, k, v, pk, pv, key_mask)  # (B, H, T, dh)
             return (h.transpose(1, 2).flatten(2), *out[1:])
+
         att.register_forward_hook(replace)
 
 
@@ -188,6 +197,7 @@ def test_prefix_tuning_is_he_et_al_gated_addition():
         tok, pre = q @ k.transpose(-1, -2) + key_mask, q @ pk.transpose(-1, -2)
         lam = torch.sigmoid(pre.logsumexp(-1, keepdim=True) - tok.logsumexp(-1, keepdim=True))
         return (1 - lam) * (tok.softmax(-1) @ v) + lam * (pre.softmax(-1) @ pv)
+
     _prefix_hooks(model, plain, b, eq5)
     assert_same(model, plain, b)
 
@@ -198,6 +208,7 @@ def test_prefix_without_gating_adds_attention_over_the_prefix_alone():
 
     def added(q, k, v, pk, pv, key_mask):
         return (q @ k.transpose(-1, -2) + key_mask).softmax(-1) @ v + (q @ pk.transpose(-1, -2)).softmax(-1) @ pv
+
     _prefix_hooks(model, plain, b, added)
     assert_same(model, plain, b)
 
@@ -242,7 +253,8 @@ def test_bert_prompt_follows_cls():
     plain, b = plain_copy(model), batch()
     prompt = model.bert.embeddings.pelt_prompt
     plain.bert.embeddings.register_forward_hook(
-        lambda m, inp, e: torch.cat([e[:, :1], prompt.expand(e.shape[0], -1, -1), e[:, 1:]], dim=1))
+        lambda m, inp, e: torch.cat([e[:, :1], prompt.expand(e.shape[0], -1, -1), e[:, 1:]], dim=1)
+    )
     ones = torch.ones(3, prompt.shape[0], dtype=torch.long)
     mask = b["attention_mask"]
     with torch.no_grad():
@@ -251,8 +263,11 @@ def test_bert_prompt_follows_cls():
 
 
 # 8. Bugs: modules follow the model's mode; T5's encoder alone
-_T5 = {k: v for k, v in CONFIGS["t5"]().to_dict().items() if k in
-       ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "pad_token_id", "eos_token_id")}
+_T5 = {
+    k: v
+    for k, v in CONFIGS["t5"]().to_dict().items()
+    if k in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "pad_token_id", "eos_token_id")
+}
 
 
 def test_apply_to_an_eval_model_gives_deterministic_outputs(tmp_path):
@@ -265,6 +280,7 @@ def test_apply_to_an_eval_model_gives_deterministic_outputs(tmp_path):
     plain.save_pretrained(tmp_path / "base")
     unipelt.save(model, tmp_path / "ckpt")
     from transformers import AutoModelForSequenceClassification
+
     loaded = unipelt.load(AutoModelForSequenceClassification.from_pretrained(tmp_path / "base"), tmp_path / "ckpt")
     assert torch.equal(logits(loaded, b), logits(loaded, b))
     assert unipelt.apply(build().train(), "lora").classifier.training  # a training model stays training

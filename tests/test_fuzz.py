@@ -9,24 +9,44 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build, randomize
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import unipelt
 from unipelt import UniPeltError
 
-from conftest import build, randomize
-
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-                    max_leaves=6)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
 # Where an edit lands: every level of the file; "*" is the first entry of a table.
-PLACES = ["format", "unipelt_version", "sha256", "config", "config.methods", "config.methods.0",
-          "config.methods.0.r", "config.methods.0.method", "config.methods.0.targets", "config.gate_pooling",
-          "base_model", "base_model.model_type", "base_model.hidden_size", "base_model.vocab_size",
-          "base_model.name_or_path", "base_model.embedding_probe", "base_model.base_tensors",
-          "base_model.base_tensors.*", "base_model.base_tensors.*.shape", "base_model.base_tensors.*.dtype",
-          "base_model.base_tensors.*.sha256", "base_model.base_tensors.*.probe", "base_model.base_tensors.*.probe.0"]
+PLACES = [
+    "format",
+    "unipelt_version",
+    "sha256",
+    "config",
+    "config.methods",
+    "config.methods.0",
+    "config.methods.0.r",
+    "config.methods.0.method",
+    "config.methods.0.targets",
+    "config.gate_pooling",
+    "base_model",
+    "base_model.model_type",
+    "base_model.hidden_size",
+    "base_model.vocab_size",
+    "base_model.name_or_path",
+    "base_model.embedding_probe",
+    "base_model.base_tensors",
+    "base_model.base_tensors.*",
+    "base_model.base_tensors.*.shape",
+    "base_model.base_tensors.*.dtype",
+    "base_model.base_tensors.*.sha256",
+    "base_model.base_tensors.*.probe",
+    "base_model.base_tensors.*.probe.0",
+]
 EDITS = st.lists(st.tuples(st.sampled_from(PLACES), st.none() | JSON.map(lambda v: ("set", v))), min_size=1, max_size=3)
 
 
@@ -61,13 +81,20 @@ def _edit(meta, place: str, action) -> None:
 
 
 def _state(model) -> tuple:
-    return ([n for n, _ in model.named_modules()], getattr(model, "pelt_config", None),
-            {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()})
+    return (
+        [n for n, _ in model.named_modules()],
+        getattr(model, "pelt_config", None),
+        {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()},
+    )
 
 
 def _same(a: tuple, b: tuple) -> bool:
-    return (a[0] == b[0] and a[1] == b[1] and a[2].keys() == b[2].keys()
-            and all(torch.equal(a[2][n][0], b[2][n][0]) and a[2][n][1] == b[2][n][1] for n in a[2]))
+    return (
+        a[0] == b[0]
+        and a[1] == b[1]
+        and a[2].keys() == b[2].keys()
+        and all(torch.equal(a[2][n][0], b[2][n][0]) and a[2][n][1] == b[2][n][1] for n in a[2])
+    )
 
 
 @settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -6,12 +6,11 @@ the whole sequence every step: prefixes, masks, positions and gates must agree b
 
 import pytest
 import torch
+from conftest import GENERATORS, batch, build_lm, randomize
 from transformers import DynamicCache
 
 import unipelt
 from unipelt import UniPeltError
-
-from conftest import GENERATORS, batch, build_lm, randomize
 
 PRESETS = sorted(unipelt.PRESETS)
 PREFIXED = ["prefix", "mam", "unipelt-ap", "unipelt-apl"]
@@ -30,8 +29,16 @@ def _inputs(arch: str) -> dict:
 
 def _generate(model, inputs, use_cache, **kw):
     with torch.no_grad():
-        return model.generate(**inputs, max_new_tokens=5, do_sample=False, use_cache=use_cache, pad_token_id=1,
-                              output_scores=True, return_dict_in_generate=True, **kw)
+        return model.generate(
+            **inputs,
+            max_new_tokens=5,
+            do_sample=False,
+            use_cache=use_cache,
+            pad_token_id=1,
+            output_scores=True,
+            return_dict_in_generate=True,
+            **kw,
+        )
 
 
 def _trained(arch, preset):
@@ -91,10 +98,15 @@ def test_llama_prefix_matches_the_past_key_values_route():
             assert k.shape[1] == model.config.num_key_value_heads
             cache.update(k, v, i)
         plain = build_lm("llama")
-        plain.load_state_dict({k.replace(".base_layer", ""): v for k, v in model.state_dict().items()
-                               if "pelt_" not in k})
-        reference = plain(input_ids=ids, attention_mask=torch.ones(n, length + ids.shape[1], dtype=torch.long),
-                          past_key_values=cache, position_ids=torch.arange(ids.shape[1]).expand(n, -1)).logits
+        plain.load_state_dict(
+            {k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "pelt_" not in k}
+        )
+        reference = plain(
+            input_ids=ids,
+            attention_mask=torch.ones(n, length + ids.shape[1], dtype=torch.long),
+            past_key_values=cache,
+            position_ids=torch.arange(ids.shape[1]).expand(n, -1),
+        ).logits
     assert (ours - reference).abs().max() < 1e-5
 
 

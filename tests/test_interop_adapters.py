@@ -32,8 +32,11 @@ EXPECTED = {
     "lora_ffn": (LoRAConfig(r=2, alpha=3.0, targets=("k", "ffn_in", "ffn_out")),),
     "lora_bin_nohead": (LoRAConfig(r=4, alpha=16.0, targets=("q", "k", "v")),),
     "prompt_tuning": (PromptConfig(length=4),),
-    "unipelt": (PrefixConfig(length=4, mid_dim=8, composition="gated"), AdapterConfig(r=4, composition="gated"),
-                LoRAConfig(r=4, alpha=2.0, composition="gated")),
+    "unipelt": (
+        PrefixConfig(length=4, mid_dim=8, composition="gated"),
+        AdapterConfig(r=4, composition="gated"),
+        LoRAConfig(r=4, alpha=2.0, composition="gated"),
+    ),
     "mam": (PREFIX, AdapterConfig(insertion="parallel", r=8, composition="scaled", scale=4.0, init="lora")),
 }
 CASES = [(arch, name) for arch in ("bert", "roberta") for name in EXPECTED]
@@ -96,6 +99,7 @@ def _set(**changes):
     def edit(meta):
         for key, value in changes.items():
             meta["config"][key] = value
+
     return edit
 
 
@@ -121,8 +125,7 @@ REFUSED = [
 
 
 @pytest.mark.parametrize("fixture,edit,reason", REFUSED, ids=[r[2] for r in REFUSED])
-def test_configs_unipelt_cannot_express_exactly_are_refused_and_the_model_is_untouched(tmp_path, fixture, edit,
-                                                                                    reason):
+def test_configs_unipelt_cannot_express_exactly_are_refused_and_the_model_is_untouched(tmp_path, fixture, edit, reason):
     model = _base("bert")
     before = {n: p.clone() for n, p in model.named_parameters()}
     with pytest.raises(unipelt.UniPeltError, match=reason.replace("(", r"\(").replace(")", r"\)")):
@@ -131,11 +134,14 @@ def test_configs_unipelt_cannot_express_exactly_are_refused_and_the_model_is_unt
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
-@pytest.mark.parametrize("change,reason", [(dict(layers=1), "layers=1"), (dict(activation_function="relu"), "relu"),
-                                           (dict(num_labels=2), "num_labels=2")])
+@pytest.mark.parametrize(
+    "change,reason",
+    [(dict(layers=1), "layers=1"), (dict(activation_function="relu"), "relu"), (dict(num_labels=2), "num_labels=2")],
+)
 def test_heads_the_model_cannot_compute_are_refused(tmp_path, change, reason):
     def edit(meta):
         meta["config"].update(change)
+
     with pytest.raises(unipelt.UniPeltError, match=reason):
         unipelt.from_adapters(_base("bert"), _edited(tmp_path, "seq_bn", edit, "head_config.json"))
 

@@ -4,11 +4,10 @@ import json
 
 import pytest
 import torch
+from conftest import batch, build, build_lm, randomize
 
 import unipelt
 from unipelt import LoRAConfig, PeltConfig, PromptConfig
-
-from conftest import batch, build, build_lm, randomize
 
 peft = pytest.importorskip("peft")
 
@@ -102,12 +101,14 @@ def test_what_peft_cannot_express_is_refused(tmp_path, make, reason):
 
 
 def test_peft_prefix_and_other_prompts_are_refused_on_import(tmp_path):
-    peft.get_peft_model(build_lm("llama"), peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)) \
-        .save_pretrained(tmp_path / "prefix")
+    peft.get_peft_model(
+        build_lm("llama"), peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    ).save_pretrained(tmp_path / "prefix")
     with pytest.raises(unipelt.UniPeltError, match="positions"):
         unipelt.from_peft(build_lm("llama"), tmp_path / "prefix")
-    peft.get_peft_model(build("bert"), peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4)) \
-        .save_pretrained(tmp_path / "prompt")
+    peft.get_peft_model(
+        build("bert"), peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4)
+    ).save_pretrained(tmp_path / "prompt")
     model = build("bert")
     with pytest.raises(unipelt.UniPeltError, match="LayerNorm"):
         unipelt.from_peft(model, tmp_path / "prompt")

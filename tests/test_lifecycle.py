@@ -2,13 +2,12 @@
 
 import pytest
 import torch
+from conftest import batch, build, randomize
 
 import unipelt
 from unipelt import IA3Config, UniPeltError
 from unipelt.methods.ia3 import IA3Linear
 from unipelt.wrappers import Wrapper
-
-from conftest import batch, build, randomize
 
 PRESETS = sorted(unipelt.PRESETS)
 

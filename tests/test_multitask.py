@@ -2,13 +2,12 @@
 
 import pytest
 import torch
+from conftest import TINY, build, randomize
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 import unipelt
 from unipelt import MultiTask, UniPeltError
-
-from conftest import TINY, build, randomize
 
 SERVED = sorted(p for p in unipelt.PRESETS if p not in ("full", "prefix-nogating"))
 
@@ -36,7 +35,7 @@ def trained(tmp_path, arch, preset, labels=2, seed=0):
 def alone(model, batch, i):
     n = int(batch["attention_mask"][i].sum())
     with torch.no_grad():
-        return model(**{k: v[i:i + 1, :n] for k, v in batch.items()}).logits[0]
+        return model(**{k: v[i : i + 1, :n] for k, v in batch.items()}).logits[0]
 
 
 def assert_rows_match(mt, singles, batch, tasks):
@@ -129,7 +128,8 @@ def _tokenizer():
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", model_max_length=64)
 
 

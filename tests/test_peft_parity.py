@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from conftest import HEADS, batch, build
 
 import unipelt
 from unipelt.arch import spec_for
-
-from conftest import HEADS, batch, build
 
 peft = pytest.importorskip("peft")
 
@@ -16,14 +15,16 @@ def _qv_leaves(arch: str) -> list[str]:
     return [getattr(attention, t).rpartition(".")[2] for t in ("q", "v")]
 
 
-
-
 def test_same_lora_weights_give_the_same_logits_as_peft(arch):
     """peft matches the leaf names everywhere: BART's and T5's cross-attention get LoRA too,
     as unipelt's default ``attention=("self", "cross")`` does."""
     ours = unipelt.apply(build(arch), "lora")
-    ref = peft.get_peft_model(build(arch), peft.LoraConfig(r=8, lora_alpha=2, target_modules=_qv_leaves(arch),
-                                                           lora_dropout=0.0, modules_to_save=[HEADS[arch]]))
+    ref = peft.get_peft_model(
+        build(arch),
+        peft.LoraConfig(
+            r=8, lora_alpha=2, target_modules=_qv_leaves(arch), lora_dropout=0.0, modules_to_save=[HEADS[arch]]
+        ),
+    )
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, m in ref.named_modules():
@@ -41,8 +42,9 @@ def test_same_lora_weights_give_the_same_logits_as_peft(arch):
 
 
 def test_a_peft_lora_checkpoint_imports_with_identical_logits(tmp_path, arch):
-    ref = peft.get_peft_model(build(arch), peft.LoraConfig(r=4, lora_alpha=8, target_modules=_qv_leaves(arch),
-                                                           modules_to_save=[HEADS[arch]]))
+    ref = peft.get_peft_model(
+        build(arch), peft.LoraConfig(r=4, lora_alpha=8, target_modules=_qv_leaves(arch), modules_to_save=[HEADS[arch]])
+    )
     with torch.no_grad():
         for name, p in ref.named_parameters():
             if p.requires_grad:

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from conftest import batch, build, randomize
 
 import unipelt
-
-from conftest import batch, build, randomize
 
 PRESETS = sorted(unipelt.PRESETS)
 

@@ -1,13 +1,12 @@
 import pytest
 import torch
+from conftest import batch, build, build_lm
 from datasets import Dataset
 from transformers import GPT2Config, GPT2ForSequenceClassification, Trainer, TrainingArguments
 
 import unipelt
 from unipelt import PeltConfig, UniPeltError
 from unipelt.inject import head_parameter_names
-
-from conftest import batch, build, build_lm
 
 PRESETS = sorted(unipelt.PRESETS)
 PA_ATTN = unipelt.AdapterConfig(target="attn", insertion="parallel", r=4, composition="gated")  # reads a tap
@@ -42,21 +41,34 @@ def test_a_training_step_changes_only_pelt_parameters_and_the_head(arch, preset)
 
 def test_trainer_trains_every_preset_with_a_finite_loss(tmp_path):
     g = torch.Generator().manual_seed(0)
-    rows = [{"input_ids": torch.randint(5, 120, (int(n),), generator=g).tolist(), "labels": int(n) % 3}
-            for n in torch.randint(4, 12, (32,), generator=g)]
+    rows = [
+        {"input_ids": torch.randint(5, 120, (int(n),), generator=g).tolist(), "labels": int(n) % 3}
+        for n in torch.randint(4, 12, (32,), generator=g)
+    ]
     data = Dataset.from_list(rows)
 
     def collate(items):
         t = max(len(i["input_ids"]) for i in items)
         ids = torch.tensor([i["input_ids"] + [0] * (t - len(i["input_ids"])) for i in items])
-        return {"input_ids": ids, "attention_mask": (ids != 0).long(),
-                "labels": torch.tensor([i["labels"] for i in items])}
+        return {
+            "input_ids": ids,
+            "attention_mask": (ids != 0).long(),
+            "labels": torch.tensor([i["labels"] for i in items]),
+        }
 
     for preset in PRESETS:
         model = unipelt.apply(build(), preset)
-        args = TrainingArguments(output_dir=str(tmp_path / preset), max_steps=3, per_device_train_batch_size=8,
-                                 learning_rate=unipelt.DEFAULT_LEARNING_RATES[preset], report_to=[],
-                                 save_strategy="no", logging_steps=1, use_cpu=True, disable_tqdm=True)
+        args = TrainingArguments(
+            output_dir=str(tmp_path / preset),
+            max_steps=3,
+            per_device_train_batch_size=8,
+            learning_rate=unipelt.DEFAULT_LEARNING_RATES[preset],
+            report_to=[],
+            save_strategy="no",
+            logging_steps=1,
+            use_cpu=True,
+            disable_tqdm=True,
+        )
         trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate)
         result = trainer.train()
         assert torch.isfinite(torch.tensor(result.training_loss)), preset
@@ -74,7 +86,9 @@ def test_bf16_models_get_bf16_modules_and_run(arch, preset):
 
 def test_unsupported_architecture_names_the_supported_ones():
     model = GPT2ForSequenceClassification(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=50))
-    with pytest.raises(UniPeltError, match="model_type 'gpt2'.*supported: bart, bert, .*llama.*roberta, t5.*contributing.md"):
+    with pytest.raises(
+        UniPeltError, match="model_type 'gpt2'.*supported: bart, bert, .*llama.*roberta, t5.*contributing.md"
+    ):
         unipelt.apply(model, "lora")
 
 
@@ -89,11 +103,13 @@ def test_apply_twice_and_bad_arguments_fail_clearly():
 
 
 def test_apply_accepts_a_single_method_and_free_combinations():
-    cfg = unipelt.PeltConfig(methods=(
-        unipelt.PrefixConfig(length=4),
-        unipelt.LoRAConfig(targets=("ffn_in", "ffn_out"), r=4),
-        unipelt.AdapterConfig(target="attn", insertion="parallel", composition="gated"),
-    ))
+    cfg = unipelt.PeltConfig(
+        methods=(
+            unipelt.PrefixConfig(length=4),
+            unipelt.LoRAConfig(targets=("ffn_in", "ffn_out"), r=4),
+            unipelt.AdapterConfig(target="attn", insertion="parallel", composition="gated"),
+        )
+    )
     model = unipelt.apply(build(), cfg)
     counts = unipelt.count_parameters(model)
     assert counts["lora"] == 2 * (4 * (32 + 64) + 4 * (64 + 32))
@@ -118,11 +134,13 @@ def test_gradient_checkpointing_gives_the_same_gradients(arch):
 
 
 def test_attention_fields_pick_the_sublayers_of_an_encoder_decoder():
-    cfg = unipelt.PeltConfig(methods=(
-        unipelt.PrefixConfig(length=4, attention=("cross",)),
-        unipelt.LoRAConfig(r=2, targets=("q",), attention=("self",)),
-        unipelt.AdapterConfig(target="attn", insertion="parallel", r=3, attention=("cross",)),
-    ))
+    cfg = unipelt.PeltConfig(
+        methods=(
+            unipelt.PrefixConfig(length=4, attention=("cross",)),
+            unipelt.LoRAConfig(r=2, targets=("q",), attention=("self",)),
+            unipelt.AdapterConfig(target="attn", insertion="parallel", r=3, attention=("cross",)),
+        )
+    )
     model = unipelt.apply(build("bart"), cfg)
     names = [n for n, _ in model.named_parameters() if "pelt_" in n]
     assert model.pelt_prefix.slots == 2  # the decoder's two cross-attentions
@@ -133,11 +151,14 @@ def test_attention_fields_pick_the_sublayers_of_an_encoder_decoder():
         unipelt.apply(build("bert"), unipelt.PrefixConfig(attention=("cross",)))
 
 
-@pytest.mark.parametrize("arch, kw, per_layer", [
-    ("llama", {}, 2 * 4 * (32 + 64) + 4 * (64 + 32)),  # gate_proj and up_proj in, down_proj out
-    ("t5", {"feed_forward_proj": "gated-gelu"}, 2 * 4 * (32 + 64) + 4 * (64 + 32)),  # wi_0, wi_1 in, wo out
-    ("t5", {}, 4 * (32 + 64) + 4 * (64 + 32)),  # wi in, wo out
-])
+@pytest.mark.parametrize(
+    "arch, kw, per_layer",
+    [
+        ("llama", {}, 2 * 4 * (32 + 64) + 4 * (64 + 32)),  # gate_proj and up_proj in, down_proj out
+        ("t5", {"feed_forward_proj": "gated-gelu"}, 2 * 4 * (32 + 64) + 4 * (64 + 32)),  # wi_0, wi_1 in, wo out
+        ("t5", {}, 4 * (32 + 64) + 4 * (64 + 32)),  # wi in, wo out
+    ],
+)
 def test_lora_ffn_targets_every_input_projection_of_a_gated_ffn(arch, kw, per_layer):
     model = unipelt.apply(build(arch, **kw), unipelt.LoRAConfig(r=4, targets=("ffn_in", "ffn_out")))
     stacks = 2 if arch == "t5" else 1

@@ -61,7 +61,8 @@ def _causal(query: torch.Tensor, key: torch.Tensor, additive: bool) -> torch.Ten
     mask = torch.ones(q, kv, dtype=torch.bool, device=query.device).tril(kv - q)[None, None]
     if additive:
         return torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(
-            ~mask, torch.finfo(query.dtype).min)
+            ~mask, torch.finfo(query.dtype).min
+        )
     return mask
 
 
@@ -75,16 +76,22 @@ def _prepend_prefix(module, query, key, value, mask, pk, pv, additive: bool, kwa
     value = torch.cat([pv.to(value.dtype), value], dim=2)
     if visible is not None and mask is None:  # rows see different prefix positions: a mask is needed
         shape = (query.shape[0], 1, query.shape[2], key.shape[2] - n)
-        mask = (torch.zeros(shape, dtype=query.dtype, device=query.device) if additive
-                else torch.ones(shape, dtype=torch.bool, device=query.device))
+        mask = (
+            torch.zeros(shape, dtype=query.dtype, device=query.device)
+            if additive
+            else torch.ones(shape, dtype=torch.bool, device=query.device)
+        )
     if mask is not None:
         if visible is not None:
             mask = mask.expand(query.shape[0], -1, -1, -1)
         columns = _visible(mask, mask.shape[0], mask.shape[2], n)
         if visible is not None:  # (B, l) -> (B, 1, 1, l), True/0.0 where seen
             seen = visible[:, None, None, :]
-            columns = seen if mask.dtype == torch.bool else torch.zeros_like(columns).masked_fill(
-                ~seen, torch.finfo(mask.dtype).min)
+            columns = (
+                seen
+                if mask.dtype == torch.bool
+                else torch.zeros_like(columns).masked_fill(~seen, torch.finfo(mask.dtype).min)
+            )
             columns = columns.expand(mask.shape[0], mask.shape[1], mask.shape[2], n)
         mask = torch.cat([columns, mask], dim=-1)
     bias = kwargs.get("position_bias")
@@ -119,8 +126,13 @@ def _prefix_alone(query, prefix: Prefix, kwargs: dict) -> torch.Tensor:
     """softmax(q P_k^T) P_v over the prefix alone, (B, T, H, dh): He et al.'s Δh for prefix tuning
     without its gating (§3.1). No mask: every query sees every prefix position."""
     out = nn.functional.scaled_dot_product_attention(
-        query, prefix.keys.to(query.dtype), prefix.values.to(query.dtype), scale=kwargs.get("scaling"),
-        dropout_p=kwargs.get("dropout", 0.0), enable_gqa=True)  # (B, H, T, dh)
+        query,
+        prefix.keys.to(query.dtype),
+        prefix.values.to(query.dtype),
+        scale=kwargs.get("scaling"),
+        dropout_p=kwargs.get("dropout", 0.0),
+        enable_gqa=True,
+    )  # (B, H, T, dh)
     return out.transpose(1, 2)
 
 
@@ -141,10 +153,12 @@ def _make_attention(base_fn, additive: bool, prompt_at: int):
         pk, pv = prefix.keys, prefix.values
         if prefix.query_gate is not None:
             query, key, value, pk, pv = _widen_for_query_gate(query, key, value, prefix, kwargs)
-        key, value, attention_mask = _prepend_prefix(module, query, key, value, attention_mask, pk, pv,
-                                                     additive, kwargs, prefix.visible)
+        key, value, attention_mask = _prepend_prefix(
+            module, query, key, value, attention_mask, pk, pv, additive, kwargs, prefix.visible
+        )
         out, weights = fn(module, query, key, value, attention_mask, **kwargs)
         return (out if prefix.query_gate is None else _narrow(out, prefix.query_gate)), weights
+
     return attention
 
 
@@ -152,13 +166,18 @@ def _make_mask(base_fn, prompt_at: int):
     def mask(*args, attention_mask=None, q_length=None, kv_length=None, **kwargs):
         # Prompt tuning lengthens the sequence after the user built the 2-D padding mask: the
         # prompt sits after the first ``prompt_at`` tokens (methods/prompt.py): insert ones there.
-        if attention_mask is not None and attention_mask.ndim == 2 and q_length is not None \
-                and attention_mask.shape[-1] < q_length:
+        if (
+            attention_mask is not None
+            and attention_mask.ndim == 2
+            and q_length is not None
+            and attention_mask.shape[-1] < q_length
+        ):
             extra, at = q_length - attention_mask.shape[-1], prompt_at
             ones = attention_mask.new_ones(attention_mask.shape[0], extra)
             attention_mask = torch.cat([attention_mask[:, :at], ones, attention_mask[:, at:]], dim=-1)
             kv_length = max(kv_length or 0, attention_mask.shape[-1])
         return base_fn(*args, attention_mask=attention_mask, q_length=q_length, kv_length=kv_length, **kwargs)
+
     return mask
 
 
@@ -193,8 +212,10 @@ def use_pelt_attention(model: nn.Module, prompt_at: int = 0) -> None:
     if current.startswith("unipelt_"):
         return
     if current not in _BASES:
-        raise UniPeltError(f"prefix and prompt tuning support sdpa and eager attention, not {current!r}; "
-                           "load the model with attn_implementation='sdpa'")
+        raise UniPeltError(
+            f"prefix and prompt tuning support sdpa and eager attention, not {current!r}; "
+            "load the model with attn_implementation='sdpa'"
+        )
     model.set_attn_implementation(_register(current, prompt_at))
 
 

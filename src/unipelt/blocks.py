@@ -22,8 +22,18 @@ class LowRank(nn.Module):
     init "lora": down Kaiming-uniform, up zeros, so Δh = 0 at the start (He et al.'s scaled PA).
     """
 
-    def __init__(self, d_in: int, r: int, d_out: int, *, activation: str = "identity",
-                 bias: bool = True, groups: int = 1, init: str = "lora", dropout: float = 0.0):
+    def __init__(
+        self,
+        d_in: int,
+        r: int,
+        d_out: int,
+        *,
+        activation: str = "identity",
+        bias: bool = True,
+        groups: int = 1,
+        init: str = "lora",
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.groups = groups
         self.down = nn.Parameter(torch.empty(groups, d_in // groups, r))
@@ -147,8 +157,15 @@ class Scale(nn.Module):
         return self.value
 
 
-def composition_weight(composition: str, d: int, *, scale: float = 1.0, learn_scale: bool = False,
-                       pooling: str = "masked_mean", slot: MaskSlot | None = None) -> nn.Module:
+def composition_weight(
+    composition: str,
+    d: int,
+    *,
+    scale: float = 1.0,
+    learn_scale: bool = False,
+    pooling: str = "masked_mean",
+    slot: MaskSlot | None = None,
+) -> nn.Module:
     """The module that turns an input into the weight w in ``h + w·Δh`` (or λ in interpolation)."""
     if composition == "gated":
         return Gate(d, pooling, slot)

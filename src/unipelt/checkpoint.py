@@ -21,23 +21,28 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .version import __version__
 from .config import PeltConfig
 from .errors import UniPeltError
 from .inject import MARK, apply, fold
+from .version import __version__
 
 WEIGHTS, META = "unipelt.safetensors", "unipelt.json"
 FORMAT = 2  # 2: a fingerprint of every frozen base tensor; 1 (still read): an embedding probe
-_IDENTITY_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                  "intermediate_size", "vocab_size")
+_IDENTITY_KEYS = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+)
 SAMPLE = 4096  # values per tensor hashed: cheap on any model, and any retraining changes them
 PROBE = 8  # values per tensor kept in clear, compared with a tolerance across dtypes
 
 
 def _saved_names(model: nn.Module) -> list[str]:
     """What a checkpoint holds: the trainable parameters, with the prefix network folded."""
-    return [n for n, p in model.named_parameters()
-            if p.requires_grad and not n.startswith("pelt_prefix.")]
+    return [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("pelt_prefix.")]
 
 
 def _base_name(name: str) -> str:
@@ -47,10 +52,14 @@ def _base_name(name: str) -> str:
 
 def _fingerprint(t: torch.Tensor) -> dict:
     flat = t.detach().flatten()
-    sample = flat[::max(1, flat.numel() // SAMPLE)][:SAMPLE].float().cpu()
-    probe = sample[::max(1, len(sample) // PROBE)][:PROBE]
-    return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
-            "sha256": hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:16], "probe": probe.tolist()}
+    sample = flat[:: max(1, flat.numel() // SAMPLE)][:SAMPLE].float().cpu()
+    probe = sample[:: max(1, len(sample) // PROBE)][:PROBE]
+    return {
+        "shape": list(t.shape),
+        "dtype": str(t.dtype).removeprefix("torch."),
+        "sha256": hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:16],
+        "probe": probe.tolist(),
+    }
 
 
 def _identity(model: nn.Module) -> dict:
@@ -58,16 +67,20 @@ def _identity(model: nn.Module) -> dict:
     ident = {k: getattr(cfg, k, None) for k in _IDENTITY_KEYS}
     ident["name_or_path"] = str(getattr(cfg, "_name_or_path", ""))
     # every base weight the checkpoint does not hold: loading onto another one would be wrong
-    ident["base_tensors"] = {_base_name(n): _fingerprint(p) for n, p in model.named_parameters()
-                             if not p.requires_grad and MARK not in n}
+    ident["base_tensors"] = {
+        _base_name(n): _fingerprint(p) for n, p in model.named_parameters() if not p.requires_grad and MARK not in n
+    }
     return ident
 
 
 def _task(model: nn.Module) -> dict:
     """What serving the checkpoint needs to know of its head: its size, label names and kind."""
     cfg = model.config
-    return {"num_labels": getattr(cfg, "num_labels", None), "problem_type": getattr(cfg, "problem_type", None),
-            "id2label": {str(k): str(v) for k, v in (getattr(cfg, "id2label", None) or {}).items()}}
+    return {
+        "num_labels": getattr(cfg, "num_labels", None),
+        "problem_type": getattr(cfg, "problem_type", None),
+        "id2label": {str(k): str(v) for k, v in (getattr(cfg, "id2label", None) or {}).items()},
+    }
 
 
 def _sha256(path: Path) -> str:
@@ -96,9 +109,16 @@ def save(model: nn.Module, directory: str | Path) -> Path:
     prefix = getattr(model, "pelt_prefix", None)
     if prefix is not None:
         with torch.no_grad():
-            tensors["pelt_prefix.folded"] = (prefix.folded if prefix.folded is not None else prefix.table()).detach().cpu().contiguous()
-    meta = {"format": FORMAT, "unipelt_version": __version__, "config": cfg.to_dict(), "base_model": _identity(model),
-            "task": _task(model)}
+            tensors["pelt_prefix.folded"] = (
+                (prefix.folded if prefix.folded is not None else prefix.table()).detach().cpu().contiguous()
+            )
+    meta = {
+        "format": FORMAT,
+        "unipelt_version": __version__,
+        "config": cfg.to_dict(),
+        "base_model": _identity(model),
+        "task": _task(model),
+    }
     # the weights first: until the JSON with their checksum replaces the old one, load refuses the pair
     _replace(directory, WEIGHTS, lambda p: save_file(tensors, p))
     meta["sha256"] = _sha256(directory / WEIGHTS)
@@ -166,8 +186,12 @@ def _read_meta(directory: Path) -> dict:
 def _v1_config(data: dict) -> dict:
     """Format 1 (unipelt 0.1) named standard prefix tuning composition "add"; it is "interpolate"
     now, and "add" is He et al.'s -gating ablation."""
-    methods = [dict(m, composition="interpolate") if isinstance(m, dict) and m.get("method") == "prefix"
-               and m.get("composition") == "add" else m for m in data.get("methods", [])]
+    methods = [
+        dict(m, composition="interpolate")
+        if isinstance(m, dict) and m.get("method") == "prefix" and m.get("composition") == "add"
+        else m
+        for m in data.get("methods", [])
+    ]
     return {**data, "methods": methods}
 
 
@@ -194,8 +218,12 @@ def _same(saved: dict, current: dict) -> bool:
     if saved["dtype"] == current["dtype"]:
         return saved["sha256"] == current["sha256"]
     # another precision of the same weights hashes differently: compare the probe values instead
-    return torch.allclose(torch.tensor(saved["probe"], dtype=torch.float32),
-                          torch.tensor(current["probe"], dtype=torch.float32), rtol=1e-2, atol=1e-3)
+    return torch.allclose(
+        torch.tensor(saved["probe"], dtype=torch.float32),
+        torch.tensor(current["probe"], dtype=torch.float32),
+        rtol=1e-2,
+        atol=1e-3,
+    )
 
 
 def _differing_tensor(saved: dict, model: nn.Module) -> str | None:
@@ -222,8 +250,11 @@ def _legacy_probe_differs(probe: list, model: nn.Module) -> str | None:
 
 def _check_identity(saved: dict, model: nn.Module) -> None:
     cfg = model.config
-    diffs = [f"{k}: checkpoint {saved[k]!r} vs model {getattr(cfg, k, None)!r}"
-             for k in _IDENTITY_KEYS if saved[k] != getattr(cfg, k, None)]
+    diffs = [
+        f"{k}: checkpoint {saved[k]!r} vs model {getattr(cfg, k, None)!r}"
+        for k in _IDENTITY_KEYS
+        if saved[k] != getattr(cfg, k, None)
+    ]
     if not diffs:
         tensor = _differing_tensor(saved.get("base_tensors", {}), model)
         probe = saved.get("embedding_probe")
@@ -231,7 +262,9 @@ def _check_identity(saved: dict, model: nn.Module) -> None:
     if diffs:
         names = [n for n in (saved.get("name_or_path"), getattr(cfg, "_name_or_path", "")) if n]
         which = f" ({' vs '.join(map(repr, names))})" if names else ""
-        raise UniPeltError(f"the checkpoint was saved from another base model than this one{which}: " + "; ".join(diffs))
+        raise UniPeltError(
+            f"the checkpoint was saved from another base model than this one{which}: " + "; ".join(diffs)
+        )
 
 
 # ---- checking the tensors against the model they will go into
@@ -263,8 +296,10 @@ def _expected_shapes(model: nn.Module, config: PeltConfig) -> dict[str, tuple[in
 def _check_fits(expected: dict[str, tuple[int, ...]], tensors: dict[str, torch.Tensor], directory: Path) -> None:
     missing, unexpected = expected.keys() - tensors.keys(), tensors.keys() - expected.keys()
     if missing or unexpected:
-        raise UniPeltError(f"checkpoint {directory} does not fit this model: missing {sorted(missing)[:5]}, "
-                           f"unexpected {sorted(unexpected)[:5]}")
+        raise UniPeltError(
+            f"checkpoint {directory} does not fit this model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
     for name, tensor in tensors.items():
         if expected[name] != tuple(tensor.shape):
             raise UniPeltError(f"{name}: checkpoint shape {tuple(tensor.shape)} vs model {expected[name]}")

@@ -13,13 +13,20 @@ import sys
 from pathlib import Path
 
 from .errors import UniPeltError
-from .serve.cli import add_parser as _add_serve, run as _serve
+from .serve.cli import add_parser as _add_serve
+from .serve.cli import run as _serve
 
 log = logging.getLogger("unipelt")
 
 # Small enough for a few minutes on 2 CPU cores: SST-2 has short sentences; 10 epochs, not 50.
-DEMO = dict(task="sst2", presets="lora,adapter,unipelt-apl", k="100", epochs=10,
-            store="runs/demo.sqlite", out="runs/demo-report")
+DEMO = dict(
+    task="sst2",
+    presets="lora,adapter,unipelt-apl",
+    k="100",
+    epochs=10,
+    store="runs/demo.sqlite",
+    out="runs/demo-report",
+)
 
 
 def _verbosity(p: argparse.ArgumentParser, default) -> None:
@@ -35,8 +42,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (default 10)")
     p.add_argument("--dev-size", type=int, default=None, help="dev rows for checkpoint selection (default 1000)")
     p.add_argument("--glue-dir", help="GLUE directory (default: $GLUE_DIR, then ../shared/data/glue)")
-    p.add_argument("--objective", choices=("classify", "generate"), default=None,
-                   help="classify with a head (default), or generate the label word with a causal LM")
+    p.add_argument(
+        "--objective",
+        choices=("classify", "generate"),
+        default=None,
+        help="classify with a head (default), or generate the label word with a causal LM",
+    )
 
 
 def _add_train(sub) -> None:
@@ -110,10 +121,17 @@ def _train(args: argparse.Namespace) -> int:
     from .harness.sweep import preflight
 
     # every input and output is checked before the store is opened: a mistake changes nothing
-    spec = make_spec(task=args.task, preset=args.preset, config_file=args.config, model=args.model, k=args.k,
-                     lr=args.lr, data_seed=args.data_seed, glue_dir=args.glue_dir,
-                     **_options(args, "model_seed", "epochs", "patience", "dev_size", "batch_size", "max_length",
-                                 "objective"))
+    spec = make_spec(
+        task=args.task,
+        preset=args.preset,
+        config_file=args.config,
+        model=args.model,
+        k=args.k,
+        lr=args.lr,
+        data_seed=args.data_seed,
+        glue_dir=args.glue_dir,
+        **_options(args, "model_seed", "epochs", "patience", "dev_size", "batch_size", "max_length", "objective"),
+    )
     check_store_path(Path(args.store), exists=False, writable=True)
     if args.save:
         check_output_dir(args.save, "--save directory")
@@ -142,24 +160,34 @@ def _claim(store, spec, args: argparse.Namespace) -> bool:
         print(f"{spec.label()}: already finished in {args.store} (use --force to run it again)")
         return False
     if claim.status == "busy":
-        raise HarnessError(f"{spec.label()} is being trained now by {claim.owner} (last heartbeat "
-                           f"{claim.age:.0f} s ago) on {args.store}; wait for it to finish")
+        raise HarnessError(
+            f"{spec.label()} is being trained now by {claim.owner} (last heartbeat "
+            f"{claim.age:.0f} s ago) on {args.store}; wait for it to finish"
+        )
     return True
 
 
 def _train_outcome(spec, record, written, kept, store_path: str) -> int:
     if record.status == "failed":
-        detail = (f"; the run's finished result (test {kept.metric} {kept.test_metric:.4f}, {kept.finished_at}) "
-                  f"is kept" if kept is not None else "")
-        print(f"{spec.label()}: run failed: {record.reason} (attempt {written.attempt} recorded in "
-              f"{store_path}{detail})")
+        detail = (
+            f"; the run's finished result (test {kept.metric} {kept.test_metric:.4f}, {kept.finished_at}) is kept"
+            if kept is not None
+            else ""
+        )
+        print(
+            f"{spec.label()}: run failed: {record.reason} (attempt {written.attempt} recorded in {store_path}{detail})"
+        )
         return 1
-    print(f"{spec.label()}: test {record.metric} {record.test_metric:.4f} (best epoch {record.best_epoch} of "
-          f"{len(record.epochs)}), {record.params.get('total', 0):,} trainable params, "
-          f"{record.train_s_per_step:.3f} s/step, {record.infer_ex_per_s:.0f} ex/s -> {store_path}")
+    print(
+        f"{spec.label()}: test {record.metric} {record.test_metric:.4f} (best epoch {record.best_epoch} of "
+        f"{len(record.epochs)}), {record.params.get('total', 0):,} trainable params, "
+        f"{record.train_s_per_step:.3f} s/step, {record.infer_ex_per_s:.0f} ex/s -> {store_path}"
+    )
     if record.save_error:
-        print(f"unipelt: error: the run finished and is recorded, but saving it failed: {record.save_error}",
-              file=sys.stderr)
+        print(
+            f"unipelt: error: the run finished and is recorded, but saving it failed: {record.save_error}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -170,10 +198,18 @@ def _sweep(args: argparse.Namespace, grid_file: str | None = None) -> int:
     from .harness.paths import check_output_dir, check_store_path
     from .harness.sweep import check_execution, preflight
 
-    grid = make_grid(grid_file, tasks=args.tasks, presets=args.presets, configs=getattr(args, "configs", None),
-                     k=args.k, data_seeds=args.data_seeds, model=args.model, glue_dir=args.glue_dir,
-                     lr=getattr(args, "lr", None),
-                     **_options(args, "model_seed", "epochs", "patience", "dev_size", "objective"))
+    grid = make_grid(
+        grid_file,
+        tasks=args.tasks,
+        presets=args.presets,
+        configs=getattr(args, "configs", None),
+        k=args.k,
+        data_seeds=args.data_seeds,
+        model=args.model,
+        glue_dir=args.glue_dir,
+        lr=getattr(args, "lr", None),
+        **_options(args, "model_seed", "epochs", "patience", "dev_size", "objective"),
+    )
     specs = grid.specs()
     log.info("grid: %s = %d runs", describe(grid), len(specs))
     check_execution(getattr(args, "workers", 1), getattr(args, "backend", "local"))
@@ -182,12 +218,20 @@ def _sweep(args: argparse.Namespace, grid_file: str | None = None) -> int:
         check_output_dir(args.out, "--out directory")
     preflight(specs)
     with Store(args.store) as store:
-        summary = run_sweep(specs, store, workers=getattr(args, "workers", 1), backend=getattr(args, "backend", "local"),
-                            ray_address=getattr(args, "ray_address", None), progress=not args.quiet)
+        summary = run_sweep(
+            specs,
+            store,
+            workers=getattr(args, "workers", 1),
+            backend=getattr(args, "backend", "local"),
+            ray_address=getattr(args, "ray_address", None),
+            progress=not args.quiet,
+        )
     kept = f" ({summary.kept} of them kept an earlier finished result)" if summary.kept else ""
     elsewhere = f", {summary.elsewhere} are being trained by another sweep" if summary.elsewhere else ""
-    print(f"sweep: {summary.total} runs in the grid: {summary.skipped} were already finished, "
-          f"{summary.finished} finished now, {summary.failed} failed{kept}{elsewhere} -> {args.store}")
+    print(
+        f"sweep: {summary.total} runs in the grid: {summary.skipped} were already finished, "
+        f"{summary.finished} finished now, {summary.failed} failed{kept}{elsewhere} -> {args.store}"
+    )
     return 1 if summary.failed else 0
 
 
@@ -231,7 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse has printed usage and its error; return instead of exiting
         return int(e.code or 0)
     _configure_logging(args)
-    commands = {"train": _train, "sweep": lambda a: _sweep(a, a.grid), "report": _report, "demo": _demo, "serve": _serve}
+    commands = {
+        "train": _train,
+        "sweep": lambda a: _sweep(a, a.grid),
+        "report": _report,
+        "demo": _demo,
+        "serve": _serve,
+    }
     try:
         return commands[args.command](args)
     except (UniPeltError, OSError) as e:  # OSError: a file that vanished or filled a disk after the checks

@@ -124,9 +124,14 @@ class PeltConfig:
             raise UniPeltError(f"PeltConfig.methods must be a tuple of method configs, got {self.methods!r}")
         object.__setattr__(self, "methods", tuple(self.methods))
         check_choice("PeltConfig", "gate_pooling", self.gate_pooling, GatePooling)
-        if isinstance(self.modules_to_save, str) or not isinstance(self.modules_to_save, (list, tuple)) \
-                or not all(isinstance(m, str) and m for m in self.modules_to_save):
-            raise UniPeltError(f"PeltConfig.modules_to_save must be a tuple of module paths, got {self.modules_to_save!r}")
+        if (
+            isinstance(self.modules_to_save, str)
+            or not isinstance(self.modules_to_save, (list, tuple))
+            or not all(isinstance(m, str) and m for m in self.modules_to_save)
+        ):
+            raise UniPeltError(
+                f"PeltConfig.modules_to_save must be a tuple of module paths, got {self.modules_to_save!r}"
+            )
         object.__setattr__(self, "modules_to_save", tuple(self.modules_to_save))
         if not self.methods:
             raise UniPeltError("PeltConfig.methods is empty: name at least one method")

@@ -29,8 +29,9 @@ def _as_config(preset_or_config) -> PeltConfig:
         return preset_or_config
     if isinstance(preset_or_config, MethodConfig):
         return PeltConfig(methods=(preset_or_config,))
-    raise UniPeltError(f"apply() takes a preset name, a PeltConfig or a method config, "
-                       f"not {type(preset_or_config).__name__}")
+    raise UniPeltError(
+        f"apply() takes a preset name, a PeltConfig or a method config, not {type(preset_or_config).__name__}"
+    )
 
 
 def _place_like(model: nn.Module) -> None:
@@ -57,8 +58,9 @@ def head_parameter_names(model: nn.Module) -> set[str]:
         return set()
     lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     pretrained = {id(p) for p in lm_head.parameters()} if isinstance(lm_head, nn.Module) else set()
-    return {n for n, p in model.named_parameters()
-            if MARK not in n and id(p) not in pretrained and not n.startswith(prefix)}
+    return {
+        n for n, p in model.named_parameters() if MARK not in n and id(p) not in pretrained and not n.startswith(prefix)
+    }
 
 
 def saved_module_names(model: nn.Module, cfg: PeltConfig) -> set[str]:
@@ -74,8 +76,9 @@ def _check_modules_to_save(base: nn.Module, cfg: PeltConfig) -> None:
             base.get_submodule(path)
         except AttributeError:
             children = ", ".join(name for name, _ in base.named_children())
-            raise UniPeltError(f"modules_to_save names {path!r}, which the base model does not have; "
-                               f"its modules are: {children}") from None
+            raise UniPeltError(
+                f"modules_to_save names {path!r}, which the base model does not have; its modules are: {children}"
+            ) from None
 
 
 def _set_trainable(model: nn.Module, cfg: PeltConfig) -> None:
@@ -192,11 +195,16 @@ def unload(model: nn.Module) -> nn.Module:
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """``merge``, then ``unload``: the plain model with LoRA and (IA)³ folded in (peft's name).
     Refused when other modules (adapters, prefixes, prompts, gates) would be lost."""
-    kept = {type(m).__name__ for m in model.modules()
-            if any(isinstance(m, meth.modules) for meth in METHODS.values()) and not hasattr(m, "merge")}
+    kept = {
+        type(m).__name__
+        for m in model.modules()
+        if any(isinstance(m, meth.modules) for meth in METHODS.values()) and not hasattr(m, "merge")
+    }
     if kept:
-        raise UniPeltError(f"merge_and_unload folds LoRA and (IA)³ only; this model also has {sorted(kept)}, "
-                           "which would be lost: use merge() to fold what can be folded")
+        raise UniPeltError(
+            f"merge_and_unload folds LoRA and (IA)³ only; this model also has {sorted(kept)}, "
+            "which would be lost: use merge() to fold what can be folded"
+        )
     return unload(merge(model))
 
 

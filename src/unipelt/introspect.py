@@ -80,6 +80,7 @@ def gate_values(model: nn.Module, batch: dict) -> dict[int, dict[str, float]]:
 
         def record(_m, _inp, out, label=label):
             found[label[0]][label[1]] = out.float().mean().item()
+
         handles.append(module.register_forward_hook(record))
     was_training = model.training
     model.eval()

@@ -37,7 +37,6 @@ from .attention import PREFIX_KWARG, Prefix, token_mask, use_pelt_attention
 from .blocks import Gate
 from .checkpoint import META, load
 from .errors import UniPeltError
-from .methods.adapter import Adapter
 from .methods.bitfit import BitFitConfig, FullFineTuning
 from .methods.ia3 import IA3Linear
 from .methods.lora import LoRALinear
@@ -206,10 +205,10 @@ class Site(Wrapper):
         lengths = router.prompt
         for n in lengths.unique().tolist():
             rows = (lengths == n).nonzero().flatten()
-            out[rows, at + n:t + n] = e[rows, at:]
+            out[rows, at + n : t + n] = e[rows, at:]
         for _, entry, r in active:
             n = entry.pelt_prompt.shape[0]
-            out[r, at:at + n] = entry.pelt_prompt.to(e.dtype)
+            out[r, at : at + n] = entry.pelt_prompt.to(e.dtype)
         return out
 
 
@@ -226,7 +225,7 @@ class HeadSite(nn.Module):
         width = max(y.shape[-1] for _, y in parts)
         out = parts[0][1].new_zeros(x.shape[0], *parts[0][1].shape[1:-1], width)  # (B, [T,] widest)
         for r, y in parts:
-            out[r, ..., :y.shape[-1]] = y
+            out[r, ..., : y.shape[-1]] = y
         return out
 
 
@@ -258,11 +257,16 @@ class MultiTask:
         tensors = itertools.chain(base_model.parameters(), base_model.buffers())
         self._shared = {id(t): t for t in tensors}
         self._pristine = copy.deepcopy(base_model.base_model, dict(self._shared))  # modules only
-        self._heads = {name: HeadSite(self.router) for name, m in base_model.named_children()
-                       if m is not base_model.base_model and any(True for _ in m.parameters())}
+        self._heads = {
+            name: HeadSite(self.router)
+            for name, m in base_model.named_children()
+            if m is not base_model.base_model and any(True for _ in m.parameters())
+        }
         if not self._heads:
-            raise UniPeltError(f"{type(base_model).__name__} has no task head: MultiTask serves classifiers "
-                               "(AutoModelForSequenceClassification)")
+            raise UniPeltError(
+                f"{type(base_model).__name__} has no task head: MultiTask serves classifiers "
+                "(AutoModelForSequenceClassification)"
+            )
         for name, head in self._heads.items():
             setattr(self.model, name, head)
         self._tasks: dict[str, Task] = {}
@@ -301,15 +305,19 @@ class MultiTask:
         except (OSError, ValueError, KeyError, TypeError):
             return {}  # load() says what is wrong with it
         from .config import PeltConfig
+
         cfg = PeltConfig.from_dict(config)
         if cfg.of(FullFineTuning):
             raise UniPeltError(f"{directory}: a full fine-tuning checkpoint has no shared backbone to serve")
         if cfg.modules_to_save:
-            raise UniPeltError(f"{directory}: the task trains base modules {list(cfg.modules_to_save)}, which "
-                               "every other task shares: it cannot join a mixed batch")
+            raise UniPeltError(
+                f"{directory}: the task trains base modules {list(cfg.modules_to_save)}, which "
+                "every other task shares: it cannot join a mixed batch"
+            )
         if any(p.composition == "add" for p in cfg.of(PrefixConfig)):
-            raise UniPeltError(f"{directory}: prefix composition 'add' (the -gating ablation) is not served "
-                               "in mixed batches")
+            raise UniPeltError(
+                f"{directory}: prefix composition 'add' (the -gating ablation) is not served in mixed batches"
+            )
         return meta.get("task") if isinstance(meta.get("task"), dict) else {}
 
     def _skeleton(self, task_meta: dict, bitfit: bool) -> nn.Module:
@@ -336,6 +344,7 @@ class MultiTask:
 
     def _build(self, name: str, directory: Path) -> Task:
         from .config import PeltConfig
+
         task_meta = self._meta(directory)
         config = None
         try:
@@ -346,11 +355,20 @@ class MultiTask:
         load(skeleton, directory)
         cfg = skeleton.config
         n = cfg.num_labels
-        labels = [str(cfg.id2label.get(i, f"LABEL_{i}")) for i in range(n)] if cfg.id2label else [str(i) for i in range(n)]
+        labels = (
+            [str(cfg.id2label.get(i, f"LABEL_{i}")) for i in range(n)] if cfg.id2label else [str(i) for i in range(n)]
+        )
         prompt = skeleton.pelt_config.of(PromptConfig)
         inserted = prompt[0].length if prompt and self.spec.embeddings is not None else 0
-        return Task(name=name, model=skeleton, config=skeleton.pelt_config, num_labels=n, labels=labels,
-                    regression=cfg.problem_type == "regression" or n == 1, prompt_length=inserted)
+        return Task(
+            name=name,
+            model=skeleton,
+            config=skeleton.pelt_config,
+            num_labels=n,
+            labels=labels,
+            regression=cfg.problem_type == "regression" or n == 1,
+            prompt_length=inserted,
+        )
 
     def _site_at(self, path: str) -> Site:
         """The site at ``path`` (a plain-model path) in the shared model, created on first use."""
@@ -398,8 +416,9 @@ class MultiTask:
         return out
 
     # ---- running mixed batches
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 tasks: Sequence[str] = ()) -> list[torch.Tensor]:
+    def __call__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, tasks: Sequence[str] = ()
+    ) -> list[torch.Tensor]:
         tasks = list(tasks)
         if len(tasks) != input_ids.shape[0]:
             raise UniPeltError(f"tasks names {len(tasks)} rows, the batch has {input_ids.shape[0]}")
@@ -423,7 +442,7 @@ class MultiTask:
                 logits = self.model(input_ids=input_ids, attention_mask=self._mask(attention_mask)).logits
         finally:
             self.router.rows = None
-        return [logits[i, :self._tasks[t].num_labels] for i, t in enumerate(tasks)]
+        return [logits[i, : self._tasks[t].num_labels] for i, t in enumerate(tasks)]
 
     def _mask(self, mask: torch.Tensor) -> torch.Tensor:
         """The padding mask of the prompt layout: [first tokens, ones for the prompt, rest, zeros]."""
@@ -436,17 +455,21 @@ class MultiTask:
         full[:, :at] = mask[:, :at]
         for n in lengths.unique().tolist():
             rows = (lengths == n).nonzero().flatten()
-            full[rows, at:at + n] = 1
-            full[rows, at + n:t + n] = mask[rows, at:]
+            full[rows, at : at + n] = 1
+            full[rows, at + n : t + n] = mask[rows, at:]
         return full
 
     def predict(self, inputs: Sequence, tasks: Sequence[str], tokenizer, max_length: int | None = None) -> list[dict]:
         """Texts (or (text, text) pairs) for the named tasks: each row's label and scores, or value."""
         if len(inputs) != len(tasks):
             raise UniPeltError(f"{len(inputs)} inputs but {len(tasks)} task names")
-        limit = max_length or min(tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", 512))
-        encoded = [tokenizer(*(row if isinstance(row, (list, tuple)) else (row,)), truncation=True, max_length=limit)
-                   for row in inputs]
+        limit = max_length or min(
+            tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", 512)
+        )
+        encoded = [
+            tokenizer(*(row if isinstance(row, (list, tuple)) else (row,)), truncation=True, max_length=limit)
+            for row in inputs
+        ]
         batch = tokenizer.pad(encoded, return_tensors="pt")
         logits = self(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], tasks=tasks)
         return [self._answer(self._tasks[t], z) for t, z in zip(tasks, logits)]
@@ -456,5 +479,8 @@ class MultiTask:
         if task.regression:
             return {"task": task.name, "value": float(logits[0])}
         p = logits.float().softmax(-1)
-        return {"task": task.name, "label": task.labels[int(p.argmax())],
-                "scores": {label: float(v) for label, v in zip(task.labels, p)}}
+        return {
+            "task": task.name,
+            "label": task.labels[int(p.argmax())],
+            "scores": {label: float(v) for label, v in zip(task.labels, p)},
+        }

@@ -20,8 +20,7 @@ from .methods.prompt import PromptConfig
 ADAPTER = AdapterConfig(target="ffn", insertion="sequential", r=48)  # Pfeiffer placement
 PREFIX = PrefixConfig(length=10, mid_dim=512)
 LORA = LoRAConfig(r=8, alpha=2.0, targets=("q", "v"))
-SCALED_PA = AdapterConfig(target="ffn", insertion="parallel", r=512, composition="scaled",
-                          scale=4.0, init="lora")
+SCALED_PA = AdapterConfig(target="ffn", insertion="parallel", r=512, composition="scaled", scale=4.0, init="lora")
 
 _REGISTRY: dict[str, PeltConfig] = {}
 _ALIASES: dict[str, str] = {}
@@ -68,8 +67,7 @@ HOULSBY = replace(ADAPTER, placement="houlsby")
 register("adapter-houlsby", PeltConfig(methods=(replace(HOULSBY, target="attn"), HOULSBY)), 1e-4)
 register("parallel-adapter", PeltConfig(methods=(replace(ADAPTER, insertion="parallel"),)), 1e-4)
 register("scaled-parallel-adapter", PeltConfig(methods=(SCALED_PA,)), 1e-4)
-register("mh-parallel-adapter",
-         PeltConfig(methods=(AdapterConfig(target="head", insertion="parallel", r=48),)), 1e-4)
+register("mh-parallel-adapter", PeltConfig(methods=(AdapterConfig(target="head", insertion="parallel", r=48),)), 1e-4)
 register("prefix", PeltConfig(methods=(PREFIX,)), 2e-4)
 register("prompt", PeltConfig(methods=(PromptConfig(length=10),)), 2e-4)
 register("lora", PeltConfig(methods=(LORA,)), 5e-4)
@@ -89,8 +87,11 @@ register("unipelt-apl-nogate", PeltConfig(methods=(ADAPTER, PREFIX, LORA)), 5e-4
 MAM_PREFIX = replace(PREFIX, length=30, mid_dim=800, networks="per_attention")
 register("mam", PeltConfig(methods=(MAM_PREFIX, SCALED_PA)), 1e-4)
 register("pa-attn-ffn", PeltConfig(methods=(replace(SCALED_PA, target="attn", r=30), SCALED_PA)), 1e-4)
-register("prefix-lora-ffn", PeltConfig(methods=(
-    MAM_PREFIX, LoRAConfig(r=102, alpha=4.0 * 102, targets=("ffn_in", "ffn_out")))), 1e-4)
+register(
+    "prefix-lora-ffn",
+    PeltConfig(methods=(MAM_PREFIX, LoRAConfig(r=102, alpha=4.0 * 102, targets=("ffn_in", "ffn_out")))),
+    1e-4,
+)
 # He et al.'s prefix "-gating" ablation: attention over the prefix alone, added to h (§3.1).
 register("prefix-nogating", PeltConfig(methods=(replace(PREFIX, composition="add"),)), 2e-4)
 

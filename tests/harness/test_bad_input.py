@@ -17,8 +17,16 @@ from unipelt.harness.store import Store
 
 
 def _fake(spec, *args, **kwargs) -> RunRecord:
-    return RunRecord(spec=spec, status="finished", metric="accuracy", test_metric=0.5, best_epoch=1,
-                     params={"total": 1}, train_s_per_step=0.1, infer_ex_per_s=10.0)
+    return RunRecord(
+        spec=spec,
+        status="finished",
+        metric="accuracy",
+        test_metric=0.5,
+        best_epoch=1,
+        params={"total": 1},
+        train_s_per_step=0.1,
+        infer_ex_per_s=10.0,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -43,24 +51,44 @@ def _error(capsys, argv: list[str], store: Path) -> str:
 
 
 def _train(tiny_model, glue_dir, store, *flags) -> list[str]:
-    return ["-q", "train", "--task", "rte", "--preset", "lora", "--k", "16", "--model", str(tiny_model),
-            "--glue-dir", str(glue_dir), "--dev-size", "20", "--store", str(store), *flags]
+    return [
+        "-q",
+        "train",
+        "--task",
+        "rte",
+        "--preset",
+        "lora",
+        "--k",
+        "16",
+        "--model",
+        str(tiny_model),
+        "--glue-dir",
+        str(glue_dir),
+        "--dev-size",
+        "20",
+        "--store",
+        str(store),
+        *flags,
+    ]
 
 
 GRID = 'tasks = ["rte"]\npresets = ["lora"]\nk = [16]\ndev_size = 20\nmodel = "{model}"\nglue_dir = "{glue}"\n'
 
 
-@pytest.mark.parametrize("suffix, extra, message", [
-    (".toml", "lr = 'fast'", "grid setting 'lr' must be a number, got 'fast'"),
-    (".toml", "lr = [1]", "grid setting 'lr' must be a number, got [1]"),
-    (".toml", "lr = {lroa = 1e-3}", "the lr table names ['lroa'], which are not methods of the grid (lora)"),
-    (".toml", "data_seeds = [1.5]", "grid setting 'data_seeds' must be a list of integers, got 1.5"),
-    (".toml", "data_seeds = [true]", "grid setting 'data_seeds' must be a list of integers, got True"),
-    (".toml", "patience = true", "grid setting 'patience' must be an integer, got True"),
-    (".toml", "model_seed = 'abc'", "grid setting 'model_seed' must be an integer, got 'abc'"),
-    (".toml", "epochs = 2.5", "grid setting 'epochs' must be an integer, got 2.5"),
-    (".toml", "k = [16.5]", "K must be a positive integer or 'all', got 16.5"),
-])
+@pytest.mark.parametrize(
+    "suffix, extra, message",
+    [
+        (".toml", "lr = 'fast'", "grid setting 'lr' must be a number, got 'fast'"),
+        (".toml", "lr = [1]", "grid setting 'lr' must be a number, got [1]"),
+        (".toml", "lr = {lroa = 1e-3}", "the lr table names ['lroa'], which are not methods of the grid (lora)"),
+        (".toml", "data_seeds = [1.5]", "grid setting 'data_seeds' must be a list of integers, got 1.5"),
+        (".toml", "data_seeds = [true]", "grid setting 'data_seeds' must be a list of integers, got True"),
+        (".toml", "patience = true", "grid setting 'patience' must be an integer, got True"),
+        (".toml", "model_seed = 'abc'", "grid setting 'model_seed' must be an integer, got 'abc'"),
+        (".toml", "epochs = 2.5", "grid setting 'epochs' must be an integer, got 2.5"),
+        (".toml", "k = [16.5]", "K must be a positive integer or 'all', got 16.5"),
+    ],
+)
 def test_grid_settings_are_never_coerced(capsys, tiny_model, glue_dir, tmp_path, store, suffix, extra, message):
     grid = tmp_path / f"grid{suffix}"
     text = GRID.format(model=tiny_model, glue=glue_dir)
@@ -69,16 +97,23 @@ def test_grid_settings_are_never_coerced(capsys, tiny_model, glue_dir, tmp_path,
     assert message in _error(capsys, ["sweep", "--grid", str(grid), "--store", str(store)], store)
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("g.toml", b"tasks = [\xff]", "is not UTF-8 text"),
-    ("g.toml", b"", "is empty: it needs at least 'tasks'"),
-    ("g.yaml", b"", "is empty: it needs at least 'tasks'"),
-    ("g.yaml", b"# only a comment\n", "is empty"),
-    ("g.toml", b"tasks = 5\npresets = ['lora']", "grid setting 'tasks' must be a list of names, got 5"),
-    ("g.toml", b"tasks = ['rte']\npresets = ['lora']\nmodel = 123", "grid setting 'model' must be a string, got 123"),
-    ("g.yaml", b"- rte\n- lora\n", "must hold a table of settings"),
-    ("g.toml", b"presets = ['lora']", "the grid has no tasks"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("g.toml", b"tasks = [\xff]", "is not UTF-8 text"),
+        ("g.toml", b"", "is empty: it needs at least 'tasks'"),
+        ("g.yaml", b"", "is empty: it needs at least 'tasks'"),
+        ("g.yaml", b"# only a comment\n", "is empty"),
+        ("g.toml", b"tasks = 5\npresets = ['lora']", "grid setting 'tasks' must be a list of names, got 5"),
+        (
+            "g.toml",
+            b"tasks = ['rte']\npresets = ['lora']\nmodel = 123",
+            "grid setting 'model' must be a string, got 123",
+        ),
+        ("g.yaml", b"- rte\n- lora\n", "must hold a table of settings"),
+        ("g.toml", b"presets = ['lora']", "the grid has no tasks"),
+    ],
+)
 def test_bad_grid_files(capsys, tmp_path, store, name, content, message):
     (tmp_path / name).write_bytes(content)
     assert message in _error(capsys, ["sweep", "--grid", str(tmp_path / name), "--store", str(store)], store)
@@ -99,15 +134,18 @@ def test_models_that_cannot_do_the_run_are_refused_before_training(capsys, tiny_
 
     model = _model_copy(tiny_model, tmp_path)
     assert "--max-length 1000 is above what model" in _error(
-        capsys, _train(model, glue_dir, store, "--max-length", "1000"), store)
+        capsys, _train(model, glue_dir, store, "--max-length", "1000"), store
+    )
     GPT2Config(n_layer=1, n_embd=32, n_head=4).to_json_file(model / "config.json")
     assert "is a 'gpt2' model, which unipelt does not support; supported: " in _error(
-        capsys, _train(model, glue_dir, store), store)
+        capsys, _train(model, glue_dir, store), store
+    )
     (model / "config.json").write_text('{"model_type": "bert", "hidden_size": ')
     assert "its config.json cannot be read" in _error(capsys, _train(model, glue_dir, store), store)
     (model / "model.safetensors").unlink()
     assert "has no weights (model.safetensors or pytorch_model.bin)" in _error(
-        capsys, _train(model, glue_dir, store), store)
+        capsys, _train(model, glue_dir, store), store
+    )
 
 
 def test_inputs_are_checked_before_the_store_says_already_finished(capsys, tiny_model, glue_dir, tmp_path, store):
@@ -118,8 +156,9 @@ def test_inputs_are_checked_before_the_store_says_already_finished(capsys, tiny_
 
 def test_bad_stores_are_refused_and_left_alone(capsys, tmp_path, store):
     store.write_bytes(b"")
-    assert "is not a unipelt results store" in _error(capsys, ["report", "--store", str(store), "--out",
-                                                               str(tmp_path / "out")], store)
+    assert "is not a unipelt results store" in _error(
+        capsys, ["report", "--store", str(store), "--out", str(tmp_path / "out")], store
+    )
     assert store.read_bytes() == b"" and not (tmp_path / "out").exists()
     assert "is a directory" in _error(capsys, ["report", "--store", str(tmp_path), "--out", str(tmp_path / "o")], store)
 
@@ -147,8 +186,15 @@ def test_names_are_drawn_and_written_as_plain_text(capsys, tiny_model, glue_dir,
     html = (tmp_path / "out" / "report.html").read_text()
     assert "<svg" not in md and "<svg" not in html
     row = next(line for line in md.splitlines() if "frac" in line or "svg" in line or "a\\_b" in line)
-    assert row.startswith("| " + {"$\\frac{$": "$\\\\frac{$", "<svg onload=alert(1)>": "&lt;svg onload=alert(1)&gt;",
-                                  "a_b*c*[x](y)|z": "a\\_b\\*c\\*\\[x\\](y)\\|z"}[name] + " |")
+    assert row.startswith(
+        "| "
+        + {
+            "$\\frac{$": "$\\\\frac{$",
+            "<svg onload=alert(1)>": "&lt;svg onload=alert(1)&gt;",
+            "a_b*c*[x](y)|z": "a\\_b\\*c\\*\\[x\\](y)\\|z",
+        }[name]
+        + " |"
+    )
 
 
 def test_a_failed_command_does_not_create_the_store(capsys, tiny_model, glue_dir, store):

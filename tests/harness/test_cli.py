@@ -14,8 +14,18 @@ from unipelt.harness.store import SCHEMA_VERSION, Store
 @pytest.fixture
 def base(glue_dir, tiny_model, tmp_path):
     """Flags every tiny run shares: small dev split, two epochs, a private store."""
-    return ["--model", tiny_model, "--glue-dir", str(glue_dir), "--dev-size", "20", "--epochs", "2",
-            "--store", str(tmp_path / "s.sqlite")]
+    return [
+        "--model",
+        tiny_model,
+        "--glue-dir",
+        str(glue_dir),
+        "--dev-size",
+        "20",
+        "--epochs",
+        "2",
+        "--store",
+        str(tmp_path / "s.sqlite"),
+    ]
 
 
 def _error(capsys, argv: list[str]) -> str:
@@ -28,7 +38,19 @@ def _error(capsys, argv: list[str]) -> str:
 
 
 def test_train_end_to_end(capsys, base, tmp_path):
-    argv = ["-q", "train", "--task", "rte", "--preset", "unipelt-apl", "--k", "16", "--save", str(tmp_path / "ckpt"), *base]
+    argv = [
+        "-q",
+        "train",
+        "--task",
+        "rte",
+        "--preset",
+        "unipelt-apl",
+        "--k",
+        "16",
+        "--save",
+        str(tmp_path / "ckpt"),
+        *base,
+    ]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "rte unipelt-apl K=16 seed=111: test accuracy" in out and "trainable params" in out
@@ -55,8 +77,10 @@ def test_train_from_a_config_file(capsys, base, tmp_path):
 
 def test_sweep_from_a_grid_file_then_report(capsys, base, glue_dir, tiny_model, tmp_path):
     grid = tmp_path / "grid.toml"
-    grid.write_text(f'tasks = ["stsb", "mrpc"]\npresets = ["bitfit", "lora"]\nk = [16]\ndata_seeds = [111, 222]\n'
-                    f'model = "{tiny_model}"\nglue_dir = "{glue_dir}"\ndev_size = 20\nepochs = 1\n')
+    grid.write_text(
+        f'tasks = ["stsb", "mrpc"]\npresets = ["bitfit", "lora"]\nk = [16]\ndata_seeds = [111, 222]\n'
+        f'model = "{tiny_model}"\nglue_dir = "{glue_dir}"\ndev_size = 20\nepochs = 1\n'
+    )
     assert cli.main(["-q", "sweep", "--grid", str(grid), "--store", str(tmp_path / "s.sqlite")]) == 0
     assert "8 runs in the grid: 0 were already finished, 8 finished now, 0 failed" in capsys.readouterr().out
     assert cli.main(["-q", "report", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "out")]) == 0
@@ -65,20 +89,41 @@ def test_sweep_from_a_grid_file_then_report(capsys, base, glue_dir, tiny_model, 
 
 
 def test_demo_prints_its_table(capsys, glue_dir, tiny_model, tmp_path):
-    argv = ["-q", "demo", "--model", tiny_model, "--glue-dir", str(glue_dir), "--k", "16", "--dev-size", "20",
-            "--epochs", "1", "--presets", "lora,bitfit", "--store", str(tmp_path / "d.sqlite"), "--out", str(tmp_path / "r")]
+    argv = [
+        "-q",
+        "demo",
+        "--model",
+        tiny_model,
+        "--glue-dir",
+        str(glue_dir),
+        "--k",
+        "16",
+        "--dev-size",
+        "20",
+        "--epochs",
+        "1",
+        "--presets",
+        "lora,bitfit",
+        "--store",
+        str(tmp_path / "d.sqlite"),
+        "--out",
+        str(tmp_path / "r"),
+    ]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "### Table 1" in out and "| lora |" in out and "| bitfit |" in out
     assert (tmp_path / "r" / "report.html").is_file()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--task", "wnli", "--preset", "lora"], "unknown task 'wnli'; known tasks: cola, sst2"),
-    (["--task", "rte", "--preset", "lorax"], "unknown preset 'lorax'; known presets:"),
-    (["--task", "rte", "--preset", "lora", "--k", "70"], "K=70 is too large for rte: it has 80 training rows"),
-    (["--task", "rte", "--preset", "lora", "--k", "ten"], "K must be a positive integer or 'all'"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--task", "wnli", "--preset", "lora"], "unknown task 'wnli'; known tasks: cola, sst2"),
+        (["--task", "rte", "--preset", "lorax"], "unknown preset 'lorax'; known presets:"),
+        (["--task", "rte", "--preset", "lora", "--k", "70"], "K=70 is too large for rte: it has 80 training rows"),
+        (["--task", "rte", "--preset", "lora", "--k", "ten"], "K must be a positive integer or 'all'"),
+    ],
+)
 def test_bad_train_arguments(capsys, base, flags, message):
     assert message in _error(capsys, ["train", *flags, *base])
 
@@ -99,8 +144,21 @@ def test_missing_glue_directory_lists_where_it_looked(capsys, tiny_model, tmp_pa
 
 
 def test_missing_and_malformed_files(capsys, own_glue, tiny_model, tmp_path):
-    argv = ["train", "--preset", "lora", "--model", tiny_model, "--glue-dir", str(own_glue), "--dev-size", "20",
-            "--k", "16", "--store", str(tmp_path / "s.sqlite")]
+    argv = [
+        "train",
+        "--preset",
+        "lora",
+        "--model",
+        tiny_model,
+        "--glue-dir",
+        str(own_glue),
+        "--dev-size",
+        "20",
+        "--k",
+        "16",
+        "--store",
+        str(tmp_path / "s.sqlite"),
+    ]
     (own_glue / "RTE" / "train.tsv").unlink()
     assert f"missing GLUE file {own_glue / 'RTE' / 'train.tsv'}" in _error(capsys, [*argv, "--task", "rte"])
     path = own_glue / "SST-2" / "train.tsv"
@@ -141,6 +199,8 @@ def test_argparse_errors_return_instead_of_exiting(capsys):
 
 def test_non_positive_settings_are_refused(capsys, base):
     assert "epochs must be a positive integer, got 0" in _error(
-        capsys, ["train", "--task", "rte", "--preset", "lora", *base, "--epochs", "0"])
+        capsys, ["train", "--task", "rte", "--preset", "lora", *base, "--epochs", "0"]
+    )
     assert "learning rate must be a positive number" in _error(
-        capsys, ["train", "--task", "rte", "--preset", "lora", *base, "--lr", "-1"])
+        capsys, ["train", "--task", "rte", "--preset", "lora", *base, "--lr", "-1"]
+    )

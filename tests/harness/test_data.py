@@ -73,10 +73,19 @@ def test_qqp_test_split_is_carved_from_the_end_of_train(glue_dir):
     assert used == set(rows.a.iloc[:-CARVED_TEST_ROWS]) and not used & set(splits.test.a)
 
 
-@pytest.mark.parametrize("task, file, index, row, message", [
-    ("rte", "RTE/train.tsv", 6, "5\tonly two fields\n", "7: malformed row: expected 4 tab-separated fields, found 2"),
-    ("sst2", "SST-2/dev.tsv", 3, "a fine film\tmaybe\n", "4: label 'maybe' is not one of"),
-])
+@pytest.mark.parametrize(
+    "task, file, index, row, message",
+    [
+        (
+            "rte",
+            "RTE/train.tsv",
+            6,
+            "5\tonly two fields\n",
+            "7: malformed row: expected 4 tab-separated fields, found 2",
+        ),
+        ("sst2", "SST-2/dev.tsv", 3, "a fine film\tmaybe\n", "4: label 'maybe' is not one of"),
+    ],
+)
 def test_bad_row_names_file_and_line(own_glue, task, file, index, row, message):
     path = own_glue / file
     lines = path.read_text().splitlines(keepends=True)
@@ -119,9 +128,16 @@ def test_hub_fallback_when_no_directory_and_online(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_DATASETS_OFFLINE")
     split = lambda n: datasets.Dataset.from_dict(  # noqa: E731
-        {"sentence1": [f"p{i}" for i in range(n)], "sentence2": [f"h{i}" for i in range(n)], "label": [i % 2 for i in range(n)]})
+        {
+            "sentence1": [f"p{i}" for i in range(n)],
+            "sentence2": [f"h{i}" for i in range(n)],
+            "label": [i % 2 for i in range(n)],
+        }
+    )
     calls = []
-    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: calls.append(a) or {"train": split(50), "validation": split(7)})
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda *a, **kw: calls.append(a) or {"train": split(50), "validation": split(7)}
+    )
     splits = load_splits(get_task("rte"), 10, 111, dev_size=20)
     assert calls == [("nyu-mll/glue", "rte")]
     assert (len(splits.train), len(splits.dev), len(splits.test)) == (10, 20, 7)

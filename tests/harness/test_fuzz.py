@@ -23,29 +23,89 @@ from unipelt.harness import runner
 from unipelt.harness.record import RunRecord
 from unipelt.harness.store import Store
 
-SETTINGS = settings(max_examples=60, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
-SCALARS = (st.none() | st.booleans() | st.integers(-5, 300) | st.integers() | st.floats()
-           | st.text(max_size=10) | st.sampled_from(["rte", "sst2", "lora", "adapter", "all", "16", "1e-3", "inf", ""]))
-VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-                      max_leaves=6)
-GRID_KEYS = st.sampled_from(["tasks", "presets", "configs", "k", "ks", "data_seeds", "model_seed", "lr", "epochs",
-                             "patience", "dev_size", "objective", "glue_dir", "model", "data-seeds", "bogus"])
-METHOD_KEYS = st.sampled_from(["method", "r", "alpha", "targets", "dropout", "composition", "insertion", "target",
-                               "length", "mid_dim", "attention", "activation", "scale", "bogus"])
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 300)
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=10)
+    | st.sampled_from(["rte", "sst2", "lora", "adapter", "all", "16", "1e-3", "inf", ""])
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+GRID_KEYS = st.sampled_from(
+    [
+        "tasks",
+        "presets",
+        "configs",
+        "k",
+        "ks",
+        "data_seeds",
+        "model_seed",
+        "lr",
+        "epochs",
+        "patience",
+        "dev_size",
+        "objective",
+        "glue_dir",
+        "model",
+        "data-seeds",
+        "bogus",
+    ]
+)
+METHOD_KEYS = st.sampled_from(
+    [
+        "method",
+        "r",
+        "alpha",
+        "targets",
+        "dropout",
+        "composition",
+        "insertion",
+        "target",
+        "length",
+        "mid_dim",
+        "attention",
+        "activation",
+        "scale",
+        "bogus",
+    ]
+)
 
 
 def _stub(spec, *args, **kwargs) -> RunRecord:
-    return RunRecord(spec=spec, status="finished", metric="accuracy", test_metric=0.5, best_epoch=1,
-                     params={"total": 1}, train_s_per_step=0.1, infer_ex_per_s=10.0)
+    return RunRecord(
+        spec=spec,
+        status="finished",
+        metric="accuracy",
+        test_metric=0.5,
+        best_epoch=1,
+        params={"total": 1},
+        train_s_per_step=0.1,
+        infer_ex_per_s=10.0,
+    )
 
 
 def _run(argv: list[str], store: Path) -> None:
     """The property itself: success, or exit 2 with one error line and the store unchanged."""
     before = store.read_bytes() if store.exists() else None
     err = io.StringIO()
-    with mock.patch.object(runner, "run", _stub), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    with (
+        mock.patch.object(runner, "run", _stub),
+        contextlib.redirect_stderr(err),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
         status = cli.main(argv)
     assert status in (0, 2), (status, err.getvalue())
     event(f"exit {status}")  # --hypothesis-show-statistics: how often each outcome was reached
@@ -67,13 +127,24 @@ def _store_with_a_run(folder: Path, tiny_model: str, glue_dir) -> Path:
 
 
 def _base_grid(tiny_model, glue_dir) -> dict:
-    return {"tasks": ["rte"], "presets": ["lora"], "k": [16], "dev_size": 20, "epochs": 1,
-            "model": str(tiny_model), "glue_dir": str(glue_dir)}
+    return {
+        "tasks": ["rte"],
+        "presets": ["lora"],
+        "k": [16],
+        "dev_size": 20,
+        "epochs": 1,
+        "model": str(tiny_model),
+        "glue_dir": str(glue_dir),
+    }
 
 
 @SETTINGS
-@given(changes=st.dictionaries(GRID_KEYS, VALUES, max_size=3), dropped=st.sets(GRID_KEYS, max_size=2),
-       suffix=st.sampled_from([".yaml", ".toml"]), raw=st.none() | st.binary(max_size=40))
+@given(
+    changes=st.dictionaries(GRID_KEYS, VALUES, max_size=3),
+    dropped=st.sets(GRID_KEYS, max_size=2),
+    suffix=st.sampled_from([".yaml", ".toml"]),
+    raw=st.none() | st.binary(max_size=40),
+)
 def test_random_grid_files(tiny_model, glue_dir, changes, dropped, suffix, raw):
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -85,27 +156,60 @@ def test_random_grid_files(tiny_model, glue_dir, changes, dropped, suffix, raw):
 
 
 # valid method entries, each then changed in up to two fields
-ENTRIES = st.tuples(st.sampled_from([{"method": "lora", "r": 4}, {"method": "adapter"}, {"method": "prefix", "length": 5},
-                                     {"method": "lora", "targets": ["ffn_in"]}, {"method": "prompt"}]),
-                    st.dictionaries(METHOD_KEYS, VALUES, max_size=2) | st.just({})).map(lambda t: {**t[0], **t[1]})
+ENTRIES = st.tuples(
+    st.sampled_from(
+        [
+            {"method": "lora", "r": 4},
+            {"method": "adapter"},
+            {"method": "prefix", "length": 5},
+            {"method": "lora", "targets": ["ffn_in"]},
+            {"method": "prompt"},
+        ]
+    ),
+    st.dictionaries(METHOD_KEYS, VALUES, max_size=2) | st.just({}),
+).map(lambda t: {**t[0], **t[1]})
 
 
 @SETTINGS
-@given(entries=st.lists(ENTRIES, min_size=1, max_size=3),
-       extra=st.dictionaries(st.sampled_from(["gate_pooling", "methods", "bogus"]), VALUES, max_size=1) | st.just({}),
-       raw=st.none() | st.binary(max_size=40))
+@given(
+    entries=st.lists(ENTRIES, min_size=1, max_size=3),
+    extra=st.dictionaries(st.sampled_from(["gate_pooling", "methods", "bogus"]), VALUES, max_size=1) | st.just({}),
+    raw=st.none() | st.binary(max_size=40),
+)
 def test_random_config_files(tiny_model, glue_dir, entries, extra, raw):
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         config = {"methods": entries, **extra}
         (folder / "mine.yaml").write_bytes(raw if raw is not None else yaml.safe_dump(config).encode())
         store = _store_with_a_run(folder, tiny_model, glue_dir)
-        _run(["-q", "train", "--task", "rte", "--config", str(folder / "mine.yaml"), "--lr", "1e-3", "--k", "16",
-              "--model", str(tiny_model), "--glue-dir", str(glue_dir), "--dev-size", "20", "--store", str(store)], store)
+        _run(
+            [
+                "-q",
+                "train",
+                "--task",
+                "rte",
+                "--config",
+                str(folder / "mine.yaml"),
+                "--lr",
+                "1e-3",
+                "--k",
+                "16",
+                "--model",
+                str(tiny_model),
+                "--glue-dir",
+                str(glue_dir),
+                "--dev-size",
+                "20",
+                "--store",
+                str(store),
+            ],
+            store,
+        )
 
 
-ROW_TEXT = st.lists(st.sampled_from(["a", " ", "\t", "\n", "\r", '"', "\x00", "é", "1", "entailment", "not_entailment"]),
-                    max_size=12).map("".join)
+ROW_TEXT = st.lists(
+    st.sampled_from(["a", " ", "\t", "\n", "\r", '"', "\x00", "é", "1", "entailment", "not_entailment"]), max_size=12
+).map("".join)
 
 
 @SETTINGS
@@ -120,8 +224,28 @@ def test_random_tsv_rows(tiny_model, glue_dir, rows):
             lines.insert(min(at, len(lines)), row)
         path.write_bytes(b"".join(lines))
         store = _store_with_a_run(folder, tiny_model, glue_dir)
-        _run(["-q", "train", "--task", "rte", "--preset", "lora", "--k", "16", "--model", str(tiny_model),
-              "--glue-dir", str(folder / "glue"), "--dev-size", "20", "--store", str(store), "--force"], store)
+        _run(
+            [
+                "-q",
+                "train",
+                "--task",
+                "rte",
+                "--preset",
+                "lora",
+                "--k",
+                "16",
+                "--model",
+                str(tiny_model),
+                "--glue-dir",
+                str(folder / "glue"),
+                "--dev-size",
+                "20",
+                "--store",
+                str(store),
+                "--force",
+            ],
+            store,
+        )
 
 
 def test_the_stub_paths_succeed(tiny_model, glue_dir, tmp_path):
@@ -131,6 +255,26 @@ def test_the_stub_paths_succeed(tiny_model, glue_dir, tmp_path):
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(unipelt.get_preset("lora").to_dict()))
     with mock.patch.object(runner, "run", _stub), contextlib.redirect_stdout(io.StringIO()):
         assert cli.main(["-q", "sweep", "--grid", str(grid), "--store", str(tmp_path / "s.sqlite")]) == 0
-        assert cli.main(["-q", "train", "--task", "rte", "--config", str(tmp_path / "mine.yaml"), "--k", "16",
-                         "--model", str(tiny_model), "--glue-dir", str(glue_dir), "--dev-size", "20",
-                         "--store", str(tmp_path / "s.sqlite")]) == 0
+        assert (
+            cli.main(
+                [
+                    "-q",
+                    "train",
+                    "--task",
+                    "rte",
+                    "--config",
+                    str(tmp_path / "mine.yaml"),
+                    "--k",
+                    "16",
+                    "--model",
+                    str(tiny_model),
+                    "--glue-dir",
+                    str(glue_dir),
+                    "--dev-size",
+                    "20",
+                    "--store",
+                    str(tmp_path / "s.sqlite"),
+                ]
+            )
+            == 0
+        )

@@ -35,7 +35,9 @@ def test_sst2_and_rte_prompts_mask_all_but_the_label_word(tokenizer):
     sst2 = Prompts(get_task("sst2"), tokenizer, 128)
     _check(sst2, {"a": "a gorgeous film", "b": None, "label": 1}, "Sentence: a gorgeous film\nSentiment:", "positive")
     rte = Prompts(get_task("rte"), tokenizer, 128)
-    _check(rte, {"a": "Cats purr.", "b": "Cats make sounds.", "label": 1}, "Cats purr.\nCats make sounds.\nAnswer:", "no")
+    _check(
+        rte, {"a": "Cats purr.", "b": "Cats make sounds.", "label": 1}, "Cats purr.\nCats make sounds.\nAnswer:", "no"
+    )
     assert rte.label_of(" Yes, surely") == 0 and rte.label_of(" no.") == 1 and rte.label_of(" maybe") is None
     assert rte.max_new_tokens == 2
 
@@ -54,9 +56,30 @@ def test_classify_keys_are_unchanged():
 
 def test_generate_end_to_end(capsys, glue_dir, tiny_llama, tmp_path):
     store = tmp_path / "s.sqlite"
-    argv = ["-q", "train", "--objective", "generate", "--task", "sst2", "--preset", "lora", "--k", "16",
-            "--model", tiny_llama, "--glue-dir", str(glue_dir), "--dev-size", "8", "--epochs", "2",
-            "--lr", "1e-2", "--store", str(store)]
+    argv = [
+        "-q",
+        "train",
+        "--objective",
+        "generate",
+        "--task",
+        "sst2",
+        "--preset",
+        "lora",
+        "--k",
+        "16",
+        "--model",
+        tiny_llama,
+        "--glue-dir",
+        str(glue_dir),
+        "--dev-size",
+        "8",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e-2",
+        "--store",
+        str(store),
+    ]
     assert cli.main(argv) == 0
     assert "sst2 lora generate K=16 seed=111: test accuracy" in capsys.readouterr().out
     with Store(store) as s:
@@ -68,13 +91,31 @@ def test_generate_end_to_end(capsys, glue_dir, tiny_llama, tmp_path):
     assert cli.main(sweep) == 0 and "1 were already finished" in capsys.readouterr().out  # same key as train
 
 
-@pytest.mark.parametrize("task, model, message", [
-    ("stsb", "tiny_llama", "--objective generate needs label words, and stsb is a regression task"),
-    ("rte", "tiny_model", "--objective generate needs a decoder-only causal LM"),
-])
+@pytest.mark.parametrize(
+    "task, model, message",
+    [
+        ("stsb", "tiny_llama", "--objective generate needs label words, and stsb is a regression task"),
+        ("rte", "tiny_model", "--objective generate needs a decoder-only causal LM"),
+    ],
+)
 def test_generate_errors(capsys, request, glue_dir, tmp_path, task, model, message):
-    argv = ["train", "--objective", "generate", "--task", task, "--preset", "lora", "--k", "16",
-            "--model", request.getfixturevalue(model), "--glue-dir", str(glue_dir), "--store", str(tmp_path / "s.sqlite")]
+    argv = [
+        "train",
+        "--objective",
+        "generate",
+        "--task",
+        task,
+        "--preset",
+        "lora",
+        "--k",
+        "16",
+        "--model",
+        request.getfixturevalue(model),
+        "--glue-dir",
+        str(glue_dir),
+        "--store",
+        str(tmp_path / "s.sqlite"),
+    ]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("unipelt: error: ") and "\n" not in err and message in err, err

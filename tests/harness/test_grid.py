@@ -12,8 +12,10 @@ def test_yaml_grid_with_per_method_lr_and_a_config_file(tmp_path, tiny_model):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "lora-r4.json").write_text('{"methods": [{"method": "lora", "r": 4}]}')
     grid = tmp_path / "grid.yaml"
-    grid.write_text(f"tasks: [rte, cola]\npresets: [lora, adapter]\nconfigs: [configs/lora-r4.json]\nks: [100, all]\n"
-                    f"data_seeds: [111, 222]\nlr: {{lora: 0.001, lora-r4: 0.002}}\nmodel: {tiny_model}\n")
+    grid.write_text(
+        f"tasks: [rte, cola]\npresets: [lora, adapter]\nconfigs: [configs/lora-r4.json]\nks: [100, all]\n"
+        f"data_seeds: [111, 222]\nlr: {{lora: 0.001, lora-r4: 0.002}}\nmodel: {tiny_model}\n"
+    )
     specs = make_grid(grid, data_seeds="333").specs()  # a flag overrides the file
     assert len(specs) == 2 * 3 * 2 * 1
     lrs = {s.method: s.lr for s in specs}

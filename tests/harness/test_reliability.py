@@ -31,9 +31,18 @@ def _spec() -> RunSpec:
 
 
 def _fake(spec, *args, **kwargs) -> RunRecord:
-    return RunRecord(spec=spec, status="finished", metric="accuracy", test_metric=0.5, best_epoch=1,
-                     epochs=(EpochLog(epoch=1, train_loss=0.7, dev_metric=0.5),), params={"total": 1},
-                     train_s_per_step=0.1, infer_ex_per_s=10.0, finished_at="first")
+    return RunRecord(
+        spec=spec,
+        status="finished",
+        metric="accuracy",
+        test_metric=0.5,
+        best_epoch=1,
+        epochs=(EpochLog(epoch=1, train_loss=0.7, dev_metric=0.5),),
+        params={"total": 1},
+        train_s_per_step=0.1,
+        infer_ex_per_s=10.0,
+        finished_at="first",
+    )
 
 
 def _failing(spec, *args, **kwargs) -> RunRecord:
@@ -42,8 +51,26 @@ def _failing(spec, *args, **kwargs) -> RunRecord:
 
 @pytest.fixture
 def train(glue_dir, tiny_model, tmp_path):
-    return ["-q", "train", "--task", "rte", "--preset", "lora", "--k", "16", "--model", tiny_model,
-            "--glue-dir", str(glue_dir), "--dev-size", "20", "--epochs", "1", "--store", str(tmp_path / "s.sqlite")]
+    return [
+        "-q",
+        "train",
+        "--task",
+        "rte",
+        "--preset",
+        "lora",
+        "--k",
+        "16",
+        "--model",
+        tiny_model,
+        "--glue-dir",
+        str(glue_dir),
+        "--dev-size",
+        "20",
+        "--epochs",
+        "1",
+        "--store",
+        str(tmp_path / "s.sqlite"),
+    ]
 
 
 def _error(capsys, argv: list[str]) -> str:
@@ -97,12 +124,16 @@ def _outputs(tmp_path, case: str) -> tuple[list[str], str]:
     """(flags, the error they must give) for each output path that cannot be written."""
     blocker = _blocker(tmp_path)
     return {
-        "save under a file": (["--save", str(blocker / "ckpt")],
-                              f"--save directory {blocker / 'ckpt'} cannot be created: {blocker} is a file"),
+        "save under a file": (
+            ["--save", str(blocker / "ckpt")],
+            f"--save directory {blocker / 'ckpt'} cannot be created: {blocker} is a file",
+        ),
         "save is a file": (["--save", str(blocker)], f"--save directory {blocker} is a file, not a directory"),
         "store is a directory": (["--store", str(tmp_path)], f"results store {tmp_path} is a directory"),
-        "store under a file": (["--store", str(blocker / "s.sqlite")],
-                               f"results store {blocker / 's.sqlite'} cannot be created: {blocker} is a file"),
+        "store under a file": (
+            ["--store", str(blocker / "s.sqlite")],
+            f"results store {blocker / 's.sqlite'} cannot be created: {blocker} is a file",
+        ),
     }[case]
 
 
@@ -117,18 +148,25 @@ def test_unwritable_outputs_fail_before_training(capsys, train, tmp_path, monkey
 def test_a_failed_save_after_training_keeps_the_run_finished(capsys, train, tmp_path, monkeypatch):
     def disk_full(model, directory):
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(runner, "save", disk_full)
     assert cli.main([*train, "--save", str(tmp_path / "ckpt")]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == "unipelt: error: the run finished and is recorded, but saving it failed: OSError: [Errno 28] No space left on device"
+    assert err == (
+        "unipelt: error: the run finished and is recorded, but saving it failed: "
+        "OSError: [Errno 28] No space left on device"
+    )
     with Store(tmp_path / "s.sqlite") as store:
         assert store.runs().loc[0, "status"] == "finished"
 
 
-@pytest.mark.parametrize("out, message", [
-    (lambda t: _blocker(t), "is a file, not a directory"),
-    (lambda t: _blocker(t) / "report", "cannot be created"),
-])
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        (lambda t: _blocker(t), "is a file, not a directory"),
+        (lambda t: _blocker(t) / "report", "cannot be created"),
+    ],
+)
 def test_report_out_that_cannot_be_written(capsys, tmp_path, out, message):
     path = tmp_path / "s.sqlite"
     with Store(path) as store:
@@ -171,15 +209,37 @@ def test_closing_a_store_releases_its_claims(tmp_path):
 
 
 def test_bad_execution_flags_leave_the_store_alone(capsys, glue_dir, tiny_model, tmp_path):
-    argv = ["sweep", "--tasks", "rte", "--presets", "lora", "--k", "16", "--model", tiny_model, "--glue-dir",
-            str(glue_dir), "--dev-size", "20", "--store", str(tmp_path / "s.sqlite")]
+    argv = [
+        "sweep",
+        "--tasks",
+        "rte",
+        "--presets",
+        "lora",
+        "--k",
+        "16",
+        "--model",
+        tiny_model,
+        "--glue-dir",
+        str(glue_dir),
+        "--dev-size",
+        "20",
+        "--store",
+        str(tmp_path / "s.sqlite"),
+    ]
     assert "--workers must be at least 1, got 0" in _error(capsys, [*argv, "--workers", "0"])
     assert not (tmp_path / "s.sqlite").exists()
 
 
 def test_a_sweep_leaves_runs_another_sweep_holds(tmp_path, glue_dir, tiny_model, monkeypatch):
-    specs = make_grid(tasks="rte", presets="lora,adapter,bitfit", k="16", model=tiny_model,
-                      glue_dir=str(glue_dir), dev_size=20, epochs=1).specs()
+    specs = make_grid(
+        tasks="rte",
+        presets="lora,adapter,bitfit",
+        k="16",
+        model=tiny_model,
+        glue_dir=str(glue_dir),
+        dev_size=20,
+        epochs=1,
+    ).specs()
     calls = []
     monkeypatch.setattr(runner, "run", lambda spec, *a, **k: calls.append(spec.method) or _fake(spec))
     with Store(tmp_path / "s.sqlite") as other, Store(tmp_path / "s.sqlite") as mine:
@@ -195,9 +255,29 @@ def _finished_now(stdout: str) -> int:
 
 def test_two_sweep_processes_on_one_store_train_each_run_once(tmp_path, glue_dir, tiny_model):
     store = tmp_path / "s.sqlite"
-    argv = [sys.executable, "-m", "unipelt.cli", "-q", "sweep", "--tasks", "rte", "--presets", "lora,adapter,bitfit,prompt",
-            "--k", "16", "--model", tiny_model, "--glue-dir", str(glue_dir), "--dev-size", "20", "--epochs", "1",
-            "--store", str(store)]
+    argv = [
+        sys.executable,
+        "-m",
+        "unipelt.cli",
+        "-q",
+        "sweep",
+        "--tasks",
+        "rte",
+        "--presets",
+        "lora,adapter,bitfit,prompt",
+        "--k",
+        "16",
+        "--model",
+        tiny_model,
+        "--glue-dir",
+        str(glue_dir),
+        "--dev-size",
+        "20",
+        "--epochs",
+        "1",
+        "--store",
+        str(store),
+    ]
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
@@ -268,9 +348,13 @@ def test_a_model_replaced_at_the_same_path_is_a_new_run(capsys, train, tiny_mode
 def test_divergence_rule():
     best = BestOnDev(patience=10)
     best.first_loss = 0.7
-    best.epochs = [EpochLog(epoch=1, train_loss=3e10, dev_metric=0.5), EpochLog(epoch=2, train_loss=7e10, dev_metric=0.5)]
-    assert best.divergence(10.0) == ("diverged: training loss rose from 0.7 at the start (epoch 1: 3e+10) "
-                                     "to 7e+10 at epoch 2, over 10x")
+    best.epochs = [
+        EpochLog(epoch=1, train_loss=3e10, dev_metric=0.5),
+        EpochLog(epoch=2, train_loss=7e10, dev_metric=0.5),
+    ]
+    assert best.divergence(10.0) == (
+        "diverged: training loss rose from 0.7 at the start (epoch 1: 3e+10) to 7e+10 at epoch 2, over 10x"
+    )
     best.epochs[-1] = EpochLog(epoch=2, train_loss=0.5, dev_metric=0.5)
     assert best.divergence(10.0) is None
     best.first_loss, best.epochs[-1] = 1e-4, EpochLog(epoch=2, train_loss=0.005, dev_metric=0.5)
@@ -280,17 +364,20 @@ def test_divergence_rule():
 
 
 def test_a_huge_learning_rate_fails_as_diverged(glue_dir, tiny_model, tmp_path):
-    spec = make_spec(task="rte", preset="lora", model=tiny_model, k=32, lr=1e4, epochs=3, dev_size=20,
-                     glue_dir=str(glue_dir))
+    spec = make_spec(
+        task="rte", preset="lora", model=tiny_model, k=32, lr=1e4, epochs=3, dev_size=20, glue_dir=str(glue_dir)
+    )
     record = runner.run(spec, runner.RunOptions(progress=False))
     # from about ln 2, the loss of a 2-class head at the start, to thousands
-    assert record.status == "failed" and re.match(r"diverged: training loss rose from 0\.\d+ at the start .* over 10x$",
-                                                  record.reason), record.reason
+    assert record.status == "failed" and re.match(
+        r"diverged: training loss rose from 0\.\d+ at the start .* over 10x$", record.reason
+    ), record.reason
 
 
 def test_an_infinite_learning_rate_is_stored_as_strict_json(tmp_path):
     def refuse(constant):
         raise ValueError(f"non-standard JSON constant {constant}")
+
     spec = replace(_spec(), lr=float("inf"))
     with Store(tmp_path / "s.sqlite") as store:
         store.write(runner.failed_record(spec, "training loss is nan at epoch 1"))

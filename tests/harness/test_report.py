@@ -27,10 +27,22 @@ SPEED = {"full": (1.0, 100.0), "lora": (0.5, 80.0)}  # s/step, inference ex/s; o
 def _record(method, task, seed, value) -> RunRecord:
     spec = RunSpec(task=task, method=method, config="{}", model="/models/tiny", k=100, data_seed=seed, lr=1e-4)
     step, ex = SPEED.get(method, (0.6, 90.0))
-    gates = {0: {"adapter": 0.2, "prefix": 0.7}, 1: {"adapter": 0.4, "prefix": 0.9}} if method.startswith("unipelt") else {}
-    return RunRecord(spec=spec, status="finished", metric="accuracy", test_metric=value, best_epoch=1,
-                     params={"total": 1000 if method == "full" else 10, "inference": 10}, test_source="GLUE dev",
-                     train_s_per_step=step, infer_ex_per_s=ex, gates=gates, versions={"unipelt": "0.1.0"})
+    gates = (
+        {0: {"adapter": 0.2, "prefix": 0.7}, 1: {"adapter": 0.4, "prefix": 0.9}} if method.startswith("unipelt") else {}
+    )
+    return RunRecord(
+        spec=spec,
+        status="finished",
+        metric="accuracy",
+        test_metric=value,
+        best_epoch=1,
+        params={"total": 1000 if method == "full" else 10, "inference": 10},
+        test_source="GLUE dev",
+        train_s_per_step=step,
+        infer_ex_per_s=ex,
+        gates=gates,
+        versions={"unipelt": "0.1.0"},
+    )
 
 
 @pytest.fixture
@@ -41,7 +53,9 @@ def built(tmp_path):
                 for seed, value in zip((111, 222), values):
                     store.write(_record(method, task, seed, value))
         failed = RunSpec(task="rte", method="prompt", config="{}", model="/models/tiny", k=100, lr=1e-4)
-        store.write(RunRecord(spec=failed, status="failed", reason="training loss is nan at epoch 3", metric="accuracy"))
+        store.write(
+            RunRecord(spec=failed, status="failed", reason="training loss is nan at epoch 3", metric="accuracy")
+        )
         yield report.build(store)
 
 

@@ -18,11 +18,22 @@ def spec(**changes) -> RunSpec:
 
 
 def record(**changes) -> RunRecord:
-    fields = dict(spec=spec(), status="finished", metric="accuracy",
-                  epochs=(EpochLog(epoch=1, train_loss=0.7, dev_metric=0.5), EpochLog(epoch=2, train_loss=0.6, dev_metric=0.6)),
-                  best_epoch=2, dev_metric=0.6, test_metric=0.55, params={"total": 10, "head": 2},
-                  train_s_per_step=0.1, infer_ex_per_s=100.0, gates={0: {"adapter": 0.4, "prefix": 0.6}},
-                  versions={"unipelt": "0.1.0"}, started_at="t0", finished_at="t1")
+    fields = dict(
+        spec=spec(),
+        status="finished",
+        metric="accuracy",
+        epochs=(EpochLog(epoch=1, train_loss=0.7, dev_metric=0.5), EpochLog(epoch=2, train_loss=0.6, dev_metric=0.6)),
+        best_epoch=2,
+        dev_metric=0.6,
+        test_metric=0.55,
+        params={"total": 10, "head": 2},
+        train_s_per_step=0.1,
+        infer_ex_per_s=100.0,
+        gates={0: {"adapter": 0.4, "prefix": 0.6}},
+        versions={"unipelt": "0.1.0"},
+        started_at="t0",
+        finished_at="t1",
+    )
     return RunRecord(**{**fields, **changes})
 
 

@@ -16,8 +16,16 @@ from unipelt.harness.store import Store
 
 
 def _grid(glue_dir, tiny_model, **changes):
-    options = dict(tasks="rte,sst2", presets="lora,adapter", k="16", data_seeds="111,222", model=tiny_model,
-                   glue_dir=str(glue_dir), dev_size=20, epochs=1)
+    options = dict(
+        tasks="rte,sst2",
+        presets="lora,adapter",
+        k="16",
+        data_seeds="111,222",
+        model=tiny_model,
+        glue_dir=str(glue_dir),
+        dev_size=20,
+        epochs=1,
+    )
     return make_grid(**{**options, **changes})
 
 
@@ -79,8 +87,16 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, glue_dir, tin
 def test_nan_loss_fails_the_run_with_its_reason(glue_dir, tiny_model):
     from unipelt.harness import make_spec
 
-    spec = make_spec(task="rte", preset="lora", model=tiny_model, k=16, lr=float("inf"), epochs=3,
-                     dev_size=20, glue_dir=str(glue_dir))
+    spec = make_spec(
+        task="rte",
+        preset="lora",
+        model=tiny_model,
+        k=16,
+        lr=float("inf"),
+        epochs=3,
+        dev_size=20,
+        glue_dir=str(glue_dir),
+    )
     record = runner.run(spec, runner.RunOptions(progress=False))
     assert record.status == "failed" and "training loss is nan" in record.reason
 
@@ -96,9 +112,29 @@ def _finished(path) -> int:
 def test_killed_sweep_process_resumes(tmp_path, glue_dir, tiny_model):
     """SIGKILL the CLI after its first recorded run, restart it: every run ends up recorded once."""
     store = tmp_path / "s.sqlite"
-    argv = [sys.executable, "-m", "unipelt.cli", "-q", "sweep", "--tasks", "rte", "--presets", "lora,adapter,bitfit,prompt",
-            "--k", "16", "--model", tiny_model, "--glue-dir", str(glue_dir), "--dev-size", "20", "--epochs", "2",
-            "--store", str(store)]
+    argv = [
+        sys.executable,
+        "-m",
+        "unipelt.cli",
+        "-q",
+        "sweep",
+        "--tasks",
+        "rte",
+        "--presets",
+        "lora,adapter,bitfit,prompt",
+        "--k",
+        "16",
+        "--model",
+        tiny_model,
+        "--glue-dir",
+        str(glue_dir),
+        "--dev-size",
+        "20",
+        "--epochs",
+        "2",
+        "--store",
+        str(store),
+    ]
     proc = subprocess.Popen(argv, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while _finished(store) == 0 and proc.poll() is None and time.monotonic() < deadline:
@@ -113,7 +149,9 @@ def test_killed_sweep_process_resumes(tmp_path, glue_dir, tiny_model):
     assert f"{killed_at} were already finished" in done.stdout
     with Store(store) as s:
         runs = s.runs()
-    assert len(runs) == 4 and runs.run_key.is_unique and (runs.status == "finished").all() and (runs.attempts == 1).all()
+    assert (
+        len(runs) == 4 and runs.run_key.is_unique and (runs.status == "finished").all() and (runs.attempts == 1).all()
+    )
 
 
 def test_two_local_workers(tmp_path, glue_dir, tiny_model):

@@ -33,7 +33,7 @@ class Sublayer:
 
     @property
     def kind(self) -> str:
-        """"self" or "cross" for attention, "ffn" for the feed-forward sublayer."""
+        """ "self" or "cross" for attention, "ffn" for the feed-forward sublayer."""
         return "ffn"
 
 
@@ -71,8 +71,11 @@ class Stack:
 
     def lora_paths(self) -> dict[tuple[str, str], tuple[str, ...]]:
         """(target, attention kind or "ffn") -> the linear maps it names in one layer."""
-        paths = {(target, "cross" if att.cross else "self"): (getattr(att, target),)
-                 for att in self.attention for target in ("q", "k", "v", "o")}
+        paths = {
+            (target, "cross" if att.cross else "self"): (getattr(att, target),)
+            for att in self.attention
+            for target in ("q", "k", "v", "o")
+        }
         paths[("ffn_in", "ffn")] = self.ffn.ffn_in
         paths[("ffn_out", "ffn")] = self.ffn.ffn_out
         return paths
@@ -98,8 +101,9 @@ class ArchSpec:
     def check_attention_hook(self, method: str) -> None:
         """Refuse ``method`` (a prefix or prompt) on an architecture whose attention unipelt cannot hook."""
         if self.no_attention_hook is not None:
-            raise UniPeltError(f"{method} tuning is not available on {'/'.join(self.model_types)}: "
-                               f"{self.no_attention_hook}")
+            raise UniPeltError(
+                f"{method} tuning is not available on {'/'.join(self.model_types)}: {self.no_attention_hook}"
+            )
 
     def present_stacks(self, base: nn.Module) -> tuple[Stack, ...]:
         """The stacks this model has: ``T5EncoderModel`` is T5 without its decoder."""
@@ -128,12 +132,14 @@ def register(spec: ArchSpec) -> ArchSpec:
     return spec
 
 
-HOW_TO_ADD = "docs/contributing.md, \"Adding an architecture\""
+HOW_TO_ADD = 'docs/contributing.md, "Adding an architecture"'
 
 
 def _unsupported(model_type) -> UniPeltError:
-    return UniPeltError(f"unipelt does not support model_type {model_type!r} yet; supported: "
-                        f"{', '.join(sorted(_SPECS))}. Adding one is a small data file: see {HOW_TO_ADD}")
+    return UniPeltError(
+        f"unipelt does not support model_type {model_type!r} yet; supported: "
+        f"{', '.join(sorted(_SPECS))}. Adding one is a small data file: see {HOW_TO_ADD}"
+    )
 
 
 def spec_for(model: nn.Module) -> ArchSpec:

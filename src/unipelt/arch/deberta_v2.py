@@ -18,15 +18,23 @@ from . import ArchSpec, Attention, register
 from .bert import BERT
 
 _STACK = BERT.stacks[0]
-_ATTENTION = Attention(input="attention.self", norm="attention.output.LayerNorm", q="attention.self.query_proj",
-                       k="attention.self.key_proj", v="attention.self.value_proj", o="attention.output.dense")
+_ATTENTION = Attention(
+    input="attention.self",
+    norm="attention.output.LayerNorm",
+    q="attention.self.query_proj",
+    k="attention.self.key_proj",
+    v="attention.self.value_proj",
+    o="attention.output.dense",
+)
 
-DEBERTA_V2 = register(ArchSpec(
-    model_types=("deberta-v2",),
-    stacks=(replace(_STACK, attention=(_ATTENTION,)),),
-    head_dim="attention_head_size",
-    embeddings="embeddings",
-    prompt_at=1,
-    no_attention_hook="DisentangledSelfAttention computes its relative-position attention itself and "
-                      "does not call transformers' attention interface, where unipelt adds prefixes",
-))
+DEBERTA_V2 = register(
+    ArchSpec(
+        model_types=("deberta-v2",),
+        stacks=(replace(_STACK, attention=(_ATTENTION,)),),
+        head_dim="attention_head_size",
+        embeddings="embeddings",
+        prompt_at=1,
+        no_attention_hook="DisentangledSelfAttention computes its relative-position attention itself and "
+        "does not call transformers' attention interface, where unipelt adds prefixes",
+    )
+)

@@ -8,12 +8,25 @@ prompt's own keys and values become a prefix (methods/prompt.py, ``CausalPrompt`
 
 from . import FFN, ArchSpec, Attention, Stack, register
 
-LLAMA = register(ArchSpec(
-    model_types=("llama",),
-    stacks=(Stack(
-        name="decoder", layers="layers", causal=True,
-        attention=(Attention(input="self_attn", q="self_attn.q_proj", k="self_attn.k_proj",
-                             v="self_attn.v_proj", o="self_attn.o_proj"),),
-        ffn=FFN(input="mlp", ffn_in=("mlp.gate_proj", "mlp.up_proj"), ffn_out=("mlp.down_proj",)),
-    ),),
-))
+LLAMA = register(
+    ArchSpec(
+        model_types=("llama",),
+        stacks=(
+            Stack(
+                name="decoder",
+                layers="layers",
+                causal=True,
+                attention=(
+                    Attention(
+                        input="self_attn",
+                        q="self_attn.q_proj",
+                        k="self_attn.k_proj",
+                        v="self_attn.v_proj",
+                        o="self_attn.o_proj",
+                    ),
+                ),
+                ffn=FFN(input="mlp", ffn_in=("mlp.gate_proj", "mlp.up_proj"), ffn_out=("mlp.down_proj",)),
+            ),
+        ),
+    )
+)

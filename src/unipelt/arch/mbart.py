@@ -10,19 +10,34 @@ from . import FFN, ArchSpec, Attention, Stack, register
 
 
 def _attention(module: str, cross: bool = False) -> Attention:
-    return Attention(input=module, cross=cross, q=f"{module}.q_proj", k=f"{module}.k_proj",
-                     v=f"{module}.v_proj", o=f"{module}.out_proj")
+    return Attention(
+        input=module,
+        cross=cross,
+        q=f"{module}.q_proj",
+        k=f"{module}.k_proj",
+        v=f"{module}.v_proj",
+        o=f"{module}.out_proj",
+    )
 
 
 _FFN = FFN(input="fc1", output="fc2", ffn_in=("fc1",), ffn_out=("fc2",))
 
-MBART = register(ArchSpec(
-    model_types=("mbart",),
-    stacks=(
-        Stack(name="encoder", layers="encoder.layers", causal=False, attention=(_attention("self_attn"),), ffn=_FFN),
-        Stack(name="decoder", layers="decoder.layers", causal=True, ffn=_FFN,
-              attention=(_attention("self_attn"), _attention("encoder_attn", cross=True))),
-    ),
-    hidden_key="d_model",
-    embeddings="encoder.embed_tokens",
-))
+MBART = register(
+    ArchSpec(
+        model_types=("mbart",),
+        stacks=(
+            Stack(
+                name="encoder", layers="encoder.layers", causal=False, attention=(_attention("self_attn"),), ffn=_FFN
+            ),
+            Stack(
+                name="decoder",
+                layers="decoder.layers",
+                causal=True,
+                ffn=_FFN,
+                attention=(_attention("self_attn"), _attention("encoder_attn", cross=True)),
+            ),
+        ),
+        hidden_key="d_model",
+        embeddings="encoder.embed_tokens",
+    )
+)

@@ -12,5 +12,22 @@ from .store import Store
 from .sweep import SweepSummary, run_sweep
 from .tasks import TASKS, Task, get_task
 
-__all__ = ["report", "runner", "Splits", "load_splits", "HarnessError", "Grid", "make_grid", "EpochLog",
-           "RunRecord", "RunSpec", "make_spec", "Store", "SweepSummary", "run_sweep", "TASKS", "Task", "get_task"]
+__all__ = [
+    "report",
+    "runner",
+    "Splits",
+    "load_splits",
+    "HarnessError",
+    "Grid",
+    "make_grid",
+    "EpochLog",
+    "RunRecord",
+    "RunSpec",
+    "make_spec",
+    "Store",
+    "SweepSummary",
+    "run_sweep",
+    "TASKS",
+    "Task",
+    "get_task",
+]

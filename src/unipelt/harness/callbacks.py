@@ -63,8 +63,10 @@ class BestOnDev(TrainerCallback):
         if not math.isfinite(last.train_loss):
             return f"diverged: training loss is {last.train_loss} at epoch {last.epoch}"
         if last.train_loss > factor * max(start, 0.01):  # near zero, a tenfold rise is noise, not divergence
-            return (f"diverged: training loss rose from {start:.4g} at the start (epoch 1: {first:.4g}) "
-                    f"to {last.train_loss:.4g} at epoch {last.epoch}, over {factor:g}x")
+            return (
+                f"diverged: training loss rose from {start:.4g} at the start (epoch 1: {first:.4g}) "
+                f"to {last.train_loss:.4g} at epoch {last.epoch}, over {factor:g}x"
+            )
         return None
 
     @torch.no_grad()
@@ -105,8 +107,14 @@ class RunProgress(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.enabled and state.is_world_process_zero:
-            self.bar = tqdm(total=state.max_steps, desc=self.desc, position=self.position,
-                            leave=False, dynamic_ncols=True, unit="step")
+            self.bar = tqdm(
+                total=state.max_steps,
+                desc=self.desc,
+                position=self.position,
+                leave=False,
+                dynamic_ncols=True,
+                unit="step",
+            )
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:

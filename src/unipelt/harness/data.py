@@ -81,8 +81,9 @@ def read_tsv(path: Path, task: Task) -> pd.DataFrame:
     """
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            return pd.DataFrame(_rows(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), task, path),
-                                columns=COLUMNS)
+            return pd.DataFrame(
+                _rows(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), task, path), columns=COLUMNS
+            )
     except UnicodeDecodeError as e:
         raise HarnessError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x}: {e.reason})") from None
     except csv.Error as e:  # e.g. a field over the csv module's size limit
@@ -104,8 +105,9 @@ def _rows(reader, task: Task, path: Path) -> list[tuple]:
             raise HarnessError(f"{path}:{blank}: blank line between rows")
         width = width or len(row)  # header-less file: the first row sets the width
         if len(row) != width or len(row) <= max(c for c in cols if c is not None):
-            raise HarnessError(f"{path}:{reader.line_num}: malformed row: expected {width} "
-                               f"tab-separated fields, found {len(row)}")
+            raise HarnessError(
+                f"{path}:{reader.line_num}: malformed row: expected {width} tab-separated fields, found {len(row)}"
+            )
         a, b, raw = (row[c] if c is not None else None for c in cols)
         rows.append((a, b, _label(task, raw, path, reader.line_num)))
     return rows
@@ -129,8 +131,10 @@ def _from_directory(task: Task, source: GlueSource) -> tuple[pd.DataFrame, pd.Da
         raise HarnessError(f"missing GLUE file {wanted} (GLUE dir {source.path}, {source.how})")
     if len(pool) <= CARVED_TEST_ROWS:
         raise HarnessError(f"{train_path} has {len(pool)} rows: too few to carve a {CARVED_TEST_ROWS}-row test split")
-    carved = (f"carved: last {CARVED_TEST_ROWS} rows of {task.directory}/train.tsv "
-              f"(no GLUE dev file here), excluded from the train pool")
+    carved = (
+        f"carved: last {CARVED_TEST_ROWS} rows of {task.directory}/train.tsv "
+        f"(no GLUE dev file here), excluded from the train pool"
+    )
     return pool.iloc[:-CARVED_TEST_ROWS], pool.iloc[-CARVED_TEST_ROWS:], carved
 
 
@@ -138,42 +142,51 @@ def _from_hub(task: Task, source: GlueSource) -> tuple[pd.DataFrame, pd.DataFram
     """Fallback when no GLUE directory exists: ``nyu-mll/glue`` through ``datasets``."""
     looked = "; ".join(source.looked)
     if reason := hub_offline_reason():
-        raise HarnessError(f"no GLUE data found; looked in: {looked}; the hub is not used ({reason}). "
-                           "Pass --glue-dir DIR or set GLUE_DIR")
+        raise HarnessError(
+            f"no GLUE data found; looked in: {looked}; the hub is not used ({reason}). "
+            "Pass --glue-dir DIR or set GLUE_DIR"
+        )
     import datasets  # imported here: only this fallback needs it
 
     try:
         ds = datasets.load_dataset("nyu-mll/glue", task.name)
     except Exception as e:  # any failure to reach or read the hub is the same user problem
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise HarnessError(f"no GLUE data found; looked in: {looked}; loading nyu-mll/glue/{task.name} "
-                           f"from the hub failed: {first}") from None
+        raise HarnessError(
+            f"no GLUE data found; looked in: {looked}; loading nyu-mll/glue/{task.name} from the hub failed: {first}"
+        ) from None
     test_split = "validation_matched" if task.name == "mnli" else "validation"
 
     def frame(split) -> pd.DataFrame:
         cols = task.hub_columns
         b = split[cols[1]] if len(cols) > 1 else [None] * len(split)
         return pd.DataFrame({"a": split[cols[0]], "b": b, "label": split["label"]})
+
     return frame(ds["train"]), frame(ds[test_split]), f"GLUE dev (hub nyu-mll/glue {task.name}/{test_split})"
 
 
-def split_pool(pool: pd.DataFrame, k: int | str, seed: int, dev_size: int, where: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_pool(
+    pool: pd.DataFrame, k: int | str, seed: int, dev_size: int, where: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """First K shuffled rows = train, next ``dev_size`` = dev (see the module docstring)."""
     n = len(pool)
     if n <= dev_size:
         raise HarnessError(f"{where} has {n} training rows: not enough for a {dev_size}-row dev split")
     size = n - dev_size if k == "all" else k
     if size + dev_size > n:
-        raise HarnessError(f"K={k} is too large for {where}: it has {n} training rows, so K + the "
-                           f"{dev_size} dev rows allows at most K={n - dev_size}")
+        raise HarnessError(
+            f"K={k} is too large for {where}: it has {n} training rows, so K + the "
+            f"{dev_size} dev rows allows at most K={n - dev_size}"
+        )
     order = np.random.default_rng(seed).permutation(n)
     train = pool.iloc[order[:size]].reset_index(drop=True)
-    dev = pool.iloc[order[size:size + dev_size]].reset_index(drop=True)
+    dev = pool.iloc[order[size : size + dev_size]].reset_index(drop=True)
     return train, dev
 
 
-def load_splits(task: Task, k: int | str, seed: int, *, dev_size: int = DEV_SIZE,
-                glue_dir: str | Path | None = None) -> Splits:
+def load_splits(
+    task: Task, k: int | str, seed: int, *, dev_size: int = DEV_SIZE, glue_dir: str | Path | None = None
+) -> Splits:
     """Train/dev/test for ``task`` at train size ``k`` and data seed ``seed``."""
     source = locate_glue(glue_dir)
     if source.path is not None:

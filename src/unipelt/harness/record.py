@@ -49,8 +49,12 @@ def versions() -> dict[str, str]:
 
     from .. import __version__
 
-    found = {"unipelt": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-             "python": platform.python_version()}
+    found = {
+        "unipelt": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
     commit = _git_commit()
     if commit:
         found["unipelt_commit"] = commit

@@ -54,8 +54,12 @@ def _md_cell(cell: Cell) -> str:
 
 
 def table_markdown(table: Table) -> str:
-    lines = [f"### {md_text(table.title)}", "", "| " + " | ".join(map(md_text, table.header)) + " |",
-             "|" + "|".join(["---"] + ["---:"] * (len(table.header) - 1)) + "|"]
+    lines = [
+        f"### {md_text(table.title)}",
+        "",
+        "| " + " | ".join(map(md_text, table.header)) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(table.header) - 1)) + "|",
+    ]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
     lines += [""] + [f"_{md_text(note)}_" for note in table.notes]
     return "\n".join(lines) + "\n"
@@ -70,12 +74,16 @@ def table_html(table: Table) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
     body = "".join("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>" for row in table.rows)
     notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in table.notes)
-    return f"<h3>{html.escape(table.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
+    return (
+        f"<h3>{html.escape(table.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
+    )
 
 
-CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:.5em 0}"
-       "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child,th:first-child{text-align:left}"
-       "th{background:#f3f3f3}.note{color:#555;font-size:.9em;margin:.2em 0}img{max-width:100%}")
+CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:.5em 0}"
+    "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child,th:first-child{text-align:left}"
+    "th{background:#f3f3f3}.note{color:#555;font-size:.9em;margin:.2em 0}img{max-width:100%}"
+)
 
 
 def markdown(report: Report) -> str:
@@ -85,11 +93,16 @@ def markdown(report: Report) -> str:
 
 
 def html_page(report: Report) -> str:
-    figures = "".join(f"<h3>{html.escape(f.title)}</h3><img alt='{html.escape(f.title)}' "
-                      f"src='data:image/png;base64,{base64.b64encode(f.png).decode()}'>" for f in report.figures)
+    figures = "".join(
+        f"<h3>{html.escape(f.title)}</h3><img alt='{html.escape(f.title)}' "
+        f"src='data:image/png;base64,{base64.b64encode(f.png).decode()}'>"
+        for f in report.figures
+    )
     tables_ = "".join(table_html(t) for t in report.tables)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>unipelt results</title><style>{CSS}</style>"
-            f"</head><body><h1>unipelt results</h1><p>{html.escape(report.summary)}</p>{tables_}{figures}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>unipelt results</title><style>{CSS}</style>"
+        f"</head><body><h1>unipelt results</h1><p>{html.escape(report.summary)}</p>{tables_}{figures}</body></html>"
+    )
 
 
 # ---- building
@@ -105,12 +118,18 @@ def _figures(runs: pd.DataFrame, gates: pd.DataFrame) -> list[Figure]:
     figures = []
     for i, model in enumerate(sorted(runs.model.unique())):
         name = tables.model_name(model)
-        figures.append(Figure(f"metric_vs_k_{i}", f"Test score vs K — {name}",
-                              _png(plots.metric_vs_k(runs[runs.model == model], name))))
+        figures.append(
+            Figure(
+                f"metric_vs_k_{i}",
+                f"Test score vs K — {name}",
+                _png(plots.metric_vs_k(runs[runs.model == model], name)),
+            )
+        )
         sub = gates[gates.model == model]
         if not sub.empty:
-            figures.append(Figure(f"gates_{i}", f"Mean gate value per layer — {name}",
-                                  _png(plots.gate_heatmap(sub, name))))
+            figures.append(
+                Figure(f"gates_{i}", f"Mean gate value per layer — {name}", _png(plots.gate_heatmap(sub, name)))
+            )
     return figures
 
 
@@ -121,8 +140,10 @@ def _summary(all_runs: pd.DataFrame, attempts: pd.DataFrame) -> str:
     finished = set(all_runs.run_key[all_runs.status == "finished"])
     history = int(((attempts.status == "failed") & attempts.run_key.isin(finished)).sum())
     retried = f" ({history} failed attempt(s) of finished runs kept as history)" if history else ""
-    return (f"{counts.get('finished', 0)} finished and {counts.get('failed', 0)} failed runs{retried}; unipelt "
-            f"{', '.join(versions)}; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
+    return (
+        f"{counts.get('finished', 0)} finished and {counts.get('failed', 0)} failed runs{retried}; unipelt "
+        f"{', '.join(versions)}; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC."
+    )
 
 
 def build(store: Store) -> Report:

@@ -13,13 +13,21 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass, replace
-from functools import partial
 from datetime import datetime, timezone
+from functools import partial
 
 import numpy as np
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                          DataCollatorWithPadding, ProgressCallback, Trainer, TrainingArguments, set_seed)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    ProgressCallback,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
 
 from .. import UniPeltError, apply, count_parameters, fold, gate_values, save
 from .callbacks import BestOnDev, RunFailed, RunProgress, StepTimer
@@ -27,8 +35,8 @@ from .data import Splits, load_splits
 from .encode import Encoded, encode
 from .generative import GenerativeTrainer, Prompts, pad
 from .metrics import score
-from .record import RunRecord, versions
 from .models import model_path
+from .record import RunRecord, versions
 from .spec import RunSpec
 from .tasks import Task, get_task
 
@@ -75,13 +83,18 @@ def load_model(spec: RunSpec, task: Task):
     if spec.objective == "generate":
         model = AutoModelForCausalLM.from_pretrained(path)
     else:
-        labels = {} if task.is_regression else {"id2label": dict(enumerate(task.labels)),
-                                                 "label2id": {l: i for i, l in enumerate(task.labels)}}
+        labels = (
+            {}
+            if task.is_regression
+            else {"id2label": dict(enumerate(task.labels)), "label2id": {l: i for i, l in enumerate(task.labels)}}
+        )
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=task.num_labels,
+            path,
+            num_labels=task.num_labels,
             problem_type="regression" if task.is_regression else "single_label_classification",
             ignore_mismatched_sizes=True,  # a checkpoint with another task's head: that head is re-initialised
-            **labels)
+            **labels,
+        )
     if tokenizer.pad_token is None:  # decoder tokenizers: pad with eos, as HF's examples do
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
@@ -91,13 +104,21 @@ def load_model(spec: RunSpec, task: Task):
 
 def _arguments(spec: RunSpec, output_dir: str) -> TrainingArguments:
     return TrainingArguments(
-        output_dir=output_dir, per_device_train_batch_size=spec.batch_size,
-        per_device_eval_batch_size=EVAL_BATCH, num_train_epochs=spec.epochs, learning_rate=spec.lr,
-        eval_strategy="epoch", logging_strategy="epoch", save_strategy="no", report_to="none",
+        output_dir=output_dir,
+        per_device_train_batch_size=spec.batch_size,
+        per_device_eval_batch_size=EVAL_BATCH,
+        num_train_epochs=spec.epochs,
+        learning_rate=spec.lr,
+        eval_strategy="epoch",
+        logging_strategy="epoch",
+        save_strategy="no",
+        report_to="none",
         logging_first_step=True,  # the loss before any update: what divergence is measured against
-        seed=spec.model_seed, logging_nan_inf_filter=False,  # a NaN loss must fail the run, not vanish
+        seed=spec.model_seed,
+        logging_nan_inf_filter=False,  # a NaN loss must fail the run, not vanish
         dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=False)  # True would add PrinterCallback; the bar is replaced below instead
+        disable_tqdm=False,
+    )  # True would add PrinterCallback; the bar is replaced below instead
 
 
 def _gates(model, dev: Encoded, collator) -> dict[int, dict[str, float]]:
@@ -106,7 +127,7 @@ def _gates(model, dev: Encoded, collator) -> dict[int, dict[str, float]]:
     picked = np.unique(np.linspace(0, len(dev) - 1, min(len(dev), GATE_EXAMPLES)).astype(int))
     sums: dict[int, dict[str, float]] = {}
     for start in range(0, len(picked), EVAL_BATCH):
-        batch = collator([dev[int(i)] for i in picked[start:start + EVAL_BATCH]])
+        batch = collator([dev[int(i)] for i in picked[start : start + EVAL_BATCH]])
         batch = {k: v.to(model.device) for k, v in batch.items() if k != "labels"}
         n = len(batch["input_ids"])
         for layer, values in gate_values(model, batch).items():
@@ -129,8 +150,9 @@ def _classify_trainer(spec: RunSpec, task: Task, splits: Splits, tokenizer, mode
         predicted = trainer.predict(test)
         return score(task.metric, predicted.predictions, predicted.label_ids, task.is_regression)
 
-    trainer = Trainer(model=model, train_dataset=train, eval_dataset=dev, data_collator=collator,
-                      compute_metrics=metrics, **kwargs)
+    trainer = Trainer(
+        model=model, train_dataset=train, eval_dataset=dev, data_collator=collator, compute_metrics=metrics, **kwargs
+    )
     return trainer, dev, test, collator, test_score
 
 
@@ -139,9 +161,15 @@ def _generative_trainer(spec: RunSpec, task: Task, splits: Splits, tokenizer, mo
     prompts = Prompts(task, tokenizer, spec.max_length)
     train = prompts.encode(splits.train, train=True)
     dev, test = (prompts.encode(s, train=False) for s in (splits.dev, splits.test))
-    trainer = GenerativeTrainer(model=model, train_dataset=train, eval_dataset=dev,
-                                data_collator=partial(pad, pad_id=tokenizer.pad_token_id, left=False),
-                                prompts=prompts, eval_batch_size=EVAL_BATCH, **kwargs)
+    trainer = GenerativeTrainer(
+        model=model,
+        train_dataset=train,
+        eval_dataset=dev,
+        data_collator=partial(pad, pad_id=tokenizer.pad_token_id, left=False),
+        prompts=prompts,
+        eval_batch_size=EVAL_BATCH,
+        **kwargs,
+    )
     return trainer, dev, test, partial(pad, pad_id=tokenizer.pad_token_id, left=True), lambda t: t.score(test)
 
 
@@ -152,7 +180,8 @@ def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, start
     make_trainer = _generative_trainer if spec.objective == "generate" else _classify_trainer
     with tempfile.TemporaryDirectory(prefix="unipelt-run-") as tmp:
         trainer, dev, test, collator, test_score = make_trainer(
-            spec, task, splits, tokenizer, model, args=_arguments(spec, tmp), callbacks=[best, timer, progress])
+            spec, task, splits, tokenizer, model, args=_arguments(spec, tmp), callbacks=[best, timer, progress]
+        )
         train = trainer.train_dataset
         trainer.remove_callback(ProgressCallback)
         trainer.train()
@@ -166,13 +195,23 @@ def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, start
         infer_seconds = time.perf_counter() - start
     model.eval()
     record = RunRecord(
-        spec=spec, status="finished", metric=task.metric, epochs=tuple(best.epochs),
-        best_epoch=best.best_epoch, dev_metric=best.best, test_metric=test_metric,
-        test_source=splits.test_source, sizes={"train": len(train), "dev": len(dev), "test": len(test)},
-        params=params, train_s_per_step=timer.per_step,
+        spec=spec,
+        status="finished",
+        metric=task.metric,
+        epochs=tuple(best.epochs),
+        best_epoch=best.best_epoch,
+        dev_metric=best.best,
+        test_metric=test_metric,
+        test_source=splits.test_source,
+        sizes={"train": len(train), "dev": len(dev), "test": len(test)},
+        params=params,
+        train_s_per_step=timer.per_step,
         infer_ex_per_s=len(test) / infer_seconds,
         gates=_gates(model, dev, collator) if spec.pelt_config.gated else {},
-        versions=versions(), started_at=started, finished_at=_now())
+        versions=versions(),
+        started_at=started,
+        finished_at=_now(),
+    )
     return _save(model, options.save_dir, record) if options.save_dir and is_main_process() else record
 
 
@@ -187,8 +226,15 @@ def _save(model, directory: str, record: RunRecord) -> RunRecord:
 
 
 def failed_record(spec: RunSpec, reason: str, started: str | None = None) -> RunRecord:
-    return RunRecord(spec=spec, status="failed", reason=reason, metric=get_task(spec.task).metric,
-                     versions=versions(), started_at=started or _now(), finished_at=_now())
+    return RunRecord(
+        spec=spec,
+        status="failed",
+        reason=reason,
+        metric=get_task(spec.task).metric,
+        versions=versions(),
+        started_at=started or _now(),
+        finished_at=_now(),
+    )
 
 
 def run(spec: RunSpec, options: RunOptions = RunOptions()) -> RunRecord:
@@ -207,7 +253,12 @@ def run(spec: RunSpec, options: RunOptions = RunOptions()) -> RunRecord:
     if record.status == "failed":
         log.warning("%s failed: %s", spec.label(), record.reason)
     else:
-        log.info("%s: test %s %.4f (best epoch %s of %d)", spec.label(), record.metric,
-                 record.test_metric, record.best_epoch, len(record.epochs))
+        log.info(
+            "%s: test %s %.4f (best epoch %s of %d)",
+            spec.label(),
+            record.metric,
+            record.test_metric,
+            record.best_epoch,
+            len(record.epochs),
+        )
     return record
-

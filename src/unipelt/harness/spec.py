@@ -59,8 +59,11 @@ class RunSpec:
     def key(self) -> str:
         """Stable id of the run: a hash of every field that changes its result. The default
         objective and an empty model id are left out, so keys from before they existed stay valid."""
-        ident = {k: v for k, v in asdict(self).items()
-                 if k != "glue_dir" and not (k == "objective" and v == "classify") and not (k == "model_id" and not v)}
+        ident = {
+            k: v
+            for k, v in asdict(self).items()
+            if k != "glue_dir" and not (k == "objective" and v == "classify") and not (k == "model_id" and not v)
+        }
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
     @property
@@ -100,9 +103,16 @@ def _default_lr(method: str, config: PeltConfig) -> float:
     raise HarnessError(f"config {method!r} matches no preset, so it has no default learning rate: pass --lr")
 
 
-def make_spec(*, task: str, preset: str | None = None, config_file: str | None = None,
-              model: str | None = None, k: int | str = 100, lr: float | None = None,
-              **options) -> RunSpec:
+def make_spec(
+    *,
+    task: str,
+    preset: str | None = None,
+    config_file: str | None = None,
+    model: str | None = None,
+    k: int | str = 100,
+    lr: float | None = None,
+    **options,
+) -> RunSpec:
     """A validated RunSpec from CLI-level choices; ``options`` are the remaining RunSpec fields."""
     task = get_task(task).name
     if (preset is None) == (config_file is None):
@@ -112,8 +122,15 @@ def make_spec(*, task: str, preset: str | None = None, config_file: str | None =
     else:
         method, config = Path(config_file).stem, read_config_file(config_file)
     model = resolve_model(model)
-    spec = RunSpec(task=task, method=method, config=json.dumps(config.to_dict(), sort_keys=True),
-                   model=model, k=parse_k(k), lr=_default_lr(method, config) if lr is None else lr,
-                   model_id=model_identity(model), **options)
+    spec = RunSpec(
+        task=task,
+        method=method,
+        config=json.dumps(config.to_dict(), sort_keys=True),
+        model=model,
+        k=parse_k(k),
+        lr=_default_lr(method, config) if lr is None else lr,
+        model_id=model_identity(model),
+        **options,
+    )
     check_model(spec.model, objective=spec.objective, max_length=spec.max_length)
     return spec

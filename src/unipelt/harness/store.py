@@ -82,9 +82,12 @@ CREATE TABLE leases (
 );
 """
 # From schema 1: the one attempt each run row stands for becomes its history.
-MIGRATE_1 = ATTEMPTS_AND_LEASES + """
+MIGRATE_1 = (
+    ATTEMPTS_AND_LEASES
+    + """
 INSERT INTO attempts SELECT run_key, attempts, status, reason, test_metric, host, started_at, finished_at FROM runs;
 """
+)
 
 
 def _statements(script: str) -> list[str]:
@@ -93,12 +96,14 @@ def _statements(script: str) -> list[str]:
 
 def _json(value) -> str:
     """Strict JSON: a non-finite float (an lr of inf, a diverged loss) is stored as a string."""
+
     def clean(v):
         if isinstance(v, float) and not math.isfinite(v):
             return str(v)
         if isinstance(v, dict):
             return {k: clean(x) for k, x in v.items()}
         return [clean(x) for x in v] if isinstance(v, (list, tuple)) else v
+
     return json.dumps(clean(value), sort_keys=True, allow_nan=False)
 
 
@@ -202,8 +207,10 @@ class Store:
             raise HarnessError(f"{self.path} is not a unipelt results store (no schema_version table)")
         version = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
         if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise HarnessError(f"results store {self.path} has schema version {version}, newer than this unipelt "
-                               f"reads ({SCHEMA_VERSION}); upgrade unipelt to use it (the file was left unchanged)")
+            raise HarnessError(
+                f"results store {self.path} has schema version {version}, newer than this unipelt "
+                f"reads ({SCHEMA_VERSION}); upgrade unipelt to use it (the file was left unchanged)"
+            )
         return version
 
     def _migrate(self) -> None:
@@ -260,13 +267,17 @@ class Store:
         """Claim run ``key`` for this process unless it is finished (ignored with ``force``) or
         a live process holds it."""
         with self.transaction() as db:
-            if not force and db.execute("SELECT 1 FROM runs WHERE run_key = ? AND status = 'finished'",
-                                        (key,)).fetchone():
+            if (
+                not force
+                and db.execute("SELECT 1 FROM runs WHERE run_key = ? AND status = 'finished'", (key,)).fetchone()
+            ):
                 return Claim("finished")
             if (holder := self._holder(db, key)) is not None:
                 return holder
-            db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
-                       (key, self.owner, platform.node(), os.getpid(), time.time()))
+            db.execute(
+                "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+                (key, self.owner, platform.node(), os.getpid(), time.time()),
+            )
         if self._heartbeat is None:
             self._heartbeat = _Heartbeat(self.path, self.owner)
             self._heartbeat.start()
@@ -280,26 +291,55 @@ class Store:
     @staticmethod
     def _row(record: RunRecord, attempt: int) -> dict:
         spec = record.spec
-        return dict(run_key=spec.key, task=spec.task, method=spec.method, k=str(spec.k), data_seed=spec.data_seed,
-                    model_seed=spec.model_seed, model=spec.model, lr=spec.lr,
-                    spec=_json({**asdict(spec), "config": json.loads(spec.config)}), status=record.status,
-                    reason=record.reason, metric=record.metric, best_epoch=record.best_epoch,
-                    dev_metric=record.dev_metric, test_metric=record.test_metric, test_source=record.test_source,
-                    sizes=_json(record.sizes), params=_json(record.params),
-                    train_s_per_step=record.train_s_per_step, infer_ex_per_s=record.infer_ex_per_s,
-                    versions=_json(record.versions), host=record.host, started_at=record.started_at,
-                    finished_at=record.finished_at, attempts=attempt)
+        return dict(
+            run_key=spec.key,
+            task=spec.task,
+            method=spec.method,
+            k=str(spec.k),
+            data_seed=spec.data_seed,
+            model_seed=spec.model_seed,
+            model=spec.model,
+            lr=spec.lr,
+            spec=_json({**asdict(spec), "config": json.loads(spec.config)}),
+            status=record.status,
+            reason=record.reason,
+            metric=record.metric,
+            best_epoch=record.best_epoch,
+            dev_metric=record.dev_metric,
+            test_metric=record.test_metric,
+            test_source=record.test_source,
+            sizes=_json(record.sizes),
+            params=_json(record.params),
+            train_s_per_step=record.train_s_per_step,
+            infer_ex_per_s=record.infer_ex_per_s,
+            versions=_json(record.versions),
+            host=record.host,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            attempts=attempt,
+        )
 
     def write(self, record: RunRecord) -> Written:
         """Record an attempt atomically and release this process's claim on the run. It becomes
         the run's result unless it failed and the run has a finished result."""
         key = record.spec.key
         with self.transaction() as db:
-            attempt = 1 + db.execute("SELECT COALESCE(MAX(attempt), 0) FROM attempts WHERE run_key = ?",
-                                     (key,)).fetchone()[0]
-            db.execute("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (key, attempt, record.status, record.reason, record.test_metric, record.host,
-                        record.started_at, record.finished_at))
+            attempt = (
+                1 + db.execute("SELECT COALESCE(MAX(attempt), 0) FROM attempts WHERE run_key = ?", (key,)).fetchone()[0]
+            )
+            db.execute(
+                "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key,
+                    attempt,
+                    record.status,
+                    record.reason,
+                    record.test_metric,
+                    record.host,
+                    record.started_at,
+                    record.finished_at,
+                ),
+            )
             current = db.execute("SELECT status FROM runs WHERE run_key = ?", (key,)).fetchone()
             keep = record.status == "failed" and current is not None and current[0] == "finished"
             if keep:
@@ -313,11 +353,14 @@ class Store:
         key, row = record.spec.key, self._row(record, attempt)
         db.execute("DELETE FROM runs WHERE run_key = ?", (key,))  # cascades to epochs, gates
         db.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
-        db.executemany("INSERT INTO epochs VALUES (?, ?, ?, ?)",
-                       [(key, e.epoch, e.train_loss, e.dev_metric) for e in record.epochs])
-        db.executemany("INSERT INTO gates VALUES (?, ?, ?, ?)",
-                       [(key, layer, name, value) for layer, values in record.gates.items()
-                        for name, value in values.items()])
+        db.executemany(
+            "INSERT INTO epochs VALUES (?, ?, ?, ?)",
+            [(key, e.epoch, e.train_loss, e.dev_metric) for e in record.epochs],
+        )
+        db.executemany(
+            "INSERT INTO gates VALUES (?, ?, ?, ?)",
+            [(key, layer, name, value) for layer, values in record.gates.items() for name, value in values.items()],
+        )
 
     # ---- reading
     def finished_keys(self) -> set[str]:
@@ -333,7 +376,9 @@ class Store:
         return self._runs("WHERE status = ?", (status,)) if status else self._runs()
 
     def _runs(self, where: str = "", args: tuple = ()) -> pd.DataFrame:
-        frame = pd.read_sql_query(f"SELECT * FROM runs {where} ORDER BY task, method, k, data_seed", self.db, params=args)
+        frame = pd.read_sql_query(
+            f"SELECT * FROM runs {where} ORDER BY task, method, k, data_seed", self.db, params=args
+        )
         for col in ("spec", "sizes", "params", "versions"):
             frame[col] = frame[col].map(json.loads)
         return frame
@@ -341,8 +386,11 @@ class Store:
     def attempts(self) -> pd.DataFrame:
         """Every attempt of every run, oldest first (a schema-1 store read as it is: one per run)."""
         if self.version < 2:
-            return pd.read_sql_query("SELECT run_key, attempts AS attempt, status, reason, test_metric, host, "
-                                     "started_at, finished_at FROM runs ORDER BY run_key", self.db)
+            return pd.read_sql_query(
+                "SELECT run_key, attempts AS attempt, status, reason, test_metric, host, "
+                "started_at, finished_at FROM runs ORDER BY run_key",
+                self.db,
+            )
         return pd.read_sql_query("SELECT * FROM attempts ORDER BY run_key, attempt", self.db)
 
     def epochs(self) -> pd.DataFrame:
@@ -351,4 +399,6 @@ class Store:
     def gates(self) -> pd.DataFrame:
         return pd.read_sql_query(
             "SELECT g.*, r.task, r.method, r.k, r.model FROM gates g JOIN runs r USING (run_key) "
-            "WHERE r.status = 'finished' ORDER BY r.method, r.task, g.layer, g.submodule", self.db)
+            "WHERE r.status = 'finished' ORDER BY r.method, r.task, g.layer, g.submodule",
+            self.db,
+        )

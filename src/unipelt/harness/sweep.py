@@ -88,8 +88,12 @@ def _run_in_worker(spec: RunSpec) -> RunRecord:
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
     # spawn: a forked child would inherit torch's thread pools and the parent's open store
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start_worker, initargs=(threads_per_worker(workers),))
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(threads_per_worker(workers),),
+    )
 
 
 def _pooled(specs: Iterator[RunSpec], workers: int) -> Iterator[RunRecord]:
@@ -107,8 +111,10 @@ def _pooled(specs: Iterator[RunSpec], workers: int) -> Iterator[RunRecord]:
                 for future in done:
                     yield future.result()
         except BrokenProcessPool:
-            raise HarnessError("a sweep worker process died (killed or out of memory); finished runs are "
-                               "saved, rerun the same command to resume") from None
+            raise HarnessError(
+                "a sweep worker process died (killed or out of memory); finished runs are "
+                "saved, rerun the same command to resume"
+            ) from None
         finally:
             for future in pending:
                 future.cancel()
@@ -122,8 +128,9 @@ def _local(specs: Iterator[RunSpec], workers: int, progress: bool) -> Iterator[R
     yield from _pooled(specs, workers)
 
 
-def execute(specs: Iterator[RunSpec], workers: int, backend: str, ray_address: str | None,
-            progress: bool = True) -> Iterator[RunRecord]:
+def execute(
+    specs: Iterator[RunSpec], workers: int, backend: str, ray_address: str | None, progress: bool = True
+) -> Iterator[RunRecord]:
     check_execution(workers, backend)
     if backend == "ray":
         from .ray_backend import run_on_ray
@@ -146,8 +153,15 @@ def _claimed(specs: list[RunSpec], store: Store, counts: Counter, bar) -> Iterat
             log.info("%s: being trained by %s, left to it", spec.label(), claim.owner)
 
 
-def run_sweep(specs: list[RunSpec], store: Store, *, workers: int = 1, backend: str = "local",
-              ray_address: str | None = None, progress: bool = True) -> SweepSummary:
+def run_sweep(
+    specs: list[RunSpec],
+    store: Store,
+    *,
+    workers: int = 1,
+    backend: str = "local",
+    ray_address: str | None = None,
+    progress: bool = True,
+) -> SweepSummary:
     """Run every spec not yet finished in ``store``; each result is recorded as it arrives."""
     check_execution(workers, backend)
     unique = list({s.key: s for s in specs}.values())  # dedupe, keep order
@@ -163,6 +177,11 @@ def run_sweep(specs: list[RunSpec], store: Store, *, workers: int = 1, backend: 
             counts["kept"] += written.kept_finished
             bar.update(1)
             bar.set_postfix(failed=counts["failed"])
-    return SweepSummary(total=len(unique), skipped=len(unique) - len(todo) + counts["finished_elsewhere"],
-                        finished=counts["finished"], failed=counts["failed"], elsewhere=counts["busy"],
-                        kept=counts["kept"])
+    return SweepSummary(
+        total=len(unique),
+        skipped=len(unique) - len(todo) + counts["finished_elsewhere"],
+        finished=counts["finished"],
+        failed=counts["failed"],
+        elsewhere=counts["busy"],
+        kept=counts["kept"],
+    )

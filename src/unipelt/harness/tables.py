@@ -17,14 +17,37 @@ import pandas as pd
 
 from .tasks import TASK_ORDER, TASKS
 
-METHOD_ORDER = ("full", "bitfit", "adapter", "adapter-houlsby", "parallel-adapter", "scaled-parallel-adapter",
-                "mh-parallel-adapter", "prefix", "prompt", "lora", "unipelt-ap", "unipelt-apl", "unipelt-nogate", "mam")
+METHOD_ORDER = (
+    "full",
+    "bitfit",
+    "adapter",
+    "adapter-houlsby",
+    "parallel-adapter",
+    "scaled-parallel-adapter",
+    "mh-parallel-adapter",
+    "prefix",
+    "prompt",
+    "lora",
+    "unipelt-ap",
+    "unipelt-apl",
+    "unipelt-nogate",
+    "mam",
+)
 # UniPELT Table 2: a variant against the max over the single methods it combines.
 SUBMODULES = {"unipelt-ap": ("adapter", "prefix"), "unipelt-apl": ("adapter", "prefix", "lora")}
 # Spec fields that split one method into several rows when they vary inside a block.
 # model_id: a model replaced at the same path is another model, never averaged with the first
-VARIANT_FIELDS = ("lr", "epochs", "patience", "model_seed", "dev_size", "batch_size", "max_length", "objective",
-                  "model_id")
+VARIANT_FIELDS = (
+    "lr",
+    "epochs",
+    "patience",
+    "model_seed",
+    "dev_size",
+    "batch_size",
+    "max_length",
+    "objective",
+    "model_id",
+)
 SPEC_DEFAULTS = {"objective": "classify", "model_id": ""}  # fields added later: absent from older stores' specs
 
 Mark = Literal["best", "second"] | None
@@ -69,8 +92,9 @@ def with_variants(runs: pd.DataFrame) -> pd.DataFrame:
     for _, run in runs.iterrows():
         same = runs[(runs.method == run.method) & (runs.model == run.model)]
         varying = [f for f in VARIANT_FIELDS if same[f].nunique() > 1]
-        labels.append(run.method + "".join(f" {f}={run[f]:g}" if isinstance(run[f], float) else f" {f}={run[f]}"
-                                           for f in varying))
+        labels.append(
+            run.method + "".join(f" {f}={run[f]:g}" if isinstance(run[f], float) else f" {f}={run[f]}" for f in varying)
+        )
     runs["row"] = labels
     return runs
 
@@ -136,8 +160,11 @@ def _metric_short(task: str) -> str:
 
 def _notes(block: pd.DataFrame) -> tuple[str, ...]:
     seeds = block.groupby(["row", "task"]).data_seed.nunique()
-    notes = [f"Test score ×100, mean ± std over {seeds.min()}–{seeds.max()} data seeds"
-             if seeds.min() != seeds.max() else f"Test score ×100, mean ± std over {seeds.min()} data seed(s)"]
+    notes = [
+        f"Test score ×100, mean ± std over {seeds.min()}–{seeds.max()} data seeds"
+        if seeds.min() != seeds.max()
+        else f"Test score ×100, mean ± std over {seeds.min()} data seed(s)"
+    ]
     for task, source in block.drop_duplicates("task")[["task", "test_source"]].itertuples(index=False):
         if source.startswith("carved"):
             notes.append(f"{task.upper()}: test split {source}.")
@@ -182,12 +209,21 @@ def _table2_block(block: pd.DataFrame, title: str) -> Table | None:
         body += [tuple(mine), tuple(bound)]
     if not body:
         return None
-    return Table(title, ("method", *(t.upper() for t in tasks)), tuple(body),
-                 ("Upper bound = the best submodule per task, chosen on test (as in the paper); the higher of the two rows is bold.",))
+    return Table(
+        title,
+        ("method", *(t.upper() for t in tasks)),
+        tuple(body),
+        (
+            "Upper bound = the best submodule per task, chosen on test (as in the paper); "
+            "the higher of the two rows is bold.",
+        ),
+    )
 
 
 def table2(runs: pd.DataFrame) -> list[Table]:
-    tables = [_table2_block(b, f"Table 2 — {model_name(m)}, K={k}: UniPELT vs its submodules") for m, k, b in blocks(runs)]
+    tables = [
+        _table2_block(b, f"Table 2 — {model_name(m)}, K={k}: UniPELT vs its submodules") for m, k, b in blocks(runs)
+    ]
     return [t for t in tables if t is not None]
 
 
@@ -201,8 +237,11 @@ def _relative(runs: pd.DataFrame, column: str, invert: bool) -> dict[str, float]
         return {}
     out = {}
     for row, block in runs.groupby("row"):
-        ratios = [(full[key] / v if invert else v / full[key])
-                  for key, v in block.groupby(["task", "k"])[column].mean().items() if key in full.index]
+        ratios = [
+            (full[key] / v if invert else v / full[key])
+            for key, v in block.groupby(["task", "k"])[column].mean().items()
+            if key in full.index
+        ]
         out[row] = float(np.mean(ratios)) if ratios else float("nan")
     return out
 
@@ -224,14 +263,38 @@ def table4(runs: pd.DataFrame) -> list[Table]:
             params = int(r.params.map(lambda p: p["total"]).median())
             inference = int(r.params.map(lambda p: p.get("inference", p["total"])).median())
             share = f"{100 * params / full_params.median():.2f}%" if len(full_params) else "–"
-            body.append((Cell(row), Cell(f"{params:,}"), Cell(f"{inference:,}"), Cell(share),
-                         Cell(f"{r.train_s_per_step.mean():.3f}"), Cell(_percent(train_rel.get(row))),
-                         Cell(f"{r.infer_ex_per_s.mean():.0f}"), Cell(_percent(infer_rel.get(row)))))
-        tables.append(Table(f"Table 4 — {model_name(model)}: parameters and time",
-                            ("method", "trainable params", "inference params", "% of full", "train s/step",
-                             "train time vs full", "inference ex/s", "inference time vs full"), tuple(body),
-                            ("Parameters exclude the task head. Relative times average the ratios to full fine-tuning "
-                             "on the same task and K, over those both were run on.",)))
+            body.append(
+                (
+                    Cell(row),
+                    Cell(f"{params:,}"),
+                    Cell(f"{inference:,}"),
+                    Cell(share),
+                    Cell(f"{r.train_s_per_step.mean():.3f}"),
+                    Cell(_percent(train_rel.get(row))),
+                    Cell(f"{r.infer_ex_per_s.mean():.0f}"),
+                    Cell(_percent(infer_rel.get(row))),
+                )
+            )
+        tables.append(
+            Table(
+                f"Table 4 — {model_name(model)}: parameters and time",
+                (
+                    "method",
+                    "trainable params",
+                    "inference params",
+                    "% of full",
+                    "train s/step",
+                    "train time vs full",
+                    "inference ex/s",
+                    "inference time vs full",
+                ),
+                tuple(body),
+                (
+                    "Parameters exclude the task head. Relative times average the ratios to full fine-tuning "
+                    "on the same task and K, over those both were run on.",
+                ),
+            )
+        )
     return tables
 
 
@@ -239,7 +302,13 @@ def failures(runs: pd.DataFrame) -> Table | None:
     failed = runs[runs.status == "failed"]
     if failed.empty:
         return None
-    body = tuple((Cell(r.task), Cell(r.method), Cell(str(r.k)), Cell(str(r.data_seed)), Cell(r.reason))
-                 for r in failed.itertuples())
-    return Table("Failed runs", ("task", "method", "K", "data seed", "reason"), body,
-                 ("Rerun the sweep to retry them: only finished runs are skipped.",))
+    body = tuple(
+        (Cell(r.task), Cell(r.method), Cell(str(r.k)), Cell(str(r.data_seed)), Cell(r.reason))
+        for r in failed.itertuples()
+    )
+    return Table(
+        "Failed runs",
+        ("task", "method", "K", "data seed", "reason"),
+        body,
+        ("Rerun the sweep to retry them: only finished runs are skipped.",),
+    )

@@ -49,10 +49,12 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
         # weights_only refuses every global but tensors and plain containers: a file that needs
         # more is not a plain state dict, and unpickling it fully could run its code
-        raise UniPeltError(f"{path} is not a plain tensor state dict (loaded with weights_only=True): "
-                           f"{str(e).splitlines()[0]}") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
+        raise UniPeltError(
+            f"{path} is not a plain tensor state dict (loaded with weights_only=True): {str(e).splitlines()[0]}"
+        ) from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise UniPeltError(f"{path} does not hold a flat mapping of names to tensors")
     return state
 
@@ -77,8 +79,10 @@ def _check(model: nn.Module, assigned: dict[nn.Parameter, torch.Tensor], source:
     for p, t in assigned.items():
         if tuple(p.shape) != tuple(t.shape):
             name = _named(model, {p: t})
-            raise UniPeltError(f"{source}: {next(iter(name))} has shape {tuple(t.shape)} in the checkpoint, "
-                               f"{tuple(p.shape)} in this model")
+            raise UniPeltError(
+                f"{source}: {next(iter(name))} has shape {tuple(t.shape)} in the checkpoint, "
+                f"{tuple(p.shape)} in this model"
+            )
     covered = {id(p) for p in assigned}
     missing = [n for n, p in model.named_parameters() if MARK in n and p.requires_grad and id(p) not in covered]
     if missing:

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import PeltConfig
 from ..arch import spec_for
+from ..config import PeltConfig
 from ..errors import UniPeltError
 from . import adapterhub_config as hub
 from ._safe import first_file, install, read_json, read_tensors
@@ -27,8 +27,13 @@ from ._safe import first_file, install, read_json, read_tensors
 FAMILY = ("bert", "roberta", "xlm-roberta")
 # adapters' module paths inside one BERT-family layer, by unipelt's name for the place
 ADAPTER_SITES = {"attention.output": "attn", "output": "ffn"}
-LORA_SITES = {"attention.self.query": "q", "attention.self.key": "k", "attention.self.value": "v",
-              "intermediate.dense": "ffn_in", "output.dense": "ffn_out"}
+LORA_SITES = {
+    "attention.self.query": "q",
+    "attention.self.key": "k",
+    "attention.self.value": "v",
+    "intermediate.dense": "ffn_in",
+    "output.dense": "ffn_out",
+}
 
 
 @dataclass
@@ -47,8 +52,10 @@ def _sort(tensors: dict[str, torch.Tensor], base: str, name: str, source: Path) 
     layer = re.compile(rf"{b}\.encoder\.layer\.(\d+)\.(.+)\.(adapters|loras)\.{n}\.(.+)")
     gate = re.compile(rf"{b}\.encoder\.layer\.(\d+)\.attention\.self\.prefix_tuning\.prefix_gates\.{n}\.(.+)")
     # the prefix pool is saved once and again under every layer's attention (the same tensors)
-    pool = re.compile(rf"{b}\.(?:encoder\.layer\.\d+\.attention\.self\.prefix_tuning\.pool|prefix_tuning)"
-                      rf"\.prefix_tunings\.{n}\.self_prefix\.(.+)")
+    pool = re.compile(
+        rf"{b}\.(?:encoder\.layer\.\d+\.attention\.self\.prefix_tuning\.pool|prefix_tuning)"
+        rf"\.prefix_tunings\.{n}\.self_prefix\.(.+)"
+    )
     prompt = f"{base}.prompt_tuning.prompt_tunings.{name}.prompt_embedding.weight"
     out = Tensors()
     for key, t in tensors.items():
@@ -103,8 +110,10 @@ def _read_head(directory: Path, model: nn.Module, name: str) -> tuple[hub.Head, 
         return None
     layout = _head_layout(model)
     if layout is None:
-        raise UniPeltError(f"{directory} holds a classification head, but {type(model).__name__} has no "
-                           "BERT- or RoBERTa-style classifier to take it; load a *ForSequenceClassification model")
+        raise UniPeltError(
+            f"{directory} holds a classification head, but {type(model).__name__} has no "
+            "BERT- or RoBERTa-style classifier to take it; load a *ForSequenceClassification model"
+        )
     plan = hub.head(read_json(directory / "head_config.json").get("config", {}), layout, model.config.num_labels)
     path = first_file(directory, ("model_head.safetensors", "pytorch_model_head.bin"))
     if path is None:
@@ -181,11 +190,20 @@ class _Assign:
         cfg = next((c for c in self.config.methods if getattr(c, "target", None) == site), None)
         if cfg is None:
             raise UniPeltError(f"{self.source}: tensors for a {site} adapter, which its config does not declare")
-        group = ("pelt_adapter_parallel" if cfg.insertion == "parallel" else
-                 "pelt_adapter_houlsby" if cfg.placement == "houlsby" else "pelt_adapter_sequential")
+        group = (
+            "pelt_adapter_parallel"
+            if cfg.insertion == "parallel"
+            else "pelt_adapter_houlsby"
+            if cfg.placement == "houlsby"
+            else "pelt_adapter_sequential"
+        )
         adapter = getattr(self._at(i, self.norms[site], group, f"{site} adapter"), group)[0]
-        out = _low_rank(adapter.block, t.pop("adapter_down.0.weight"), t.pop("adapter_up.weight"),
-                        (t.pop("adapter_down.0.bias"), t.pop("adapter_up.bias")))
+        out = _low_rank(
+            adapter.block,
+            t.pop("adapter_down.0.weight"),
+            t.pop("adapter_up.weight"),
+            (t.pop("adapter_down.0.bias"), t.pop("adapter_up.bias")),
+        )
         if "scaling" in t and isinstance(getattr(adapter.scale, "value", None), nn.Parameter):  # a learned scale
             out[adapter.scale.value] = t.pop("scaling").reshape(())
         return {**out, **self._maybe_gate(adapter, t, f"{site} adapter of layer {i}")}
@@ -204,7 +222,9 @@ class _Assign:
             net = encoder.nets[0]
             out = {net.embedding.weight: t.pop("wte.weight")}
             for i, linear in ((0, net.mlp_in), (2, net.mlp_out)):
-                out.update({linear.weight: t.pop(f"control_trans.{i}.weight"), linear.bias: t.pop(f"control_trans.{i}.bias")})
+                out.update(
+                    {linear.weight: t.pop(f"control_trans.{i}.weight"), linear.bias: t.pop(f"control_trans.{i}.bias")}
+                )
         if t:
             raise UniPeltError(f"{self.source}: unexpected prefix tensors {sorted(t)}")
         return out
@@ -235,6 +255,9 @@ def from_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
     tensors = _sort(read_tensors(weights), model.base_model_prefix, name, weights)
     head = _read_head(directory, model, name)
     gated = any(getattr(m, "composition", None) == "gated" for m in methods)
-    config = PeltConfig(methods=tuple(methods), gate_pooling="mean" if gated else "masked_mean",
-                        modules_to_save=head[0].modules_to_save if head else ())
+    config = PeltConfig(
+        methods=tuple(methods),
+        gate_pooling="mean" if gated else "masked_mean",
+        modules_to_save=head[0].modules_to_save if head else (),
+    )
     return install(model, config, _Assign(config, name, tensors, head, weights), str(directory))

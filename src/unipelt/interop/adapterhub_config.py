@@ -23,8 +23,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import AdapterConfig, LoRAConfig, PrefixConfig, PromptConfig  # bound before unipelt imports interop
 from ..errors import UniPeltError
+from ..methods.adapter import AdapterConfig
+from ..methods.lora import LoRAConfig
+from ..methods.prefix import PrefixConfig
+from ..methods.prompt import PromptConfig
 
 # transformers' ACT2FN names that adapters resolves, and unipelt's equivalents
 _ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "tanh": "tanh", "linear": "identity"}
@@ -47,12 +50,43 @@ def _known(cfg: dict, what: str, keys: set[str]) -> None:
         _refuse(what, f"unknown option(s) {sorted(unknown)} (a newer adapters release?): not imported")
 
 
-_BN_IGNORED = {"init_weights", "init_weights_seed", "inv_adapter_reduction_factor", "phm_dim", "factorized_phm_W",
-               "shared_W_phm", "shared_phm_rule", "factorized_phm_rule", "phm_c_init", "phm_init_range", "learn_phm",
-               "hypercomplex_nonlinearity", "phm_rank", "phm_bias", "adapter_residual_before_ln", "cross_adapter"}
-_BN_KEYS = _BN_IGNORED | {"mh_adapter", "output_adapter", "reduction_factor", "non_linearity", "original_ln_before",
-                          "original_ln_after", "ln_before", "ln_after", "is_parallel", "scaling", "use_gating",
-                          "residual_before_ln", "inv_adapter", "leave_out", "dropout", "phm_layer", "stochastic_depth"}
+_BN_IGNORED = {
+    "init_weights",
+    "init_weights_seed",
+    "inv_adapter_reduction_factor",
+    "phm_dim",
+    "factorized_phm_W",
+    "shared_W_phm",
+    "shared_phm_rule",
+    "factorized_phm_rule",
+    "phm_c_init",
+    "phm_init_range",
+    "learn_phm",
+    "hypercomplex_nonlinearity",
+    "phm_rank",
+    "phm_bias",
+    "adapter_residual_before_ln",
+    "cross_adapter",
+}
+_BN_KEYS = _BN_IGNORED | {
+    "mh_adapter",
+    "output_adapter",
+    "reduction_factor",
+    "non_linearity",
+    "original_ln_before",
+    "original_ln_after",
+    "ln_before",
+    "ln_after",
+    "is_parallel",
+    "scaling",
+    "use_gating",
+    "residual_before_ln",
+    "inv_adapter",
+    "leave_out",
+    "dropout",
+    "phm_layer",
+    "stochastic_depth",
+}
 
 
 def _placement(cfg: dict, what: str) -> dict:
@@ -64,8 +98,11 @@ def _placement(cfg: dict, what: str) -> dict:
     residual = cfg.get("residual_before_ln", True)
     if cfg.get("original_ln_before", False):
         if residual is not True:
-            _refuse(what, f"residual_before_ln={residual!r} with original_ln_before: the adapter's residual is "
-                          "LN(x + h) or x + h, not h; unipelt's Pfeiffer placement is LN(s + A(LN(s)))")
+            _refuse(
+                what,
+                f"residual_before_ln={residual!r} with original_ln_before: the adapter's residual is "
+                "LN(x + h) or x + h, not h; unipelt's Pfeiffer placement is LN(s + A(LN(s)))",
+            )
         return {"insertion": "sequential", "placement": "pfeiffer"}
     if residual not in (True, False):  # "post_add" needs original_ln_before; adapters itself fails without
         _refuse(what, f"residual_before_ln={residual!r} without original_ln_before")
@@ -102,23 +139,32 @@ def _bottleneck_r(cfg: dict, d: int, what: str) -> int:
 def bottleneck(cfg: dict, d: int) -> list[AdapterConfig]:
     what = "bottleneck (SeqBn/DoubleSeqBn/ParBn)"
     _known(cfg, what, _BN_KEYS)
-    _neutral(cfg, what, {
-        "ln_before": (False, "a new LayerNorm before the bottleneck"),
-        "ln_after": (False, "a new LayerNorm after the bottleneck"),
-        "inv_adapter": (None, "invertible adapters on the embeddings"),
-        "phm_layer": (False, "PHM (Compacter) projections"),
-        "leave_out": ([], "layers without an adapter; unipelt places one in every layer"),
-        "dropout": (0.0, "adapters drops the adapter's output, unipelt its input"),
-        "stochastic_depth": (0.0, "stochastic depth (DropPath) on the adapter"),
-    })
+    _neutral(
+        cfg,
+        what,
+        {
+            "ln_before": (False, "a new LayerNorm before the bottleneck"),
+            "ln_after": (False, "a new LayerNorm after the bottleneck"),
+            "inv_adapter": (None, "invertible adapters on the embeddings"),
+            "phm_layer": (False, "PHM (Compacter) projections"),
+            "leave_out": ([], "layers without an adapter; unipelt places one in every layer"),
+            "dropout": (0.0, "adapters drops the adapter's output, unipelt its input"),
+            "stochastic_depth": (0.0, "stochastic depth (DropPath) on the adapter"),
+        },
+    )
     activation = str(cfg.get("non_linearity", "relu")).lower()
     if activation not in _ACTIVATIONS:
         _refuse(what, f"non_linearity={cfg.get('non_linearity')!r}: unipelt implements {sorted(_ACTIVATIONS)}")
     init = _INITS.get(cfg.get("init_weights", "bert"))
     if init is None:
         _refuse(what, f"init_weights={cfg.get('init_weights')!r} is not one of {sorted(_INITS)}")
-    common = dict(r=_bottleneck_r(cfg, d, what), activation=_ACTIVATIONS[activation], init=init,
-                  **_placement(cfg, what), **_composition(cfg, what))
+    common = dict(
+        r=_bottleneck_r(cfg, d, what),
+        activation=_ACTIVATIONS[activation],
+        init=init,
+        **_placement(cfg, what),
+        **_composition(cfg, what),
+    )
     targets = [t for t, key in (("attn", "mh_adapter"), ("ffn", "output_adapter")) if cfg.get(key)]
     if not targets:
         _refuse(what, "neither mh_adapter nor output_adapter is set: no adapter to import")
@@ -127,32 +173,81 @@ def bottleneck(cfg: dict, d: int) -> list[AdapterConfig]:
 
 def prefix(cfg: dict) -> PrefixConfig:
     what = "prefix tuning"
-    _known(cfg, what, {"encoder_prefix", "cross_prefix", "leave_out", "flat", "prefix_length", "bottleneck_size",
-                       "non_linearity", "dropout", "use_gating", "shared_gating", "init_weights_seed"})
-    _neutral(cfg, what, {"leave_out": ([], "layers without a prefix; unipelt prefixes every layer"),
-                         "dropout": (0.0, "dropout on the prefix keys and values")})
+    _known(
+        cfg,
+        what,
+        {
+            "encoder_prefix",
+            "cross_prefix",
+            "leave_out",
+            "flat",
+            "prefix_length",
+            "bottleneck_size",
+            "non_linearity",
+            "dropout",
+            "use_gating",
+            "shared_gating",
+            "init_weights_seed",
+        },
+    )
+    _neutral(
+        cfg,
+        what,
+        {
+            "leave_out": ([], "layers without a prefix; unipelt prefixes every layer"),
+            "dropout": (0.0, "dropout on the prefix keys and values"),
+        },
+    )
     flat = bool(cfg.get("flat", False))
     if not flat and str(cfg.get("non_linearity", "tanh")).lower() != "tanh":
         _refuse(what, f"non_linearity={cfg['non_linearity']!r}: unipelt's reparameterisation uses tanh")
     gated = bool(cfg.get("use_gating", False))
     if gated and not cfg.get("shared_gating", True):
         _refuse(what, "shared_gating=False gates keys and values separately; unipelt's G_P scales both")
-    return PrefixConfig(length=int(cfg.get("prefix_length", 30)), mid_dim=int(cfg.get("bottleneck_size", 512)),
-                        reparameterize=not flat, composition="gated" if gated else "interpolate")
+    return PrefixConfig(
+        length=int(cfg.get("prefix_length", 30)),
+        mid_dim=int(cfg.get("bottleneck_size", 512)),
+        reparameterize=not flat,
+        composition="gated" if gated else "interpolate",
+    )
 
 
 def lora(cfg: dict) -> LoRAConfig:
     what = "LoRA"
-    _known(cfg, what, {"selfattn_lora", "intermediate_lora", "output_lora", "leave_out", "r", "alpha", "dropout",
-                       "attn_matrices", "composition_mode", "init_weights", "init_weights_seed", "use_gating",
-                       "use_dora", "vera_d", "vera_b", "dtype"})
-    _neutral(cfg, what, {
-        "composition_mode": ("add", "(IA)³'s elementwise scaling, not a low-rank update"),
-        "leave_out": ([], "layers without LoRA; unipelt adapts every layer"),
-        "use_dora": (False, "DoRA's magnitude/direction decomposition"),
-        "vera_d": (None, "VeRA's shared random matrices"), "vera_b": (None, "VeRA's shared random matrices"),
-        "dtype": (None, "a separate dtype for the LoRA weights"),
-    })
+    _known(
+        cfg,
+        what,
+        {
+            "selfattn_lora",
+            "intermediate_lora",
+            "output_lora",
+            "leave_out",
+            "r",
+            "alpha",
+            "dropout",
+            "attn_matrices",
+            "composition_mode",
+            "init_weights",
+            "init_weights_seed",
+            "use_gating",
+            "use_dora",
+            "vera_d",
+            "vera_b",
+            "dtype",
+        },
+    )
+    _neutral(
+        cfg,
+        what,
+        {
+            "composition_mode": ("add", "(IA)³'s elementwise scaling, not a low-rank update"),
+            "leave_out": ([], "layers without LoRA; unipelt adapts every layer"),
+            "use_dora": (False, "DoRA's magnitude/direction decomposition"),
+            "vera_d": (None, "VeRA's shared random matrices"),
+            "vera_b": (None, "VeRA's shared random matrices"),
+            "dtype": (None, "a separate dtype for the LoRA weights"),
+        },
+    )
     if cfg.get("init_weights", "lora") not in ("lora", "bert"):
         _refuse(what, f"init_weights={cfg['init_weights']!r} belongs to another method")
     targets = [m for m in ("q", "k", "v") if cfg.get("selfattn_lora", True) and m in cfg.get("attn_matrices", ())]
@@ -162,20 +257,31 @@ def lora(cfg: dict) -> LoRAConfig:
     if not targets:
         _refuse(what, "no matrix is adapted")
     gated = bool(cfg.get("use_gating", False))
-    return LoRAConfig(r=int(cfg.get("r", 8)), alpha=float(cfg.get("alpha", 8)), targets=tuple(targets),
-                      dropout=float(cfg.get("dropout", 0.0)), composition="gated" if gated else "scaled")
+    return LoRAConfig(
+        r=int(cfg.get("r", 8)),
+        alpha=float(cfg.get("alpha", 8)),
+        targets=tuple(targets),
+        dropout=float(cfg.get("dropout", 0.0)),
+        composition="gated" if gated else "scaled",
+    )
 
 
 def prompt(cfg: dict, prompt_at: int) -> PromptConfig:
     what = "prompt tuning"
-    _known(cfg, what, {"prompt_length", "prompt_init", "prompt_init_text", "random_uniform_scale", "combine",
-                       "init_weights_seed"})
+    _known(
+        cfg,
+        what,
+        {"prompt_length", "prompt_init", "prompt_init_text", "random_uniform_scale", "combine", "init_weights_seed"},
+    )
     combine = cfg.get("combine", "prefix")
     ours = {0: "prefix", 1: "prefix_after_bos"}.get(prompt_at)
     if combine != ours:
-        _refuse(what, f"combine={combine!r} puts the prompt {'in front' if combine == 'prefix' else 'after the first token'}"
-                      f"; on this architecture unipelt inserts it {'in front' if prompt_at == 0 else 'after the first token'} "
-                      f"(adapters' {ours!r})")
+        _refuse(
+            what,
+            f"combine={combine!r} puts the prompt {'in front' if combine == 'prefix' else 'after the first token'}"
+            f"; on this architecture unipelt inserts it {'in front' if prompt_at == 0 else 'after the first token'} "
+            f"(adapters' {ours!r})",
+        )
     return PromptConfig(length=int(cfg.get("prompt_length", 10)))
 
 
@@ -192,8 +298,10 @@ def head(cfg: dict, layout: str, num_labels: int) -> Head:
     classifier.dense + tanh + classifier.out_proj)."""
     what = "prediction head"
     if cfg.get("head_type") != "classification":
-        _refuse(what, f"head_type={cfg.get('head_type')!r}: only classification heads map onto a "
-                      "sequence-classification model")
+        _refuse(
+            what,
+            f"head_type={cfg.get('head_type')!r}: only classification heads map onto a sequence-classification model",
+        )
     if cfg.get("num_labels") != num_labels:
         _refuse(what, f"num_labels={cfg.get('num_labels')} but the model has {num_labels}")
     if not cfg.get("bias", True):
@@ -207,5 +315,8 @@ def head(cfg: dict, layout: str, num_labels: int) -> Head:
         return Head({1: "{base}.pooler.dense", 4: "classifier"}, modules_to_save=("pooler",))
     if layout == "dense" and not pooler and layers == 2 and tanh:
         return Head({1: "classifier.dense", 4: "classifier.out_proj"})
-    _refuse(what, f"layers={layers}, use_pooler={pooler}, activation_function={cfg.get('activation_function')!r} "
-                  f"has no equivalent in this model's own head ({layout} layout)")
+    _refuse(
+        what,
+        f"layers={layers}, use_pooler={pooler}, activation_function={cfg.get('activation_function')!r} "
+        f"has no equivalent in this model's own head ({layout} layout)",
+    )

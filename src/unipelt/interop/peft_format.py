@@ -30,11 +30,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .. import LoRAConfig, PeltConfig, PromptConfig  # bound before unipelt imports interop
 from ..arch import spec_for
+from ..config import PeltConfig
 from ..errors import UniPeltError
 from ..inject import MARK, head_parameter_names
-from ..methods.lora import LoRALinear
+from ..methods.lora import LoRAConfig, LoRALinear
+from ..methods.prompt import PromptConfig
 from ._safe import install, read_json, read_tensors
 
 CONFIG, WEIGHTS, ROOT = "adapter_config.json", "adapter_model.safetensors", "base_model.model."
@@ -54,8 +55,9 @@ def _lora_config(cfg: dict, model: nn.Module) -> LoRAConfig:
     if unknown := [m for m in modules if m not in leaf_to_target]:
         raise UniPeltError(f"peft target_modules {unknown} have no unipelt equivalent; known: {sorted(leaf_to_target)}")
     targets = tuple(sorted((leaf_to_target[m] for m in modules), key="qkv".index))
-    return LoRAConfig(r=cfg["r"], alpha=float(cfg["lora_alpha"]), targets=targets,
-                      dropout=float(cfg.get("lora_dropout", 0.0)))
+    return LoRAConfig(
+        r=cfg["r"], alpha=float(cfg["lora_alpha"]), targets=targets, dropout=float(cfg.get("lora_dropout", 0.0))
+    )
 
 
 def _is_causal_lm(model: nn.Module) -> bool:
@@ -65,11 +67,15 @@ def _is_causal_lm(model: nn.Module) -> bool:
 def _prompt_refusal(model: nn.Module) -> str | None:
     """Why peft's prompt tuning and unipelt's differ on ``model``, or None where they agree."""
     if spec_for(model).embeddings is not None:
-        return ("peft inserts the prompt in front of the word embeddings, before position embeddings and "
-                "LayerNorm (BERT's family) or into both stacks (seq2seq); unipelt's follows the embedding module")
+        return (
+            "peft inserts the prompt in front of the word embeddings, before position embeddings and "
+            "LayerNorm (BERT's family) or into both stacks (seq2seq); unipelt's follows the embedding module"
+        )
     if not _is_causal_lm(model):
-        return ("peft's prompt-tuned sequence classifier passes inputs_embeds only, so the classifier reads the "
-                "last position even in right-padded rows; only causal LMs compute the same function")
+        return (
+            "peft's prompt-tuned sequence classifier passes inputs_embeds only, so the classifier reads the "
+            "last position even in right-padded rows; only causal LMs compute the same function"
+        )
     return None
 
 
@@ -83,8 +89,8 @@ def _prompt_config(cfg: dict, model: nn.Module) -> PromptConfig:
 
 _REFUSED = {
     "PREFIX_TUNING": "peft serves the prefix as a key/value cache: BERT's family takes none under transformers 5, "
-                     "rotary decoders then start the tokens' positions at l (unipelt keeps 0), and encoder-decoders "
-                     "get a prefix in the decoder only",
+    "rotary decoders then start the tokens' positions at l (unipelt keeps 0), and encoder-decoders "
+    "get a prefix in the decoder only",
 }
 
 
@@ -106,6 +112,7 @@ def _assign(tensors: dict[str, torch.Tensor], source: Path):
             else:
                 raise UniPeltError(f"{source}: tensor {key!r} has no place in this model")
         return out
+
     return assign
 
 
@@ -115,8 +122,10 @@ def from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
     directory = Path(directory)
     cfg_path, weights_path = directory / CONFIG, directory / WEIGHTS
     if not cfg_path.is_file() or not weights_path.is_file():
-        raise UniPeltError(f"{directory} is not a peft checkpoint: expected {CONFIG} and {WEIGHTS} "
-                           "(pickled .bin files are never loaded)")
+        raise UniPeltError(
+            f"{directory} is not a peft checkpoint: expected {CONFIG} and {WEIGHTS} "
+            "(pickled .bin files are never loaded)"
+        )
     cfg = read_json(cfg_path)
     kind = cfg.get("peft_type")
     if kind in _REFUSED:
@@ -127,15 +136,19 @@ def from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
         method = _prompt_config(cfg, model)
     else:
         raise UniPeltError(f"peft {kind!r} checkpoints cannot be imported; unipelt reads LORA and PROMPT_TUNING")
-    return install(model, PeltConfig(methods=(method,)), _assign(read_tensors(weights_path), weights_path),
-                   str(directory))
+    return install(
+        model, PeltConfig(methods=(method,)), _assign(read_tensors(weights_path), weights_path), str(directory)
+    )
 
 
 # ---- export
 def _task_type(model: nn.Module) -> str | None:
     name = type(model).__name__
-    for suffix, task in (("ForSequenceClassification", "SEQ_CLS"), ("ForCausalLM", "CAUSAL_LM"),
-                         ("ForConditionalGeneration", "SEQ_2_SEQ_LM")):
+    for suffix, task in (
+        ("ForSequenceClassification", "SEQ_CLS"),
+        ("ForCausalLM", "CAUSAL_LM"),
+        ("ForConditionalGeneration", "SEQ_2_SEQ_LM"),
+    ):
         if name.endswith(suffix):
             return task
     return None
@@ -180,17 +193,32 @@ def _lora_export(model: nn.Module, cfg: PeltConfig) -> tuple[dict, dict]:
         tensors[f"{ROOT}{name}.lora_A.weight"] = m.pelt_lora.down[0].T  # (r, in)
         tensors[f"{ROOT}{name}.lora_B.weight"] = m.pelt_lora.up[0].T  # (out, r)
     lora = cfg.methods[0]
-    return {"peft_type": "LORA", "r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
-            "target_modules": _target_modules(model, [n for n, _ in wrapped]), "bias": "none",
-            "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "init_lora_weights": True}, tensors
+    return {
+        "peft_type": "LORA",
+        "r": lora.r,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": _target_modules(model, [n for n, _ in wrapped]),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+    }, tensors
 
 
 def _prompt_export(model: nn.Module) -> tuple[dict, dict]:
     embeddings = model.pelt_prompt.embeddings
     c = model.config
-    return {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": embeddings.shape[0], "token_dim": embeddings.shape[1],
-            "num_transformer_submodules": 1, "num_attention_heads": c.num_attention_heads,
-            "num_layers": c.num_hidden_layers, "prompt_tuning_init": "RANDOM"}, {"prompt_embeddings": embeddings}
+    return {
+        "peft_type": "PROMPT_TUNING",
+        "num_virtual_tokens": embeddings.shape[0],
+        "token_dim": embeddings.shape[1],
+        "num_transformer_submodules": 1,
+        "num_attention_heads": c.num_attention_heads,
+        "num_layers": c.num_hidden_layers,
+        "prompt_tuning_init": "RANDOM",
+    }, {"prompt_embeddings": embeddings}
 
 
 def to_peft(model: nn.Module, directory: str | Path) -> Path:
@@ -206,11 +234,18 @@ def to_peft(model: nn.Module, directory: str | Path) -> Path:
     params = dict(model.named_parameters())
     base = model.base_model_prefix
     saved = sorted(head_parameter_names(model)) + [
-        n for n in params if any(_plain(n).startswith(f"{base}.{m}.") for m in cfg.modules_to_save)]
+        n for n in params if any(_plain(n).startswith(f"{base}.{m}.") for m in cfg.modules_to_save)
+    ]
     tensors.update({f"{ROOT}{_plain(n)}": params[n] for n in saved})
     modules = sorted({n.split(".")[0] for n in head_parameter_names(model)}) + list(cfg.modules_to_save)
-    config.update({"task_type": _task_type(model), "modules_to_save": modules or None, "inference_mode": True,
-                   "base_model_name_or_path": str(getattr(model.config, "_name_or_path", "") or "") or None})
+    config.update(
+        {
+            "task_type": _task_type(model),
+            "modules_to_save": modules or None,
+            "inference_mode": True,
+            "base_model_name_or_path": str(getattr(model.config, "_name_or_path", "") or "") or None,
+        }
+    )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, directory / WEIGHTS)

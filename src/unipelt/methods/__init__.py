@@ -103,5 +103,7 @@ def kind_of_module(module: nn.Module) -> str | None:
     return None
 
 
-# each file registers its method; the order is the placement order
+# each file registers its method; the order is the placement order (linear maps first)
+# isort: off
 from . import lora, ia3, prefix, prompt, adapter, bitfit  # noqa: E402,F401
+# isort: on

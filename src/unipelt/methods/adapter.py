@@ -21,8 +21,19 @@ import torch
 from torch import nn
 
 from ..blocks import Gate, Interpolation, LowRank, MaskSlot, composition_weight
-from ..config import (ALL_ATTENTION, Activation, AttentionKind, Composition, Init, MethodConfig, check_attention,
-                      check_bool, check_choice, check_number, check_positive)
+from ..config import (
+    ALL_ATTENTION,
+    Activation,
+    AttentionKind,
+    Composition,
+    Init,
+    MethodConfig,
+    check_attention,
+    check_bool,
+    check_choice,
+    check_number,
+    check_positive,
+)
 from ..errors import UniPeltError
 from ..wrappers import PeltHeadOutput, PeltPostNorm, PeltSublayer, owning_module, replace_module, tap_input, wrap_at
 from . import LayerContext, Method, register
@@ -64,21 +75,31 @@ class AdapterConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         owner = "AdapterConfig"
-        for name, allowed in (("target", AdapterTarget), ("insertion", Insertion), ("placement", Placement),
-                              ("activation", Activation), ("composition", Composition), ("init", Init)):
+        for name, allowed in (
+            ("target", AdapterTarget),
+            ("insertion", Insertion),
+            ("placement", Placement),
+            ("activation", Activation),
+            ("composition", Composition),
+            ("init", Init),
+        ):
             check_choice(owner, name, getattr(self, name), allowed)
         check_positive(owner, "r", self.r)
         check_number(owner, "scale", self.scale)
         check_bool(owner, "learn_scale", self.learn_scale)
         check_number(owner, "dropout", self.dropout, 0.0, 1.0)
         if self.target == "head" and self.insertion != "parallel":
-            raise UniPeltError("AdapterConfig(target='head') modifies per-head attention outputs: "
-                               "only insertion='parallel' is defined there")
+            raise UniPeltError(
+                "AdapterConfig(target='head') modifies per-head attention outputs: "
+                "only insertion='parallel' is defined there"
+            )
         if self.insertion == "parallel" and self.placement != "pfeiffer":
             raise UniPeltError("AdapterConfig.placement only applies to insertion='sequential'")
         if self.composition == "interpolate" and self.insertion == "sequential" and self.placement == "pfeiffer":
-            raise UniPeltError("AdapterConfig(composition='interpolate') needs the sublayer output h: use "
-                               "insertion='parallel' or placement='houlsby' (Pfeiffer's adapter modifies x + h)")
+            raise UniPeltError(
+                "AdapterConfig(composition='interpolate') needs the sublayer output h: use "
+                "insertion='parallel' or placement='houlsby' (Pfeiffer's adapter modifies x + h)"
+            )
         if self.composition != "scaled" and (self.scale != 1.0 or self.learn_scale):
             raise UniPeltError("AdapterConfig.scale/learn_scale only apply with composition='scaled'")
         check_attention(owner, self, applies=self.target != "ffn")
@@ -94,14 +115,17 @@ class AdapterConfig(MethodConfig):
 
 
 class Adapter(nn.Module):
-    def __init__(self, cfg: AdapterConfig, d: int, heads: int = 1, *, pooling: str, slot: MaskSlot,
-                 d_out: int | None = None):
+    def __init__(
+        self, cfg: AdapterConfig, d: int, heads: int = 1, *, pooling: str, slot: MaskSlot, d_out: int | None = None
+    ):
         super().__init__()
         groups = heads if cfg.target == "head" else 1  # one bottleneck per head's slice of z
-        self.block = LowRank(d, cfg.r, d_out or d, activation=cfg.activation, groups=groups,
-                             init=cfg.init, dropout=cfg.dropout)
-        weight = composition_weight(cfg.composition, d, scale=cfg.scale, learn_scale=cfg.learn_scale,
-                                    pooling=pooling, slot=slot)
+        self.block = LowRank(
+            d, cfg.r, d_out or d, activation=cfg.activation, groups=groups, init=cfg.init, dropout=cfg.dropout
+        )
+        weight = composition_weight(
+            cfg.composition, d, scale=cfg.scale, learn_scale=cfg.learn_scale, pooling=pooling, slot=slot
+        )
         # a Gate is stored as pelt_gate so that counting and gate_values find every gate by name
         self.pelt_gate = weight if isinstance(weight, Gate) else None
         self.scale = None if isinstance(weight, Gate) else weight

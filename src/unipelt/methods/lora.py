@@ -14,8 +14,16 @@ import torch
 from torch import nn
 
 from ..blocks import Gate, LowRank, MaskSlot, composition_weight
-from ..config import (ALL_ATTENTION, AttentionKind, MethodConfig, check_attention, check_choice, check_choices,
-                      check_number, check_positive)
+from ..config import (
+    ALL_ATTENTION,
+    AttentionKind,
+    MethodConfig,
+    check_attention,
+    check_choice,
+    check_choices,
+    check_number,
+    check_positive,
+)
 from ..errors import UniPeltError
 from ..wrappers import Wrapper, has, replace_module
 from . import LayerContext, Method, register
@@ -52,8 +60,7 @@ class LoRAConfig(MethodConfig):
 
     def places(self) -> list[tuple[str, str]]:
         """(target, attention kind) pairs; FFN targets have kind "ffn"."""
-        return [(t, kind) for t in self.targets
-                for kind in (self.attention if t in ATTENTION_TARGETS else ("ffn",))]
+        return [(t, kind) for t in self.targets for kind in (self.attention if t in ATTENTION_TARGETS else ("ffn",))]
 
     @classmethod
     def check_together(cls, configs: list) -> None:
@@ -67,8 +74,13 @@ class LoRALinear(Wrapper):
         super().__init__(base_layer)
         d_in, d_out = base_layer.in_features, base_layer.out_features
         self.pelt_lora = LowRank(d_in, cfg.r, d_out, bias=False, init="lora", dropout=cfg.dropout)
-        weight = composition_weight("gated" if cfg.composition == "gated" else "scaled", d_in,
-                                    scale=cfg.alpha / cfg.r, pooling=pooling, slot=slot)
+        weight = composition_weight(
+            "gated" if cfg.composition == "gated" else "scaled",
+            d_in,
+            scale=cfg.alpha / cfg.r,
+            pooling=pooling,
+            slot=slot,
+        )
         self.pelt_gate = weight if isinstance(weight, Gate) else None
         self.scale = None if isinstance(weight, Gate) else weight
 

@@ -5,8 +5,8 @@ layer's self-attention, and in encoder-decoders the decoder's cross-attention to
 trained through a reparameterisation, ``Embedding(l, d) -> Linear(d, mid) -> tanh ->
 Linear(mid, 2·S·d_kv)``, shared by all S slots or one per kind of attention; ``fold`` replaces it
 by the 2·S (l, d_kv) matrices it produces, which is all that inference and checkpoints need.
-d_kv is the key width: d, or fewer with grouped-query attention (Llama's num_key_value_heads). Gated: ``G_P(h_in)`` scales the
-prefix keys and values only.
+d_kv is the key width: d, or fewer with grouped-query attention (Llama's num_key_value_heads).
+Gated: ``G_P(h_in)`` scales the prefix keys and values only.
 """
 
 from __future__ import annotations
@@ -19,8 +19,15 @@ from torch import nn
 
 from ..attention import Prefix
 from ..blocks import Gate, MaskSlot
-from ..config import (ALL_ATTENTION, AttentionKind, MethodConfig, check_attention, check_bool, check_choice,
-                      check_positive)
+from ..config import (
+    ALL_ATTENTION,
+    AttentionKind,
+    MethodConfig,
+    check_attention,
+    check_bool,
+    check_choice,
+    check_positive,
+)
 from ..errors import UniPeltError
 from ..wrappers import PeltSublayer, wrap_at
 from . import LayerContext, Method, ModelContext, register
@@ -97,8 +104,7 @@ class PrefixEncoder(nn.Module):
         owner = [names.index(g) if cfg.networks == "per_attention" else 0 for g in groups]
         # where[i] = (network, its own slot index) of slot i
         self.where = [(o, owner[:i].count(o)) for i, o in enumerate(owner)]
-        self.nets = nn.ModuleList(_Reparameterization(cfg, d, owner.count(i), self.kv_dim)
-                                  for i in range(len(names)))
+        self.nets = nn.ModuleList(_Reparameterization(cfg, d, owner.count(i), self.kv_dim) for i in range(len(names)))
         if not cfg.reparameterize:
             self.fold()
 
@@ -134,8 +140,9 @@ class LayerPrefix(nn.Module):
     """One attention sublayer's view of the shared encoder (a ``PrefixEncoder``, or a decoder's
     ``CausalPrompt``), plus that sublayer's gate."""
 
-    def __init__(self, encoder: nn.Module, slot: int, head_dim: int, d: int, gated: bool,
-                 *, pooling: str, mask_slot: MaskSlot):
+    def __init__(
+        self, encoder: nn.Module, slot: int, head_dim: int, d: int, gated: bool, *, pooling: str, mask_slot: MaskSlot
+    ):
         super().__init__()
         self.__dict__["encoder"] = encoder  # owned by the model; registering it here would repeat it per layer
         self.slot, self.head_dim = slot, head_dim
@@ -164,8 +171,15 @@ def attach(layer: nn.Module, ctx: LayerContext, source: nn.Module, gated: bool) 
             continue
         module = wrap_at(layer, att.input, PeltSublayer)
         head_dim = getattr(module, ctx.model.spec.head_dim)
-        lp = LayerPrefix(source, next(ctx.model.prefix_slots), head_dim, ctx.d, gated,
-                         pooling=ctx.cfg.gate_pooling, mask_slot=ctx.slot)
+        lp = LayerPrefix(
+            source,
+            next(ctx.model.prefix_slots),
+            head_dim,
+            ctx.d,
+            gated,
+            pooling=ctx.cfg.gate_pooling,
+            mask_slot=ctx.slot,
+        )
         module.pelt_prefix = ctx.labelled(lp, "prefix", att.kind)
 
 
@@ -173,9 +187,13 @@ def _slots(ctx: ModelContext, cfg: PrefixConfig) -> list[tuple[int, str]]:
     """(key width H_kv · dh, kind of attention) of every sublayer that gets a prefix, in slot
     order; the kind ("encoder.self", "decoder.cross", ...) picks its network with
     ``networks="per_attention"``."""
-    return [(layer.get_submodule(att.k).out_features, f"{stack.name}.{att.kind}")
-            for stack in ctx.spec.present_stacks(ctx.base) for layer in ctx.base.get_submodule(stack.layers)
-            for att in stack.attention if att.kind in cfg.attention]
+    return [
+        (layer.get_submodule(att.k).out_features, f"{stack.name}.{att.kind}")
+        for stack in ctx.spec.present_stacks(ctx.base)
+        for layer in ctx.base.get_submodule(stack.layers)
+        for att in stack.attention
+        if att.kind in cfg.attention
+    ]
 
 
 def setup(ctx: ModelContext, configs: list) -> None:

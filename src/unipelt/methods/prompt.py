@@ -56,7 +56,7 @@ class PeltEmbeddings(Wrapper):
         if not self.pelt_active:
             return e
         p = self.pelt_prompt.to(e.dtype).expand(e.shape[0], -1, -1)  # (B, l, d)
-        return torch.cat([e[:, :self.at], p, e[:, self.at:]], dim=1)
+        return torch.cat([e[:, : self.at], p, e[:, self.at :]], dim=1)
 
 
 class CausalPrompt(nn.Module):
@@ -100,9 +100,11 @@ class CausalPrompt(nn.Module):
         checkpointed = checkpointing_layers(self.base)
         if self.training and any(reentrant_checkpointing(m) for m in checkpointed):
             # every layer's recomputation would backpropagate through the shared prompt pass again
-            raise UniPeltError("prompt tuning on a decoder-only model needs non-reentrant activation "
-                               "checkpointing: pass use_reentrant=False in the checkpointing kwargs "
-                               "(transformers' default)")
+            raise UniPeltError(
+                "prompt tuning on a decoder-only model needs non-reentrant activation "
+                "checkpointing: pass use_reentrant=False in the checkpointing kwargs "
+                "(transformers' default)"
+            )
         self._running = True
         try:
             for m in checkpointed:
@@ -120,8 +122,9 @@ class CausalPrompt(nn.Module):
         if self._running:
             return None
         if self._table is None:
-            raise UniPeltError("the prompt's keys and values are computed when the base model runs; "
-                               "call the model, not a single layer")
+            raise UniPeltError(
+                "the prompt's keys and values are computed when the base model runs; call the model, not a single layer"
+            )
         k, v = self._table[slot]  # (H_kv, l, dh), rotated at positions -l..-1
         return k.transpose(0, 1).flatten(1), v.transpose(0, 1).flatten(1)
 
@@ -136,8 +139,10 @@ def setup(ctx: ModelContext, configs: list) -> None:
         return
     # decoder-only: the prompt is served as a prefix
     if ctx.cfg.of(PrefixConfig):
-        raise UniPeltError("prompt and prefix tuning together are not offered on decoder-only models: there "
-                           "the prompt is itself served as a prefix (methods/prompt.py); use one of them")
+        raise UniPeltError(
+            "prompt and prefix tuning together are not offered on decoder-only models: there "
+            "the prompt is itself served as a prefix (methods/prompt.py); use one of them"
+        )
     ctx.model.pelt_prompt = ctx.prefix = CausalPrompt(cfg, ctx.base)
 
 
