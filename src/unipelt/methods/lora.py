@@ -92,8 +92,11 @@ class LoRALinear(Wrapper):
         lora = self.pelt_lora
         # w·(B A x) = (w·A x) B: scale the r-wide bottleneck instead of the d-wide output, and add
         # into out in place, which saves two passes over a (B, T, d) tensor per projection
-        low = lora.bottleneck(x) * weight  # (..., r)
-        return out.view(-1, out.shape[-1]).addmm_(low.reshape(-1, low.shape[-1]), lora.up[0]).view(out.shape)
+        low = (lora.bottleneck(x) * weight).to(out.dtype)  # (..., r)
+        # autocast leaves in-place ops alone: cast B as it would have for the matmul
+        return (
+            out.view(-1, out.shape[-1]).addmm_(low.reshape(-1, low.shape[-1]), lora.up[0].to(out.dtype)).view(out.shape)
+        )
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """w · B A x alone, (..., d_out)."""
