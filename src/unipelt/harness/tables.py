@@ -28,9 +28,12 @@ METHOD_ORDER = (
     "prefix",
     "prompt",
     "lora",
+    "ia3",
     "unipelt-ap",
     "unipelt-apl",
-    "unipelt-nogate",
+    "unipelt-ap-nogate",
+    "unipelt-nogate",  # the 0.1 study's name: A+P+L with gates fixed to 1 (docs/results)
+    "unipelt-apl-nogate",
     "mam",
 )
 # UniPELT Table 2: a variant against the max over the single methods it combines.
