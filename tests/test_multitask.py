@@ -133,6 +133,22 @@ def _tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", model_max_length=64)
 
 
+def test_pairs_keep_their_segment_ids(tmp_path):
+    singles = {p: trained(tmp_path, "bert", p, seed=i) for i, p in enumerate(("unipelt-apl", "prompt"))}
+    mt = MultiTask(build())
+    for p in singles:
+        mt.add(p, tmp_path / p)
+    batch = rows(4, seed=6)
+    batch["token_type_ids"] = (torch.arange(batch["input_ids"].shape[1]) >= 3).long().expand(4, -1).contiguous()
+    tasks = ["unipelt-apl", "prompt", "prompt", "unipelt-apl"]
+    out = mt(**batch, tasks=tasks)
+    for i, task in enumerate(tasks):
+        ref = alone(singles[task], batch, i)
+        assert (out[i] - ref).abs().max() < 1e-5, task
+    without = mt(**{k: v for k, v in batch.items() if k != "token_type_ids"}, tasks=tasks)
+    assert (out[0] - without[0]).abs().max() > 1e-6  # the segment ids reach the model
+
+
 def test_predict_names_labels_as_the_checkpoint_does(tmp_path):
     model = unipelt.apply(build(num_labels=2, id2label={0: "negative", 1: "positive"}), "unipelt-apl")
     randomize(model)

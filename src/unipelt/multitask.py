@@ -417,7 +417,11 @@ class MultiTask:
 
     # ---- running mixed batches
     def __call__(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, tasks: Sequence[str] = ()
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        tasks: Sequence[str] = (),
+        token_type_ids: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         tasks = list(tasks)
         if len(tasks) != input_ids.shape[0]:
@@ -439,7 +443,9 @@ class MultiTask:
                 prompt.refresh()
         try:
             with torch.no_grad():
-                logits = self.model(input_ids=input_ids, attention_mask=self._mask(attention_mask)).logits
+                # segment ids stay as long as input_ids: BERT adds them before the prompt is inserted
+                extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+                logits = self.model(input_ids=input_ids, attention_mask=self._mask(attention_mask), **extra).logits
         finally:
             self.router.rows = None
         return [logits[i, : self._tasks[t].num_labels] for i, t in enumerate(tasks)]
@@ -471,7 +477,12 @@ class MultiTask:
             for row in inputs
         ]
         batch = tokenizer.pad(encoded, return_tensors="pt")
-        logits = self(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], tasks=tasks)
+        logits = self(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            tasks=tasks,
+            token_type_ids=batch.get("token_type_ids"),
+        )
         return [self._answer(self._tasks[t], z) for t, z in zip(tasks, logits)]
 
     @staticmethod
