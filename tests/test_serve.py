@@ -3,7 +3,6 @@ server as a subprocess for graceful shutdown. Every answer is checked against th
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -16,13 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build, randomize
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 import unipelt
 from unipelt import MultiTask
-
-from conftest import build, randomize
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -34,10 +32,12 @@ from unipelt.serve.batcher import Batcher  # noqa: E402
 
 TOKEN = "a-test-token-of-32-characters-00"
 # name: (preset, labels (None: regression), pairs)
-TASKS = {"sst2": ("unipelt-apl", ["negative", "positive"], False),
-         "rte": ("lora", ["entailment", "not_entailment"], True),
-         "stsb": ("bitfit", None, True),
-         "cola": ("prompt", ["unacceptable", "acceptable"], False)}
+TASKS = {
+    "sst2": ("unipelt-apl", ["negative", "positive"], False),
+    "rte": ("lora", ["entailment", "not_entailment"], True),
+    "stsb": ("bitfit", None, True),
+    "cola": ("prompt", ["unacceptable", "acceptable"], False),
+}
 
 
 def tokenizer():
@@ -45,15 +45,17 @@ def tokenizer():
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", model_max_length=64)
 
 
 def task_model(labels):
     if labels is None:
         return build(num_labels=1, problem_type="regression")
-    return build(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                 label2id={l: i for i, l in enumerate(labels)})
+    return build(
+        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}
+    )
 
 
 def save_task(directory: Path, preset: str, labels, seed: int) -> None:
@@ -107,8 +109,13 @@ def single(served: Path, name: str):
 
 def alone(model, text, max_length=64) -> torch.Tensor:
     tok = tokenizer()
-    enc = tok(*(text if isinstance(text, (list, tuple)) else (text,)), truncation=True, max_length=max_length,
-              return_token_type_ids=False, return_tensors="pt")
+    enc = tok(
+        *(text if isinstance(text, (list, tuple)) else (text,)),
+        truncation=True,
+        max_length=max_length,
+        return_token_type_ids=False,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         return model(**enc).logits[0]
 
@@ -129,6 +136,7 @@ def inputs_for(name: str, n: int, seed: int) -> list:
     def sentence():
         length = int(torch.randint(1, 9, (1,), generator=g))
         return " ".join(f"w{int(i)}" for i in torch.randint(0, 40, (length,), generator=g))
+
     return [[sentence(), sentence()] if TASKS[name][2] else sentence() for _ in range(n)]
 
 
@@ -153,6 +161,7 @@ def test_answers_equal_the_single_task_models_and_the_library(served):
                 for text, answer, ref in zip(inputs, out["outputs"], lib):
                     assert_answer(answer, alone(model, text), TASKS[name][1])
                     assert {k: v for k, v in ref.items() if k != "task"}.keys() == answer.keys()
+
     run(body())
 
 
@@ -175,6 +184,7 @@ def test_tasks_health_and_metrics(served):
             assert re.search(r'unipelt_rows_total\{task="sst2"\} 3\.0', text)
             assert re.search(r"unipelt_batch_rows_sum 3\.0", text)
             assert "unipelt_request_seconds_bucket" in text
+
     run(body())
 
 
@@ -211,8 +221,9 @@ def test_concurrent_mixed_requests_each_get_their_rows(served):
 
     async def body():
         async with client(engine, max_batch=16, max_wait_ms=20) as c:
-            responses = await asyncio.gather(*(c.post("/v1/predict", json={"task": t, "inputs": x})
-                                               for t, x in requests))
+            responses = await asyncio.gather(
+                *(c.post("/v1/predict", json={"task": t, "inputs": x}) for t, x in requests)
+            )
             return responses, (await c.get("/metrics")).text
 
     responses, metrics = run(body())
@@ -243,6 +254,7 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_keeps_serving():
         await b.close()
         with pytest.raises(ServeError, match="shutting down"):
             await b.submit([Row("t", "c")])
+
     run(body())
 
 
@@ -253,10 +265,18 @@ BAD = [
     ("empty inputs", {"task": "sst2", "inputs": []}, 422, "inputs: List should have at least 1 item"),
     ("missing inputs", {"task": "sst2"}, 422, "inputs: Field required"),
     ("missing task", {"inputs": ["w1"]}, 422, "task: Field required"),
-    ("a pair for a single-sentence task", {"task": "sst2", "inputs": ["w1", ["w2", "w3"]]}, 422,
-     "inputs[1]: task 'sst2' takes single strings, not pairs"),
-    ("a single sentence for a pair task", {"task": "rte", "inputs": ["w1"]}, 422,
-     "inputs[0]: task 'rte' takes sentence pairs"),
+    (
+        "a pair for a single-sentence task",
+        {"task": "sst2", "inputs": ["w1", ["w2", "w3"]]},
+        422,
+        "inputs[1]: task 'sst2' takes single strings, not pairs",
+    ),
+    (
+        "a single sentence for a pair task",
+        {"task": "rte", "inputs": ["w1"]},
+        422,
+        "inputs[0]: task 'rte' takes sentence pairs",
+    ),
     ("a non-string item", {"task": "sst2", "inputs": ["w1", 7]}, 422, "inputs[1] must be a string or a pair"),
     ("a pair of three", {"task": "rte", "inputs": [["w1", "w2", "w3"]]}, 422, "inputs[0] must be a string or a pair"),
     ("a pair with a number", {"task": "rte", "inputs": [["w1", 2]]}, 422, "inputs[0] must be a string or a pair"),
@@ -287,19 +307,23 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_stays_up(served, case, body
             assert message in r.json()["error"], r.json()
             ok = await c.post("/v1/predict", json={"task": "sst2", "inputs": ["w1 w2"]})
             assert ok.status_code == 200 and ok.json()["outputs"][0]["label"] in ("negative", "positive")
+
     run(go())
 
 
 def test_a_chunked_body_over_the_limit_is_refused(served):
     async def go():
         async with client(engine_for(served), max_body_bytes=2048) as c:
+
             async def chunks():
                 yield b'{"task": "sst2", "inputs": ["'
                 for _ in range(10):
                     yield b"w1 " * 100
                 yield b'"]}'
+
             r = await c.post("/v1/predict", content=chunks(), headers={"content-type": "application/json"})
             assert r.status_code == 413 and "over 2048 bytes" in r.json()["error"]
+
     run(go())
 
 
@@ -340,8 +364,10 @@ def test_hot_load_and_unload(served):
             assert r.status_code == 201, r.text
             assert r.json()["name"] == "qa" and r.json()["preset"] == "adapter" and r.json()["labels"] == ["no", "yes"]
             inputs = inputs_for("sst2", 4, seed=7)
-            mixed = await asyncio.gather(c.post("/v1/predict", json={"task": "qa", "inputs": inputs}),
-                                         c.post("/v1/predict", json={"task": "sst2", "inputs": inputs}))
+            mixed = await asyncio.gather(
+                c.post("/v1/predict", json={"task": "qa", "inputs": inputs}),
+                c.post("/v1/predict", json={"task": "sst2", "inputs": inputs}),
+            )
             for text, answer in zip(inputs, mixed[0].json()["outputs"]):
                 assert_answer(answer, alone(spare, text), ["no", "yes"])
             for text, answer in zip(inputs, mixed[1].json()["outputs"]):
@@ -357,6 +383,7 @@ def test_hot_load_and_unload(served):
             assert r.status_code == 201 and r.json()["pairs"] is True
             r = await c.post("/v1/predict", json={"task": "rte", "inputs": [["w1", "w2"]]})
             assert r.status_code == 200
+
     run(go())
 
 
@@ -376,13 +403,19 @@ def test_a_checkpoint_that_fails_to_load_leaves_the_running_tasks_untouched(serv
     async def go():
         async with client(engine, admin_token=TOKEN, tasks_dir=root) as c:
             before = (await c.post("/v1/predict", json={"task": "sst2", "inputs": inputs})).json()
-            cases = {"broken": "does not match the checksum", "pickle": "is not a unipelt checkpoint",
-                     "other-base": "another base model"}
+            cases = {
+                "broken": "does not match the checksum",
+                "pickle": "is not a unipelt checkpoint",
+                "other-base": "another base model",
+            }
             for path, message in cases.items():
                 r = await c.post(f"/v1/tasks/{path}", json={"path": path}, headers=auth())
                 assert r.status_code == 422 and message in r.json()["error"], r.text
-            for path, status, message in (("../ckpt", 400, "outside"), ("/etc", 400, "outside"),
-                                          ("missing", 404, "no checkpoint directory")):
+            for path, status, message in (
+                ("../ckpt", 400, "outside"),
+                ("/etc", 400, "outside"),
+                ("missing", 404, "no checkpoint directory"),
+            ):
                 r = await c.post("/v1/tasks/x", json={"path": path}, headers=auth())
                 assert r.status_code == status and message in r.json()["error"], r.text
             r = await c.post("/v1/tasks/bad name!", json={"path": "spare"}, headers=auth())
@@ -390,14 +423,18 @@ def test_a_checkpoint_that_fails_to_load_leaves_the_running_tasks_untouched(serv
             assert [t["name"] for t in (await c.get("/v1/tasks")).json()["tasks"]] == ["sst2", "rte"]
             after = (await c.post("/v1/predict", json={"task": "sst2", "inputs": inputs})).json()
             assert after == before
+
     run(go())
 
 
 def test_admin_endpoints_need_the_token(served):
     async def go():
         async with client(engine_for(served, tasks=("sst2",))) as c:  # started without a token: off
-            for r in (await c.post("/v1/tasks/qa", json={"path": "spare"}), await c.delete("/v1/tasks/sst2"),
-                      await c.post("/v1/tasks/qa", json={"path": "spare"}, headers=auth())):
+            for r in (
+                await c.post("/v1/tasks/qa", json={"path": "spare"}),
+                await c.delete("/v1/tasks/sst2"),
+                await c.post("/v1/tasks/qa", json={"path": "spare"}, headers=auth()),
+            ):
                 assert r.status_code == 404 and r.json()["error"] == ADMIN_OFF
         async with client(engine_for(served, tasks=("sst2",)), admin_token=TOKEN) as c:
             r = await c.delete("/v1/tasks/sst2")
@@ -408,6 +445,7 @@ def test_admin_endpoints_need_the_token(served):
             assert r.status_code == 403 and r.json()["error"] == "wrong admin token"
             assert [t["name"] for t in (await c.get("/v1/tasks")).json()["tasks"]] == ["sst2"]
             assert (await c.delete("/v1/tasks/sst2", headers=auth())).status_code == 200
+
     run(go())
     with pytest.raises(ValueError, match="at least 16 characters"):
         ServeSettings(admin_token="short")
@@ -430,11 +468,26 @@ def test_serve_command_refuses_bad_flags_before_loading(served, capsys):
 
 def _start(served: Path, *flags: str) -> tuple[subprocess.Popen, str]:
     ckpt = served / "ckpt"
-    cmd = [sys.executable, "-m", "unipelt", "-q", "serve", "--model", str(served / "base"), "--port", "0",
-           "--task", f"sst2={ckpt / 'sst2'}", "--task", f"rte={ckpt / 'rte'}:pairs", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "unipelt",
+        "-q",
+        "serve",
+        "--model",
+        str(served / "base"),
+        "--port",
+        "0",
+        "--task",
+        f"sst2={ckpt / 'sst2'}",
+        "--task",
+        f"rte={ckpt / 'rte'}:pairs",
+        *flags,
+    ]
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server never blocks on a full pipe
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     proc.log = log
     line = _read_line(proc, timeout=180)
     match = re.search(r"listening on (http://\S+)", line or "")
@@ -473,8 +526,10 @@ def test_sigterm_finishes_queued_requests_and_exits_0(served):
         big = b'{"task": "sst2", "inputs": ["' + b"w1 " * 30000 + b'"]}'
         r = httpx.post(f"{url}/v1/predict", content=big, headers={"content-type": "application/json"}, timeout=30)
         assert r.status_code == 413 and "over 16384 bytes" in r.json()["error"]
+
         def send(i):
             results[i] = httpx.post(f"{url}/v1/predict", json={"task": "sst2", "inputs": [inputs[i]]}, timeout=60)
+
         threads = [threading.Thread(target=send, args=(i,)) for i in range(6)]
         for t in threads:
             t.start()

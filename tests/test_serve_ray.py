@@ -8,12 +8,11 @@ import pytest
 
 pytest.importorskip("ray.serve")
 
-from test_serve import TASKS, TOKEN, _start, alone, assert_answer, inputs_for, served, single, stderr  # noqa: E402,F401
+from test_serve import TASKS, TOKEN, _start, alone, assert_answer, inputs_for, served, single, stderr  # noqa: E402,F401,F811
 
 
-def test_ray_backend_answers_as_the_library_and_stops_on_sigterm(served):
-    proc, url = _start(served, "--backend", "ray", "--replicas", "1", "--max-wait-ms", "20",
-                       "--admin-token", TOKEN)
+def test_ray_backend_answers_as_the_library_and_stops_on_sigterm(served):  # noqa: F811  (the fixture)
+    proc, url = _start(served, "--backend", "ray", "--replicas", "1", "--max-wait-ms", "20", "--admin-token", TOKEN)
     try:
         sst2, rte = inputs_for("sst2", 5, seed=11), inputs_for("rte", 3, seed=12)
         with httpx.Client(base_url=url, timeout=60) as c:

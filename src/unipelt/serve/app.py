@@ -66,8 +66,13 @@ class LocalService:
 
     async def start(self, metrics: Metrics) -> None:
         s = self.settings
-        self.batcher = Batcher(self.engine.run, max_batch=s.max_batch, max_wait_s=s.max_wait_ms / 1000,
-                               max_queued=max(s.max_queued_rows, s.max_batch), on_batch=metrics.batch_rows.observe)
+        self.batcher = Batcher(
+            self.engine.run,
+            max_batch=s.max_batch,
+            max_wait_s=s.max_wait_ms / 1000,
+            max_queued=max(s.max_queued_rows, s.max_batch),
+            on_batch=metrics.batch_rows.observe,
+        )
         self.batcher.start()
 
     async def stop(self) -> None:
@@ -89,8 +94,7 @@ def _text(i: int, x: Any) -> str | tuple[str, str]:
         return x
     if isinstance(x, list) and len(x) == 2 and all(isinstance(s, str) for s in x):
         return (x[0], x[1])
-    raise ValueError(f"inputs[{i}] must be a string or a pair [string, string], got {type(x).__name__} "
-                     f"{str(x)[:40]!r}")
+    raise ValueError(f"inputs[{i}] must be a string or a pair [string, string], got {type(x).__name__} {str(x)[:40]!r}")
 
 
 class PredictRequest(BaseModel):
@@ -133,15 +137,19 @@ def _predict_routes(app: FastAPI, service: Service, settings: ServeSettings, met
     @app.post("/v1/predict")
     async def predict(body: PredictRequest) -> JSONResponse:
         if len(body.inputs) > settings.max_inputs:
-            raise ServeError(413, f"{len(body.inputs)} inputs in one request; at most {settings.max_inputs}: "
-                                  "split it into several requests")
+            raise ServeError(
+                413,
+                f"{len(body.inputs)} inputs in one request; at most {settings.max_inputs}: "
+                "split it into several requests",
+            )
         service.engine.check(body.task, body.inputs)
         rows = [Row(body.task, t) for t in body.inputs]
         try:
             outputs = await asyncio.wait_for(service.predict(rows), settings.request_timeout_s)
         except asyncio.TimeoutError:
-            raise ServeError(504, f"no answer within {settings.request_timeout_s} s: the server is overloaded, "
-                                  "retry later") from None
+            raise ServeError(
+                504, f"no answer within {settings.request_timeout_s} s: the server is overloaded, retry later"
+            ) from None
         metrics.rows.labels(body.task).inc(len(rows))
         return JSONResponse({"task": body.task, "outputs": outputs})
 
@@ -182,14 +190,18 @@ def _admin_check(settings: ServeSettings):
             raise ServeError(401, "admin endpoints need the header 'Authorization: Bearer <admin token>'")
         if not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
             raise ServeError(403, "wrong admin token")
+
     return check
 
 
 def _inside(root: Path | None, relative: str) -> Path:
     """``relative`` resolved under ``root``; symlinks or '..' that leave it are refused."""
     if root is None:
-        raise ServeError(404, "loading tasks is off: the server was started without --tasks-dir "
-                              "(and its --task directories have no common parent)")
+        raise ServeError(
+            404,
+            "loading tasks is off: the server was started without --tasks-dir "
+            "(and its --task directories have no common parent)",
+        )
     base = root.resolve()
     path = (base / relative).resolve()
     if Path(relative).is_absolute() or not path.is_relative_to(base):
@@ -270,8 +282,11 @@ class BodyLimit:
 
 async def _too_large(scope, receive, send, limit: int, close: bool) -> None:
     # "close" when the rest of the body is never read: the connection cannot carry another request
-    response = JSONResponse({"error": f"the body is over {limit} bytes: send fewer or shorter inputs"},
-                            status_code=413, headers={"Connection": "close"} if close else None)
+    response = JSONResponse(
+        {"error": f"the body is over {limit} bytes: send fewer or shorter inputs"},
+        status_code=413,
+        headers={"Connection": "close"} if close else None,
+    )
     await response(scope, receive, send)
 
 

@@ -18,11 +18,20 @@ _STOP = object()
 
 
 class Batcher:
-    def __init__(self, run: Callable[[Sequence[Row]], list], *, max_batch: int, max_wait_s: float,
-                 max_queued: int, on_batch: Callable[[int], None] = lambda n: None):
+    def __init__(
+        self,
+        run: Callable[[Sequence[Row]], list],
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        max_queued: int,
+        on_batch: Callable[[int], None] = lambda n: None,
+    ):
         if max_batch < 1 or max_wait_s < 0 or max_queued < max_batch:
-            raise ValueError(f"max_batch {max_batch} must be >= 1, max_wait_s {max_wait_s} >= 0 and "
-                             f"max_queued {max_queued} >= max_batch")
+            raise ValueError(
+                f"max_batch {max_batch} must be >= 1, max_wait_s {max_wait_s} >= 0 and "
+                f"max_queued {max_queued} >= max_batch"
+            )
         self.run, self.max_batch, self.max_wait_s, self.max_queued = run, max_batch, max_wait_s, max_queued
         self.on_batch = on_batch
         self.queue: asyncio.Queue = asyncio.Queue()

@@ -15,24 +15,40 @@ TOKEN_ENV = "UNIPELT_ADMIN_TOKEN"
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="an HTTP server for many tasks on one backbone (docs/serving.md)")
     p.add_argument("--model", help="local Hugging Face model directory (default: the offline all-MiniLM-L6-v2)")
-    p.add_argument("--task", action="append", required=True, metavar="NAME=DIR[:pairs]",
-                   help="a task to serve from a unipelt.save checkpoint; ':pairs' if it takes sentence pairs "
-                        "(repeat for more tasks)")
-    p.add_argument("--tasks-dir", help="where POST /v1/tasks/{name} may load checkpoints from "
-                                       "(default: the --task directories' parent, if they share one)")
+    p.add_argument(
+        "--task",
+        action="append",
+        required=True,
+        metavar="NAME=DIR[:pairs]",
+        help="a task to serve from a unipelt.save checkpoint; ':pairs' if it takes sentence pairs "
+        "(repeat for more tasks)",
+    )
+    p.add_argument(
+        "--tasks-dir",
+        help="where POST /v1/tasks/{name} may load checkpoints from "
+        "(default: the --task directories' parent, if they share one)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     p.add_argument("--max-batch", type=int, default=64, help="rows per model batch, all tasks together (default 64)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")
-    p.add_argument("--max-length", type=int, help="tokens per input; longer ones are truncated (default: the "
-                                                   "model's limit)")
+    p.add_argument(
+        "--max-length", type=int, help="tokens per input; longer ones are truncated (default: the model's limit)"
+    )
     p.add_argument("--max-inputs", type=int, default=256, help="inputs per request (default 256)")
     p.add_argument("--max-body-kb", type=int, default=1024, help="request body limit in KiB (default 1024)")
     p.add_argument("--request-timeout", type=float, default=60.0, help="seconds a request may wait (default 60)")
-    p.add_argument("--admin-token", help=f"enables POST/DELETE /v1/tasks/{{name}} (better: ${TOKEN_ENV}, which "
-                                         "other users cannot see in the process list)")
-    p.add_argument("--backend", choices=("local", "ray"), default="local",
-                   help="one uvicorn process (default), or a Ray Serve deployment")
+    p.add_argument(
+        "--admin-token",
+        help=f"enables POST/DELETE /v1/tasks/{{name}} (better: ${TOKEN_ENV}, which "
+        "other users cannot see in the process list)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="one uvicorn process (default), or a Ray Serve deployment",
+    )
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (--backend ray)")
     p.add_argument("--cpus-per-replica", type=float, default=1, help="CPUs per Ray replica (default 1)")
     p.add_argument("--ray-address", help="Ray cluster address (default: start a local one)")
@@ -78,10 +94,15 @@ def run(args: argparse.Namespace) -> int:
     if len(tasks) != len(args.task):
         raise UniPeltError("two --task flags give the same task name")
     try:
-        settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_inputs=args.max_inputs,
-                                 max_body_bytes=args.max_body_kb * 1024, request_timeout_s=args.request_timeout,
-                                 admin_token=args.admin_token or os.environ.get(TOKEN_ENV) or None,
-                                 tasks_dir=_tasks_dir(args, tasks))
+        settings = ServeSettings(
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            max_inputs=args.max_inputs,
+            max_body_bytes=args.max_body_kb * 1024,
+            request_timeout_s=args.request_timeout,
+            admin_token=args.admin_token or os.environ.get(TOKEN_ENV) or None,
+            tasks_dir=_tasks_dir(args, tasks),
+        )
     except ValueError as e:
         raise UniPeltError(str(e)) from None
     host = loopback(args.host)
@@ -91,8 +112,17 @@ def run(args: argparse.Namespace) -> int:
 
         if args.replicas < 1:
             raise UniPeltError("--replicas must be at least 1")
-        return serve_ray(model, tasks, args.max_length, settings, host=host, port=args.port,
-                         replicas=args.replicas, cpus_per_replica=args.cpus_per_replica, address=args.ray_address)
+        return serve_ray(
+            model,
+            tasks,
+            args.max_length,
+            settings,
+            host=host,
+            port=args.port,
+            replicas=args.replicas,
+            cpus_per_replica=args.cpus_per_replica,
+            address=args.ray_address,
+        )
     from .server import serve_local
 
     engine = Engine.from_directory(model, args.max_length)

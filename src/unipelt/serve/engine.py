@@ -50,9 +50,16 @@ class TaskInfo:
     parameters: int  # the task's own parameters at inference (PELT modules + head)
 
     def as_json(self) -> dict:
-        return {"name": self.name, "preset": self.preset, "labels": self.labels, "pairs": self.pairs,
-                "regression": self.labels is None, "max_length": self.max_length, "parameters": self.parameters,
-                "path": self.path}
+        return {
+            "name": self.name,
+            "preset": self.preset,
+            "labels": self.labels,
+            "pairs": self.pairs,
+            "regression": self.labels is None,
+            "max_length": self.max_length,
+            "parameters": self.parameters,
+            "path": self.path,
+        }
 
 
 @dataclass(frozen=True)
@@ -121,11 +128,14 @@ class Engine:
             positions = getattr(self.mt.model.config, "max_position_embeddings", None) or self.limit + prompt
             counts = count_parameters(task.model)
             info = TaskInfo(
-                name=name, path=str(spec.path), preset=_preset_of(task.config),
+                name=name,
+                path=str(spec.path),
+                preset=_preset_of(task.config),
                 labels=None if task.regression else list(task.labels),
                 pairs=spec.pairs if spec.pairs is not None else _recorded_pairs(spec.path),
                 max_length=min(self.max_length, positions - prompt),
-                parameters=counts["inference"] + counts["head"])
+                parameters=counts["inference"] + counts["head"],
+            )
             self.info[name] = info
             return info
 
@@ -163,8 +173,9 @@ class Engine:
     def _forward(self, rows: list[Row]) -> list[dict]:
         encoded, cut = self._encode(rows)
         batch = self.tokenizer.pad(encoded, return_tensors="pt")
-        logits = self.mt(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         tasks=[r.task for r in rows])
+        logits = self.mt(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], tasks=[r.task for r in rows]
+        )
         answers = []
         for row, z, truncated in zip(rows, logits, cut):
             answer = MultiTask._answer(self.mt._tasks[row.task], z)
@@ -193,8 +204,9 @@ class Engine:
                 limit = self.info[rows[i].task].max_length
                 if len(seq) > limit:
                     text = rows[i].text
-                    seq = self.tokenizer(*(text if pairs else (text,)), truncation=True, max_length=limit,
-                                         return_token_type_ids=False)["input_ids"]
+                    seq = self.tokenizer(
+                        *(text if pairs else (text,)), truncation=True, max_length=limit, return_token_type_ids=False
+                    )["input_ids"]
                     cut[i] = True
                 encoded[i] = {"input_ids": seq, "attention_mask": [1] * len(seq)}
         return encoded, cut

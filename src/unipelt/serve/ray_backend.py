@@ -22,8 +22,10 @@ from .app import ServeSettings, create_app
 from .engine import Engine, Row, ServeError, TaskSpec
 from .metrics import Metrics
 
-NOT_HERE = ("loading or unloading tasks while serving is offered by the local backend only; with --backend ray "
-            "restart the server with the new --task flags (every replica loads them)")
+NOT_HERE = (
+    "loading or unloading tasks while serving is offered by the local backend only; with --backend ray "
+    "restart the server with the new --task flags (every replica loads them)"
+)
 
 
 class RayService:
@@ -55,8 +57,9 @@ class RayService:
 @serve.deployment
 @serve.ingress()
 class UniPeltReplica:
-    def __init__(self, model_dir: str, tasks: dict[str, TaskSpec], max_length: int | None,
-                 settings: ServeSettings, threads: int):
+    def __init__(
+        self, model_dir: str, tasks: dict[str, TaskSpec], max_length: int | None, settings: ServeSettings, threads: int
+    ):
         import torch
 
         torch.set_num_threads(threads)  # replicas on one machine must not each take every core
@@ -84,8 +87,18 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def serve_ray(model_dir: str, tasks: dict[str, TaskSpec], max_length: int | None, settings: ServeSettings, *,
-              host: str, port: int, replicas: int, cpus_per_replica: float = 1, address: str | None = None) -> int:
+def serve_ray(
+    model_dir: str,
+    tasks: dict[str, TaskSpec],
+    max_length: int | None,
+    settings: ServeSettings,
+    *,
+    host: str,
+    port: int,
+    replicas: int,
+    cpus_per_replica: float = 1,
+    address: str | None = None,
+) -> int:
     import ray
 
     port = port or free_port(host)

@@ -27,8 +27,10 @@ def loopback(host: str) -> str:
     except ValueError:
         ok = False
     if not ok:
-        raise UniPeltError(f"--host {host!r}: unipelt serve listens on loopback addresses only (127.0.0.1, ::1); "
-                           "put a reverse proxy with TLS and authentication in front to expose it")
+        raise UniPeltError(
+            f"--host {host!r}: unipelt serve listens on loopback addresses only (127.0.0.1, ::1); "
+            "put a reverse proxy with TLS and authentication in front to expose it"
+        )
     return address
 
 
@@ -65,8 +67,12 @@ class _Server(uvicorn.Server):
 def serve_local(engine: Engine, settings: ServeSettings, host: str, port: int, *, quiet: bool = False) -> int:
     sock = bind(loopback(host), port)
     app = create_app(LocalService(engine, settings), settings)
-    config = uvicorn.Config(app, log_level="warning" if quiet else "info", access_log=False,
-                            timeout_graceful_shutdown=int(settings.request_timeout_s) + 1)
+    config = uvicorn.Config(
+        app,
+        log_level="warning" if quiet else "info",
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 1,
+    )
     server = _Server(config)
     server.run(sockets=[sock])
     if not server.started:
