@@ -6,14 +6,15 @@ about serving, not accuracy), inputs from the GLUE dev sets (synthetic sentences
 few over the model's 512 tokens. Then:
 
 1. every distinct input's reference answer from its task's own model alone (``unipelt.load``, one
-   row, no padding), and the library's offline mixed-batch throughput on the load's rows
-   (``MultiTask.predict`` in batches of --max-batch, in request order), timed again after the load;
+   row, no padding, the tokenizer's full encoding as in training);
 2. ``python -m unipelt serve`` as a subprocess; --clients concurrent clients send --requests
-   requests (1-4 inputs of a random task each; a --bad-share of them malformed in 8 ways);
+   requests (1-4 inputs of a random task each; a --bad-share of them malformed in 8 ways), in
+   --rounds slices, each slice's good rows also run through the library offline
+   (``MultiTask.predict`` in batches of --max-batch, in request order), in turn before and after it;
 3. report: sent / answered / errored by status, lost and mismatched answers (each checked against
    its reference; each bad request must get its own 4xx), p50/p95/p99 latency, throughput against
-   the offline one (rows per second, and per CPU second of the server process, which a shared
-   machine's other load does not move), the server's batch sizes, and the server's exit status after SIGTERM.
+   the library's (rows per second, and per CPU second of the server process and of the library's
+   run), the server's batch sizes, and the server's exit status after SIGTERM.
 
     python benchmarks/load_test.py [--requests 2000] [--clients 32] [--bad-share 0.05] [--time-limit 900]
 """
@@ -165,23 +166,18 @@ def _answer(logits: torch.Tensor, labels) -> dict:
 
 
 @torch.inference_mode()
-def references(dirs: dict[str, Path], pool: dict[str, list], tok) -> tuple[dict, dict]:
-    """Each input's answer from its task's own model alone; and, for pair tasks, the largest
-    change of an answer if the tokenizer's segment ids were passed (MultiTask takes none)."""
-    refs, segments = {}, {}
+def references(dirs: dict[str, Path], pool: dict[str, list], tok) -> dict[str, list]:
+    """Each input's answer from its task's own model alone, fed as training fed it (the
+    tokenizer's full encoding: ids, mask, segment ids)."""
+    refs = {}
     for i, (name, (_, labels, pairs, *_)) in enumerate(TASKS.items()):
         model = unipelt.load(base(labels, seed=i), dirs[name]).eval()
-        refs[name], diffs = [], []
+        refs[name] = []
         for text in pool[name]:
             enc = tok(*(text if pairs else [text]), truncation=True, max_length=512, return_tensors="pt")
             full = len(tok(*(text if pairs else [text]))["input_ids"]) > 512
-            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[0]
-            refs[name].append({**_answer(logits, labels), **({"truncated": True} if full else {})})
-            if pairs:
-                diffs.append(float((model(**enc).logits[0] - logits).abs().max()))
-        if pairs:
-            segments[name] = max(diffs)
-    return refs, segments
+            refs[name].append({**_answer(model(**enc).logits[0], labels), **({"truncated": True} if full else {})})
+    return refs
 
 
 def library(dirs: dict[str, Path]) -> unipelt.MultiTask:
@@ -192,18 +188,16 @@ def library(dirs: dict[str, Path]) -> unipelt.MultiTask:
 
 
 @torch.inference_mode()
-def offline(mt, pool: dict[str, list], requests: list[dict], tok, max_batch: int, limit: int) -> tuple[float, float]:
-    """Rows per second and per CPU second of MultiTask.predict on the load's good rows, in request
-    order, batches of max_batch (``limit``: the first rows only)."""
+def offline(mt, pool: dict[str, list], requests: list[dict], tok, max_batch: int) -> tuple[int, float, float]:
+    """Rows, seconds and CPU seconds of MultiTask.predict on the requests' good rows, in request
+    order, in batches of max_batch."""
     rows = [(r["task"], pool[r["task"]][j]) for r in requests if r["kind"] == "good" for j in r["idx"]]
-    rows = rows[:limit] if limit else rows
     rows = [(t, tuple(x) if isinstance(x, list) else x) for t, x in rows]
-    mt.predict([x for _, x in rows[:max_batch]], [t for t, _ in rows[:max_batch]], tok)  # warm-up
     start, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(rows), max_batch):
         chunk = rows[i : i + max_batch]
         mt.predict([x for _, x in chunk], [t for t, _ in chunk], tok)
-    return len(rows) / (time.perf_counter() - start), len(rows) / (time.process_time() - cpu)
+    return len(rows), time.perf_counter() - start, time.process_time() - cpu
 
 
 def cpu_seconds(pid: int) -> float:
@@ -321,12 +315,10 @@ def batch_stats(metrics: str) -> tuple[float, float]:
     return count, total / max(count, 1)
 
 
-def report(
-    args, requests, c: dict, wall: float, server_cpu: float, offline_rps: tuple, batches, exit_code, segments
-) -> dict:
+def report(args, requests, c: dict, served: tuple, library: tuple, batches, exit_code) -> dict:
     sent = sum(c["statuses"].values())
-    served_rps, served_cpu = c["rows"] / wall, c["rows"] / server_cpu
-    (before, before_cpu), (after, after_cpu) = offline_rps
+    (wall, cpu), (rows, off_wall, off_cpu) = served, library
+    served_rps, served_cpu, off_rps, off_cpu_rps = c["rows"] / wall, c["rows"] / cpu, rows / off_wall, rows / off_cpu
     out = {
         "requests_planned": len(requests),
         "requests_sent": sent,
@@ -338,23 +330,48 @@ def report(
         "mismatched_rows": c["mismatched"],
         "rows_answered": c["rows"],
         "latency_ms": {q: round(_pct(c["latency"], q), 1) for q in (50, 95, 99)},
-        "wall_s": round(wall, 2),
+        "load_wall_s": round(wall, 2),
         "served_rows_per_s": round(served_rps, 1),
-        "offline_rows_per_s_before_after": [round(before, 1), round(after, 1)],
-        "ratio": round(served_rps / ((before + after) / 2), 3),
+        "offline_rows_per_s": round(off_rps, 1),
+        "ratio": round(served_rps / off_rps, 3),
         "served_rows_per_cpu_s": round(served_cpu, 1),
-        "offline_rows_per_cpu_s_before_after": [round(before_cpu, 1), round(after_cpu, 1)],
-        "ratio_per_cpu_s": round(served_cpu / ((before_cpu + after_cpu) / 2), 3),
+        "offline_rows_per_cpu_s": round(off_cpu_rps, 1),
+        "ratio_per_cpu_s": round(served_cpu / off_cpu_rps, 3),
         "server_batches": int(batches[0]),
         "mean_batch_rows": round(batches[1], 1),
         "server_exit_code_after_sigterm": exit_code,
-        "pair_tasks_max_change_with_segment_ids": {k: round(v, 4) for k, v in segments.items()},
+        "rounds": args.rounds,
         "clients": args.clients,
         "max_batch": args.max_batch,
         "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(out, indent=2))
     return out
+
+
+def rounds(mt, pool, requests, tok, proc, url, args) -> tuple[list, tuple, tuple]:
+    """The load in ``args.rounds`` slices, each timed beside the library on the same rows, in
+    turn A B B A ..., so that a shared machine's drifting load falls on both alike."""
+    results, served, library = [], [0.0, 0.0], [0, 0.0, 0.0]
+    end, size = time.monotonic() + args.time_limit, math.ceil(len(requests) / args.rounds)
+    for k in range(args.rounds):
+        part = requests[k * size : (k + 1) * size]
+        for step in ("library", "served") if k % 2 == 0 else ("served", "library"):
+            if step == "library":
+                library = [a + b for a, b in zip(library, offline(mt, pool, part, tok, args.max_batch))]
+                continue
+            cpu = cpu_seconds(proc.pid)
+            got, wall = asyncio.run(send_all(url, part, args.clients, max(0.0, end - time.monotonic())))
+            results += got
+            served = [served[0] + wall, served[1] + cpu_seconds(proc.pid) - cpu]
+    return results, tuple(served), tuple(library)
+
+
+def warm_up(mt, pool, requests, tok, url, max_batch: int) -> None:
+    """A batch through each side first: the first pass over a model is slower on both."""
+    first = [r for r in requests if r["kind"] == "good"][:16]
+    offline(mt, pool, first, tok, max_batch)
+    asyncio.run(send_all(url, first, 16, 300))
 
 
 def main() -> int:
@@ -366,7 +383,7 @@ def main() -> int:
     p.add_argument("--pool", type=int, default=150, help="distinct inputs per task")
     p.add_argument("--max-tokens", type=int, default=64, help="longest GLUE row taken into the pools")
     p.add_argument("--long-requests", type=int, default=2, help="requests with an input over 512 tokens")
-    p.add_argument("--offline-rows", type=int, default=0, help="rows timed offline (default 0: all)")
+    p.add_argument("--rounds", type=int, default=4, help="slices of the load, each timed beside the library")
     p.add_argument("--time-limit", type=float, default=900, help="seconds of load at most")
     glue = os.environ.get("GLUE_DIR", str(Path(__file__).parents[2] / "shared/data/glue"))
     p.add_argument("--glue-dir", default=glue, help="GLUE directory (default: $GLUE_DIR, then ../shared/data/glue)")
@@ -380,24 +397,22 @@ def main() -> int:
         glue = Path(args.glue_dir) if Path(args.glue_dir).is_dir() else None
         pool = pools(glue, args.pool, args.max_tokens, tok, args.seed)
         requests = plan(pool, args.requests, args.bad_share, args.long_requests, args.seed)
-        refs, segments = references(dirs, pool, tok)
+        refs = references(dirs, pool, tok)
         mt = library(dirs)
-        before = offline(mt, pool, requests, tok, args.max_batch, args.offline_rows)
         proc, url = start_server(dirs, args.max_batch, log)
         try:
-            cpu = cpu_seconds(proc.pid)
-            results, wall = asyncio.run(send_all(url, requests, args.clients, args.time_limit))
-            cpu = cpu_seconds(proc.pid) - cpu
-            batches = batch_stats(httpx.get(f"{url}/metrics", timeout=30).text)
+            warm_up(mt, pool, requests, tok, url, args.max_batch)
+            before = batch_stats(httpx.get(f"{url}/metrics", timeout=30).text)
+            results, served, offline_totals = rounds(mt, pool, requests, tok, proc, url, args)
+            after = batch_stats(httpx.get(f"{url}/metrics", timeout=30).text)
             proc.send_signal(signal.SIGTERM)
             exit_code = proc.wait(timeout=120)
         finally:
             if proc.poll() is None:
                 proc.kill()
-        after = offline(mt, pool, requests, tok, args.max_batch, args.offline_rows)
-        out = report(
-            args, requests, check(requests, results, refs), wall, cpu, (before, after), batches, exit_code, segments
-        )
+        batches = (after[0] - before[0], (after[0] * after[1] - before[0] * before[1]) / max(after[0] - before[0], 1))
+        results += [None] * (len(requests) - len(results))
+        out = report(args, requests, check(requests, results, refs), served, offline_totals, batches, exit_code)
         if exit_code != 0:
             log.seek(0)
             print(log.read()[-3000:], file=sys.stderr)

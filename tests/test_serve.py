@@ -44,10 +44,17 @@ def tokenizer():
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"w{i}" for i in range(40)]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    # segment ids 1 on the second sentence, as BERT's tokenizer makes them: a server that drops them fails
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", model_max_length=64)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        model_max_length=64,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
 
 
 def task_model(labels):
@@ -108,14 +115,15 @@ def single(served: Path, name: str):
 
 
 def alone(model, text, max_length=64) -> torch.Tensor:
+    """The model on one row as training fed it: the tokenizer's full encoding (segment ids too)."""
     tok = tokenizer()
     enc = tok(
         *(text if isinstance(text, (list, tuple)) else (text,)),
         truncation=True,
         max_length=max_length,
-        return_token_type_ids=False,
         return_tensors="pt",
     )
+    assert "token_type_ids" in enc
     with torch.no_grad():
         return model(**enc).logits[0]
 

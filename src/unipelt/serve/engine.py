@@ -174,7 +174,10 @@ class Engine:
         encoded, cut = self._encode(rows)
         batch = self.tokenizer.pad(encoded, return_tensors="pt")
         logits = self.mt(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], tasks=[r.task for r in rows]
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            tasks=[r.task for r in rows],
+            token_type_ids=batch.get("token_type_ids"),  # BERT's segment ids of pairs, as in training
         )
         answers = []
         for row, z, truncated in zip(rows, logits, cut):
@@ -186,7 +189,8 @@ class Engine:
         return answers
 
     def _encode(self, rows: list[Row]) -> tuple[list[dict], list[bool]]:
-        """Token ids per row, truncated to the task's limit as ``MultiTask.predict`` does.
+        """The tokenizer's encoding of each row (ids, mask, and segment ids where the tokenizer
+        makes them), truncated to the task's limit as ``MultiTask.predict`` does.
 
         Rows are tokenized in one call per kind (fast tokenizers batch in Rust); only rows over
         their limit are tokenized again with truncation, so the common case costs one pass.
@@ -199,14 +203,13 @@ class Engine:
                 continue
             texts = [rows[i].text for i in idx]
             args = ([t[0] for t in texts], [t[1] for t in texts]) if pairs else (texts,)
-            ids = self.tokenizer(*args, return_token_type_ids=False, verbose=False)["input_ids"]
-            for i, seq in zip(idx, ids):
+            batch = self.tokenizer(*args, verbose=False)
+            for k, i in enumerate(idx):
+                row = {key: values[k] for key, values in batch.items()}
                 limit = self.info[rows[i].task].max_length
-                if len(seq) > limit:
+                if len(row["input_ids"]) > limit:
                     text = rows[i].text
-                    seq = self.tokenizer(
-                        *(text if pairs else (text,)), truncation=True, max_length=limit, return_token_type_ids=False
-                    )["input_ids"]
+                    row = dict(self.tokenizer(*(text if pairs else (text,)), truncation=True, max_length=limit))
                     cut[i] = True
-                encoded[i] = {"input_ids": seq, "attention_mask": [1] * len(seq)}
+                encoded[i] = row
         return encoded, cut
