@@ -294,6 +294,12 @@ BAD = [
     ("too many inputs", {"task": "sst2", "inputs": ["w1"] * 9}, 413, "9 inputs in one request; at most 8"),
     ("a body over the limit", {"task": "sst2", "inputs": [LONG * 3]}, 413, "the body is over 2048 bytes"),
     ("malformed JSON", b'{"task": "sst2", "inputs": [', 400, "the body is not valid JSON"),
+    (
+        "JSON without its content type",
+        ("POST", "/v1/predict", b'{"task": "sst2", "inputs": ["w1"]}'),
+        415,
+        "Content-Type: application/json",
+    ),
     ("a JSON list", [1, 2], 422, "Input should be a valid dictionary"),
     ("no route", ("GET", "/v2/predict"), 404, "Not Found"),
     ("wrong method", ("GET", "/v1/predict"), 405, "Method Not Allowed"),
@@ -305,7 +311,7 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_stays_up(served, case, body
     async def go():
         async with client(engine_for(served), max_inputs=8, max_body_bytes=2048) as c:
             if isinstance(body, tuple):
-                r = await c.request(*body)
+                r = await c.request(*body[:2], content=body[2] if len(body) > 2 else None)
             elif isinstance(body, bytes):
                 r = await c.post("/v1/predict", content=body, headers={"content-type": "application/json"})
             else:

@@ -220,8 +220,13 @@ def _errors(app: FastAPI) -> None:
         return JSONResponse({"error": e.message}, status_code=e.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         errors = e.errors()
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.method == "POST" and kind != "application/json":  # FastAPI parses only JSON bodies as JSON
+            return JSONResponse(
+                {"error": "send the body as JSON, with the header 'Content-Type: application/json'"}, status_code=415
+            )
         if any(err.get("type") == "json_invalid" for err in errors):
             return JSONResponse({"error": "the body is not valid JSON"}, status_code=400)
         parts = []
