@@ -36,6 +36,7 @@ from .arch import spec_for
 from .attention import PREFIX_KWARG, Prefix, token_mask, use_pelt_attention
 from .blocks import Gate
 from .checkpoint import META, load
+from .config import PeltConfig
 from .errors import UniPeltError
 from .methods.bitfit import BitFitConfig, FullFineTuning
 from .methods.ia3 import IA3Linear
@@ -298,15 +299,14 @@ class MultiTask:
             if isinstance(module, HeadSite):
                 module.heads.pop(name, None)
 
-    def _meta(self, directory: Path) -> dict:
+    def _meta(self, directory: Path) -> tuple[dict, PeltConfig | None]:
+        """The checkpoint's ``task`` block and config, read once; ``(..., None)`` when unreadable,
+        for ``load`` to refuse with the precise reason."""
         try:
             meta = json.loads((directory / META).read_text("utf-8"))
-            config = meta["config"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return {}  # load() says what is wrong with it
-        from .config import PeltConfig
-
-        cfg = PeltConfig.from_dict(config)
+            cfg = PeltConfig.from_dict(meta["config"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # UniPeltError is a ValueError
+            return {}, None
         if cfg.of(FullFineTuning):
             raise UniPeltError(f"{directory}: a full fine-tuning checkpoint has no shared backbone to serve")
         if cfg.modules_to_save:
@@ -318,7 +318,7 @@ class MultiTask:
             raise UniPeltError(
                 f"{directory}: prefix composition 'add' (the -gating ablation) is not served in mixed batches"
             )
-        return meta.get("task") if isinstance(meta.get("task"), dict) else {}
+        return (meta.get("task") if isinstance(meta.get("task"), dict) else {}), cfg
 
     def _skeleton(self, task_meta: dict, bitfit: bool) -> nn.Module:
         """A model of the base's class on the shared base tensors, with a new head of the task's size."""
@@ -343,14 +343,7 @@ class MultiTask:
         return skeleton.eval()
 
     def _build(self, name: str, directory: Path) -> Task:
-        from .config import PeltConfig
-
-        task_meta = self._meta(directory)
-        config = None
-        try:
-            config = PeltConfig.from_dict(json.loads((directory / META).read_text("utf-8"))["config"])
-        except Exception:
-            pass  # load() below refuses the checkpoint with the precise reason
+        task_meta, config = self._meta(directory)
         skeleton = self._skeleton(task_meta, bool(config and config.of(BitFitConfig)))
         load(skeleton, directory)
         cfg = skeleton.config
