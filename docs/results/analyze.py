@@ -1,138 +1,450 @@
-"""The numbers docs/results/README.md discusses, computed from the committed store only.
+"""Every number the study states, computed from the committed stores only.
 
-    python docs/results/analyze.py [--store docs/results/unipelt.sqlite] > docs/results/analysis.md
+    python docs/results/analyze.py          # writes analysis.md and README.md's generated blocks
+    python docs/results/analyze.py --check  # exit 1 if either is stale (tests/test_study_docs.py)
 
-`unipelt report` gives the paper's tables; this adds what the analysis asks beyond them: ranks,
-spread across seeds, gates per task and layer, and the gate-masking comparison.
+Three stores: ``uncut.sqlite`` (SST-2 and STS-B at K=100 with the protocol's full budget),
+``unipelt.sqlite`` (the cut K=100 and K=500 grids on the corrected library) and
+``release-1/unipelt.sqlite`` (the same cut grids on the first release, kept for the comparison).
+A README block is the text between ``<!-- analyze: NAME -->`` and ``<!-- /analyze -->``; nothing
+outside the blocks states a measured number.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
 from unipelt.harness.store import Store
 
+HERE = Path(__file__).parent
+ROOT_README = HERE.parent.parent / "README.md"  # its study paragraph is the block "study"
+STORES = {
+    "uncut": HERE / "uncut.sqlite",
+    "cut": HERE / "unipelt.sqlite",
+    "release-1": HERE / "release-1/unipelt.sqlite",
+}
 SINGLE = ["bitfit", "adapter", "prefix", "lora"]  # the single PELT methods UniPELT combines or is set beside
 UNIPELT = ["unipelt-ap", "unipelt-apl"]
 GRID = ["full", *SINGLE, *UNIPELT]
-MASKING = ("unipelt-apl", "unipelt-apl-unmasked")
+NOGATE = ("unipelt-ap", "unipelt-ap-nogate")
+UNCUT = [*GRID, NOGATE[1]]
+UNCUT_TASKS = ["sst2", "stsb"]
+SEEDS = 3
+COLUMNS = [
+    "run_key",
+    "task",
+    "method",
+    "k",
+    "data_seed",
+    "status",
+    "reason",
+    "best_epoch",
+    "test_metric",
+    "spec",
+    "params",
+    "versions",
+]
+BLOCK = re.compile(r"(<!-- analyze: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /analyze -->)", re.S)
 
 
-def table(frame: pd.DataFrame, digits: int = 1) -> str:
-    return frame.round(digits).to_markdown()
+@dataclass(frozen=True)
+class Study:
+    """One store's finished runs (score = test metric × 100), epochs, gates and failed runs."""
+
+    name: str
+    runs: pd.DataFrame
+    epochs: pd.DataFrame
+    gates: pd.DataFrame
+    failed: pd.DataFrame
+
+    @classmethod
+    def load(cls, name: str, path: Path) -> Study:
+        if not path.exists():
+            empty = pd.DataFrame(columns=[*COLUMNS, "score"])
+            return cls(name, empty, pd.DataFrame(columns=["run_key", "epoch"]), pd.DataFrame(), empty)
+        with Store(path, create=False, readonly=True) as store:
+            every = store.runs()
+            epochs, gates = store.epochs(), store.gates()
+        every = every.assign(k=every.k.astype(int), score=100 * every.test_metric)
+        return cls(name, every[every.status == "finished"], epochs, gates, every[every.status == "failed"])
+
+    def stats(self, methods: list[str]) -> pd.DataFrame:
+        """Mean, std and count of the score over data seeds, per (K, task, method)."""
+        runs = self.runs[self.runs.method.isin(methods)]
+        return runs.groupby(["k", "task", "method"]).score.agg(["mean", "std", "count"])
 
 
-def per_task(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std (×100) over data seeds, and how many seeds, per (K, task, method)."""
-    score = runs.assign(score=100 * runs.test_metric)
-    return score.groupby(["k", "task", "method"]).score.agg(["mean", "std", "count"])
+def md(frame: pd.DataFrame, digits: int = 1) -> str:
+    return frame.round(digits).to_markdown() if not frame.empty else "_no runs yet_"
 
 
-def ranks(stats: pd.DataFrame) -> str:
-    """Each method's rank per (K, task) by mean test score (1 = best), and the worst method."""
-    out = []
-    for (k, task), block in stats.groupby(level=[0, 1]):
-        means = block["mean"].droplevel([0, 1])
-        order = means.rank(ascending=False, method="min").astype(int)
-        out.append({"K": k, "task": task, **order.to_dict(), "worst": means.idxmin(), "best": means.idxmax()})
-    return pd.DataFrame(out).set_index(["K", "task"]).to_markdown()
+def complete(stats: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+    """The (K, task) blocks where every method has all seeds: only those are compared."""
+    keep = [
+        key
+        for key, block in stats.groupby(level=[0, 1])
+        if set(methods) <= set(block.index.get_level_values(2)) and block["count"].min() >= SEEDS
+    ]
+    return stats[stats.index.droplevel(2).isin(keep)]
 
 
-def averages(stats: pd.DataFrame) -> str:
-    """Average over tasks of the mean and of the std, over the tasks every method of the grid ran."""
+def averages(stats: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+    """Per K: each method's score averaged over the complete tasks, its mean std over seeds, rank."""
+    stats = complete(stats, methods)
+    if stats.empty:
+        return pd.DataFrame()
+    by = stats.groupby(level=[0, 2])[["mean", "std"]].mean().rename(columns={"mean": "avg", "std": "avg std"})
+    by["tasks"] = stats.groupby(level=[0, 2]).size()
+    by["rank"] = by.groupby(level=0)["avg"].rank(ascending=False, method="min").astype(int)
+    return by.sort_values(["k", "rank"])
+
+
+def per_task(stats: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+    """Per complete (K, task): best, worst, best single method and each UniPELT's margin over it."""
     rows = []
-    for k, block in stats.groupby(level=0):
-        wide = block.droplevel(0).unstack("method")  # task × (statistic, method)
-        tasks = wide["mean"].reindex(columns=GRID).dropna().index
-        if tasks.empty:
-            continue
-        at = wide.loc[tasks]
-        for method in GRID:
-            rows.append({"K": k, "method": method, "tasks": ",".join(tasks), "avg score": at["mean", method].mean(),
-                         "avg std over seeds": at["std", method].mean(), "seeds": int(at["count", method].min())})
-    frame = pd.DataFrame(rows).set_index(["K", "method"])
-    return table(frame.sort_values(["K", "avg score"], ascending=[True, False]))
-
-
-def upper_bound(stats: pd.DataFrame) -> str:
-    """The paper's Table 2 question: UniPELT vs the best single method per task (an oracle)."""
-    rows = []
-    for (k, task), block in stats.groupby(level=[0, 1]):
-        means = block["mean"].droplevel([0, 1])
-        singles = means.reindex(SINGLE).dropna()
-        if singles.empty:
-            continue
-        row = {"K": k, "task": task, "best single": singles.idxmax(), "its score": singles.max()}
+    for (k, task), block in complete(stats, methods).groupby(level=[0, 1]):
+        means = block["mean"].droplevel([0, 1]).reindex(methods)
+        singles = means.reindex(SINGLE)
+        row = {
+            "K": k,
+            "task": task,
+            "best": means.idxmax(),
+            "worst": means.idxmin(),
+            "best single": singles.idxmax(),
+            "its score": singles.max(),
+        }
         for m in UNIPELT:
-            if m in means:
-                row[m] = means[m]
-                row[f"{m} − best single"] = means[m] - singles.max()
+            row[f"{m} − best single"] = means[m] - singles.max()
         rows.append(row)
-    return table(pd.DataFrame(rows).set_index(["K", "task"]))
+    return pd.DataFrame(rows).set_index(["K", "task"]) if rows else pd.DataFrame()
 
 
-def gates(store: Store) -> str:
-    """Mean gate value per submodule: per task (over layers and seeds), then per layer."""
-    g = store.gates()
+def paired(study: Study, a: str, b: str) -> pd.DataFrame:
+    """``a`` − ``b`` seed by seed, on the (K, task, seed) both ran."""
+    runs = study.runs[study.runs.method.isin([a, b])]
+    wide = runs.pivot_table(index=["k", "task", "data_seed"], columns="method", values="score").dropna()
+    if wide.empty or not {a, b} <= set(wide.columns):
+        return pd.DataFrame()
+    return wide.assign(**{f"{a} − {b}": wide[a] - wide[b]})
+
+
+def budget(study: Study, methods: list[str]) -> pd.DataFrame:
+    """Per method: the best epoch, epochs run, and the share of runs that hit the epoch cap."""
+    runs = study.runs[study.runs.method.isin(methods)]
+    if runs.empty:
+        return pd.DataFrame()
+    ran = study.epochs.groupby("run_key").epoch.max()
+    runs = runs.assign(cap=runs.spec.map(lambda s: s["epochs"]), ran=runs.run_key.map(ran))
+    runs = runs.assign(
+        **{"best epoch": runs.best_epoch, "at cap": runs.ran == runs.cap, "best = last": runs.best_epoch == runs.ran}
+    )
+    return runs.groupby(["k", "task", "method"])[["best epoch", "ran", "at cap", "best = last"]].mean()
+
+
+def gates(study: Study) -> pd.DataFrame:
+    g = study.gates
     if g.empty:
-        return "_no gate values in the store_"
+        return pd.DataFrame()
     g = g[g.method.isin(UNIPELT)]
-    by_task = g.groupby(["method", "k", "task", "submodule"]).value.mean().unstack("submodule")
-    by_layer = g.groupby(["method", "k", "layer", "submodule"]).value.mean().unstack("submodule")
-    return (f"Per task (mean over layers and seeds):\n\n{table(by_task, 3)}\n\n"
-            f"Per layer (mean over tasks and seeds):\n\n{table(by_layer, 3)}")
+    return g.groupby(["method", "k", "task", "submodule"]).value.mean().unstack("submodule")
 
 
-def masking(runs: pd.DataFrame) -> str:
-    """Masked (default) vs unmasked (official) gate mean, seed by seed on the tasks both ran."""
-    both = runs[runs.method.isin(MASKING)].pivot_table(index=["k", "task", "data_seed"], columns="method",
-                                                        values="test_metric") * 100
-    both = both.dropna()
+def provenance(studies: list[Study]) -> pd.DataFrame:
+    """Which code each row came from: finished and failed runs per store and commit."""
+    rows = []
+    for s in studies:
+        every = pd.concat([s.runs.assign(status="finished"), s.failed.assign(status="failed")])
+        for (commit, status), n in (
+            every.groupby(
+                [
+                    every.versions.map(
+                        lambda v: (
+                            v.get("unipelt_commit", "?")[:7]
+                            + ("+dirty" if "dirty" in v.get("unipelt_commit", "") else "")
+                        )
+                    ),
+                    "status",
+                ]
+            )
+            .size()
+            .items()
+        ):
+            rows.append({"store": s.name, "commit": commit, "status": status, "runs": n})
+    return pd.DataFrame(rows).set_index(["store", "commit", "status"]) if rows else pd.DataFrame()
+
+
+def coverage(study: Study, methods: list[str], tasks: list[str] | None = None) -> pd.DataFrame:
+    """Seeds finished per (K, task) and method."""
+    runs = study.runs[study.runs.method.isin(methods)]
+    if runs.empty:
+        return pd.DataFrame()
+    table = runs.groupby(["k", "task", "method"]).size().unstack("method").reindex(columns=methods)
+    return table.fillna(0).astype(int)
+
+
+def moved(old: Study, new: Study) -> pd.DataFrame:
+    """The cut grids, release 1 against the corrected library: mean over the seeds both ran."""
+    keys = ["k", "task", "method", "data_seed"]
+    both = old.runs[keys + ["score"]].merge(new.runs[keys + ["score"]], on=keys, suffixes=(" release-1", " now"))
+    both = both[both.method.isin(GRID)]
     if both.empty:
-        return "_the masking comparison has no runs yet_"
-    both["masked − unmasked"] = both[MASKING[0]] - both[MASKING[1]]
-    summary = both.groupby(level=[0, 1]).agg(["mean", "std"])
-    return f"{table(both)}\n\nPer task:\n\n{table(summary)}"
+        return pd.DataFrame()
+    frame = both.groupby(keys[:3])[["score release-1", "score now"]].mean()
+    frame["Δ"] = frame["score now"] - frame["score release-1"]
+    frame["seeds"] = both.groupby(keys[:3]).size()
+    return frame
 
 
-def epochs(store: Store, runs: pd.DataFrame) -> str:
-    """How far runs got: the best epoch against the cap, per method (did the epoch cut bind?)."""
-    capped = runs.assign(cap=runs.spec.map(lambda s: s["epochs"]), n=runs.run_key.map(
-        store.epochs().groupby("run_key").epoch.max()))
-    capped["best at last epoch"] = capped.best_epoch == capped.n
-    capped["ran to the cap"] = capped.n == capped.cap
-    frame = capped.groupby(["k", "method"])[["best_epoch", "best at last epoch", "ran to the cap"]].mean()
-    return table(frame, 2)
+def head_change(old: Study, new: Study) -> pd.DataFrame:
+    """Trainable head parameters per method (from count_parameters in each run's row)."""
+    rows = []
+    for s in (old, new):
+        for method, params in s.runs.groupby("method").params.first().items():
+            if method in GRID:
+                rows.append({"method": method, "store": s.name, "head": params.get("head")})
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).pivot(index="method", columns="store", values="head").reindex(GRID).dropna(how="all")
 
 
-def main() -> None:
+def config_change(old: Study, new: Study) -> pd.DataFrame:
+    """Per method, the PELT config fields that differ between the stores' first runs."""
+
+    def first(s: Study) -> dict:
+        return s.runs.groupby("method").spec.first().map(lambda spec: spec["config"]).to_dict()
+
+    before, after = first(old), first(new)
+    rows = []
+    for method in GRID:
+        if method in before and method in after:
+            a = {m["method"]: m for m in before[method]["methods"]}
+            b = {m["method"]: m for m in after[method]["methods"]}
+            for kind in sorted(set(a) | set(b)):
+                for key in sorted(set(a.get(kind, {})) | set(b.get(kind, {}))):
+                    x, y = a.get(kind, {}).get(key, "(absent)"), b.get(kind, {}).get(key, "(absent)")
+                    if x != y:
+                        rows.append({"method": method, "field": f"{kind}.{key}", "release-1": x, "now": y})
+    return pd.DataFrame(rows).set_index(["method", "field"]) if rows else pd.DataFrame()
+
+
+# --- the README's sentences -------------------------------------------------------------------
+
+
+def fmt(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def signed(x: float) -> str:
+    return f"{x:+.1f}"
+
+
+def uncut_summary(uncut: Study) -> str:
+    stats = uncut.stats(UNCUT)
+    n, total = len(uncut.runs[uncut.runs.method.isin(UNCUT)]), len(UNCUT) * len(UNCUT_TASKS) * SEEDS
+    head = f"{n} of the uncut grid's {total} runs have finished."
+    avg = averages(stats, GRID)
+    if avg.empty:
+        return head + " No task has every method at every seed yet, so nothing is compared."
+    avg = avg.loc[100]
+    tasks = per_task(stats, GRID)
+    singles = avg.reindex(SINGLE)
+    best, best_single = avg["avg"].idxmax(), singles["avg"].idxmax()
+    out = [head, f"On the tasks every method finished ({', '.join(tasks.index.get_level_values(1))}):"]
+    order = ", ".join(f"{m} {fmt(avg.loc[m, 'avg'])}" for m in avg.index)
+    out.append(f"- **Best average**: {best}. The order: {order}.")
+    gains = "; ".join(f"{m} {signed(avg.loc[m, 'avg'] - singles.loc[best_single, 'avg'])}" for m in UNIPELT)
+    out.append(
+        f"- **Gain over the best single method** ({best_single}, {fmt(singles.loc[best_single, 'avg'])} "
+        f"on average): {gains}."
+    )
+    for m in UNIPELT:
+        margins = tasks[f"{m} − best single"]
+        per = ", ".join(f"{t} {signed(v)}" for (_, t), v in margins.items())
+        out.append(
+            f"- **Per-task upper bound** (the best single method on each task): {m} is at or above it "
+            f"on {(margins >= 0).sum()} of {len(margins)} tasks ({per})."
+        )
+    worst = tasks["worst"]
+    hits = [f"{t} ({w})" for (_, t), w in worst.items() if w in UNIPELT]
+    where = ", ".join(f"{t}: {w}" for (_, t), w in worst.items())
+    out.append(
+        f"- **Never the worst**: {'true' if not hits else 'false, on ' + ', '.join(hits)} (worst per task: {where})."
+    )
+    spread = ", ".join(f"{m} {fmt(avg.loc[m, 'avg std'])}" for m in avg.sort_values("avg std").index)
+    out.append(f"- **Seed variance** (std over seeds, mean over tasks, lowest first): {spread}.")
+    pair = paired(uncut, *NOGATE)
+    if pair.empty:
+        out.append("- **NoGate against AP**: no paired runs yet.")
+    else:
+        d = pair[f"{NOGATE[0]} − {NOGATE[1]}"]
+        per = ", ".join(f"{t} {signed(g.mean())}" for t, g in d.groupby(level=1))
+        out.append(
+            f"- **NoGate against AP** (gated − no-gate, paired by seed, {len(d)} pairs): "
+            f"{signed(d.mean())} ± {fmt(d.std())} on average; per task {per}."
+        )
+    return "\n".join(out)
+
+
+def moved_summary(old: Study, new: Study) -> str:
+    frame = moved(old, new)
+    if frame.empty:
+        return "No cut-grid run of the corrected library has finished yet."
+    n = int(frame["seeds"].sum())
+    avg = frame.groupby(level=[0, 2])["Δ"].mean().unstack(0)
+    per = "; ".join(
+        f"K={k}: "
+        + ", ".join(f"{m} {signed(avg.loc[m, k])}" for m in GRID if m in avg.index and pd.notna(avg.loc[m, k]))
+        for k in avg.columns
+    )
+    big = frame["Δ"].abs().idxmax()
+    return (
+        f"{n} runs of the cut grids are in both stores. Mean change (now − release 1) over the tasks and "
+        f"seeds both ran, per method: {per}. The largest single move: {big[2]} on {big[1]} at K={big[0]}, "
+        f"{fmt(frame.loc[big, 'score release-1'])} → {fmt(frame.loc[big, 'score now'])}."
+    )
+
+
+def study_paragraph(uncut: Study, old: Study, cut: Study) -> str:
+    """The top-level README's paragraph: the uncut grid's answer in two sentences, and coverage."""
+    stats = uncut.stats(UNCUT)
+    avg = averages(stats, GRID)
+    n = len(uncut.runs[uncut.runs.method.isin(UNCUT)])
+    total = len(UNCUT) * len(UNCUT_TASKS) * SEEDS
+    cut_n = len(cut.runs[cut.runs.method.isin(GRID)])
+    old_n = len(old.runs[old.runs.method.isin(GRID)])
+    where = (
+        f"{n} of {total} uncut runs (SST-2 and STS-B at K=100, 50 epochs, patience 10, 1,000 dev rows) "
+        f"and {cut_n} of the {old_n} cut-grid runs of release 1 have been rerun on the corrected library."
+    )
+    if avg.empty:
+        return f"**The reproduction study** ([docs/results/](docs/results/README.md)) is being rerun: {where}"
+    avg = avg.loc[100]
+    best_single = avg.reindex(SINGLE)["avg"].idxmax()
+    leads = ", ".join(f"{m} {fmt(avg.loc[m, 'avg'])}" for m in avg.index[:3])
+    return (
+        f"**The reproduction study** ([docs/results/](docs/results/README.md)) runs the paper's low-resource "
+        f"protocol on real GLUE data and MiniLM. {where} On the tasks every method finished uncut, the "
+        f"best averages are {leads}; the best single method is {best_single} "
+        f"({fmt(avg.loc[best_single, 'avg'])}). The first study, before the fidelity corrections, is kept "
+        f"in docs/results/release-1/."
+    )
+
+
+def why_summary(old: Study, now: Study) -> str:
+    heads, fields = head_change(old, now), config_change(old, now)
+    if heads.empty or now.name not in heads:
+        return "No run of the corrected library has finished yet."
+    out = []
+    for (before, after), methods in heads.dropna().groupby(["release-1", now.name]).groups.items():
+        verb = "unchanged at" if before == after else f"{before:,.0f} →"
+        out.append(f"- **Head** ({', '.join(methods)}): trainable head parameters {verb} {after:,.0f}.")
+    if fields.empty:
+        out.append("- **PELT configs**: no field differs between the stores for these methods.")
+    for (method, field), row in fields.iterrows():
+        out.append(f"- **{method}**: `{field}` {row['release-1']} → {row['now']}.")
+    return "\n".join(out)
+
+
+def blocks(studies: dict[str, Study]) -> dict[str, str]:
+    uncut, cut, old = studies["uncut"], studies["cut"], studies["release-1"]
+    now = Study("now", pd.concat([cut.runs, uncut.runs]), cut.epochs, cut.gates, cut.failed)
+    return {
+        "summary": uncut_summary(uncut),
+        "why": why_summary(old, now),
+        "moved": moved_summary(old, cut),
+        "coverage": "\n\n".join(
+            f"`{s.name}`:\n\n{md(coverage(s, UNCUT if s.name == 'uncut' else GRID), 0)}" for s in (uncut, cut)
+        ),
+        "provenance": md(provenance([uncut, cut, old]), 0),
+        "study": study_paragraph(uncut, old, cut),
+    }
+
+
+def analysis(studies: dict[str, Study]) -> str:
+    uncut, cut, old = studies["uncut"], studies["cut"], studies["release-1"]
+    s = uncut.stats(UNCUT)
+    parts = [
+        "# Study numbers (generated by docs/results/analyze.py from the stores; do not edit)",
+        "## Which code each row came from",
+        md(provenance([uncut, cut, old]), 0),
+        "## Uncut grid: SST-2 and STS-B, K=100, 50 epochs, patience 10, 1,000 dev rows",
+        "Test score ×100, mean over data seeds:",
+        md(s["mean"].unstack(["k", "task"]).reindex(UNCUT).dropna(how="all")),
+        "Std over data seeds:",
+        md(s["std"].unstack(["k", "task"]).reindex(UNCUT).dropna(how="all")),
+        "Seeds:",
+        md(coverage(uncut, UNCUT), 0),
+        "### Average over tasks (complete tasks only) and rank",
+        md(averages(s, GRID)),
+        "### Per task: best, worst, best single method, UniPELT's margin over it",
+        md(per_task(s, GRID)),
+        "### NoGate: UniPELT-AP with and without gates, paired by seed",
+        md(paired(uncut, *NOGATE)),
+        "### Epochs: best epoch, epochs run, share at the 50-epoch cap, share whose best was the last",
+        md(budget(uncut, UNCUT), 2),
+        "### Gates (mean over layers and seeds)",
+        md(gates(uncut), 3),
+        "## Cut grids on the corrected library (K=100: 15 epochs; K=500: 5 epochs; 200 dev rows)",
+        "Test score ×100, mean over data seeds:",
+        md(cut.stats(GRID)["mean"].unstack(["k", "task"]).reindex(GRID).dropna(how="all")),
+        "Seeds:",
+        md(coverage(cut, GRID), 0),
+        "### Average over tasks and rank",
+        md(averages(cut.stats(GRID), GRID)),
+        "### Per task",
+        md(per_task(cut.stats(GRID), GRID)),
+        "### Gates",
+        md(gates(cut), 3),
+        "## What moved: release 1 against the corrected library (same cut grids, same seeds)",
+        md(moved(old, cut)),
+        "Trainable head parameters (`count_parameters()['head']`):",
+        md(head_change(old, cut), 0),
+        "PELT config fields that differ:",
+        md(config_change(old, cut), 0),
+        "## Failed runs",
+        md(
+            pd.concat([x.failed.assign(store=x.name) for x in (uncut, cut)])[
+                ["store", "task", "method", "k", "data_seed", "reason"]
+            ].set_index(["store", "task", "method"]),
+            0,
+        ),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def fill(readme: str, generated: dict[str, str]) -> str:
+    def one(m: re.Match) -> str:
+        if m["name"] not in generated:
+            raise SystemExit(f"analyze.py: README block {m['name']!r} has no generator")
+        return f"{m[1]}{generated[m['name']]}\n{m[4]}"
+
+    return BLOCK.sub(one, readme)
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", default="docs/results/unipelt.sqlite")
+    parser.add_argument("--check", action="store_true", help="exit 1 if analysis.md or README.md is stale")
     args = parser.parse_args()
-    with Store(args.store, create=False) as store:
-        runs = store.runs("finished")
-        grid = runs[runs.method.isin(GRID)]
-        stats = per_task(grid)
-        print("# Study numbers (generated by docs/results/analyze.py from the store)\n")
-        print(f"{len(runs)} finished runs; commits: {sorted({v.get('unipelt_commit', '?') for v in runs.versions})}\n")
-        print("## Test score ×100 per task: mean, std, seeds\n")
-        for column in ("mean", "std"):
-            print(f"{column}:\n\n{table(stats[column].unstack(['k', 'task']).reindex(GRID).dropna(how='all'))}\n")
-        print("## Average over tasks, and spread over seeds\n")
-        print(averages(stats), "\n")
-        print("## Ranks per task (1 = best)\n")
-        print(ranks(stats), "\n")
-        print("## UniPELT vs the best single method per task\n")
-        print(upper_bound(stats), "\n")
-        print("## Gates\n")
-        print(gates(store), "\n")
-        print("## Gate masking\n")
-        print(masking(runs), "\n")
-        print("## Epochs: did the cut bind?\n")
-        print(epochs(store, grid))
+    studies = {name: Study.load(name, path) for name, path in STORES.items()}
+    generated = blocks(studies)
+    outputs = {HERE / "analysis.md": analysis(studies)}
+    for readme in (HERE / "README.md", ROOT_README):
+        outputs[readme] = fill(readme.read_text(), generated)
+    stale = [p.name for p, text in outputs.items() if not p.exists() or p.read_text() != text]
+    if args.check:
+        if stale:
+            print(f"stale: {', '.join(stale)}; run python docs/results/analyze.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in outputs.items():
+        path.write_text(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
