@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import typing
+from dataclasses import MISSING
 from pathlib import Path
 
 from .errors import UniPeltError
@@ -20,9 +22,10 @@ log = logging.getLogger("unipelt")
 
 # Small enough for a few minutes on 2 CPU cores: SST-2 has short sentences; 10 epochs, not 50.
 DEMO = dict(
-    task="sst2",
+    tasks="sst2",
     presets="lora,adapter,unipelt-apl",
     k="100",
+    data_seeds="111",
     epochs=10,
     store="runs/demo.sqlite",
     out="runs/demo-report",
@@ -34,20 +37,40 @@ def _verbosity(p: argparse.ArgumentParser, default) -> None:
     p.add_argument("-q", "--quiet", action="store_true", default=default, help="warnings only, no progress bars")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    _verbosity(p, argparse.SUPPRESS)  # also accepted after the subcommand
-    p.add_argument("--model", help="local Hugging Face model directory (default: the offline all-MiniLM-L6-v2)")
-    p.add_argument("--model-seed", type=int, default=None, help="seed for the head and PELT init (default 42)")
-    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 50)")
-    p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (default 10)")
-    p.add_argument("--dev-size", type=int, default=None, help="dev rows for checkpoint selection (default 1000)")
-    p.add_argument("--glue-dir", help="GLUE directory (default: $GLUE_DIR, then ../shared/data/glue)")
-    p.add_argument(
-        "--objective",
-        choices=("classify", "generate"),
-        default=None,
-        help="classify with a head (default), or generate the label word with a causal LM",
+def _flag(p, f, *, swept: bool) -> None:
+    """The flag of RunSpec field ``f``: its type, help and default come from the field; in a
+    sweep a swept field takes a comma-separated list under its axis name (``--data-seeds``)."""
+    from .harness.spec import types
+
+    meta, kind = f.metadata, types()[f.name]
+    names = [f"--{f.name.replace('_', '-')}"]
+    if swept and meta["axis"]:
+        names.insert(0, f"--{meta['axis'].replace('_', '-')}")
+        kind = str
+    shown = f.default in (MISSING, None, False) or "(default" in meta["help"]
+    text = (
+        ("comma-separated: " if swept and meta["axis"] else "")
+        + meta["help"]
+        + ("" if shown else f" (default {f.default})")
     )
+    options: dict = dict(default=None, help=text, dest=meta["axis"] if swept and meta["axis"] else f.name)
+    if kind is bool:
+        options["action"] = "store_true"
+    elif typing.get_origin(kind) is typing.Literal:
+        options["choices"] = typing.get_args(kind)
+    elif kind in (int, float):
+        options["type"] = kind
+    p.add_argument(*dict.fromkeys(names), **options)
+
+
+def _settings(p: argparse.ArgumentParser, *, swept: bool, skip: tuple[str, ...] = ()) -> None:
+    """Every RunSpec setting as a flag (argparse default None: the library's default)."""
+    from .harness.spec import settings
+
+    _verbosity(p, argparse.SUPPRESS)  # also accepted after the subcommand
+    for f in settings():
+        if f.name not in skip:
+            _flag(p, f, swept=swept)
 
 
 def _add_train(sub) -> None:
@@ -56,31 +79,22 @@ def _add_train(sub) -> None:
     method = train.add_mutually_exclusive_group(required=True)
     method.add_argument("--preset", help="a preset name, e.g. lora or unipelt-apl")
     method.add_argument("--config", help="a PeltConfig as a JSON or YAML file")
-    train.add_argument("--k", default="100", help="training examples: an integer or 'all' (default 100)")
-    train.add_argument("--data-seed", type=int, default=111, help="seed of the data split (default 111)")
-    train.add_argument("--lr", type=float, help="learning rate (default: the paper's for the preset)")
-    train.add_argument("--batch-size", type=int, default=None, help="train batch size (default 16)")
-    train.add_argument("--max-length", type=int, default=None, help="max tokens per example (default 128)")
     train.add_argument("--store", default="runs/unipelt.sqlite", help="results store (SQLite)")
     train.add_argument("--save", metavar="DIR", help="also save the trained PELT weights with unipelt.save")
     train.add_argument("--force", action="store_true", help="run even if the store holds this run as finished")
-    _common(train)
+    _settings(train, swept=False, skip=("task",))
 
 
 def _add_sweep(sub) -> None:
     sweep = sub.add_parser("sweep", help="a grid of runs, resumable; finished runs are skipped")
     sweep.add_argument("--grid", help="TOML or YAML file with the grid (flags override its values)")
-    sweep.add_argument("--tasks", help="comma-separated tasks")
     sweep.add_argument("--presets", help="comma-separated presets")
     sweep.add_argument("--configs", help="comma-separated PeltConfig files, swept like presets")
-    sweep.add_argument("--k", help="comma-separated K values, e.g. 100,500,1000 (default 100)")
-    sweep.add_argument("--data-seeds", help="comma-separated data seeds (default 111)")
-    sweep.add_argument("--lr", type=float, help="one learning rate for every method (default: the paper's)")
     sweep.add_argument("--store", default="runs/unipelt.sqlite", help="results store (SQLite)")
     sweep.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     sweep.add_argument("--backend", choices=("local", "ray"), default="local", help="where runs execute")
     sweep.add_argument("--ray-address", help="Ray cluster address (default: running cluster, else local)")
-    _common(sweep)
+    _settings(sweep, swept=True)
 
 
 def _add_report_and_demo(sub) -> None:
@@ -89,14 +103,11 @@ def _add_report_and_demo(sub) -> None:
     report.add_argument("--out", default="runs/report", help="output directory (report.md, report.html)")
     _verbosity(report, argparse.SUPPRESS)
     demo = sub.add_parser("demo", help="a small real sweep on the defaults, then its tables (a few minutes on CPU)")
-    demo.add_argument("--task", default=DEMO["task"])
     demo.add_argument("--presets", default=DEMO["presets"])
-    demo.add_argument("--k", default=DEMO["k"])
-    demo.add_argument("--data-seeds", default="111")
     demo.add_argument("--store", default=DEMO["store"])
     demo.add_argument("--out", default=DEMO["out"])
-    _common(demo)
-    demo.set_defaults(epochs=DEMO["epochs"])
+    _settings(demo, swept=True)
+    demo.set_defaults(**{k: v for k, v in DEMO.items() if k not in ("presets", "store", "out")})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,8 +121,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _options(args: argparse.Namespace, *names: str) -> dict:
-    """Flags that were given (argparse default None = use the library's default)."""
+def _given(args: argparse.Namespace) -> dict:
+    """The RunSpec settings whose flags were given (argparse default None = the library's default)."""
+    from .harness.spec import settings
+
+    names = [(f.metadata["axis"] or f.name) if args.command != "train" else f.name for f in settings()]
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
@@ -121,17 +135,7 @@ def _train(args: argparse.Namespace) -> int:
     from .harness.sweep import preflight
 
     # every input and output is checked before the store is opened: a mistake changes nothing
-    spec = make_spec(
-        task=args.task,
-        preset=args.preset,
-        config_file=args.config,
-        model=args.model,
-        k=args.k,
-        lr=args.lr,
-        data_seed=args.data_seed,
-        glue_dir=args.glue_dir,
-        **_options(args, "model_seed", "epochs", "patience", "dev_size", "batch_size", "max_length", "objective"),
-    )
+    spec = make_spec(preset=args.preset, config_file=args.config, **_given(args))
     check_store_path(Path(args.store), exists=False, writable=True)
     if args.save:
         check_output_dir(args.save, "--save directory")
@@ -198,18 +202,7 @@ def _sweep(args: argparse.Namespace, grid_file: str | None = None) -> int:
     from .harness.paths import check_output_dir, check_store_path
     from .harness.sweep import check_execution, preflight
 
-    grid = make_grid(
-        grid_file,
-        tasks=args.tasks,
-        presets=args.presets,
-        configs=getattr(args, "configs", None),
-        k=args.k,
-        data_seeds=args.data_seeds,
-        model=args.model,
-        glue_dir=args.glue_dir,
-        lr=getattr(args, "lr", None),
-        **_options(args, "model_seed", "epochs", "patience", "dev_size", "objective"),
-    )
+    grid = make_grid(grid_file, presets=args.presets, configs=getattr(args, "configs", None), **_given(args))
     specs = grid.specs()
     log.info("grid: %s = %d runs", describe(grid), len(specs))
     check_execution(getattr(args, "workers", 1), getattr(args, "backend", "local"))
@@ -250,7 +243,7 @@ def _report(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .harness import Store, report
 
-    args.workers, args.backend, args.ray_address, args.tasks = 1, "local", None, args.task
+    args.workers, args.backend, args.ray_address = 1, "local", None
     status = _sweep(args)
     _report(args)
     with Store(args.store, readonly=True) as store:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+import torch
 
 from unipelt import cli
 from unipelt.harness import locate
@@ -204,3 +205,32 @@ def test_non_positive_settings_are_refused(capsys, base):
     assert "learning rate must be a positive number" in _error(
         capsys, ["train", "--task", "rte", "--preset", "lora", *base, "--lr", "-1"]
     )
+
+
+def test_train_bf16_autocasts_the_training_steps(capsys, base, tmp_path, monkeypatch):
+    from unipelt.harness import runner
+
+    dtypes = set()
+    load = runner.load_model
+
+    def watched(spec, task):
+        tokenizer, model = load(spec, task)
+
+        def hook(module, inputs, out):
+            if model.training:
+                dtypes.add(out.dtype)
+
+        model.classifier.register_forward_hook(hook)
+        return tokenizer, model
+
+    monkeypatch.setattr(runner, "load_model", watched)
+    argv = ["-q", "train", "--task", "rte", "--preset", "lora", "--k", "16", "--bf16", *base]
+    assert cli.main(argv) == 0 and "test accuracy" in capsys.readouterr().out
+    assert dtypes == {torch.bfloat16}
+    with Store(tmp_path / "s.sqlite", readonly=True) as store:
+        runs = store.runs()
+    assert runs.loc[0, "status"] == "finished" and runs.loc[0, "spec"]["bf16"] is True
+    assert cli.main(argv[: -len(base)] + base) == 0 and "already finished" in capsys.readouterr().out
+    assert cli.main([a for a in argv if a != "--bf16"]) == 0  # without --bf16: another run
+    with Store(tmp_path / "s.sqlite", readonly=True) as store:
+        assert sorted(s["bf16"] for s in store.runs().spec) == [False, True]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from unipelt import cli
+from unipelt import cli, get_preset
 from unipelt.harness.generative import IGNORE, Prompts
 from unipelt.harness.spec import RunSpec
 from unipelt.harness.store import Store
@@ -49,8 +49,9 @@ def test_long_inputs_keep_the_cue_within_max_length(tokenizer):
 
 
 def test_classify_keys_are_unchanged():
-    spec = dict(task="rte", method="lora", config="{}", model="m", k=16, lr=1e-3)
-    assert RunSpec(**spec).key == "647fcc5a52bd22400dd3"  # the key from before objectives existed
+    spec = dict(task="rte", method="lora", config=get_preset("lora"), model="m", k=16, lr=1e-3)
+    assert RunSpec(**spec).key == "11225fdc7d62c6f6249d"  # the key from before objectives existed
+    assert RunSpec(**spec, objective="generate", model_id="abc").key == "384ed31fcbf614691e5f"  # as before bf16
     assert RunSpec(**spec, objective="generate").key != RunSpec(**spec).key
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from unipelt import DEFAULT_LEARNING_RATES, UniPeltError
@@ -38,3 +40,28 @@ def test_grid_needs_tasks_and_methods(tiny_model):
         make_grid(tasks="rte", model=tiny_model)
     with pytest.raises(UniPeltError, match="'data_seeds' must be a list of integers"):
         make_grid(tasks="rte", presets="lora", data_seeds="1,x")
+
+
+def test_every_train_setting_is_a_sweep_flag_and_a_grid_key(tmp_path, tiny_model, glue_dir):
+    """The settings come from RunSpec's fields: what train takes, sweep and grid files take."""
+    from unipelt.cli import _parser
+    from unipelt.harness.spec import settings
+
+    actions = {
+        name: {a.dest for a in _parser()._subparsers._group_actions[0].choices[name]._actions}
+        for name in ("train", "sweep")
+    }
+    for f in settings():
+        assert f.name in actions["train"] and (f.metadata["axis"] or f.name) in actions["sweep"]
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        f'tasks = ["rte"]\npresets = ["lora"]\nmodel = "{tiny_model}"\nglue_dir = "{glue_dir}"\n'
+        "batch_size = 4\nmax_length = 64\nbf16 = true\n"
+    )
+    from_file = make_grid(grid).specs()[0]
+    from_flags = make_grid(tasks="rte", presets="lora", model=tiny_model, batch_size=4, max_length=64, bf16=True)
+    assert (from_file.batch_size, from_file.max_length, from_file.bf16) == (4, 64, True)
+    assert from_flags.specs()[0].key == from_file.key != replace(from_file, bf16=False).key
+    grid.write_text('tasks = ["rte"]\npresets = ["lora"]\nbf16 = "yes"\n')
+    with pytest.raises(UniPeltError, match="grid setting 'bf16' must be true or false, got 'yes'"):
+        make_grid(grid)

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import torch
 
-from unipelt import cli
+from unipelt import cli, get_preset
 from unipelt.harness import make_grid, make_spec, report, run_sweep, runner
 from unipelt.harness.callbacks import BestOnDev
 from unipelt.harness.record import EpochLog, RunRecord
@@ -27,7 +27,7 @@ from unipelt.harness.store import LEASE_TTL, Store
 
 
 def _spec() -> RunSpec:
-    return RunSpec(task="rte", method="lora", config="{}", model="/models/tiny", k=16, lr=1e-3)
+    return RunSpec(task="rte", method="lora", config=get_preset("lora"), model="/models/tiny", k=16, lr=1e-3)
 
 
 def _fake(spec, *args, **kwargs) -> RunRecord:

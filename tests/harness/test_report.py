@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from unipelt import get_preset
 from unipelt.harness import report
 from unipelt.harness.record import RunRecord
 from unipelt.harness.spec import RunSpec
@@ -25,7 +26,9 @@ SPEED = {"full": (1.0, 100.0), "lora": (0.5, 80.0)}  # s/step, inference ex/s; o
 
 
 def _record(method, task, seed, value) -> RunRecord:
-    spec = RunSpec(task=task, method=method, config="{}", model="/models/tiny", k=100, data_seed=seed, lr=1e-4)
+    spec = RunSpec(
+        task=task, method=method, config=get_preset("lora"), model="/models/tiny", k=100, data_seed=seed, lr=1e-4
+    )
     step, ex = SPEED.get(method, (0.6, 90.0))
     gates = (
         {0: {"adapter": 0.2, "prefix": 0.7}, 1: {"adapter": 0.4, "prefix": 0.9}} if method.startswith("unipelt") else {}
@@ -52,7 +55,7 @@ def built(tmp_path):
             for task, values in tasks.items():
                 for seed, value in zip((111, 222), values):
                     store.write(_record(method, task, seed, value))
-        failed = RunSpec(task="rte", method="prompt", config="{}", model="/models/tiny", k=100, lr=1e-4)
+        failed = RunSpec(task="rte", method="prompt", config=get_preset("lora"), model="/models/tiny", k=100, lr=1e-4)
         store.write(
             RunRecord(spec=failed, status="failed", reason="training loss is nan at epoch 3", metric="accuracy")
         )

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from unipelt import UniPeltError
+from unipelt import PeltConfig, UniPeltError, get_preset
 from unipelt.harness.record import EpochLog, RunRecord
 from unipelt.harness.spec import RunSpec
 from unipelt.harness.store import SCHEMA_VERSION, Store
 
 
 def spec(**changes) -> RunSpec:
-    fields = dict(task="rte", method="lora", config='{"methods": []}', model="/m", k=100, lr=5e-4)
+    fields = dict(task="rte", method="lora", config=get_preset("lora"), model="/m", k=100, lr=5e-4)
     return RunSpec(**{**fields, **changes})
 
 
@@ -117,15 +119,41 @@ def test_a_schema_1_store_is_read_as_it_is_and_migrated_on_write(tmp_path):
         assert store.attempts().attempt.tolist() == [3, 4] and store.runs().loc[0, "status"] == "finished"
 
 
+RELEASE_1 = Path(__file__).resolve().parents[2] / "docs" / "results" / "release-1"
+
+
 @pytest.mark.parametrize("name", ["unipelt.sqlite", "experiments.sqlite"])
 def test_the_committed_stores_still_report_and_stay_unchanged(name):
-    from pathlib import Path
-
     from unipelt.harness import report
 
-    path = Path(__file__).resolve().parents[2] / "docs" / "results" / name
+    path = RELEASE_1 / name
     before = path.read_bytes()
     with Store(path, readonly=True) as store:
         built = report.build(store)
     assert any(t.title.startswith("Table 1") for t in built.tables)
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["unipelt.sqlite", "experiments.sqlite"])
+def test_stored_specs_key_as_they_were_keyed(name):
+    """The committed stores' runs (written before the spec held a typed config, and before
+    bf16) rebuild from their stored specs to their stored keys, so resumed sweeps skip them.
+    Only runs whose config still has the same JSON: adapter and prefix configs have gained
+    fields since (placement, networks), which changes their key whatever derives it."""
+    with Store(RELEASE_1 / name, readonly=True) as store:
+        runs = store.runs()
+    same = runs[[PeltConfig.from_dict(s["config"]).to_dict() == s["config"] for s in runs.spec]]
+    specs = [RunSpec.from_dict(s) for s in same.spec]
+    assert [s.key for s in specs] == same.run_key.tolist() and set(same.method) >= {"full", "lora"}
+    assert all(not s.bf16 for s in specs) and replace(specs[0], bf16=True).key != specs[0].key
+
+
+def test_stored_columns_are_the_specs_column_fields(tmp_path):
+    with Store(tmp_path / "s.sqlite") as store:
+        store.write(record(spec=spec(bf16=True, k="all")))
+        columns = {r[1] for r in store.db.execute("PRAGMA table_info(runs)")}
+        row = store.runs().iloc[0]
+    assert set(spec().columns()) <= columns and row.k == "all"
+    assert (
+        RunSpec.from_dict(row.spec) == spec(bf16=True, k="all") and row.spec["config"] == get_preset("lora").to_dict()
+    )

@@ -1,74 +1,63 @@
 """A sweep's grid: tasks × methods × K × data seeds, from CLI flags or a TOML/YAML file.
 
-Every setting is checked for its type: a wrong one is an error naming it, never coerced
-(``data_seeds = [1.5]`` is not seed 1, ``patience = true`` is not 1).
+Its keys are ``RunSpec``'s: ``presets`` and ``configs`` (the methods), each swept field under
+its axis name (``tasks``, ``k``, ``data_seeds``) and every other setting under its own name
+(``lr`` may also be a table per method). Every value is checked for its field's type: a wrong
+one is an error naming it, never coerced (``data_seeds = [1.5]`` is not seed 1, ``patience =
+true`` is not 1).
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, fields
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomllib
 import yaml
 
-from .data import DEV_SIZE, parse_k
+from .data import parse_k
 from .errors import HarnessError
-from .spec import RunSpec, make_spec
+from .spec import DEFAULTS, RunSpec, make_spec, settings, types
 from .tasks import get_task
+
+METHODS = ("presets", "configs")  # configs: PeltConfig files, swept like presets
+AXES = {f.metadata["axis"]: f.name for f in settings() if f.metadata["axis"]}  # tasks -> task, ...
+SCALARS = tuple(f.name for f in settings() if not f.metadata["axis"])
 
 
 @dataclass(frozen=True, kw_only=True)
 class Grid:
-    tasks: tuple[str, ...]
     presets: tuple[str, ...] = ()
-    configs: tuple[str, ...] = ()  # PeltConfig files, swept like presets
-    k: tuple[int | str, ...] = (100,)
-    data_seeds: tuple[int, ...] = (111,)
-    model: str | None = None
-    model_seed: int = 42
-    lr: float | dict[str, float] | None = None  # one value, or per method; default: the paper's
-    epochs: int = 50
-    patience: int = 10
-    dev_size: int = DEV_SIZE
-    objective: str = "classify"
-    glue_dir: str | None = None
+    configs: tuple[str, ...] = ()
+    axes: dict[str, tuple] = field(default_factory=dict)  # axis name -> values, e.g. tasks -> ("rte",)
+    settings: dict[str, Any] = field(default_factory=dict)  # the other RunSpec settings that were given
 
     def __post_init__(self) -> None:
-        if not self.tasks:
+        if not self.axes.get("tasks"):
             raise HarnessError("the grid has no tasks: give --tasks or 'tasks' in the grid file")
         if not self.presets and not self.configs:
             raise HarnessError("the grid has no methods: give --presets and/or 'configs' in the grid file")
-        for task in self.tasks:
+        for task in self.axes["tasks"]:
             get_task(task)
-        for k in self.k:
-            parse_k(k)
 
-    def _lr(self, method: str) -> float | None:
-        return self.lr.get(method) if isinstance(self.lr, dict) else self.lr
+    def values(self, axis: str) -> tuple:
+        return self.axes.get(axis) or (DEFAULTS[AXES[axis]],)
 
     def specs(self) -> list[RunSpec]:
         """Every run, ordered task → K → seed → method so a partial sweep already compares
         methods on the same data."""
         methods = [dict(preset=p) for p in self.presets] + [dict(config_file=c) for c in self.configs]
         out = []
-        for task, k, seed, method in itertools.product(self.tasks, self.k, self.data_seeds, methods):
+        for *swept, method in itertools.product(*map(self.values, AXES), methods):
             name = method.get("preset") or Path(method["config_file"]).stem
+            lr = self.settings.get("lr")
             out.append(
                 make_spec(
-                    task=task,
-                    k=k,
-                    data_seed=seed,
-                    model=self.model,
-                    lr=self._lr(name),
-                    model_seed=self.model_seed,
-                    epochs=self.epochs,
-                    patience=self.patience,
-                    dev_size=self.dev_size,
-                    objective=self.objective,
-                    glue_dir=self.glue_dir,
+                    **dict(zip(AXES.values(), swept)),
+                    **{**self.settings, "lr": lr.get(name) if isinstance(lr, dict) else lr},
                     **method,
                 )
             )
@@ -86,13 +75,6 @@ def split_list(value: Any) -> tuple:
     return (value,)
 
 
-def _names(key: str, value: Any) -> tuple[str, ...]:
-    names = split_list(value)
-    if bad := [v for v in names if not isinstance(v, str)]:
-        raise HarnessError(f"grid setting {key!r} must be a list of names, got {bad[0]!r}")
-    return names
-
-
 def _integer(key: str, value: Any, what: str = "an integer") -> int:
     """An int, or a string of one (flags arrive as text); never a bool or a float, which int()
     would quietly turn into another number."""
@@ -103,7 +85,7 @@ def _integer(key: str, value: Any, what: str = "an integer") -> int:
     raise HarnessError(f"grid setting {key!r} must be {what}, got {value!r}")
 
 
-def _number(key: str, value: Any) -> float:
+def _number(key: str, value: Any, what: str = "a number") -> float:
     if type(value) in (int, float):
         return float(value)
     if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
@@ -111,7 +93,36 @@ def _number(key: str, value: Any) -> float:
             return float(value)
         except ValueError:
             pass
-    raise HarnessError(f"grid setting {key!r} must be a number, got {value!r}")
+    raise HarnessError(f"grid setting {key!r} must be {what}, got {value!r}")
+
+
+def _string(key: str, value: Any, what: str = "a string") -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise HarnessError(f"grid setting {key!r} must be {what}, got {value!r}")
+    return value
+
+
+def _boolean(key: str, value: Any, what: str = "true or false") -> bool:
+    if not isinstance(value, bool):
+        raise HarnessError(f"grid setting {key!r} must be {what}, got {value!r}")
+    return value
+
+
+def _parser(name: str):
+    """How a value of RunSpec field ``name`` is read from a grid file or a flag, by its type."""
+    kind = types()[name]
+    if name == "k":
+        return lambda key, value, what=None: parse_k(value)
+    args = set(typing.get_args(kind)) - {type(None)}
+    base = next(iter(args)) if len(args) == 1 else kind
+    if typing.get_origin(kind) is typing.Literal or base is str:
+        return _string
+    return {int: _integer, float: _number, bool: _boolean}[base]
+
+
+def _list(axis: str, value: Any) -> tuple:
+    what = "a list of names" if _parser(AXES[axis]) is _string else "a list of integers"
+    return tuple(_parser(AXES[axis])(axis, v, what) for v in split_list(value))
 
 
 def _lr(value: Any, methods: set[str]) -> float | dict[str, float]:
@@ -123,12 +134,6 @@ def _lr(value: Any, methods: set[str]) -> float | dict[str, float]:
             f"the lr table names {unknown}, which are not methods of the grid ({', '.join(sorted(methods))})"
         )
     return {name: _number(f"lr.{name}", v) for name, v in value.items()}
-
-
-def _optional_name(key: str, value: Any) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise HarnessError(f"grid setting {key!r} must be a string, got {value!r}")
-    return value
 
 
 def _read(path: Path) -> dict:
@@ -150,22 +155,17 @@ def _read(path: Path) -> dict:
     return data
 
 
-def _typed(data: dict) -> dict:
-    out = {key: _names(key, data.get(key)) for key in ("tasks", "presets", "configs")}
-    out["k"] = tuple(parse_k(k) for k in split_list(data.get("k", (100,))))
-    if "data_seeds" in data:
-        out["data_seeds"] = tuple(
-            _integer("data_seeds", s, "a list of integers") for s in split_list(data["data_seeds"])
-        )
-    for key in ("model_seed", "epochs", "patience", "dev_size"):
-        if key in data:
-            out[key] = _integer(key, data[key])
-    for key in ("model", "glue_dir", "objective"):
-        if key in data:
-            out[key] = _optional_name(key, data[key])
-    if data.get("lr") is not None:
-        out["lr"] = _lr(data["lr"], set(out["presets"]) | {Path(c).stem for c in out["configs"]})
-    return out
+def _typed(data: dict) -> Grid:
+    methods = {key: _list_of_names(key, data.get(key)) for key in METHODS}
+    axes = {axis: _list(axis, data[axis]) for axis in AXES if axis in data}
+    names = set(methods["presets"]) | {Path(c).stem for c in methods["configs"]}
+    given = {key: data[key] for key in SCALARS if data.get(key) is not None}
+    scalars = {key: _lr(v, names) if key == "lr" else _parser(key)(key, v) for key, v in given.items()}
+    return Grid(**methods, axes=axes, settings=scalars)
+
+
+def _list_of_names(key: str, value: Any) -> tuple[str, ...]:
+    return tuple(_string(key, v, "a list of names") for v in split_list(value))
 
 
 def make_grid(file: str | Path | None = None, **overrides: Any) -> Grid:
@@ -176,13 +176,13 @@ def make_grid(file: str | Path | None = None, **overrides: Any) -> Grid:
     if file and "configs" in data:
         data["configs"] = [str(Path(file).parent / c) if isinstance(c, str) else c for c in split_list(data["configs"])]
     data.update({key: value for key, value in overrides.items() if value is not None})
-    known = {f.name for f in fields(Grid)}
+    known = {*METHODS, *AXES, *SCALARS}
     if unknown := sorted(set(data) - known):
         raise HarnessError(f"unknown grid setting(s) {unknown}; known: {sorted(known)}")
-    return Grid(**_typed(data))
+    return _typed(data)
 
 
 def describe(grid: Grid) -> str:
-    sizes = {f: len(getattr(grid, f)) for f in ("tasks", "k", "data_seeds")}
+    sizes = {axis: len(grid.values(axis)) for axis in AXES}
     sizes["methods"] = len(grid.presets) + len(grid.configs)
     return " × ".join(f"{n} {name}" for name, n in sizes.items())

@@ -117,6 +117,8 @@ def _arguments(spec: RunSpec, output_dir: str) -> TrainingArguments:
         seed=spec.model_seed,
         logging_nan_inf_filter=False,  # a NaN loss must fail the run, not vanish
         dataloader_pin_memory=torch.cuda.is_available(),
+        bf16=spec.bf16,  # autocast; the weights stay float32
+        use_cpu=spec.bf16 and not torch.cuda.is_available(),  # Trainer refuses bf16 without a GPU unless told
         disable_tqdm=False,
     )  # True would add PrinterCallback; the bar is replaced below instead
 

@@ -1,12 +1,22 @@
-"""What one run is: a frozen, hashable spec whose key identifies the run in the store, so a
-sweep can tell which grid cells are already done."""
+"""What one run is: a frozen spec whose key identifies the run in the store, so a sweep can tell
+which grid cells are already done.
+
+``RunSpec`` is the one definition of a run's settings. Each field's metadata says what it is,
+and everything else is derived from it: the flags of ``train`` and ``sweep`` (``help``), the
+grid file keys (a setting's name, or its ``axis`` for the ones a sweep lists), the run key
+(every compared field; one equal to its ``since`` value is left out, so keys made before it
+existed stay valid), the store's columns (``column``) and the report's row labels (``variant``).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import typing
+from dataclasses import MISSING, Field, dataclass, field, fields
+from functools import cache
 from pathlib import Path
+from typing import Any, Literal
 
 import yaml
 
@@ -19,30 +29,48 @@ from .models import DEFAULT_MODEL, check_model, model_identity, model_path, reso
 from .tasks import get_task
 
 
+def setting(
+    default: Any = MISSING, *, help: str, axis: str | None = None, variant: bool = True, compare: bool = True, **meta
+) -> Any:
+    """A field the user sets: a flag of ``train`` and ``sweep`` and a grid file key. ``axis``:
+    the plural name under which a sweep takes a list of values (then it is not a variant)."""
+    meta = dict(help=help, axis=axis, variant=variant and axis is None, **meta)
+    return field(default=default, compare=compare, metadata=meta)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunSpec:
-    """One training run of the UniPELT protocol (SPEC §3-4). ``config`` is the PeltConfig as
-    canonical JSON so the spec stays hashable and picklable (it crosses process boundaries)."""
+    """One training run of the UniPELT protocol (SPEC §3-4)."""
 
-    task: str
-    method: str  # preset name, or the config file's stem for --config
-    config: str
-    model: str
-    k: int | str
-    data_seed: int = 111
-    model_seed: int = 42
-    lr: float
-    epochs: int = 50
-    patience: int = 10
-    batch_size: int = 16
-    max_length: int = 128
-    dev_size: int = DEV_SIZE
-    objective: str = "classify"  # or "generate": the task as label-word generation (harness/generative.py)
-    model_id: str = ""  # the model's config and weights hash (models.model_identity); '' for a hub name
+    task: str = setting(help="cola, sst2, mrpc, stsb, qqp, mnli, qnli or rte", axis="tasks", column=True)
+    method: str = field(metadata=dict(column=True))  # preset name, or the config file's stem
+    config: PeltConfig
+    model: str = setting(
+        help="local Hugging Face model directory (default: the offline all-MiniLM-L6-v2)", variant=False, column=True
+    )
+    k: int | str = setting(100, help="training examples: an integer or 'all'", axis="k", column=True)
+    data_seed: int = setting(111, help="seed of the data split", axis="data_seeds", column=True)
+    lr: float = setting(help="learning rate (default: the paper's for the method)", column=True)
+    epochs: int = setting(50, help="maximum epochs")
+    patience: int = setting(10, help="early-stopping patience in epochs")
+    model_seed: int = setting(42, help="seed of the head, the PELT init and the data order", column=True)
+    dev_size: int = setting(DEV_SIZE, help="dev rows for checkpoint selection")
+    batch_size: int = setting(16, help="train batch size")
+    max_length: int = setting(128, help="max tokens per example")
+    objective: Literal["classify", "generate"] = setting(
+        "classify", help="classify with a head, or generate the label word with a causal LM", since="classify"
+    )
+    bf16: bool = setting(False, help="train under bf16 autocast (CPU or GPU)", since=False)
+    # the model's config and weights hash (models.model_identity); '' for a hub name
+    model_id: str = field(default="", metadata=dict(variant=True, since=""))
     # Where the data is read from: not part of the run's identity.
-    glue_dir: str | None = field(default=None, compare=False)
+    glue_dir: str | None = setting(
+        None, help="GLUE directory (default: $GLUE_DIR, then ../shared/data/glue)", variant=False, compare=False
+    )
 
     def __post_init__(self) -> None:
+        if not isinstance(self.config, PeltConfig):
+            raise HarnessError(f"a run's config must be a PeltConfig, got {type(self.config).__name__}")
         for name in ("epochs", "patience", "batch_size", "max_length", "dev_size"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:  # type(): True is an int to isinstance
@@ -53,26 +81,59 @@ class RunSpec:
                 raise HarnessError(f"{name.replace('_', '-')} must be an integer from 0 to 2**32 - 1, got {value!r}")
         if type(self.lr) not in (int, float) or not self.lr > 0:
             raise HarnessError(f"the learning rate must be a positive number, got {self.lr!r}")
+        if type(self.bf16) is not bool:
+            raise HarnessError(f"bf16 must be true or false, got {self.bf16!r}")
         check_objective(self.objective, get_task(self.task))
 
     @property
     def key(self) -> str:
-        """Stable id of the run: a hash of every field that changes its result. The default
-        objective and an empty model id are left out, so keys from before they existed stay valid."""
+        """Stable id of the run: a hash of every field that changes its result, the config as
+        canonical JSON. A field at its ``since`` value is left out, so older keys stay valid."""
         ident = {
-            k: v
-            for k, v in asdict(self).items()
-            if k != "glue_dir" and not (k == "objective" and v == "classify") and not (k == "model_id" and not v)
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.compare and not ("since" in f.metadata and getattr(self, f.name) == f.metadata["since"])
         }
+        ident["config"] = json.dumps(self.config.to_dict(), sort_keys=True)
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
     @property
     def pelt_config(self) -> PeltConfig:
-        return PeltConfig.from_dict(json.loads(self.config))
+        return self.config
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, the config as ``PeltConfig.to_dict()``: what the store keeps."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**out, "config": self.config.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        """The spec a store row holds (fields added since it was written take their defaults)."""
+        return cls(**{**data, "config": PeltConfig.from_dict(data["config"])})
+
+    def columns(self) -> dict[str, Any]:
+        """The fields the store keeps in columns of their own (K as text: it may be 'all')."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("column")}
+        return {**out, "k": str(self.k)}
 
     def label(self) -> str:
         objective = " generate" if self.objective == "generate" else ""
         return f"{self.task} {self.method}{objective} K={self.k} seed={self.data_seed}"
+
+
+@cache
+def types() -> dict[str, Any]:
+    """Each field's type, resolved from the annotations."""
+    return typing.get_type_hints(RunSpec)
+
+
+def settings() -> tuple[Field, ...]:
+    """The fields a user sets, in order."""
+    return tuple(f for f in fields(RunSpec) if "help" in f.metadata)
+
+
+VARIANTS = tuple(f.name for f in fields(RunSpec) if f.metadata.get("variant"))
+DEFAULTS = {f.name: f.default for f in fields(RunSpec) if f.default is not MISSING}
 
 
 def read_config_file(path: str | Path) -> PeltConfig:
@@ -113,7 +174,7 @@ def make_spec(
     lr: float | None = None,
     **options,
 ) -> RunSpec:
-    """A validated RunSpec from CLI-level choices; ``options`` are the remaining RunSpec fields."""
+    """A validated RunSpec from CLI-level choices; ``options`` are the remaining settings."""
     task = get_task(task).name
     if (preset is None) == (config_file is None):
         raise HarnessError("give exactly one of --preset NAME or --config FILE")
@@ -125,7 +186,7 @@ def make_spec(
     spec = RunSpec(
         task=task,
         method=method,
-        config=json.dumps(config.to_dict(), sort_keys=True),
+        config=config,
         model=model,
         k=parse_k(k),
         lr=_default_lr(method, config) if lr is None else lr,
@@ -133,4 +194,13 @@ def make_spec(
         **options,
     )
     check_model(spec.model, objective=spec.objective, max_length=spec.max_length)
+    if spec.bf16:
+        _check_bf16()
     return spec
+
+
+def _check_bf16() -> None:
+    import torch
+
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise HarnessError(f"--bf16: GPU {torch.cuda.get_device_name()} does not support bf16")

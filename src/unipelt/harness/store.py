@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -293,14 +293,8 @@ class Store:
         spec = record.spec
         return dict(
             run_key=spec.key,
-            task=spec.task,
-            method=spec.method,
-            k=str(spec.k),
-            data_seed=spec.data_seed,
-            model_seed=spec.model_seed,
-            model=spec.model,
-            lr=spec.lr,
-            spec=_json({**asdict(spec), "config": json.loads(spec.config)}),
+            **spec.columns(),
+            spec=_json(spec.to_dict()),
             status=record.status,
             reason=record.reason,
             metric=record.metric,

@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from .spec import DEFAULTS, VARIANTS
 from .tasks import TASK_ORDER, TASKS
 
 METHOD_ORDER = (
@@ -38,20 +39,11 @@ METHOD_ORDER = (
 )
 # UniPELT Table 2: a variant against the max over the single methods it combines.
 SUBMODULES = {"unipelt-ap": ("adapter", "prefix"), "unipelt-apl": ("adapter", "prefix", "lora")}
-# Spec fields that split one method into several rows when they vary inside a block.
-# model_id: a model replaced at the same path is another model, never averaged with the first
-VARIANT_FIELDS = (
-    "lr",
-    "epochs",
-    "patience",
-    "model_seed",
-    "dev_size",
-    "batch_size",
-    "max_length",
-    "objective",
-    "model_id",
-)
-SPEC_DEFAULTS = {"objective": "classify", "model_id": ""}  # fields added later: absent from older stores' specs
+# Spec fields that split one method into several rows when they vary inside a block (RunSpec's
+# variants: model_id among them, so a model replaced at the same path is never averaged with the
+# first); a field an older store's specs lack has its default.
+VARIANT_FIELDS = VARIANTS
+SPEC_DEFAULTS = {f: DEFAULTS.get(f) for f in VARIANTS}
 
 Mark = Literal["best", "second"] | None
 
