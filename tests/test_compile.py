@@ -1,0 +1,69 @@
+"""torch.compile: no graph break anywhere unipelt adds code, outputs equal to eager.
+
+Dynamo's ``fullgraph=True`` raises on the first graph break, so a model that compiles with it has
+none. The cheap ``eager`` backend checks tracing for every preset and architecture; AOTAutograd
+(``aot_eager``) checks the backward pass, and one case goes through the real compiler (inductor).
+Seq2seq classifiers are compiled without their head: transformers' BART/T5 heads check the eos
+count with a data-dependent op (``unique_consecutive``), a break of the base model, not of ours.
+"""
+
+import pytest
+import torch
+from conftest import ARCHS, batch, build, randomize
+
+import unipelt
+
+HEAD_BREAKS = {"bart", "t5", "mbart"}  # the break is in transformers' classification head
+PRESETS = sorted(unipelt.PRESETS)
+
+
+def body_and_inputs(arch: str, preset: str):
+    model = unipelt.apply(build(arch), preset)
+    randomize(model)
+    inputs = batch()
+    if arch in HEAD_BREAKS:
+        return model.base_model, {**inputs, "decoder_input_ids": inputs["input_ids"][:, :4]}
+    return model, inputs
+
+
+def compiled_matches_eager(module, inputs, backend: str) -> None:
+    torch._dynamo.reset()
+    compiled = torch.compile(module, backend=backend, fullgraph=True)
+    with torch.no_grad():
+        ref, out = module(**inputs)[0], compiled(**inputs)[0]
+    assert (out - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_traces_in_one_graph(preset):
+    compiled_matches_eager(*body_and_inputs("bert", preset), backend="eager")
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("preset", ["unipelt-apl", "lora"])  # every kind of module; LoRA where prefixes are refused
+def test_every_architecture_traces_in_one_graph(arch, preset):
+    compiled_matches_eager(*body_and_inputs(arch, preset), backend="eager")
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_compiled_training_step_gives_eager_gradients(arch):
+    model = unipelt.apply(build(arch), "unipelt-apl").train()
+    randomize(model)
+    inputs = {**batch(), "labels": torch.tensor([0, 1, 2])}
+
+    def grads(module):
+        model.zero_grad()
+        module(**inputs).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    torch.manual_seed(0)  # dropout draws the same masks in both passes
+    ref = grads(model)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    got = grads(torch.compile(model, backend="aot_eager", fullgraph=True))
+    assert ref.keys() == got.keys()
+    assert all((got[n] - ref[n]).abs().max() < 1e-5 for n in ref)
+
+
+def test_inductor_compiles_unipelt_apl():
+    compiled_matches_eager(*body_and_inputs("bert", "unipelt-apl"), backend="inductor")
