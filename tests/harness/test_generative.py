@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from unipelt import cli, get_preset
-from unipelt.harness.generative import IGNORE, Prompts
+from unipelt.harness.generative import IGNORE, Generate
 from unipelt.harness.spec import RunSpec
 from unipelt.harness.store import Store
 from unipelt.harness.tasks import get_task
@@ -19,7 +19,7 @@ def tokenizer(tiny_llama):
     return AutoTokenizer.from_pretrained(tiny_llama)
 
 
-def _check(prompts: Prompts, row: dict, prompt_text: str, word: str):
+def _check(prompts: Generate, row: dict, prompt_text: str, word: str):
     f = prompts.encode(pd.DataFrame([row]), train=True)[0]
     tok = prompts.tokenizer
     target = tok.encode(" " + word, add_special_tokens=False) + [tok.eos_token_id]
@@ -32,9 +32,9 @@ def _check(prompts: Prompts, row: dict, prompt_text: str, word: str):
 
 
 def test_sst2_and_rte_prompts_mask_all_but_the_label_word(tokenizer):
-    sst2 = Prompts(get_task("sst2"), tokenizer, 128)
+    sst2 = Generate(get_task("sst2"), tokenizer, 128)
     _check(sst2, {"a": "a gorgeous film", "b": None, "label": 1}, "Sentence: a gorgeous film\nSentiment:", "positive")
-    rte = Prompts(get_task("rte"), tokenizer, 128)
+    rte = Generate(get_task("rte"), tokenizer, 128)
     _check(
         rte, {"a": "Cats purr.", "b": "Cats make sounds.", "label": 1}, "Cats purr.\nCats make sounds.\nAnswer:", "no"
     )
@@ -43,7 +43,7 @@ def test_sst2_and_rte_prompts_mask_all_but_the_label_word(tokenizer):
 
 
 def test_long_inputs_keep_the_cue_within_max_length(tokenizer):
-    prompts = Prompts(get_task("sst2"), tokenizer, 16)
+    prompts = Generate(get_task("sst2"), tokenizer, 16)
     f = prompts.encode(pd.DataFrame([{"a": "word " * 50, "b": None, "label": 0}]), train=True)[0]
     assert len(f["input_ids"]) <= 16 and "sentiment :" in tokenizer.decode(f["input_ids"])
 

@@ -15,12 +15,12 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import torch
-from transformers import AutoConfig, Trainer
+from transformers import AutoConfig, DataCollatorForSeq2Seq, Trainer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from .encode import Encoded
 from .errors import HarnessError
 from .metrics import score_predictions
+from .objective import longest_first
 from .tasks import Task
 
 OBJECTIVES = ("classify", "generate")
@@ -66,8 +66,10 @@ def check_can_generate(path: str, config=None) -> None:
         )
 
 
-class Prompts:
-    """Token ids of prompts and label words for one task and tokenizer."""
+class Generate:
+    """The generate objective (``objective.py``'s interface) for one task and tokenizer: token
+    ids of prompts and label words, batches padded by transformers (right for training, the
+    labels with -100; left for generation), scored by greedy generation."""
 
     def __init__(self, task: Task, tokenizer, max_length: int):
         self.task, self.tokenizer, self.max_length = task, tokenizer, max_length
@@ -78,15 +80,17 @@ class Prompts:
         self.targets = [ids(" " + w) + self.eos for w in self.words]
         self.cue = ids(f"\n{CUES.get(task.name, 'Answer')}:")
         self.max_new_tokens = max(len(ids(" " + w)) for w in self.words) + 1
+        tokenizer.padding_side = "right"  # training: the target follows its prompt; generation pads left per call
+        self.pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE)
 
     def prompt(self, a: str, b: str | None) -> list[int]:
         body = f"{a}\n{b}" if b is not None else f"Sentence: {a}"
         budget = self.max_length - len(self.bos) - len(self.cue) - max(map(len, self.targets))
         return self.bos + self.tokenizer.encode(body, add_special_tokens=False)[: max(budget, 1)] + self.cue
 
-    def encode(self, frame: pd.DataFrame, *, train: bool) -> Encoded:
+    def encode(self, frame: pd.DataFrame, *, train: bool) -> list[dict]:
         """Train features: prompt + target, labels only on the target. Eval features: the prompt,
-        labels = the gold class id; sorted longest first, as ``encode.encode(by_length=True)``."""
+        labels = the gold class id, longest first."""
         features = []
         for a, b, label in zip(frame["a"], frame["b"], frame["label"]):
             prompt = self.prompt(a, None if pd.isna(b) else b)
@@ -96,9 +100,18 @@ class Prompts:
             else:
                 ids, labels = prompt, int(label)
             features.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
-        if not train:
-            features.sort(key=lambda f: -len(f["input_ids"]))
-        return Encoded(features)
+        return features if train else longest_first(features)
+
+    def collate(self, features: list[dict], *, train: bool = True) -> dict[str, torch.Tensor]:
+        """A batch padded to its longest example: right for training (labels with -100), left
+        for generation (class-id labels kept as they are)."""
+        if train:
+            return self.pad(features)
+        return self.tokenizer.pad(features, padding_side="left", return_tensors="pt")
+
+    def score(self, trainer: Trainer, features: list[dict]) -> float:
+        predicted, gold = predict(trainer.model, self, features, trainer.args.per_device_eval_batch_size)
+        return score_predictions(self.task.metric, predicted, gold)
 
     def label_of(self, text: str) -> int | None:
         """The label whose word is the continuation's first word (case and punctuation ignored)."""
@@ -107,66 +120,30 @@ class Prompts:
         return self.words.index(first) if first in self.words else None
 
 
-def pad(features: list[dict], pad_id: int, *, left: bool) -> dict[str, torch.Tensor]:
-    """A batch padded to its longest example: right for training, left for generation; list
-    labels are padded with -100, class-id labels are kept as they are."""
-    width = max(len(f["input_ids"]) for f in features)
-
-    def fill(seq, value):
-        gap = [value] * (width - len(seq))
-        return gap + seq if left else seq + gap
-
-    labels = [f["labels"] for f in features]
-    return {
-        "input_ids": torch.tensor([fill(f["input_ids"], pad_id) for f in features]),
-        "attention_mask": torch.tensor([fill(f["attention_mask"], 0) for f in features]),
-        "labels": torch.tensor([fill(l, IGNORE) for l in labels] if isinstance(labels[0], list) else labels),
-    }
-
-
 @torch.no_grad()
-def predict(model, prompts: Prompts, dataset: Encoded, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def predict(model, objective: Generate, features: list[dict], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Greedy generation (KV cache on) for every prompt: predicted and gold class ids, UNMATCHED
     where the continuation is no label word."""
     was_training = model.training
     model.eval()
-    pad_id = prompts.tokenizer.pad_token_id
+    tokenizer = objective.tokenizer
     predicted, gold = [], []
-    for start in range(0, len(dataset), batch_size):
-        batch = pad([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))], pad_id, left=True)
+    for start in range(0, len(features), batch_size):
+        batch = objective.collate(features[start : start + batch_size], train=False)
         out = model.generate(
             input_ids=batch["input_ids"].to(model.device),
             attention_mask=batch["attention_mask"].to(model.device),
-            max_new_tokens=prompts.max_new_tokens,
+            max_new_tokens=objective.max_new_tokens,
             do_sample=False,
             num_beams=1,
             use_cache=True,
-            pad_token_id=pad_id,
-            eos_token_id=prompts.eos or None,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=objective.eos or None,
         )
-        texts = prompts.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         for text, label in zip(texts, batch["labels"].tolist()):
-            found = prompts.label_of(text)
+            found = objective.label_of(text)
             predicted.append(UNMATCHED if found is None else found)
             gold.append(label)
     model.train(was_training)
     return np.array(predicted), np.array(gold)
-
-
-class GenerativeTrainer(Trainer):
-    """``Trainer`` whose evaluation generates instead of computing logits; the dev score reaches
-    the callbacks (``BestOnDev``) as ``eval_score``, like the classify path's."""
-
-    def __init__(self, *args, prompts: Prompts, eval_batch_size: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.prompts, self.eval_batch_size = prompts, eval_batch_size
-
-    def score(self, dataset: Encoded) -> float:
-        predicted, gold = predict(self.model, self.prompts, dataset, self.eval_batch_size)
-        return score_predictions(self.prompts.task.metric, predicted, gold)
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        metrics = {f"{metric_key_prefix}_score": self.score(eval_dataset or self.eval_dataset)}
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics

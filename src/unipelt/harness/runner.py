@@ -22,7 +22,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    DataCollatorWithPadding,
     ProgressCallback,
     Trainer,
     TrainingArguments,
@@ -32,10 +31,9 @@ from transformers import (
 from .. import UniPeltError, apply, count_parameters, fold, gate_values, save
 from .callbacks import BestOnDev, RunFailed, RunProgress, StepTimer
 from .data import Splits, load_splits
-from .encode import Encoded, encode
-from .generative import GenerativeTrainer, Prompts, pad
-from .metrics import score
+from .generative import Generate
 from .models import model_path
+from .objective import Classify, Objective
 from .record import RunRecord, versions
 from .spec import RunSpec
 from .tasks import Task, get_task
@@ -118,18 +116,39 @@ def _arguments(spec: RunSpec, output_dir: str) -> TrainingArguments:
         logging_nan_inf_filter=False,  # a NaN loss must fail the run, not vanish
         dataloader_pin_memory=torch.cuda.is_available(),
         bf16=spec.bf16,  # autocast; the weights stay float32
-        use_cpu=spec.bf16 and not torch.cuda.is_available(),  # Trainer refuses bf16 without a GPU unless told
+        # no GPU: say so, or Trainer refuses bf16 and, under accelerate launch, trains each process alone
+        use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
         disable_tqdm=False,
     )  # True would add PrinterCallback; the bar is replaced below instead
 
 
-def _gates(model, dev: Encoded, collator) -> dict[int, dict[str, float]]:
+class ProtocolTrainer(Trainer):
+    """``Trainer`` whose evaluation is the objective's score; it reaches the callbacks
+    (``BestOnDev``) as ``eval_score``. The objective pads the training batches too."""
+
+    def __init__(self, *args, objective: Objective, **kwargs):
+        super().__init__(*args, data_collator=partial(objective.collate, train=True), **kwargs)
+        self.objective = objective
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        metrics = {f"{metric_key_prefix}_score": self.objective.score(self, dataset)}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+def objective_of(spec: RunSpec, task: Task, tokenizer) -> Objective:
+    return (Generate if spec.objective == "generate" else Classify)(task, tokenizer, spec.max_length)
+
+
+def _gates(model, dev: list[dict], objective: Objective) -> dict[int, dict[str, float]]:
     """Per-layer mean gate values over GATE_EXAMPLES dev examples, spread evenly over the
     length-sorted dev set so short and long inputs both count."""
     picked = np.unique(np.linspace(0, len(dev) - 1, min(len(dev), GATE_EXAMPLES)).astype(int))
     sums: dict[int, dict[str, float]] = {}
     for start in range(0, len(picked), EVAL_BATCH):
-        batch = collator([dev[int(i)] for i in picked[start : start + EVAL_BATCH]])
+        batch = objective.collate([dev[int(i)] for i in picked[start : start + EVAL_BATCH]], train=False)
         batch = {k: v.to(model.device) for k, v in batch.items() if k != "labels"}
         n = len(batch["input_ids"])
         for layer, values in gate_values(model, batch).items():
@@ -139,52 +158,22 @@ def _gates(model, dev: Encoded, collator) -> dict[int, dict[str, float]]:
     return sums
 
 
-def _classify_trainer(spec: RunSpec, task: Task, splits: Splits, tokenizer, model, **kwargs):
-    """Trainer, dev and test splits, gate collator and test scorer of the classify objective."""
-    train = encode(splits.train, tokenizer, spec.max_length)
-    dev, test = (encode(s, tokenizer, spec.max_length, by_length=True) for s in (splits.dev, splits.test))
-    collator = DataCollatorWithPadding(tokenizer)
-
-    def metrics(p) -> dict[str, float]:
-        return {"score": score(task.metric, p.predictions, p.label_ids, task.is_regression)}
-
-    def test_score(trainer) -> float:
-        predicted = trainer.predict(test)
-        return score(task.metric, predicted.predictions, predicted.label_ids, task.is_regression)
-
-    trainer = Trainer(
-        model=model, train_dataset=train, eval_dataset=dev, data_collator=collator, compute_metrics=metrics, **kwargs
-    )
-    return trainer, dev, test, collator, test_score
-
-
-def _generative_trainer(spec: RunSpec, task: Task, splits: Splits, tokenizer, model, **kwargs):
-    """The same for the generate objective (harness/generative.py)."""
-    prompts = Prompts(task, tokenizer, spec.max_length)
-    train = prompts.encode(splits.train, train=True)
-    dev, test = (prompts.encode(s, train=False) for s in (splits.dev, splits.test))
-    trainer = GenerativeTrainer(
-        model=model,
-        train_dataset=train,
-        eval_dataset=dev,
-        data_collator=partial(pad, pad_id=tokenizer.pad_token_id, left=False),
-        prompts=prompts,
-        eval_batch_size=EVAL_BATCH,
-        **kwargs,
-    )
-    return trainer, dev, test, partial(pad, pad_id=tokenizer.pad_token_id, left=True), lambda t: t.score(test)
-
-
 def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, started: str) -> RunRecord:
     tokenizer, model = load_model(spec, task)
+    objective = objective_of(spec, task, tokenizer)
+    train = objective.encode(splits.train, train=True)
+    dev, test = (objective.encode(s, train=False) for s in (splits.dev, splits.test))
     best, timer = BestOnDev(spec.patience), StepTimer()
     progress = RunProgress(spec.label(), options.progress_position, options.progress)
-    make_trainer = _generative_trainer if spec.objective == "generate" else _classify_trainer
     with tempfile.TemporaryDirectory(prefix="unipelt-run-") as tmp:
-        trainer, dev, test, collator, test_score = make_trainer(
-            spec, task, splits, tokenizer, model, args=_arguments(spec, tmp), callbacks=[best, timer, progress]
+        trainer = ProtocolTrainer(
+            model=model,
+            args=_arguments(spec, tmp),
+            train_dataset=train,
+            eval_dataset=dev,
+            objective=objective,
+            callbacks=[best, timer, progress],
         )
-        train = trainer.train_dataset
         trainer.remove_callback(ProgressCallback)
         trainer.train()
         if reason := best.divergence(DIVERGED):
@@ -193,7 +182,7 @@ def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, start
         params = count_parameters(model)  # before folding: "total" includes the prefix network
         fold(model)  # inference runs as deployed: the prefix network replaced by its output
         start = time.perf_counter()
-        test_metric = test_score(trainer)
+        test_metric = objective.score(trainer, test)
         infer_seconds = time.perf_counter() - start
     model.eval()
     record = RunRecord(
@@ -209,7 +198,7 @@ def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, start
         params=params,
         train_s_per_step=timer.per_step,
         infer_ex_per_s=len(test) / infer_seconds,
-        gates=_gates(model, dev, collator) if spec.pelt_config.gated else {},
+        gates=_gates(model, dev, objective) if spec.pelt_config.gated else {},
         versions=versions(),
         started_at=started,
         finished_at=_now(),
