@@ -40,9 +40,9 @@ def _verbosity(p: argparse.ArgumentParser, default) -> None:
 def _flag(p, f, *, swept: bool) -> None:
     """The flag of RunSpec field ``f``: its type, help and default come from the field; in a
     sweep a swept field takes a comma-separated list under its axis name (``--data-seeds``)."""
-    from .harness.spec import types
+    from .harness.spec import TYPES
 
-    meta, kind = f.metadata, types()[f.name]
+    meta, kind = f.metadata, TYPES[f.name]
     names = [f"--{f.name.replace('_', '-')}"]
     if swept and meta["axis"]:
         names.insert(0, f"--{meta['axis'].replace('_', '-')}")
@@ -65,10 +65,10 @@ def _flag(p, f, *, swept: bool) -> None:
 
 def _settings(p: argparse.ArgumentParser, *, swept: bool, skip: tuple[str, ...] = ()) -> None:
     """Every RunSpec setting as a flag (argparse default None: the library's default)."""
-    from .harness.spec import settings
+    from .harness.spec import SETTINGS
 
     _verbosity(p, argparse.SUPPRESS)  # also accepted after the subcommand
-    for f in settings():
+    for f in SETTINGS:
         if f.name not in skip:
             _flag(p, f, swept=swept)
 
@@ -123,9 +123,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _given(args: argparse.Namespace) -> dict:
     """The RunSpec settings whose flags were given (argparse default None = the library's default)."""
-    from .harness.spec import settings
+    from .harness.spec import SETTINGS
 
-    names = [(f.metadata["axis"] or f.name) if args.command != "train" else f.name for f in settings()]
+    names = [(f.metadata["axis"] or f.name) if args.command != "train" else f.name for f in SETTINGS]
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 

@@ -45,13 +45,13 @@ def test_grid_needs_tasks_and_methods(tiny_model):
 def test_every_train_setting_is_a_sweep_flag_and_a_grid_key(tmp_path, tiny_model, glue_dir):
     """The settings come from RunSpec's fields: what train takes, sweep and grid files take."""
     from unipelt.cli import _parser
-    from unipelt.harness.spec import settings
+    from unipelt.harness.spec import SETTINGS
 
     actions = {
         name: {a.dest for a in _parser()._subparsers._group_actions[0].choices[name]._actions}
         for name in ("train", "sweep")
     }
-    for f in settings():
+    for f in SETTINGS:
         assert f.name in actions["train"] and (f.metadata["axis"] or f.name) in actions["sweep"]
     grid = tmp_path / "grid.toml"
     grid.write_text(

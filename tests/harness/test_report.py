@@ -135,3 +135,30 @@ def test_a_model_replaced_at_the_same_path_gets_its_own_rows(tmp_path):
         md = report.markdown(report.build(store))
     assert _row(md, "Table 1 — tiny, K=100", "lora model\\_id=aaaa")[1] == "<u>60.0</u>"
     assert _row(md, "Table 1 — tiny, K=100", "lora model\\_id=bbbb")[1] == "**80.0**"
+
+
+def test_epochs_that_differ_per_k_split_no_row_and_one_line_joins_them(tmp_path):
+    from unipelt.harness import plots, tables
+
+    with Store(tmp_path / "s.sqlite") as store:
+        for method in ("adapter", "prefix", "lora", "unipelt-apl"):
+            for k, epochs in ((100, 15), (500, 5)):
+                record = _record(method, "rte", 111, 0.6 + k / 10_000)
+                store.write(replace(record, spec=replace(record.spec, k=k, epochs=epochs)))
+        built = report.build(store)
+        runs = tables.with_variants(store.runs())
+    md = report.markdown(built)
+    assert _row(md, "Table 1 — tiny, K=500", "lora")[1] == "**65.0**"  # no "lora epochs=5" row
+    assert "_Every run here has epochs=5; other K differ._" in md
+    assert "Table 2 — tiny, K=100: UniPELT vs its submodules" in md
+    caption = next(f.caption for f in built.figures if f.name.startswith("metric_vs_k"))
+    assert "The runs differ per K in epochs (K=100: 15, K=500: 5)" in caption
+    assert _row(md, "Table 4 — tiny: parameters and time", "lora epochs=15")[1] == "10"  # per model: split
+    figure = plots.metric_vs_k(runs, "tiny")
+    legend = figure.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["adapter", "prefix", "lora", "unipelt-apl"]
+    bbox = legend.get_window_extent(figure.canvas.get_renderer())
+    panels = [ax.get_window_extent() for ax in figure.axes if ax.has_data()]
+    assert all(bbox.x0 >= p.x1 for p in panels)  # right of every panel: it covers no title
+    lines = {c.get_label(): len(c.lines[0].get_xdata()) for c in figure.axes[0].containers}
+    assert lines == {"adapter": 2, "prefix": 2, "lora": 2, "unipelt-apl": 2}  # one line per method across K

@@ -20,12 +20,12 @@ import yaml
 
 from .data import parse_k
 from .errors import HarnessError
-from .spec import DEFAULTS, RunSpec, make_spec, settings, types
+from .spec import DEFAULTS, SETTINGS, TYPES, RunSpec, make_spec
 from .tasks import get_task
 
 METHODS = ("presets", "configs")  # configs: PeltConfig files, swept like presets
-AXES = {f.metadata["axis"]: f.name for f in settings() if f.metadata["axis"]}  # tasks -> task, ...
-SCALARS = tuple(f.name for f in settings() if not f.metadata["axis"])
+AXES = {f.metadata["axis"]: f.name for f in SETTINGS if f.metadata["axis"]}  # tasks -> task, ...
+SCALARS = tuple(f.name for f in SETTINGS if not f.metadata["axis"])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,7 +110,7 @@ def _boolean(key: str, value: Any, what: str = "true or false") -> bool:
 
 def _parser(name: str):
     """How a value of RunSpec field ``name`` is read from a grid file or a flag, by its type."""
-    kind = types()[name]
+    kind = TYPES[name]
     if name == "k":
         return lambda key, value, what=None: parse_k(value)
     args = set(typing.get_args(kind)) - {type(None)}

@@ -30,24 +30,25 @@ def plain_text(draw):
 
 
 def metric_vs_k(runs: pd.DataFrame, title: str) -> plt.Figure:
-    """One panel per task: test score (mean ± std over seeds) against K, one line per method."""
+    """One panel per task: test score (mean ± std over seeds) against K, one line per report row
+    (a method, split only by what varies inside a K block), the legend right of the panels."""
     tasks = ordered(runs.task, TASK_ORDER)
     ks = sorted(runs.k.unique(), key=k_sort_key)
     cols = min(4, len(tasks))
     rows = -(-len(tasks) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    lines = {}  # one legend entry per row, whichever panels it is in
     for ax, task in zip(axes.flat, tasks):
-        sub = runs[runs.task == task]
-        for method in ordered(sub.row, METHOD_ORDER):
-            stats = sub[sub.row == method].groupby("k").test_metric.agg(["mean", "std"])
-            x = [ks.index(k) for k in stats.index]
-            order = np.argsort(x)
-            ax.errorbar(
-                np.array(x)[order],
-                100 * stats["mean"].to_numpy()[order],
-                yerr=100 * stats["std"].fillna(0).to_numpy()[order],
+        stats = runs[runs.task == task].groupby(["row", "k"]).test_metric.agg(["mean", "std"])
+        for method in ordered(stats.index.get_level_values("row"), METHOD_ORDER):
+            line = stats.loc[method].reindex([k for k in ks if k in stats.loc[method].index])
+            lines[method] = ax.errorbar(
+                [ks.index(k) for k in line.index],
+                100 * line["mean"],
+                yerr=100 * line["std"].fillna(0),
                 marker="o",
                 capsize=3,
+                color=f"C{ordered(runs.row, METHOD_ORDER).index(method) % 10}",
                 label=method,
             )
         ax.set_xticks(range(len(ks)), [str(k) for k in ks])
@@ -56,10 +57,9 @@ def metric_vs_k(runs: pd.DataFrame, title: str) -> plt.Figure:
         ax.set_ylabel("test score ×100")
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(6, len(labels)), bbox_to_anchor=(0.5, 1.0))
-    fig.suptitle(title, y=1.06)
+    fig.suptitle(title)
     fig.tight_layout()
+    fig.legend(lines.values(), lines.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return fig
 
 

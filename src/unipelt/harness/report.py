@@ -28,6 +28,7 @@ class Figure:
     name: str  # file stem
     title: str
     png: bytes
+    caption: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,11 @@ CSS = (
 
 def markdown(report: Report) -> str:
     parts = ["# unipelt results", "", md_text(report.summary), ""] + [table_markdown(t) for t in report.tables]
-    parts += [f"### {md_text(f.title)}\n\n![{md_text(f.title)}]({f.name}.png)\n" for f in report.figures]
+    parts += [
+        f"### {md_text(f.title)}\n\n![{md_text(f.title)}]({f.name}.png)\n"
+        + (f"\n_{md_text(f.caption)}_\n" if f.caption else "")
+        for f in report.figures
+    ]
     return "\n".join(parts)
 
 
@@ -96,6 +101,7 @@ def html_page(report: Report) -> str:
     figures = "".join(
         f"<h3>{html.escape(f.title)}</h3><img alt='{html.escape(f.title)}' "
         f"src='data:image/png;base64,{base64.b64encode(f.png).decode()}'>"
+        + (f"<p class='note'>{html.escape(f.caption)}</p>" if f.caption else "")
         for f in report.figures
     )
     tables_ = "".join(table_html(t) for t in report.tables)
@@ -117,13 +123,9 @@ def _png(fig: plt.Figure) -> bytes:
 def _figures(runs: pd.DataFrame, gates: pd.DataFrame) -> list[Figure]:
     figures = []
     for i, model in enumerate(sorted(runs.model.unique())):
-        name = tables.model_name(model)
+        name, sub = tables.model_name(model), runs[runs.model == model]
         figures.append(
-            Figure(
-                f"metric_vs_k_{i}",
-                f"Test score vs K — {name}",
-                _png(plots.metric_vs_k(runs[runs.model == model], name)),
-            )
+            Figure(f"metric_vs_k_{i}", f"Test score vs K — {name}", _png(plots.metric_vs_k(sub, name)), _k_caption(sub))
         )
         sub = gates[gates.model == model]
         if not sub.empty:
@@ -131,6 +133,16 @@ def _figures(runs: pd.DataFrame, gates: pd.DataFrame) -> list[Figure]:
                 Figure(f"gates_{i}", f"Mean gate value per layer — {name}", _png(plots.gate_heatmap(sub, name)))
             )
     return figures
+
+
+def _k_caption(runs: pd.DataFrame) -> str:
+    """Mean ± std over data seeds; what a line across K joins when settings differ per K."""
+    differ = [
+        f"{name} ({', '.join(f'K={k}: {tables._shown(v)}' for k, v in values.items())})"
+        for name, values in tables.settings_per_k(runs).items()
+    ]
+    where = f" The runs differ per K in {', '.join(differ)}: each line joins them." if differ else ""
+    return f"One line per method across K; mean ± std over data seeds.{where}"
 
 
 def _summary(all_runs: pd.DataFrame, attempts: pd.DataFrame) -> str:

@@ -97,7 +97,7 @@ def load_model(spec: RunSpec, task: Task):
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # the head finds each sequence's last token
-    return tokenizer, apply(model, spec.pelt_config)
+    return tokenizer, apply(model, spec.config)
 
 
 def _arguments(spec: RunSpec, output_dir: str) -> TrainingArguments:
@@ -198,7 +198,7 @@ def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, start
         params=params,
         train_s_per_step=timer.per_step,
         infer_ex_per_s=len(test) / infer_seconds,
-        gates=_gates(model, dev, objective) if spec.pelt_config.gated else {},
+        gates=_gates(model, dev, objective) if spec.config.gated else {},
         versions=versions(),
         started_at=started,
         finished_at=_now(),

@@ -13,8 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import typing
-from dataclasses import MISSING, Field, dataclass, field, fields
-from functools import cache
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,10 +96,6 @@ class RunSpec:
         ident["config"] = json.dumps(self.config.to_dict(), sort_keys=True)
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
-    @property
-    def pelt_config(self) -> PeltConfig:
-        return self.config
-
     def to_dict(self) -> dict[str, Any]:
         """Every field, the config as ``PeltConfig.to_dict()``: what the store keeps."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -121,17 +116,8 @@ class RunSpec:
         return f"{self.task} {self.method}{objective} K={self.k} seed={self.data_seed}"
 
 
-@cache
-def types() -> dict[str, Any]:
-    """Each field's type, resolved from the annotations."""
-    return typing.get_type_hints(RunSpec)
-
-
-def settings() -> tuple[Field, ...]:
-    """The fields a user sets, in order."""
-    return tuple(f for f in fields(RunSpec) if "help" in f.metadata)
-
-
+TYPES: dict[str, Any] = typing.get_type_hints(RunSpec)  # each field's type, from its annotation
+SETTINGS = tuple(f for f in fields(RunSpec) if "help" in f.metadata)  # the fields a user sets, in order
 VARIANTS = tuple(f.name for f in fields(RunSpec) if f.metadata.get("variant"))
 DEFAULTS = {f.name: f.default for f in fields(RunSpec) if f.default is not MISSING}
 

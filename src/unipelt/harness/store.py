@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pandas as pd
@@ -290,28 +290,12 @@ class Store:
     # ---- writing
     @staticmethod
     def _row(record: RunRecord, attempt: int) -> dict:
-        spec = record.spec
-        return dict(
-            run_key=spec.key,
-            **spec.columns(),
-            spec=_json(spec.to_dict()),
-            status=record.status,
-            reason=record.reason,
-            metric=record.metric,
-            best_epoch=record.best_epoch,
-            dev_metric=record.dev_metric,
-            test_metric=record.test_metric,
-            test_source=record.test_source,
-            sizes=_json(record.sizes),
-            params=_json(record.params),
-            train_s_per_step=record.train_s_per_step,
-            infer_ex_per_s=record.infer_ex_per_s,
-            versions=_json(record.versions),
-            host=record.host,
-            started_at=record.started_at,
-            finished_at=record.finished_at,
-            attempts=attempt,
-        )
+        """The run's key, its spec's column fields and whole spec, and every field of the record
+        but those kept elsewhere (epochs, gates) or not at all (save_error); dicts as JSON."""
+        spec, elsewhere = record.spec, ("spec", "epochs", "gates", "save_error")
+        values = {f.name: getattr(record, f.name) for f in fields(RunRecord) if f.name not in elsewhere}
+        values = {name: _json(v) if isinstance(v, dict) else v for name, v in values.items()}
+        return dict(run_key=spec.key, **spec.columns(), spec=_json(spec.to_dict()), **values, attempts=attempt)
 
     def write(self, record: RunRecord) -> Written:
         """Record an attempt atomically and release this process's claim on the run. It becomes

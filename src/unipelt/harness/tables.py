@@ -1,4 +1,4 @@
-"""The paper's tables as data (rendering is ``report.py``'s job).
+"""The paper's tables as data (rendering is ``report.py``'s job), computed with pandas.
 
 Table 1: methods × tasks, mean ± std over data seeds, one block per model and K.
 Table 2: each UniPELT variant against the best of its submodules, per task (the upper bound).
@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 
 from .spec import DEFAULTS, VARIANTS
@@ -42,8 +41,9 @@ SUBMODULES = {"unipelt-ap": ("adapter", "prefix"), "unipelt-apl": ("adapter", "p
 # Spec fields that split one method into several rows when they vary inside a block (RunSpec's
 # variants: model_id among them, so a model replaced at the same path is never averaged with the
 # first); a field an older store's specs lack has its default.
-VARIANT_FIELDS = VARIANTS
+VARIANT_FIELDS = list(VARIANTS)
 SPEC_DEFAULTS = {f: DEFAULTS.get(f) for f in VARIANTS}
+BLOCK = ("model", "k")  # Table 1 and 2 have one block per model and K
 
 Mark = Literal["best", "second"] | None
 
@@ -77,39 +77,41 @@ def model_name(model: str) -> str:
     return path.parent.name if path.name == "model" else path.name or model
 
 
-def with_variants(runs: pd.DataFrame) -> pd.DataFrame:
-    """Add ``row``: the method name, plus the spec fields that vary between its runs (so two
-    learning rates of one preset are two rows, never averaged together)."""
+def _shown(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def with_variants(runs: pd.DataFrame, scope: tuple[str, ...] = BLOCK) -> pd.DataFrame:
+    """Add the variant fields and ``row``: the method name, plus the fields that vary between
+    its runs within ``scope`` (so two learning rates of one preset in one block are two rows,
+    never averaged together; epochs that differ only between K blocks split no row)."""
     runs = runs.copy()
-    for field_ in VARIANT_FIELDS:
-        runs[field_] = runs["spec"].map(lambda s, f=field_: s.get(f, SPEC_DEFAULTS.get(f)))
-    labels = []
-    for _, run in runs.iterrows():
-        same = runs[(runs.method == run.method) & (runs.model == run.model)]
-        varying = [f for f in VARIANT_FIELDS if same[f].nunique() > 1]
-        labels.append(
-            run.method + "".join(f" {f}={run[f]:g}" if isinstance(run[f], float) else f" {f}={run[f]}" for f in varying)
-        )
-    runs["row"] = labels
+    for name in VARIANT_FIELDS:
+        runs[name] = runs["spec"].map(lambda s, name=name: s.get(name, SPEC_DEFAULTS[name]))
+    varying = runs.groupby([*scope, "method"])[VARIANT_FIELDS].transform("nunique") > 1
+    labels = runs[VARIANT_FIELDS].apply(lambda col: " " + col.name + "=" + col.map(_shown)).where(varying, "")
+    runs["row"] = runs["method"] + labels.sum(axis=1)
     return runs
+
+
+def settings_per_k(runs: pd.DataFrame) -> dict[str, pd.Series]:
+    """The variant fields that are one value in each K block but differ between blocks, each as
+    K -> value (K ascending): the settings a line across K joins."""
+    per_k = runs.groupby("k")
+    ks = sorted(runs.k.unique(), key=k_sort_key)
+    one = per_k[VARIANT_FIELDS].nunique().eq(1).all() & runs[VARIANT_FIELDS].nunique().gt(1)
+    return {name: per_k[name].first().reindex(ks) for name in one[one].index}
 
 
 def _fmt(mean: float, std: float, n: int) -> str:
     return f"{100 * mean:.1f}" if n < 2 else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def _marks(means: dict[str, float]) -> dict[str, Mark]:
+def _marks(means: pd.Series) -> dict[str, Mark]:
     """Bold the best and underline the second-best value of a column, compared as displayed
     (one decimal), so equal-looking numbers get the same mark."""
-    shown = {k: round(100 * v, 1) for k, v in means.items() if not np.isnan(v)}
-    ranked = sorted(set(shown.values()), reverse=True)
-    marks: dict[str, Mark] = {}
-    for key, value in shown.items():
-        if value == ranked[0]:
-            marks[key] = "best"
-        elif len(ranked) > 1 and value == ranked[1]:
-            marks[key] = "second"
-    return marks
+    rank = (100 * means).round(1).rank(method="dense", ascending=False)
+    return rank.map({1.0: "best", 2.0: "second"}).dropna().to_dict()
 
 
 def _stats(block: pd.DataFrame) -> pd.DataFrame:
@@ -117,49 +119,34 @@ def _stats(block: pd.DataFrame) -> pd.DataFrame:
     return block.groupby(["row", "task"])["test_metric"].agg(["mean", "std", "count"])
 
 
-def _averages(stats: pd.DataFrame, rows: list[str], tasks: list[str]) -> dict[str, float]:
-    """A row's Avg over tasks: only for rows that have every task of the block."""
-    out = {}
-    for row in rows:
-        means = [stats.loc[(row, t), "mean"] for t in tasks if (row, t) in stats.index]
-        out[row] = float(np.mean(means)) if len(means) == len(tasks) else float("nan")
-    return out
-
-
-def table1_block(block: pd.DataFrame, title: str) -> Table:
+def table1_block(block: pd.DataFrame, title: str, model_runs: pd.DataFrame | None = None) -> Table:
     stats = _stats(block)
-    tasks = ordered(block.task, TASK_ORDER)
-    rows = ordered(block.row, METHOD_ORDER)
-    columns = {t: {r: stats.loc[(r, t), "mean"] for r in rows if (r, t) in stats.index} for t in tasks}
-    columns["avg"] = _averages(stats, rows, tasks)
-    marks = {c: _marks(v) for c, v in columns.items()}
-    body = []
-    for r in rows:
-        cells = [Cell(r)]
-        for t in tasks:
-            if (r, t) in stats.index:
-                s = stats.loc[(r, t)]
-                cells.append(Cell(_fmt(s["mean"], s["std"], s["count"]), marks[t].get(r)))
-            else:
-                cells.append(Cell("–"))
-        avg = columns["avg"][r]
-        cells.append(Cell("–" if np.isnan(avg) else f"{100 * avg:.1f}", marks["avg"].get(r)))
-        body.append(tuple(cells))
+    tasks, rows = ordered(block.task, TASK_ORDER), ordered(block.row, METHOD_ORDER)
+    means = stats["mean"].unstack().reindex(index=rows, columns=tasks)
+    means["avg"] = means.mean(axis=1, skipna=False)  # only for rows that have every task of the block
+    text = stats.apply(lambda s: _fmt(s["mean"], s["std"], s["count"]), axis=1).unstack()
+    text = text.reindex(index=rows, columns=tasks).assign(avg=means["avg"].map(lambda v: f"{100 * v:.1f}"))
+    text = text.where(means.notna(), "–")
+    marks = {column: _marks(means[column]) for column in means}
+    body = tuple((Cell(r), *(Cell(text.at[r, c], marks[c].get(r)) for c in means)) for r in rows)
     header = ("method", *(f"{t.upper()} ({_metric_short(t)})" for t in tasks), "Avg")
-    return Table(title, header, tuple(body), _notes(block))
+    return Table(title, header, body, _notes(block, model_runs))
 
 
 def _metric_short(task: str) -> str:
     return {"accuracy": "acc", "f1": "F1", "matthews": "MCC", "spearman": "ρ"}[TASKS[task].metric]
 
 
-def _notes(block: pd.DataFrame) -> tuple[str, ...]:
+def _notes(block: pd.DataFrame, model_runs: pd.DataFrame | None) -> tuple[str, ...]:
     seeds = block.groupby(["row", "task"]).data_seed.nunique()
     notes = [
         f"Test score ×100, mean ± std over {seeds.min()}–{seeds.max()} data seeds"
         if seeds.min() != seeds.max()
         else f"Test score ×100, mean ± std over {seeds.min()} data seed(s)"
     ]
+    if model_runs is not None and (per_k := settings_per_k(model_runs)):
+        shared = ", ".join(f"{name}={_shown(values[block.k.iloc[0]])}" for name, values in per_k.items())
+        notes.append(f"Every run here has {shared}; other K differ.")
     for task, source in block.drop_duplicates("task")[["task", "test_source"]].itertuples(index=False):
         if source.startswith("carved"):
             notes.append(f"{task.upper()}: test split {source}.")
@@ -177,36 +164,36 @@ def blocks(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
 
 
 def table1(runs: pd.DataFrame) -> list[Table]:
-    return [table1_block(b, f"Table 1 — {model_name(m)}, K={k}") for m, k, b in blocks(runs)]
+    return [table1_block(b, f"Table 1 — {model_name(m)}, K={k}", runs[runs.model == m]) for m, k, b in blocks(runs)]
+
+
+def _table2_rows(stats: pd.DataFrame, means: pd.DataFrame, variant: str, parts: tuple[str, ...]) -> tuple:
+    """The variant's row and its upper bound's, over the tasks where both are known."""
+    mine, bound = [Cell(variant)], [Cell(f"max({', '.join(parts)})")]
+    for task, column in means.items():
+        if pd.isna(column.get(variant)) or column.reindex(list(parts)).isna().any():
+            mine.append(Cell("–"))
+            bound.append(Cell("–"))
+            continue
+        best_part = column[list(parts)].idxmax()
+        s, upper = stats.loc[(variant, task)], column[best_part]
+        mine.append(Cell(_fmt(s["mean"], s["std"], s["count"]), "best" if s["mean"] >= upper else None))
+        bound.append(Cell(f"{100 * upper:.1f} ({best_part})", "best" if upper > s["mean"] else None))
+    return tuple(mine), tuple(bound)
 
 
 def _table2_block(block: pd.DataFrame, title: str) -> Table | None:
     stats = _stats(block)
-    tasks = ordered(block.task, TASK_ORDER)
+    means = stats["mean"].unstack().reindex(columns=ordered(block.task, TASK_ORDER))
     body = []
     for variant, parts in SUBMODULES.items():
-        if variant not in set(block.row):
-            continue
-        if not any((variant, t) in stats.index and all((p, t) in stats.index for p in parts) for t in tasks):
-            continue  # no task has the variant and all its submodules: nothing to compare
-        mine, bound = [Cell(variant)], [Cell(f"max({', '.join(parts)})")]
-        for t in tasks:
-            have = [p for p in parts if (p, t) in stats.index]
-            if (variant, t) not in stats.index or len(have) < len(parts):
-                mine.append(Cell("–"))
-                bound.append(Cell("–"))
-                continue
-            s = stats.loc[(variant, t)]
-            best_part = max(have, key=lambda p: stats.loc[(p, t), "mean"])
-            upper = stats.loc[(best_part, t), "mean"]
-            mine.append(Cell(_fmt(s["mean"], s["std"], s["count"]), "best" if s["mean"] >= upper else None))
-            bound.append(Cell(f"{100 * upper:.1f} ({best_part})", "best" if upper > s["mean"] else None))
-        body += [tuple(mine), tuple(bound)]
-    if not body:
+        if variant in means.index and means.reindex([variant, *parts]).notna().all().any():
+            body += _table2_rows(stats, means, variant, parts)
+    if not body:  # no task has a variant and all its submodules: nothing to compare
         return None
     return Table(
         title,
-        ("method", *(t.upper() for t in tasks)),
+        ("method", *(t.upper() for t in means.columns)),
         tuple(body),
         (
             "Upper bound = the best submodule per task, chosen on test (as in the paper); "
@@ -222,68 +209,64 @@ def table2(runs: pd.DataFrame) -> list[Table]:
     return [t for t in tables if t is not None]
 
 
-def _relative(runs: pd.DataFrame, column: str, invert: bool) -> dict[str, float]:
+def _relative(runs: pd.DataFrame, column: str, invert: bool) -> pd.Series:
     """Per row: mean over (task, K) of (row's mean / full fine-tuning's mean) for ``column``;
     ``invert`` for throughputs, so the result is a relative *time*. The reference is full
     fine-tuning on the same task and K, whatever its row: a sweep over epochs splits "full" into
     rows, and step time and throughput do not depend on the epoch count."""
+    means = runs.groupby(["row", "task", "k"])[column].mean()
     full = runs[runs.method == "full"].groupby(["task", "k"])[column].mean()
-    if full.empty:
-        return {}
-    out = {}
-    for row, block in runs.groupby("row"):
-        ratios = [
-            (full[key] / v if invert else v / full[key])
-            for key, v in block.groupby(["task", "k"])[column].mean().items()
-            if key in full.index
-        ]
-        out[row] = float(np.mean(ratios)) if ratios else float("nan")
-    return out
+    reference = full.reindex(means.index.droplevel("row")).to_numpy()
+    ratio = reference / means if invert else means / reference
+    return ratio.groupby(level="row").mean()
 
 
 def _percent(value: float | None) -> str:
-    return "–" if value is None or np.isnan(value) else f"{100 * value:.0f}%"
+    return "–" if value is None or pd.isna(value) else f"{100 * value:.0f}%"
+
+
+TABLE4_HEADER = tuple(
+    "method|trainable params|inference params|% of full|train s/step|train time vs full|inference ex/s|"
+    "inference time vs full".split("|")
+)
 
 
 def table4(runs: pd.DataFrame) -> list[Table]:
+    """One table per model; a method's rows split by what varies over all its runs there."""
+    runs = with_variants(runs, scope=("model",))
+    runs = runs.assign(
+        trainable=runs.params.map(lambda p: p["total"]),
+        inference=runs.params.map(lambda p: p.get("inference", p["total"])),
+    )
     tables = []
-    for model in sorted(runs.model.unique()):
-        sub = runs[runs.model == model]
-        train_rel = _relative(sub, "train_s_per_step", invert=False)
-        infer_rel = _relative(sub, "infer_ex_per_s", invert=True)
-        full_params = sub[sub.method == "full"].params.map(lambda p: p["total"])
-        body = []
-        for row in ordered(sub.row, METHOD_ORDER):
-            r = sub[sub.row == row]
-            params = int(r.params.map(lambda p: p["total"]).median())
-            inference = int(r.params.map(lambda p: p.get("inference", p["total"])).median())
-            share = f"{100 * params / full_params.median():.2f}%" if len(full_params) else "–"
-            body.append(
-                (
-                    Cell(row),
-                    Cell(f"{params:,}"),
-                    Cell(f"{inference:,}"),
-                    Cell(share),
-                    Cell(f"{r.train_s_per_step.mean():.3f}"),
-                    Cell(_percent(train_rel.get(row))),
-                    Cell(f"{r.infer_ex_per_s.mean():.0f}"),
-                    Cell(_percent(infer_rel.get(row))),
-                )
+    for model, sub in runs.groupby("model", sort=True):
+        per_row = sub.groupby("row").agg(
+            trainable=("trainable", "median"),
+            inference=("inference", "median"),
+            step=("train_s_per_step", "mean"),
+            throughput=("infer_ex_per_s", "mean"),
+        )
+        per_row["train_rel"] = _relative(sub, "train_s_per_step", invert=False)
+        per_row["infer_rel"] = _relative(sub, "infer_ex_per_s", invert=True)
+        full = sub[sub.method == "full"].trainable.median()
+        body = tuple(
+            (
+                Cell(row),
+                Cell(f"{int(r.trainable):,}"),
+                Cell(f"{int(r.inference):,}"),
+                Cell("–" if pd.isna(full) else f"{100 * r.trainable / full:.2f}%"),
+                Cell(f"{r.step:.3f}"),
+                Cell(_percent(r.train_rel)),
+                Cell(f"{r.throughput:.0f}"),
+                Cell(_percent(r.infer_rel)),
             )
+            for row, r in per_row.reindex(ordered(sub.row, METHOD_ORDER)).iterrows()
+        )
         tables.append(
             Table(
                 f"Table 4 — {model_name(model)}: parameters and time",
-                (
-                    "method",
-                    "trainable params",
-                    "inference params",
-                    "% of full",
-                    "train s/step",
-                    "train time vs full",
-                    "inference ex/s",
-                    "inference time vs full",
-                ),
-                tuple(body),
+                TABLE4_HEADER,
+                body,
                 (
                     "Parameters exclude the task head. Relative times average the ratios to full fine-tuning "
                     "on the same task and K, over those both were run on.",
