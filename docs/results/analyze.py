@@ -105,6 +105,11 @@ def averages(stats: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     return by.sort_values(["k", "rank"])
 
 
+def tied(means: pd.Series, value: float) -> str:
+    """Every method whose mean rounds to ``value`` (several answer the same constant on some tasks)."""
+    return "/".join(m for m, x in means.items() if round(x, 1) == round(value, 1))
+
+
 def per_task(stats: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     """Per complete (K, task): best, worst, best single method and each UniPELT's margin over it."""
     rows = []
@@ -114,9 +119,9 @@ def per_task(stats: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
         row = {
             "K": k,
             "task": task,
-            "best": means.idxmax(),
-            "worst": means.idxmin(),
-            "best single": singles.idxmax(),
+            "best": tied(means, means.max()),
+            "worst": tied(means, means.min()),
+            "best single": tied(singles, singles.max()),
             "its score": singles.max(),
         }
         for m in UNIPELT:
@@ -241,7 +246,7 @@ def fmt(x: float) -> str:
 
 
 def signed(x: float) -> str:
-    return f"{x:+.1f}"
+    return f"{x:+.1f}" if round(x, 1) != 0 else "±0.0"
 
 
 def uncut_summary(uncut: Study) -> str:
@@ -271,7 +276,7 @@ def uncut_summary(uncut: Study) -> str:
             f"on {(margins >= 0).sum()} of {len(margins)} tasks ({per})."
         )
     worst = tasks["worst"]
-    hits = [f"{t} ({w})" for (_, t), w in worst.items() if w in UNIPELT]
+    hits = [f"{t} ({w})" for (_, t), w in worst.items() if set(w.split("/")) & set(UNIPELT)]
     where = ", ".join(f"{t}: {w}" for (_, t), w in worst.items())
     out.append(
         f"- **Never the worst**: {'true' if not hits else 'false, on ' + ', '.join(hits)} (worst per task: {where})."
