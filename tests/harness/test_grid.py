@@ -62,6 +62,10 @@ def test_every_train_setting_is_a_sweep_flag_and_a_grid_key(tmp_path, tiny_model
     from_flags = make_grid(tasks="rte", presets="lora", model=tiny_model, batch_size=4, max_length=64, bf16=True)
     assert (from_file.batch_size, from_file.max_length, from_file.bf16) == (4, 64, True)
     assert from_flags.specs()[0].key == from_file.key != replace(from_file, bf16=False).key
+    with pytest.raises(UniPeltError, match="bf16 must be true or false, got 1"):
+        replace(from_file, bf16=1)  # RunSpec checks each field by its type
+    with pytest.raises(UniPeltError, match="max-length must be a positive integer, got 0"):
+        replace(from_file, max_length=0)
     grid.write_text('tasks = ["rte"]\npresets = ["lora"]\nbf16 = "yes"\n')
     with pytest.raises(UniPeltError, match="grid setting 'bf16' must be true or false, got 'yes'"):
         make_grid(grid)

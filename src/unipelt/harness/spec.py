@@ -68,20 +68,20 @@ class RunSpec:
     )
 
     def __post_init__(self) -> None:
+        """Each field checked by its type: a seed is what numpy's seeding takes, any other int
+        positive (``type()``: True is an int to isinstance), a bool a bool."""
         if not isinstance(self.config, PeltConfig):
             raise HarnessError(f"a run's config must be a PeltConfig, got {type(self.config).__name__}")
-        for name in ("epochs", "patience", "batch_size", "max_length", "dev_size"):
-            value = getattr(self, name)
-            if type(value) is not int or value < 1:  # type(): True is an int to isinstance
-                raise HarnessError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        for name in ("data_seed", "model_seed"):
-            value = getattr(self, name)
-            if type(value) is not int or not 0 <= value < 2**32:  # what numpy's seeding takes
-                raise HarnessError(f"{name.replace('_', '-')} must be an integer from 0 to 2**32 - 1, got {value!r}")
+        for name, kind in TYPES.items():
+            value, flag = getattr(self, name), name.replace("_", "-")
+            if kind is int and name.endswith("seed") and (type(value) is not int or not 0 <= value < 2**32):
+                raise HarnessError(f"{flag} must be an integer from 0 to 2**32 - 1, got {value!r}")
+            if kind is int and not name.endswith("seed") and (type(value) is not int or value < 1):
+                raise HarnessError(f"{flag} must be a positive integer, got {value!r}")
+            if kind is bool and type(value) is not bool:
+                raise HarnessError(f"{flag} must be true or false, got {value!r}")
         if type(self.lr) not in (int, float) or not self.lr > 0:
             raise HarnessError(f"the learning rate must be a positive number, got {self.lr!r}")
-        if type(self.bf16) is not bool:
-            raise HarnessError(f"bf16 must be true or false, got {self.bf16!r}")
         check_objective(self.objective, get_task(self.task))
 
     @property
