@@ -17,6 +17,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 
 from .. import DEFAULT_LEARNING_RATES, PRESETS, PeltConfig, get_preset
@@ -180,13 +181,6 @@ def make_spec(
         **options,
     )
     check_model(spec.model, objective=spec.objective, max_length=spec.max_length)
-    if spec.bf16:
-        _check_bf16()
-    return spec
-
-
-def _check_bf16() -> None:
-    import torch
-
-    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+    if spec.bf16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise HarnessError(f"--bf16: GPU {torch.cuda.get_device_name()} does not support bf16")
+    return spec

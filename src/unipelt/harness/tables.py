@@ -155,12 +155,8 @@ def _notes(block: pd.DataFrame, model_runs: pd.DataFrame | None) -> tuple[str, .
 
 def blocks(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     """(model, K, runs) per block, K ascending."""
-    out = []
-    for model in sorted(runs.model.unique()):
-        sub = runs[runs.model == model]
-        for k in sorted(sub.k.unique(), key=k_sort_key):
-            out.append((model, k, sub[sub.k == k]))
-    return out
+    groups = runs.groupby(["model", "k"])
+    return [(m, k, groups.get_group((m, k))) for m, k in sorted(groups.groups, key=lambda b: (b[0], k_sort_key(b[1])))]
 
 
 def table1(runs: pd.DataFrame) -> list[Table]:
