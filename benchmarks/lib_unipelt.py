@@ -2,7 +2,13 @@ from minilm import load
 
 import unipelt
 
-INFERENCE = {"lora": unipelt.merge, "prefix": unipelt.fold, "unipelt-apl": unipelt.fold, "mam": unipelt.fold}
+INFERENCE = {
+    "lora": unipelt.merge,
+    "prefix": unipelt.fold,
+    "unipelt-ap": unipelt.fold,
+    "unipelt-apl": unipelt.fold,
+    "mam": unipelt.fold,
+}
 
 
 def build(method):

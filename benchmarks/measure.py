@@ -84,16 +84,19 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def measure(model, device: str, trainable: int, prepare_inference=None, load_plain=None) -> dict:
+def measure(model, device: str, trainable: int, prepare_inference=None, load_plain=None, compile=False) -> dict:
     """Train first (peak memory is the process's peak, so one model per process), then infer,
-    alternating with the plain model from ``load_plain`` when given."""
+    alternating with the plain model from ``load_plain`` when given. With ``compile``, each model
+    runs through ``torch.compile`` (inductor); warm-up steps absorb the compile time."""
+    wrap = torch.compile if compile else (lambda m: m)
     model.to(device)
     result = {
         "trainable": trainable,
-        "train_step_s": train_step_seconds(model, device),
+        "train_step_s": train_step_seconds(wrap(model), device),
         "peak_train_mb": peak_memory_mb(device),
     }
     if prepare_inference is not None:
-        model = prepare_inference(model) or model
-    result.update(inference(model, device, load_plain() if load_plain else None))
+        model = prepare_inference(model) or model  # on the eager module: folding changes its code path
+    plain = wrap(load_plain().to(device)) if load_plain else None
+    result.update(inference(wrap(model), device, plain))
     return result

@@ -1,6 +1,7 @@
 """Benchmark unipelt against HF peft and AdapterHub adapters on the offline MiniLM, in one run.
 
-    python benchmarks/run.py [--device cpu|cuda] [--methods lora,prefix,...] [--out docs/benchmarks/results.md]
+    python benchmarks/run.py [--device cpu|cuda] [--methods lora,prefix,...] [--repeats 3] [--compile]
+                             [--out docs/benchmarks/results.md]
 
 Creates the comparators' environments on first use (``adapters`` 1.3.0 needs transformers
 4.57.6, so it gets its own venv under benchmarks/.envs/; ``peft`` runs beside unipelt), measures
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -22,7 +24,7 @@ from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 ENVS = HERE / ".envs"
-METHODS = ("frozen", "full", "lora", "prefix", "adapter", "unipelt-apl", "mam")
+METHODS = ("frozen", "full", "lora", "prefix", "adapter", "unipelt-ap", "unipelt-apl", "mam")
 LIBRARIES = ("unipelt", "peft", "adapters")
 
 
@@ -42,9 +44,11 @@ def _python(library: str) -> str:
     return _adapters_python() if library == "adapters" else sys.executable
 
 
-def _measure(library: str, method: str, device: str) -> dict:
+def _measure(library: str, method: str, device: str, compiled: bool = False) -> dict:
     proc = subprocess.run(
-        [_python(library), str(HERE / "worker.py"), library, method, device], capture_output=True, text=True
+        [_python(library), str(HERE / "worker.py"), library, method, device, *(["compile"] if compiled else [])],
+        capture_output=True,
+        text=True,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -79,48 +83,55 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def targets(results: list[dict]) -> str:
-    get = {(r["library"], r["method"]): r for r in results if "train_step_s" in r}
-    checks = [
-        (
-            "UniPELT-APL train step ≤ 0.85× adapters",
-            ("unipelt", "unipelt-apl"),
-            ("adapters", "unipelt-apl"),
-            "train_step_s",
-            0.85,
-        ),
-        ("MAM train step ≤ 0.85× adapters", ("unipelt", "mam"), ("adapters", "mam"), "train_step_s", 0.85),
-        ("LoRA train step ≤ 1.0× peft", ("unipelt", "lora"), ("peft", "lora"), "train_step_s", 1.0),
-        (
-            "UniPELT-APL inference (b=64) ≤ 1.10× the plain model",
-            ("unipelt", "unipelt-apl"),
-            ("unipelt", "unipelt-apl"),
-            "infer",
-            1.10,
-        ),
-        (
-            "merged LoRA inference (b=64) = 1.00× the plain model (≤ 1.02)",
-            ("unipelt", "lora"),
-            ("unipelt", "lora"),
-            "infer",
-            1.02,
-        ),
-    ]
-    lines = ["| target | measured | verdict |", "|---|---:|---|"]
-    for name, a, b, key, limit in checks:
-        if a not in get or b not in get:
-            lines.append(f"| {name} | – | not measured |")
+# (name, measured row, reference row, what is compared, limit); "plain" compares with the plain model
+TARGETS = [
+    ("UniPELT-APL train step ≤ 0.85× adapters", ("unipelt", "unipelt-apl"), ("adapters", "unipelt-apl"), 0.85),
+    ("MAM train step ≤ 0.85× adapters", ("unipelt", "mam"), ("adapters", "mam"), 0.85),
+    ("LoRA train step ≤ 0.95× peft", ("unipelt", "lora"), ("peft", "lora"), 0.95),
+    ("UniPELT-APL inference (b=64) ≤ 1.05× the plain model", ("unipelt", "unipelt-apl"), "plain", 1.05),
+    ("UniPELT-AP inference (b=64) ≤ 1.03× the plain model", ("unipelt", "unipelt-ap"), "plain", 1.03),
+    ("merged LoRA inference (b=64) ≤ 1.02× the plain model", ("unipelt", "lora"), "plain", 1.02),
+]
+
+
+def ratio(rows: dict, a: tuple, b) -> float | None:
+    if a not in rows or (b != "plain" and b not in rows):
+        return None
+    if b == "plain":  # timed alternately with the plain model in the same process
+        return rows[a].get("infer_vs_plain")
+    return rows[a]["train_step_s"] / rows[b]["train_step_s"]
+
+
+def targets(repeats: list[list[dict]]) -> str:
+    """Each target's ratio per repeat of the whole comparison: the median decides, min–max is the noise."""
+    per = [{(r["library"], r["method"]): r for r in rs if "train_step_s" in r} for rs in repeats]
+    lines = ["| target | median | min–max over repeats | repeats | verdict |", "|---|---:|---:|---:|---|"]
+    for name, a, b, limit in TARGETS:
+        values = [v for rows in per if (v := ratio(rows, a, b)) is not None]
+        if not values:
+            lines.append(f"| {name} | – | – | 0 | not measured |")
             continue
-        if key == "infer":  # timed alternately with the plain model in the same process
-            value = get[a].get("infer_vs_plain")
-            if value is None:
-                lines.append(f"| {name} | – | not measured |")
-                continue
-        else:
-            value = get[a][key] / get[b][key]
-        verdict = "met" if value <= limit else f"missed by {100 * (value / limit - 1):.0f}%"
-        lines.append(f"| {name} | {value:.2f}× | {verdict} |")
+        mid = statistics.median(values)
+        verdict = "met" if mid <= limit else f"missed by {100 * (mid / limit - 1):.0f}%"
+        lines.append(f"| {name} | {mid:.2f}× | {min(values):.2f}–{max(values):.2f}× | {len(values)} | {verdict} |")
     return "\n".join(lines)
+
+
+def medians(repeats: list[list[dict]]) -> list[dict]:
+    """One row per (library, method): the median of every number over the repeats."""
+    grouped: dict[tuple, list[dict]] = {}
+    for rs in repeats:
+        for r in rs:
+            grouped.setdefault((r["library"], r["method"]), []).append(r)
+    out = []
+    for rows in grouped.values():
+        done = [r for r in rows if "train_step_s" in r]
+        if not done:
+            out.append(rows[0])
+            continue
+        numbers = {k: statistics.median(r[k] for r in done) for k, v in done[0].items() if isinstance(v, float)}
+        out.append({**done[0], **numbers})
+    return out
 
 
 def main() -> None:
@@ -129,19 +140,29 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--libraries", default=",".join(LIBRARIES))
     parser.add_argument("--out", default=str(HERE.parent / "docs" / "benchmarks" / "results.md"))
+    parser.add_argument("--repeats", type=int, default=3, help="times the whole comparison runs (default 3)")
+    parser.add_argument("--compile", action="store_true", help="also measure unipelt under torch.compile")
     args = parser.parse_args()
-    jobs = [(lib, m) for m in args.methods.split(",") for lib in args.libraries.split(",")]
-    results = []
-    for lib, method in tqdm(jobs, desc="benchmark", unit="run"):
-        results.append(_measure(lib, method, args.device))
-        tqdm.write(json.dumps(results[-1]))
+    jobs = [(lib, m, False) for m in args.methods.split(",") for lib in args.libraries.split(",")]
+    if args.compile:
+        jobs += [("unipelt", m, True) for m in args.methods.split(",")]
+    repeats = []
+    with tqdm(total=len(jobs) * args.repeats, desc="benchmark", unit="run") as bar:
+        for _ in range(args.repeats):  # whole comparisons, one after another: drift shows as spread
+            repeats.append([])
+            for lib, method, compiled in jobs:
+                repeats[-1].append(_measure(lib, method, args.device, compiled))
+                tqdm.write(json.dumps(repeats[-1][-1]))
+                bar.update()
+    results = medians(repeats)
     body = (
         f"# Benchmark results\n\nGenerated by `python benchmarks/run.py` on "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, device `{args.device}` "
         f"({platform.processor() or platform.machine()}), offline all-MiniLM-L6-v2, "
         f"train batch 16 × 128 tokens, inference batch 64 × 128 and 1 × 128. Medians over "
-        f"repeated steps after warm-up; each row in a fresh process.\n\n{table(results)}\n\n"
-        f"## Targets (issue 4)\n\n{targets(results)}\n"
+        f"repeated steps after warm-up; each row in a fresh process; every number is the median over "
+        f"{args.repeats} repeats of the whole comparison.\n\n{table(results)}\n\n"
+        f"## Targets (issue 18)\n\n{targets(repeats)}\n"
     )
     skipped = [
         f"{r['library']}/{r['method']}: {r.get('skipped') or r.get('error')}"

@@ -1,4 +1,4 @@
-"""One measurement in a fresh process: ``python worker.py LIBRARY METHOD DEVICE`` prints JSON.
+"""One measurement in a fresh process: ``python worker.py LIBRARY METHOD DEVICE [compile]`` prints JSON.
 
 A process per (library, method) keeps peak memory honest and lets each library run in its own
 environment (AdapterHub ``adapters`` needs transformers 4.57, unipelt and peft need 5.x).
@@ -15,11 +15,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from measure import measure  # noqa: E402
 
-METHODS = ("frozen", "full", "lora", "prefix", "adapter", "unipelt-apl", "mam")
+METHODS = ("frozen", "full", "lora", "prefix", "adapter", "unipelt-ap", "unipelt-apl", "mam")
 
 
 def main() -> None:
     library, method, device = sys.argv[1:4]
+    compiled = sys.argv[4:5] == ["compile"]
     torch.manual_seed(0)
     if os.environ.get("BENCH_THREADS"):
         torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
@@ -29,8 +30,9 @@ def main() -> None:
         print(json.dumps({"library": library, "method": method, "skipped": "no equivalent"}))
         return
     model, trainable, prepare = built
-    result = measure(model, device, trainable, prepare, load_plain=getattr(lib, "load", None))
-    print(json.dumps({"library": library, "method": method, **result}))
+    result = measure(model, device, trainable, prepare, load_plain=getattr(lib, "load", None), compile=compiled)
+    label = f"{library} (compiled)" if compiled else library
+    print(json.dumps({"library": label, "method": method, **result}))
 
 
 if __name__ == "__main__":
