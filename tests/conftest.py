@@ -117,6 +117,38 @@ CONFIGS = {
     "gemma2": lambda **kw: transformers.Gemma2Config(
         **{**TINY, **SPECIAL, "num_key_value_heads": 2, "head_dim": 8, "sliding_window": 4, **kw}
     ),
+    # fused c_attn = [q; k; v] in Conv1D layout (W stored (in, out)), learned absolute positions
+    "gpt2": lambda **kw: transformers.GPT2Config(
+        **{
+            "vocab_size": 120,
+            "n_embd": 32,
+            "n_layer": 2,
+            "n_head": 4,
+            "n_inner": 64,
+            "n_positions": 64,
+            "num_labels": 3,
+            **SPECIAL,
+            **kw,
+        }
+    ),
+    # fused qkv_proj with grouped-query heads (4 q, 2 kv), fused gate_up_proj, rotary on half of each head
+    "phi3": lambda **kw: transformers.Phi3Config(
+        **{**TINY, **SPECIAL, "num_key_value_heads": 2, "partial_rotary_factor": 0.5, **kw}
+    ),
+    # fused Wqkv; layer 0 global, layer 1 local with a window (4) shorter than the test batch
+    "modernbert": lambda **kw: transformers.ModernBertConfig(
+        **{
+            **TINY,
+            "pad_token_id": 1,
+            "bos_token_id": 0,
+            "cls_token_id": 0,
+            "eos_token_id": 2,
+            "sep_token_id": 2,
+            "local_attention": 4,
+            "global_attn_every_n_layers": 2,
+            **kw,
+        }
+    ),
 }
 CONFIGS["t5-encoder"] = CONFIGS["t5"]
 
@@ -157,22 +189,29 @@ CLASSIFIERS = {
     "mbart": transformers.MBartForSequenceClassification,
     "t5-encoder": T5EncoderClassifier,
     "deberta-v2": transformers.DebertaV2ForSequenceClassification,
+    "gpt2": transformers.GPT2ForSequenceClassification,
+    "phi3": transformers.Phi3ForSequenceClassification,
+    "modernbert": transformers.ModernBertForSequenceClassification,
 }
-GENERATORS = {
-    "llama": LlamaForCausalLM,
+# the LMs every generation invariant runs on (tests/test_generation.py: cached == uncached decoding
+# token for token, beam search, the causal mask with prefix keys in front); decoder-only ones
+# generate after left padding
+SEQ2SEQ_LMS = {
     "bart": BartForConditionalGeneration,
     "t5": T5ForConditionalGeneration,
     "mbart": transformers.MBartForConditionalGeneration,
 }
-# decoder-only LMs beyond Llama: tests/test_arch_generation.py runs the generation invariants on them
-# (test_generation.py pads and feeds inputs Llama's way, by name)
 DECODER_LMS = {
+    "llama": LlamaForCausalLM,
     "mistral": transformers.MistralForCausalLM,
     "qwen2": transformers.Qwen2ForCausalLM,
     "qwen3": transformers.Qwen3ForCausalLM,
     "gemma": transformers.GemmaForCausalLM,
     "gemma2": transformers.Gemma2ForCausalLM,
+    "gpt2": transformers.GPT2LMHeadModel,
+    "phi3": transformers.Phi3ForCausalLM,
 }
+LMS = {**SEQ2SEQ_LMS, **DECODER_LMS}
 # each classifier's task head, trained with every method (peft's modules_to_save)
 HEADS = {
     "bert": "classifier",
@@ -190,6 +229,9 @@ HEADS = {
     "mbart": "classification_head",
     "t5-encoder": "classifier",
     "deberta-v2": "classifier",
+    "gpt2": "score",
+    "phi3": "score",
+    "modernbert": "classifier",
 }
 # (test function, architecture) -> why that shared invariant does not apply there; reported as skipped
 NOT_APPLICABLE = {
@@ -223,6 +265,16 @@ for _test in (
     "test_every_preset_mixed_in_one_batch",
 ):
     NOT_APPLICABLE[(_test, "deberta-v2")] = _DEBERTA + ": the test uses a prefix"
+_FUSED = (
+    "peft's LoRA on a fused [q; k; v] map adapts all of it with one A and B; unipelt's q and v LoRAs "
+    "own their rows of it, which peft cannot express (tests/test_arch_fused.py checks them by hand)"
+)
+for _arch in ("gpt2", "phi3", "modernbert"):
+    for _test in (
+        "test_same_lora_weights_give_the_same_logits_as_peft",
+        "test_a_peft_lora_checkpoint_imports_with_identical_logits",
+    ):
+        NOT_APPLICABLE[(_test, _arch)] = _FUSED
 ARCHS = {arch: (lambda arch=arch, **kw: CLASSIFIERS[arch](CONFIGS[arch](**kw))) for arch in CLASSIFIERS}
 
 
@@ -234,7 +286,7 @@ def build(arch: str = "bert", seed: int = 0, **kw):
 def build_lm(arch: str, seed: int = 0, **kw):
     """A tiny causal or seq2seq LM for generation tests."""
     torch.manual_seed(seed)
-    return {**GENERATORS, **DECODER_LMS}[arch](CONFIGS[arch](**kw)).eval()
+    return LMS[arch](CONFIGS[arch](**kw)).eval()
 
 
 def batch(seed: int = 1, b: int = 3, t: int = 9) -> dict:

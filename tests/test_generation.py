@@ -1,25 +1,35 @@
-"""Generation with every preset on tiny decoder-only and encoder-decoder LMs.
+"""Generation with every preset on every tiny LM of the table (conftest.LMS: encoder-decoders
+and decoder-only models alike).
 
 The reference for cached decoding is uncached decoding (``use_cache=False``), which recomputes
 the whole sequence every step: prefixes, masks, positions and gates must agree between the two.
+Decoder-only models generate after left padding. Architecture-specific generation checks
+(sliding windows) are in tests/test_arch_generation.py.
 """
 
 import pytest
 import torch
-from conftest import GENERATORS, batch, build_lm, randomize
+from conftest import DECODER_LMS, LMS, batch, build_lm, randomize
 from transformers import DynamicCache
 
 import unipelt
 from unipelt import UniPeltError
+from unipelt.arch import spec_for
 
 PRESETS = sorted(unipelt.PRESETS)
 PREFIXED = ["prefix", "mam", "unipelt-ap", "unipelt-apl"]
+# Qwen2/3 and Gemma run Llama's (and Mistral's) module code paths: there only the presets that
+# touch attention, where their quirks are (q/k norms, head_dim, scaled embeddings)
+LLAMA_LIKE = {"qwen2", "qwen3", "gemma"}
+ATTENTION_PRESETS = {*PREFIXED, "prompt", "lora", "adapter", "mh-parallel-adapter"}
+# Gemma-2 has no sdpa attention in transformers (sdpa cannot soft-cap its logits)
+SDPA = sorted(a for a in LMS if LMS[a]._supports_sdpa)
 
 
 def _inputs(arch: str) -> dict:
     """The padded test batch; decoder-only models generate after left padding."""
     b = batch()
-    if arch != "llama":
+    if arch not in DECODER_LMS:
         return b
     ids, mask = torch.ones_like(b["input_ids"]), torch.zeros_like(b["attention_mask"])
     for i, n in enumerate(b["attention_mask"].sum(1).tolist()):
@@ -41,19 +51,21 @@ def _generate(model, inputs, use_cache, **kw):
         )
 
 
-def _trained(arch, preset):
-    model = unipelt.apply(build_lm(arch), preset)
+def _trained(arch, preset, **kw):
+    model = unipelt.apply(build_lm(arch, **kw), preset)
     randomize(model, std=0.05 if preset == "full" else 0.3)  # large enough to move the tokens
     return model
 
 
-@pytest.fixture(params=sorted(GENERATORS))
+@pytest.fixture(params=sorted(LMS))
 def lm_arch(request):
     return request.param
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_cached_greedy_generation_matches_uncached_decoding(lm_arch, preset):
+    if lm_arch in LLAMA_LIKE and preset not in ATTENTION_PRESETS:
+        pytest.skip("same code path as Llama's and Mistral's, tested there")
     model = _trained(lm_arch, preset)
     cached, uncached = (_generate(model, _inputs(lm_arch), c) for c in (True, False))
     assert torch.equal(cached.sequences, uncached.sequences)
@@ -68,15 +80,16 @@ def test_cached_beam_search_matches_uncached(lm_arch, preset):
     assert (cached.sequences_scores - uncached.sequences_scores).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("arch", SDPA)
 @pytest.mark.parametrize("preset", ["prefix", "unipelt-apl"])
-def test_prefix_without_padding_gets_a_causal_mask_aligned_to_the_last_keys(lm_arch, preset):
+def test_prefix_without_padding_gets_a_causal_mask_aligned_to_the_last_keys(arch, preset):
     """Without padding sdpa gets mask=None and is_causal=True, whose top-left alignment is wrong
     once prefix keys are prepended; eager attention always gets a materialised mask."""
     ids = batch()["input_ids"][:, :6]
-    inputs = {"input_ids": ids} if lm_arch == "llama" else {"input_ids": ids, "decoder_input_ids": ids}
+    inputs = {"input_ids": ids} if arch in DECODER_LMS else {"input_ids": ids, "decoder_input_ids": ids}
     out = []
     for impl in ("sdpa", "eager"):
-        model = unipelt.apply(build_lm(lm_arch, attn_implementation=impl), preset)
+        model = unipelt.apply(build_lm(arch, attn_implementation=impl), preset)
         randomize(model, std=0.3)
         with torch.no_grad():
             out.append(model(**inputs).logits)
@@ -119,24 +132,29 @@ def test_gates_in_causal_layers_do_not_see_later_tokens():
     assert (full[:, :4] - head).abs().max() < 1e-5
 
 
-def test_causal_prompt_equals_the_prompt_in_front_of_the_input():
+@pytest.mark.parametrize("arch", ["llama", "phi3", "gpt2"])
+def test_causal_prompt_equals_the_prompt_in_front_of_the_input(arch):
     """A decoder's prompt, served as per-layer keys/values, gives the logits that running the
-    plain model on [prompt; input] gives at the input's positions."""
-    model, plain = unipelt.apply(build_lm("llama"), "prompt"), build_lm("llama")
+    plain model on [prompt; input] gives at the input's positions. Rotary models: the prompt at
+    0..l-1 and the input after it; learned absolute positions (GPT-2): the input keeps its own
+    positions (arch.ArchSpec.absolute_positions)."""
+    model, plain = unipelt.apply(build_lm(arch), "prompt"), build_lm(arch)
     randomize(model, std=1.0)
-    inputs = _inputs("llama")  # left padded: the prompt then sits right before the first real token
+    inputs = _inputs(arch)  # left padded: the prompt then sits right before the first real token
     prompt = model.pelt_prompt.embeddings.detach()
     b, length = inputs["input_ids"].shape[0], prompt.shape[0]
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     positions = (mask.cumsum(1) - 1).clamp(min=0)  # as generate() gives left-padded rows: 0 at the first real token
+    shift = 0 if spec_for(model).absolute_positions else length
     with torch.no_grad():
         ours = model(**inputs, position_ids=positions).logits
         real = torch.cat([prompt.expand(b, -1, -1), plain.get_input_embeddings()(ids)], dim=1)
-        positions = torch.cat([torch.arange(length).expand(b, -1), length + positions], dim=1)
+        positions = torch.cat([torch.arange(length).expand(b, -1), shift + positions], dim=1)
         mask = torch.cat([mask.new_ones(b, length), mask], dim=1)
         theirs = plain(inputs_embeds=real, attention_mask=mask, position_ids=positions).logits[:, length:]
     keep = inputs["attention_mask"].bool()
     assert (ours - theirs)[keep].abs().max() < 1e-5
+    assert (ours - plain(**inputs, position_ids=positions[:, length:]).logits)[keep].abs().max() > 1e-3
 
 
 def _prompt_gradient(**checkpointing) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Everything that depends on transformers' attention and mask interfaces, in one file.
+"""Everything that depends on transformers' attention and mask interfaces, in one file, and the
+one transformers layer class the methods must recognise (GPT-2's ``Conv1D``, see ``weight_out_in``).
 
 Prefix tuning needs the attention computation itself. Transformers 5 models call a function
 looked up in ``ALL_ATTENTION_FUNCTIONS`` with the attention module first and the layer's extra
@@ -22,6 +23,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+from transformers.pytorch_utils import Conv1D
 
 from .errors import UniPeltError
 
@@ -222,19 +224,17 @@ def use_pelt_attention(model: nn.Module, prompt_at: int = 0) -> None:
 def token_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
     """(B, T) bool: which of the last ``length`` key positions are real tokens.
 
-    Reads the 4-D mask a layer receives. The last query row sees every real token under both
-    bidirectional and causal masks. None means no padding.
+    Reads the 4-D mask a layer receives: a key is real when some query sees it. One query row is
+    not enough: under a sliding window (ModernBERT's local layers) the last query sees only its
+    neighbours, and DeBERTa's 0/1 product mask m_i·m_j gives a padded query no key at all. None
+    means no padding.
     """
     if attention_mask is None or attention_mask.ndim != 4:
         return None
-    if not attention_mask.dtype.is_floating_point and attention_mask.dtype != torch.bool:
-        # DeBERTa's 0/1 product mask m_i·m_j: a padded last query sees nothing; a key is real
-        # when some query sees it
-        return attention_mask[:, 0, :, -length:].bool().any(dim=1)
-    row = attention_mask[:, 0, -1, -length:]
-    if row.dtype == torch.bool:
-        return row
-    return row > torch.finfo(row.dtype).min / 2
+    m = attention_mask[:, 0, :, -length:]  # (B, T_q, T)
+    if m.dtype.is_floating_point:
+        m = m > torch.finfo(m.dtype).min / 2
+    return m.bool().any(dim=1)
 
 
 def checkpointing_layers(model: nn.Module) -> list[nn.Module]:
@@ -248,6 +248,40 @@ def reentrant_checkpointing(module: nn.Module) -> bool:
     return bool(getattr(fn, "keywords", {}).get("use_reentrant", False))
 
 
+def output_cache(output):
+    """The cache a model output returns: ``cache`` in recent 5.x releases (5.24 here, where reading
+    ``past_key_values`` warns), ``past_key_values`` in earlier ones."""
+    cache = output.get("cache")
+    return cache if cache is not None else output.past_key_values
+
+
 def cached_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Every layer's (keys, values) held by a transformers 5 ``DynamicCache``, each (B, H_kv, T, dh)."""
     return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    return isinstance(module, Conv1D)
+
+
+def is_linear(module: nn.Module) -> bool:
+    """An ``nn.Linear`` or GPT-2's ``Conv1D``: a linear map LoRA can wrap."""
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def features(linear: nn.Module) -> tuple[int, int]:
+    """(d_in, d_out) of a linear map: an ``nn.Linear`` or GPT-2's ``Conv1D`` (``nx``, ``nf``), also
+    under unipelt's wrappers (``.base_layer``)."""
+    while not isinstance(linear, (nn.Linear, Conv1D)) and hasattr(linear, "base_layer"):
+        linear = linear.base_layer
+    if isinstance(linear, Conv1D):
+        return linear.nx, linear.nf
+    return linear.in_features, linear.out_features
+
+
+def weight_out_in(linear: nn.Module) -> torch.Tensor:
+    """The weight of a linear map as (d_out, d_in), a view: in-place updates change the layer.
+
+    ``Conv1D`` computes ``x W + b`` with W stored (d_in, d_out), the transpose of ``nn.Linear``'s.
+    """
+    return linear.weight.T if isinstance(linear, Conv1D) else linear.weight

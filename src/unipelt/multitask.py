@@ -42,7 +42,7 @@ from .methods.bitfit import BitFitConfig, FullFineTuning
 from .methods.ia3 import IA3Linear
 from .methods.lora import LoRALinear
 from .methods.prefix import PrefixConfig
-from .methods.prompt import CausalPrompt, PeltEmbeddings, PromptConfig
+from .methods.prompt import CausalPrompt, PeltEmbeddings, PeltPositions, PromptConfig
 from .wrappers import PeltHeadOutput, PeltLayer, PeltPostNorm, PeltSublayer, Wrapper
 
 
@@ -88,6 +88,8 @@ class _OnRows:
 
 
 def _changes_output(entry) -> bool:
+    if isinstance(entry, PeltPositions):
+        return False
     if isinstance(entry, PeltSublayer):
         return bool(entry.pelt_adapter_parallel or entry.pelt_adapter_sequential)
     if isinstance(entry, IA3Linear):
@@ -120,6 +122,9 @@ class Site(Wrapper):
 
     def _before(self, active, args, kwargs):
         x = args[0] if args else kwargs.get("hidden_states")
+        lengthen = next((e for _, e, _ in active if isinstance(e, PeltPositions)), None)
+        if lengthen is not None:  # rotary positions for the widest prompt: every row's layout has them
+            return (x, lengthen.lengthen(x, args[1]), *args[2:]), kwargs
         scaled = [(e, r) for _, e, r in active if isinstance(e, IA3Linear) and e.on == "input"]
         if scaled:
             x = x.clone()
@@ -178,7 +183,7 @@ class Site(Wrapper):
                 with _OnRows(e, r):
                     h[r] += e.delta(x[r])
             elif isinstance(e, IA3Linear) and e.on == "output":
-                h[r] *= e.pelt_ia3
+                h[r] *= e.factor()
             elif isinstance(e, PeltSublayer):
                 h[r] = self._adapters(e, x[r], h[r], r)
             elif isinstance(e, (PeltPostNorm, PeltHeadOutput)):
@@ -380,12 +385,12 @@ class MultiTask:
 
     def _graft(self, task: Task) -> None:
         wrappers = [(n, m) for n, m in task.model.named_modules() if isinstance(m, Wrapper)]
-        seen: set[str] = set()
+        at: dict[str, list] = {}
         for name, module in wrappers:
-            path = _canonical(name)
-            if path in seen:
+            at.setdefault(_canonical(name), []).append(module)
+        for path, modules in at.items():  # LoRA and (IA)³ on different parts of one fused map add up
+            if len(modules) > 1 and not all(isinstance(m, (LoRALinear, IA3Linear)) for m in modules):
                 raise UniPeltError(f"task {task.name!r} puts two modules at {path}: not offered in mixed batches")
-            seen.add(path)
         entries = [(_canonical(n), m) for n, m in wrappers]
         if task.config.of(BitFitConfig):
             recomputed = {p for p, m in entries if isinstance(m, (PeltPostNorm, PeltHeadOutput))}

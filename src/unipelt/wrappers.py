@@ -179,17 +179,20 @@ class PeltHeadOutput(Wrapper):
     reads the frozen query projection of the attention's input x, which ``tap`` holds; the
     projection is looked up on every call so that a LoRA on q, or its merge, is seen as it is."""
 
-    def __init__(self, base_layer: nn.Module, tap: Tap, adapter: nn.Module, owner: nn.Module, query: str):
+    def __init__(self, base_layer: nn.Module, tap: Tap, adapter: nn.Module, owner: nn.Module, query: str, rows=None):
         super().__init__(base_layer)
         self.tap = tap
         self.pelt_adapter_head = adapter
         self.__dict__["owner"] = owner  # the attention module holding q; registered by the layer already
         self.query = query
+        self.rows = rows  # q's output rows when the query projection is fused ([q; k; v]), else None
 
     def forward(self, heads: torch.Tensor) -> torch.Tensor:
         if not self.pelt_active:
             return self.base_layer(heads)
-        q = getattr(self.owner, self.query)(self.tap.value)  # (B, T, H·dh)
+        q = getattr(self.owner, self.query)(self.tap.value)  # (B, T, H·dh), or fused (B, T, ...)
+        if self.rows is not None:
+            q = q[..., self.rows[0] : self.rows[1]]  # (B, T, H·dh)
         return self.base_layer(heads + self.pelt_adapter_head(q, heads))
 
 

@@ -9,6 +9,10 @@ the module its input x enters, and for post-norm models ``norm``, the LayerNorm 
 In pre-norm models (Llama, T5; ``norm=None``) the input module also returns h, the sublayer's
 output before the residual sum, and adapters go around it; in post-norm models (BERT, BART,
 whose FFN may be inline linears) they go around the norm.
+
+A projection is a path to a linear map (``nn.Linear`` or GPT-2's ``Conv1D``) or a ``Part`` of a
+fused one: GPT-2's ``c_attn``, ModernBERT's ``Wqkv`` and Phi-3's ``qkv_proj`` compute [q; k; v] in
+one matmul, Phi-3's ``gate_up_proj`` [gate; up]. LoRA and (IA)³ on a part change its rows only.
 """
 
 from __future__ import annotations
@@ -20,7 +24,58 @@ from pathlib import Path
 
 from torch import nn
 
+from ..attention import features
 from ..errors import UniPeltError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Part:
+    """One part of a fused linear map's output, ``[p_0; p_1; ...]`` along the output features."""
+
+    path: str  # the fused linear map, relative to one layer
+    name: str  # "q", "gate": names the part's modules and gates
+    index: int  # its place among the parts
+    shares: tuple[int | str, ...]  # every part's width in units: a number or a config attribute (head counts)
+
+    def rows(self, width: int, config) -> tuple[int, int]:
+        """[start, stop) of this part among the ``width`` output features of the fused map."""
+        units = [s if isinstance(s, int) else getattr(config, s) for s in self.shares]
+        unit, rest = divmod(width, sum(units))
+        if rest:
+            raise UniPeltError(f"{self.path}: {width} output features do not split as {self.shares} = {units}")
+        start = unit * sum(units[: self.index])
+        return start, start + unit * units[self.index]
+
+
+Projection = str | Part
+
+
+def fused(path: str, names: tuple[str, ...], shares: tuple[int | str, ...] | None = None) -> tuple[Part, ...]:
+    """The parts of the fused map at ``path``, in output order; equal widths unless ``shares``."""
+    shares = shares or (1,) * len(names)
+    return tuple(Part(path=path, name=n, index=i, shares=shares) for i, n in enumerate(names))
+
+
+def path_of(projection: Projection) -> str:
+    return projection.path if isinstance(projection, Part) else projection
+
+
+def name_of(projection: Projection) -> str:
+    """A short name: the part's, or the linear map's own (``gate_proj``)."""
+    return projection.name if isinstance(projection, Part) else projection.rpartition(".")[2]
+
+
+def locate(layer: nn.Module, projection: Projection, config) -> tuple[str, tuple[int, int] | None]:
+    """(path of the linear map, the output rows it owns there or None for the whole map)."""
+    if isinstance(projection, str):
+        return projection, None
+    return projection.path, projection.rows(features(layer.get_submodule(projection.path))[1], config)
+
+
+def width(layer: nn.Module, projection: Projection, config) -> int:
+    """The output width of a projection: its part's rows, or the whole map's output features."""
+    path, rows = locate(layer, projection, config)
+    return rows[1] - rows[0] if rows else features(layer.get_submodule(path))[1]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,9 +96,9 @@ class Sublayer:
 class Attention(Sublayer):
     """``input`` is the module whose forward calls the attention function (where prefixes go)."""
 
-    q: str
-    k: str
-    v: str
+    q: Projection
+    k: Projection
+    v: Projection
     o: str
     cross: bool = False  # decoder cross-attention: keys and values come from the encoder
 
@@ -54,7 +109,7 @@ class Attention(Sublayer):
 
 @dataclass(frozen=True, kw_only=True)
 class FFN(Sublayer):
-    ffn_in: tuple[str, ...]  # LoRA "ffn_in": every listed linear the layer has (T5: wi or wi_0/wi_1)
+    ffn_in: tuple[Projection, ...]  # LoRA "ffn_in": every listed linear the layer has (T5: wi or wi_0/wi_1)
     ffn_out: tuple[str, ...]
 
 
@@ -69,7 +124,7 @@ class Stack:
     ffn: FFN
     mask_position: int = 1  # the padding mask's place among a layer's positional arguments
 
-    def lora_paths(self) -> dict[tuple[str, str], tuple[str, ...]]:
+    def lora_paths(self) -> dict[tuple[str, str], tuple[Projection, ...]]:
         """(target, attention kind or "ffn") -> the linear maps it names in one layer."""
         paths = {
             (target, "cross" if att.cross else "self"): (getattr(att, target),)
@@ -97,6 +152,12 @@ class ArchSpec:
     # Why prefix and prompt tuning cannot reach this architecture's attention (it does not call
     # transformers' attention interface, attention.py), or None where they can.
     no_attention_hook: str | None = None
+    # Positions are learned absolute embeddings (GPT-2's wpe), not rotary: a decoder's prompt pass
+    # (methods/prompt.py) then takes positions 0..l-1, as rotary positions -l..-1 do not exist there.
+    absolute_positions: bool = False
+    # An encoder with rotary positions computed outside its embeddings (ModernBERT's ``rotary_emb``,
+    # relative to the base model): an inserted prompt lengthens the position ids it receives.
+    rotary: str | None = None
 
     def check_attention_hook(self, method: str) -> None:
         """Refuse ``method`` (a prefix or prompt) on an architecture whose attention unipelt cannot hook."""
@@ -173,4 +234,20 @@ def supported() -> list[str]:
     return sorted(_SPECS)
 
 
-from . import bart, bert, deberta_v2, distilbert, electra, gemma, llama, mbart, mistral, qwen, roberta, t5  # noqa: E402,F401  (each file registers its spec)
+from . import (  # noqa: E402,F401  (each file registers its spec)
+    bart,
+    bert,
+    deberta_v2,
+    distilbert,
+    electra,
+    gemma,
+    gpt2,
+    llama,
+    mbart,
+    mistral,
+    modernbert,
+    phi3,
+    qwen,
+    roberta,
+    t5,
+)

@@ -154,6 +154,10 @@ class _Assign:
         for (site, i), t in self.tensors.adapters.items():
             out.update(self._adapter(site, i, dict(t)))
         for (target, i), t in self.tensors.lora.items():
+            if not isinstance(self.linears[target], str):  # an arch.Part of a fused map
+                raise UniPeltError(
+                    f"AdapterHub LoRA on {target} of a fused projection ({self.linears[target].path}) is not imported"
+                )
             t = dict(t)
             wrapped = self._at(i, self.linears[target], "pelt_lora", f"LoRA on {target}")
             out.update(_low_rank(wrapped.pelt_lora, t.pop("lora_A"), t.pop("lora_B")))

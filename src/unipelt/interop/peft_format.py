@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..arch import spec_for
+from ..attention import is_conv1d, is_linear
 from ..config import PeltConfig
 from ..errors import UniPeltError
 from ..inject import MARK, head_parameter_names
@@ -43,12 +44,17 @@ _UNSUPPORTED = {"use_dora": "DoRA", "use_rslora": "rsLoRA", "fan_in_fan_out": "f
 
 
 def _lora_config(cfg: dict, model: nn.Module) -> LoRAConfig:
+    attention = spec_for(model).stacks[0].attention[0]
+    if not isinstance(attention.q, str):
+        raise UniPeltError(
+            f"peft LoRA on {type(model).__name__} cannot be imported: peft adapts the fused {attention.q.path} "
+            "(q, k and v) with one A and B, where unipelt's LoRA on q or v owns its rows of that map"
+        )
     for key, name in _UNSUPPORTED.items():
         if cfg.get(key):
             raise UniPeltError(f"the peft checkpoint uses {name}, which unipelt does not implement")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("bias", "none") != "none":
         raise UniPeltError("peft checkpoints with rank/alpha patterns or trained biases are not supported")
-    attention = spec_for(model).stacks[0].attention[0]
     leaf_to_target = {getattr(attention, t).rpartition(".")[2]: t for t in ("q", "k", "v")}
     modules = cfg["target_modules"]
     modules = [modules] if isinstance(modules, str) else modules
@@ -166,6 +172,9 @@ def _export_refusal(cfg: PeltConfig, model: nn.Module) -> str | None:
     if kinds == {"LoRAConfig"}:
         if len({(m.r, m.alpha, m.dropout) for m in cfg.methods}) > 1:
             return "its LoRA configs differ in r, alpha or dropout (peft's rank/alpha patterns are not written)"
+        parts = [_plain(n) for n, m in model.named_modules() if isinstance(m, LoRALinear) and m.rows is not None]
+        if parts:
+            return f"its LoRA adapts part of a fused projection ({parts[0]}): peft's LoRA adapts a whole linear map"
         return None
     if kinds == {"PromptConfig"}:
         return _prompt_refusal(model)
@@ -178,7 +187,7 @@ def _export_refusal(cfg: PeltConfig, model: nn.Module) -> str | None:
 
 def _target_modules(model: nn.Module, adapted: list[str]) -> list[str]:
     """peft's leaf names when they pick out exactly the adapted linear maps, else their full paths."""
-    linears = {_plain(n) for n, m in model.named_modules() if isinstance(m, nn.Linear) and MARK not in n}
+    linears = {_plain(n) for n, m in model.named_modules() if is_linear(m) and MARK not in n}
     linears = {n.removesuffix(".base_layer") for n in linears} | set(adapted)
     leaves = {n.rpartition(".")[2] for n in adapted}
     return sorted(leaves) if {n for n in linears if n.rpartition(".")[2] in leaves} == set(adapted) else sorted(adapted)
@@ -200,7 +209,7 @@ def _lora_export(model: nn.Module, cfg: PeltConfig) -> tuple[dict, dict]:
         "lora_dropout": lora.dropout,
         "target_modules": _target_modules(model, [n for n, _ in wrapped]),
         "bias": "none",
-        "fan_in_fan_out": False,
+        "fan_in_fan_out": any(is_conv1d(m.base_layer) for _, m in wrapped),  # GPT-2's W is stored (in, out)
         "use_rslora": False,
         "use_dora": False,
         "init_lora_weights": True,

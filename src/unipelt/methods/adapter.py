@@ -20,6 +20,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from ..arch import locate, width
+from ..attention import features
 from ..blocks import Gate, Interpolation, LowRank, MaskSlot, composition_weight
 from ..config import (
     ALL_ATTENTION,
@@ -152,11 +154,12 @@ def _head_adapters(layer: nn.Module, att, ctx: LayerContext, configs: list) -> N
     for cfg in configs:
         tap = tap_input(layer, att.input)
         head_dim = getattr(layer.get_submodule(att.input), ctx.model.spec.head_dim)
-        q, o = layer.get_submodule(att.q), layer.get_submodule(att.o)
-        adapter = Adapter(cfg, q.out_features, q.out_features // head_dim, d_out=o.in_features, **ctx.kw)
+        path, rows = locate(layer, att.q, ctx.model.model.config)  # a fused [q; k; v]: the q rows
+        d_q, d_heads = width(layer, att.q, ctx.model.model.config), features(layer.get_submodule(att.o))[0]
+        adapter = Adapter(cfg, d_q, d_q // head_dim, d_out=d_heads, **ctx.kw)
         ctx.labelled(adapter, "adapter_head", att.kind)
-        owner, leaf = owning_module(layer, att.q)
-        replace_module(layer, att.o, lambda base: PeltHeadOutput(base, tap, adapter, owner, leaf))
+        owner, leaf = owning_module(layer, path)
+        replace_module(layer, att.o, lambda base: PeltHeadOutput(base, tap, adapter, owner, leaf, rows))
 
 
 def _group(layer: nn.Module, sub, cfg: AdapterConfig) -> nn.ModuleList:

@@ -3,6 +3,11 @@
 UniPELT (Mao et al. 2022, §3) makes s input-dependent, ``θ = θ0 + G_L · δ``, with one gate per
 target computed from the linear's input (for q and v that is the layer input h_in). As in the
 official code the gate replaces alpha/r. Only ungated LoRA can be merged into W.
+
+On a fused projection (GPT-2's ``c_attn`` = [q; k; v], Phi-3's ``qkv_proj``) a target owns its
+rows of the fused output: ``W x + s · [0; B A x; 0]``, merged into those rows of W; LoRA on q and
+on v are two wrappers around the one fused map, each with its own A, B and gate. GPT-2's ``Conv1D``
+stores W transposed; ``attention.weight_out_in`` gives its (d_out, d_in) view for the merge.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from ..arch import locate, name_of, path_of
+from ..attention import features, weight_out_in
 from ..blocks import Gate, LowRank, MaskSlot, composition_weight
 from ..config import (
     ALL_ATTENTION,
@@ -70,10 +77,14 @@ class LoRAConfig(MethodConfig):
 
 
 class LoRALinear(Wrapper):
-    def __init__(self, base_layer: nn.Linear, cfg: LoRAConfig, *, pooling: str, slot: MaskSlot):
+    """``base(x) + w · B A x``, on all output features or on the ``rows`` [start, stop) of a fused map."""
+
+    def __init__(self, base_layer: nn.Module, cfg: LoRAConfig, *, pooling: str, slot: MaskSlot, rows=None):
         super().__init__(base_layer)
-        d_in, d_out = base_layer.in_features, base_layer.out_features
-        self.pelt_lora = LowRank(d_in, cfg.r, d_out, bias=False, init="lora", dropout=cfg.dropout)
+        d_in, d_out = features(base_layer)
+        self.rows = tuple(rows) if rows is not None else None
+        width = d_out if rows is None else rows[1] - rows[0]
+        self.pelt_lora = LowRank(d_in, cfg.r, width, bias=False, init="lora", dropout=cfg.dropout)
         weight = composition_weight(
             "gated" if cfg.composition == "gated" else "scaled",
             d_in,
@@ -93,24 +104,30 @@ class LoRALinear(Wrapper):
         # w·(B A x) = (w·A x) B: scale the r-wide bottleneck instead of the d-wide output, and add
         # into out in place, which saves two passes over a (B, T, d) tensor per projection
         low = (lora.bottleneck(x) * weight).to(out.dtype)  # (..., r)
+        flat = out.view(-1, out.shape[-1])  # (N, d_out)
+        rows = flat if self.rows is None else flat[:, self.rows[0] : self.rows[1]]  # a view: added in place
         # autocast leaves in-place ops alone: cast B as it would have for the matmul
-        return (
-            out.view(-1, out.shape[-1]).addmm_(low.reshape(-1, low.shape[-1]), lora.up[0].to(out.dtype)).view(out.shape)
-        )
+        rows.addmm_(low.reshape(-1, low.shape[-1]), lora.up[0].to(out.dtype))
+        return out
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """w · B A x alone, (..., d_out)."""
+        """w · B A x alone, (..., d_out): zero outside a fused map's rows."""
         weight = self.pelt_gate(x) if self.pelt_gate is not None else self.scale.value
-        return (self.pelt_lora.bottleneck(x) * weight) @ self.pelt_lora.up[0]
+        delta = (self.pelt_lora.bottleneck(x) * weight) @ self.pelt_lora.up[0]
+        if self.rows is None:
+            return delta
+        d_out = features(self.base_layer)[1]
+        return nn.functional.pad(delta, (self.rows[0], d_out - self.rows[1]))
 
     @torch.no_grad()
-    def merge(self) -> nn.Linear:
-        """Fold ``s · B A`` into the base weight and return the plain linear layer."""
+    def merge(self) -> nn.Module:
+        """Fold ``s · B A`` into the base weight (its rows) and return the plain linear layer."""
         if self.pelt_gate is not None:
             raise UniPeltError("a gated LoRA depends on the input through its gate and cannot be merged")
         base = self.base_layer
-        delta = self.scale.value * self.pelt_lora.delta_weight()
-        base.weight += delta.to(base.weight.dtype)
+        w = weight_out_in(base)  # (d_out, d_in), a view of the layer's weight
+        rows = w if self.rows is None else w[self.rows[0] : self.rows[1]]
+        rows += (self.scale.value * self.pelt_lora.delta_weight()).to(w.dtype)
         return base
 
     @torch.no_grad()
@@ -122,13 +139,15 @@ def place(layer: nn.Module, ctx: LayerContext, configs: list) -> None:
     paths = ctx.stack.lora_paths()
     for lora in configs:
         for target, where in lora.places():
-            found = [p for p in paths.get((target, where), ()) if has(layer, p)]
+            found = [p for p in paths.get((target, where), ()) if has(layer, path_of(p))]
             if where == "ffn" and not found:
                 raise UniPeltError(f"LoRA target {target!r}: none of {paths[(target, where)]} is in the layer")
-            for path in found:
-                name = f"lora_{target}" if len(found) == 1 else f"lora_{target}.{path.rpartition('.')[2]}"
-                wrapped = replace_module(layer, path, lambda lin: LoRALinear(lin, lora, **ctx.kw))
-                ctx.labelled(wrapped, name, where)
+            for projection in found:
+                path, rows = locate(layer, projection, ctx.model.model.config)
+                name = f"lora_{target}" if len(found) == 1 else f"lora_{target}.{name_of(projection)}"
+                wrapped = replace_module(layer, path, lambda lin: LoRALinear(lin, lora, rows=rows, **ctx.kw))
+                if wrapped.pelt_gate is not None:  # its own gate: a nested wrapper holds another part's
+                    ctx.labelled(wrapped.pelt_gate, name, where)
 
 
 register(Method(config=LoRAConfig, kind="lora", modules=(LoRALinear,), place=place))

@@ -17,6 +17,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from ..arch import width
 from ..attention import Prefix
 from ..blocks import Gate, MaskSlot
 from ..config import (
@@ -188,7 +189,7 @@ def _slots(ctx: ModelContext, cfg: PrefixConfig) -> list[tuple[int, str]]:
     order; the kind ("encoder.self", "decoder.cross", ...) picks its network with
     ``networks="per_attention"``."""
     return [
-        (layer.get_submodule(att.k).out_features, f"{stack.name}.{att.kind}")
+        (width(layer, att.k, ctx.model.config), f"{stack.name}.{att.kind}")
         for stack in ctx.spec.present_stacks(ctx.base)
         for layer in ctx.base.get_submodule(stack.layers)
         for att in stack.attention

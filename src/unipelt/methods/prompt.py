@@ -12,7 +12,14 @@ other, so what every layer computes for them does not depend on the input: runni
 model on the prompt alone, at positions -l..-1, gives each layer's prompt keys and values, and
 prepending those as a prefix (attention.py) is exactly prompt tuning with the prompt in front.
 Positions only enter through rotary embeddings, which depend on distances, so the input keeps
-positions 0.. and the cache, masks and labels never see the prompt.
+positions 0.. and the cache, masks and labels never see the prompt. With learned absolute
+positions (GPT-2) the prompt's pass takes positions 0..l-1 and the input keeps its own 0..
+(ours): every row has the plain model's positions, where Lester et al.'s prompt in front would
+shift them by l.
+
+An encoder whose rotary positions are computed apart from its embeddings (ModernBERT) gets
+``PeltPositions`` around that module: the prompt's tokens take ordinary positions after the
+first ``prompt_at`` tokens, and the input's following ones move up by l, as for real tokens.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..attention import cached_kv, checkpointing_layers, reentrant_checkpointing
+from ..attention import cached_kv, checkpointing_layers, output_cache, reentrant_checkpointing
 from ..config import MethodConfig, check_positive
 from ..errors import UniPeltError
 from ..wrappers import Wrapper, replace_module
@@ -59,6 +66,29 @@ class PeltEmbeddings(Wrapper):
         return torch.cat([e[:, : self.at], p, e[:, self.at :]], dim=1)
 
 
+class PeltPositions(Wrapper):
+    """A rotary embedding module, ``(x, position_ids, ...) -> (cos, sin)``, whose position ids are
+    lengthened to the prompted sequence x: the n missing positions are inserted after the first
+    ``at``, the rest move up by n. Called with as many positions as tokens, it is the base module."""
+
+    def __init__(self, base_layer: nn.Module, at: int):
+        super().__init__(base_layer)
+        self.at = at
+
+    def lengthen(self, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        p, at, n = position_ids, self.at, x.shape[1] - position_ids.shape[-1]  # p: (B or 1, T)
+        if n <= 0:
+            return p
+        first = p[..., at - 1 : at] + 1 if at else p[..., :1]  # the prompt's first position
+        inserted = first + torch.arange(n, device=p.device)  # (B or 1, n)
+        return torch.cat([p[..., :at], inserted, p[..., at:] + n], dim=-1)  # (B or 1, T + n)
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor, *args, **kwargs):
+        if self.pelt_active:
+            position_ids = self.lengthen(x, position_ids)
+        return self.base_layer(x, position_ids, *args, **kwargs)
+
+
 class CausalPrompt(nn.Module):
     """The prompt of a decoder-only model, served to each layer as prefix keys and values.
 
@@ -73,7 +103,7 @@ class CausalPrompt(nn.Module):
     gated = False
     pelt_active = True
 
-    def __init__(self, cfg: PromptConfig, base: nn.Module):
+    def __init__(self, cfg: PromptConfig, base: nn.Module, absolute_positions: bool = False):
         super().__init__()
         self.__dict__["base"] = base  # the model owns the base; registering it here would repeat it
         vocab = base.get_input_embeddings().weight
@@ -81,6 +111,7 @@ class CausalPrompt(nn.Module):
         picks = torch.randint(vocab.shape[0], (cfg.length,), device=vocab.device)
         self.embeddings = nn.Parameter(vocab.detach()[picks].clone())
         self.length = cfg.length
+        self.first_position = 0 if absolute_positions else -cfg.length  # rotary: right before the input
         self._table: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._running = False
         self._hook = base.register_forward_pre_hook(self._refresh)
@@ -109,13 +140,14 @@ class CausalPrompt(nn.Module):
         try:
             for m in checkpointed:
                 m.gradient_checkpointing = False  # transformers' per-layer switch
-            positions = torch.arange(-self.length, 0, device=self.embeddings.device)[None]
+            start = self.first_position
+            positions = torch.arange(start, start + self.length, device=self.embeddings.device)[None]
             out = self.base(inputs_embeds=self.embeddings[None], position_ids=positions, use_cache=True)
         finally:
             self._running = False
             for m in checkpointed:
                 m.gradient_checkpointing = True
-        self._table = [(k[0], v[0]) for k, v in cached_kv(out.past_key_values)]
+        self._table = [(k[0], v[0]) for k, v in cached_kv(output_cache(out))]
 
     def kv(self, slot: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Layer ``slot``'s prompt keys and values, each (l, d_kv); None during the prompt's own pass."""
@@ -125,7 +157,7 @@ class CausalPrompt(nn.Module):
             raise UniPeltError(
                 "the prompt's keys and values are computed when the base model runs; call the model, not a single layer"
             )
-        k, v = self._table[slot]  # (H_kv, l, dh), rotated at positions -l..-1
+        k, v = self._table[slot]  # (H_kv, l, dh), rotated at positions -l..-1 (or at 0..l-1)
         return k.transpose(0, 1).flatten(1), v.transpose(0, 1).flatten(1)
 
 
@@ -135,6 +167,8 @@ def setup(ctx: ModelContext, configs: list) -> None:
     ctx.attention_hook = True
     if spec.embeddings is not None:
         replace_module(ctx.base, spec.embeddings, lambda e: PeltEmbeddings(e, cfg, ctx.d, spec.prompt_at))
+        if spec.rotary is not None:
+            replace_module(ctx.base, spec.rotary, lambda r: PeltPositions(r, spec.prompt_at))
         ctx.prompt_at = spec.prompt_at
         return
     # decoder-only: the prompt is served as a prefix
@@ -143,7 +177,7 @@ def setup(ctx: ModelContext, configs: list) -> None:
             "prompt and prefix tuning together are not offered on decoder-only models: there "
             "the prompt is itself served as a prefix (methods/prompt.py); use one of them"
         )
-    ctx.model.pelt_prompt = ctx.prefix = CausalPrompt(cfg, ctx.base)
+    ctx.model.pelt_prompt = ctx.prefix = CausalPrompt(cfg, ctx.base, spec.absolute_positions)
 
 
 def place(layer: nn.Module, ctx: LayerContext, configs: list) -> None:
@@ -151,4 +185,12 @@ def place(layer: nn.Module, ctx: LayerContext, configs: list) -> None:
         attach(layer, ctx, ctx.model.prefix, gated=False)
 
 
-register(Method(config=PromptConfig, kind="prompt", modules=(PeltEmbeddings, CausalPrompt), setup=setup, place=place))
+register(
+    Method(
+        config=PromptConfig,
+        kind="prompt",
+        modules=(PeltEmbeddings, CausalPrompt, PeltPositions),
+        setup=setup,
+        place=place,
+    )
+)
