@@ -130,18 +130,24 @@ def _model_copy(tiny_model, tmp_path) -> Path:
 
 
 def test_models_that_cannot_do_the_run_are_refused_before_training(capsys, tiny_model, glue_dir, tmp_path, store):
-    from transformers import GPT2Config
+    from transformers import GPTNeoXConfig
 
     model = _model_copy(tiny_model, tmp_path)
     assert "--max-length 1000 is above what model" in _error(
         capsys, _train(model, glue_dir, store, "--max-length", "1000"), store
     )
-    GPT2Config(n_layer=1, n_embd=32, n_head=4).to_json_file(model / "config.json")
-    assert "is a 'gpt2' model, which unipelt does not support; supported: " in _error(
+    GPTNeoXConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=4).to_json_file(model / "config.json")
+    err = _error(capsys, _train(model, glue_dir, store), store)
+    assert "does not support model_type 'gpt_neox' yet; supported: bart, bert, " in err
+    assert 'docs/contributing.md, "Adding an architecture"' in err
+    # refused from config.json alone: before transformers parses it and before any weights load
+    (model / "config.json").write_text('{"model_type": "not_in_transformers"}')
+    (model / "model.safetensors").write_bytes(b"not weights: never read")
+    assert "does not support model_type 'not_in_transformers' yet" in _error(
         capsys, _train(model, glue_dir, store), store
     )
     (model / "config.json").write_text('{"model_type": "bert", "hidden_size": ')
-    assert "its config.json cannot be read" in _error(capsys, _train(model, glue_dir, store), store)
+    assert "config.json is not a readable model config.json" in _error(capsys, _train(model, glue_dir, store), store)
     (model / "model.safetensors").unlink()
     assert "has no weights (model.safetensors or pytorch_model.bin)" in _error(
         capsys, _train(model, glue_dir, store), store

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
-from ..arch import supported
+from ..arch import check_supported, supported
+from ..errors import UniPeltError
 from .errors import HarnessError
 from .generative import check_can_generate
 from .locate import hub_offline_reason
@@ -110,6 +111,11 @@ def check_model(model: str, *, objective: str, max_length: int) -> None:
     path = model_path(model)
     if Path(path).is_dir() and not any((Path(path) / w).is_file() for w in WEIGHTS):
         raise HarnessError(f"model directory {path} has no weights ({' or '.join(WEIGHTS[::2])})")
+    if (Path(path) / "config.json").is_file():  # config.json alone, before transformers or weights
+        try:
+            check_supported(Path(path) / "config.json")
+        except UniPeltError as e:
+            raise HarnessError(f"model {path}: {e}") from None
     config = _config(path, _stamp(Path(path) / "config.json"))
     if config.model_type not in supported():
         raise HarnessError(
