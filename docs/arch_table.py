@@ -12,7 +12,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from conftest import CLASSIFIERS, CONFIGS, DECODER_LMS, GENERATORS, NOT_SUPPORTED  # noqa: E402
+from conftest import CLASSIFIERS, CONFIGS, LMS, NOT_SUPPORTED  # noqa: E402
 
 import unipelt  # noqa: E402
 
@@ -44,7 +44,7 @@ def main() -> None:
     notes = {}
     for arch in CLASSIFIERS:
         cells = [cell(arch, presets) for presets in COLUMNS.values()]
-        generates = "✓" if arch in GENERATORS or arch in DECODER_LMS else ""
+        generates = "✓" if arch in LMS else ""
         model_type = CONFIGS[arch]().model_type
         print(
             f"| {arch} | `{model_type}` | `{getattr(CLASSIFIERS[arch], 'table_name', CLASSIFIERS[arch].__name__)}` | "
