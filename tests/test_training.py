@@ -2,7 +2,7 @@ import pytest
 import torch
 from conftest import batch, build, build_lm
 from datasets import Dataset
-from transformers import GPT2Config, GPT2ForSequenceClassification, Trainer, TrainingArguments
+from transformers import GPTNeoXConfig, GPTNeoXForSequenceClassification, Trainer, TrainingArguments
 
 import unipelt
 from unipelt import PeltConfig, UniPeltError
@@ -85,9 +85,12 @@ def test_bf16_models_get_bf16_modules_and_run(arch, preset):
 
 
 def test_unsupported_architecture_names_the_supported_ones():
-    model = GPT2ForSequenceClassification(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=50))
+    config = GPTNeoXConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, vocab_size=50
+    )
+    model = GPTNeoXForSequenceClassification(config)
     with pytest.raises(
-        UniPeltError, match="model_type 'gpt2'.*supported: bart, bert, .*llama.*roberta, t5.*contributing.md"
+        UniPeltError, match="model_type 'gpt_neox'.*supported: bart, bert, .*gpt2.*llama.*roberta, t5.*contributing.md"
     ):
         unipelt.apply(model, "lora")
 
