@@ -3,9 +3,12 @@ random BERT saved to disk with the offline MiniLM tokenizer. Nothing is download
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+
+from unipelt.harness.record import RunRecord
 
 REAL_GLUE = Path(__file__).resolve().parents[3] / "shared" / "data" / "glue"
 TRAIN_ROWS, DEV_ROWS = 80, 30
@@ -28,6 +31,61 @@ def make_glue(root: Path) -> Path:
         if (folder / "dev.tsv").is_file():
             _copy_head(folder / "dev.tsv", root / task.directory / "dev.tsv", DEV_ROWS, task.header)
     return root
+
+
+def finished_record(spec, *args, **kwargs) -> RunRecord:
+    """What a stubbed ``runner.run`` returns: a finished run, recorded at once without training."""
+    return RunRecord(
+        spec=spec,
+        status="finished",
+        metric="accuracy",
+        test_metric=0.5,
+        best_epoch=1,
+        params={"total": 1},
+        train_s_per_step=0.1,
+        infer_ex_per_s=10.0,
+    )
+
+
+def tiny_grid(model, glue_dir, **settings):
+    """``make_grid`` on the tiny model and GLUE directory at K=16, a 20-row dev split and one epoch;
+    ``settings`` add to these or override them."""
+    from unipelt.harness import make_grid
+
+    return make_grid(**{"k": "16", "model": model, "glue_dir": str(glue_dir), "dev_size": 20, "epochs": 1, **settings})
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """Run the CLI expecting a bad-input failure; return its one-line message."""
+    from unipelt import cli
+
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("unipelt: error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def tiny_run_flags(model, glue_dir, store, *, epochs: int | None = None) -> list[str]:
+    """The CLI flags every tiny run shares: the model and GLUE directories, a 20-row dev split, the
+    epochs where given, and the results store."""
+    flags = ["--model", str(model), "--glue-dir", str(glue_dir), "--dev-size", "20"]
+    if epochs is not None:
+        flags += ["--epochs", str(epochs)]
+    return [*flags, "--store", str(store)]
+
+
+def train_argv(model, glue_dir, store, *flags, method=("--preset", "lora"), epochs: int | None = None) -> list[str]:
+    """`-q train` of RTE at K=16 with ``method`` (its CLI flags), then the shared tiny-run flags and
+    ``flags`` last, so that they override."""
+    head = ["-q", "train", "--task", "rte", *method, "--k", "16"]
+    return [*head, *tiny_run_flags(model, glue_dir, store, epochs=epochs), *flags]
+
+
+def sweep_process_argv(model, glue_dir, store, *, epochs: int) -> list[str]:
+    """The CLI run as its own process: a `-q sweep` of four presets on RTE at K=16."""
+    head = [sys.executable, "-m", "unipelt.cli", "-q", "sweep", "--tasks", "rte"]
+    grid = ["--presets", "lora,adapter,bitfit,prompt", "--k", "16"]
+    return [*head, *grid, *tiny_run_flags(model, glue_dir, store, epochs=epochs)]
 
 
 @pytest.fixture(autouse=True)

@@ -12,27 +12,15 @@ import pytest
 import unipelt
 from unipelt import cli
 from unipelt.harness import runner
-from unipelt.harness.record import RunRecord
 from unipelt.harness.store import Store
 
-
-def _fake(spec, *args, **kwargs) -> RunRecord:
-    return RunRecord(
-        spec=spec,
-        status="finished",
-        metric="accuracy",
-        test_metric=0.5,
-        best_epoch=1,
-        params={"total": 1},
-        train_s_per_step=0.1,
-        infer_ex_per_s=10.0,
-    )
+from .conftest import finished_record, train_argv
 
 
 @pytest.fixture(autouse=True)
 def no_training(monkeypatch):
     """A run that is reached is recorded at once: these tests are about what comes before."""
-    monkeypatch.setattr(runner, "run", _fake)
+    monkeypatch.setattr(runner, "run", finished_record)
 
 
 @pytest.fixture
@@ -48,28 +36,6 @@ def _error(capsys, argv: list[str], store: Path) -> str:
     assert err.startswith("unipelt: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert (store.read_bytes() if store.exists() else None) == before
     return err.strip()
-
-
-def _train(tiny_model, glue_dir, store, *flags) -> list[str]:
-    return [
-        "-q",
-        "train",
-        "--task",
-        "rte",
-        "--preset",
-        "lora",
-        "--k",
-        "16",
-        "--model",
-        str(tiny_model),
-        "--glue-dir",
-        str(glue_dir),
-        "--dev-size",
-        "20",
-        "--store",
-        str(store),
-        *flags,
-    ]
 
 
 GRID = 'tasks = ["rte"]\npresets = ["lora"]\nk = [16]\ndev_size = 20\nmodel = "{model}"\nglue_dir = "{glue}"\n'
@@ -134,29 +100,31 @@ def test_models_that_cannot_do_the_run_are_refused_before_training(capsys, tiny_
 
     model = _model_copy(tiny_model, tmp_path)
     assert "--max-length 1000 is above what model" in _error(
-        capsys, _train(model, glue_dir, store, "--max-length", "1000"), store
+        capsys, train_argv(model, glue_dir, store, "--max-length", "1000"), store
     )
     GPTNeoXConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=4).to_json_file(model / "config.json")
-    err = _error(capsys, _train(model, glue_dir, store), store)
+    err = _error(capsys, train_argv(model, glue_dir, store), store)
     assert "does not support model_type 'gpt_neox' yet; supported: bart, bert, " in err
     assert 'docs/contributing.md, "Adding an architecture"' in err
     # refused from config.json alone: before transformers parses it and before any weights load
     (model / "config.json").write_text('{"model_type": "not_in_transformers"}')
     (model / "model.safetensors").write_bytes(b"not weights: never read")
     assert "does not support model_type 'not_in_transformers' yet" in _error(
-        capsys, _train(model, glue_dir, store), store
+        capsys, train_argv(model, glue_dir, store), store
     )
     (model / "config.json").write_text('{"model_type": "bert", "hidden_size": ')
-    assert "config.json is not a readable model config.json" in _error(capsys, _train(model, glue_dir, store), store)
+    assert "config.json is not a readable model config.json" in _error(
+        capsys, train_argv(model, glue_dir, store), store
+    )
     (model / "model.safetensors").unlink()
     assert "has no weights (model.safetensors or pytorch_model.bin)" in _error(
-        capsys, _train(model, glue_dir, store), store
+        capsys, train_argv(model, glue_dir, store), store
     )
 
 
 def test_inputs_are_checked_before_the_store_says_already_finished(capsys, tiny_model, glue_dir, tmp_path, store):
-    assert cli.main(_train(tiny_model, glue_dir, store)) == 0
-    err = _error(capsys, _train(tiny_model, tmp_path / "nonexistent", store), store)
+    assert cli.main(train_argv(tiny_model, glue_dir, store)) == 0
+    err = _error(capsys, train_argv(tiny_model, tmp_path / "nonexistent", store), store)
     assert "GLUE directory" in err and "does not exist" in err
 
 
@@ -173,19 +141,21 @@ def test_tsv_encoding_and_blank_lines(capsys, tiny_model, own_glue, store):
     path = own_glue / "RTE" / "train.tsv"
     text = path.read_text(encoding="utf-8")
     path.write_text(text + "\n\n", encoding="utf-8")  # trailing blank lines: an editor's habit, accepted
-    assert cli.main(_train(tiny_model, own_glue, store)) == 0
+    assert cli.main(train_argv(tiny_model, own_glue, store)) == 0
     lines = text.splitlines(keepends=True)
     path.write_text("".join(lines[:5] + ["\n"] + lines[5:]), encoding="utf-8")
-    assert f"{path}:6: blank line between rows" in _error(capsys, _train(tiny_model, own_glue, store, "--force"), store)
+    assert f"{path}:6: blank line between rows" in _error(
+        capsys, train_argv(tiny_model, own_glue, store, "--force"), store
+    )
     path.write_bytes(text.encode() + b"a sentence\t\xe9t\xe9\tentailment\n")
-    assert f"{path} is not UTF-8 text" in _error(capsys, _train(tiny_model, own_glue, store, "--force"), store)
+    assert f"{path} is not UTF-8 text" in _error(capsys, train_argv(tiny_model, own_glue, store, "--force"), store)
 
 
 @pytest.mark.parametrize("name", ["$\\frac{$", "<svg onload=alert(1)>", "a_b*c*[x](y)|z"])
 def test_names_are_drawn_and_written_as_plain_text(capsys, tiny_model, glue_dir, tmp_path, store, name):
     config = tmp_path / f"{name}.json"
     config.write_text(json.dumps(unipelt.get_preset("lora").to_dict()))  # a preset's config: its lr applies
-    train = _train(tiny_model, glue_dir, store)
+    train = train_argv(tiny_model, glue_dir, store)
     assert cli.main([*train[:4], "--config", str(config), *train[6:]]) == 0
     assert cli.main(["-q", "report", "--store", str(store), "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "report.md").read_text()
@@ -205,12 +175,12 @@ def test_names_are_drawn_and_written_as_plain_text(capsys, tiny_model, glue_dir,
 
 def test_a_failed_command_does_not_create_the_store(capsys, tiny_model, glue_dir, store):
     for flags in (["--k", "70"], ["--epochs", "0"], ["--lr", "nan"], ["--model-seed", "1", "--batch-size", "0"]):
-        _error(capsys, _train(tiny_model, glue_dir, store, *flags), store)
+        _error(capsys, train_argv(tiny_model, glue_dir, store, *flags), store)
     assert not store.exists()
 
 
 def test_report_reads_an_existing_store_without_writing_it(capsys, tiny_model, glue_dir, tmp_path, store):
-    assert cli.main(_train(tiny_model, glue_dir, store)) == 0
+    assert cli.main(train_argv(tiny_model, glue_dir, store)) == 0
     before = store.read_bytes()
     assert cli.main(["-q", "report", "--store", str(store), "--out", str(tmp_path / "out")]) == 0
     assert store.read_bytes() == before

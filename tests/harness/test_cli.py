@@ -11,31 +11,13 @@ from unipelt import cli
 from unipelt.harness import locate
 from unipelt.harness.store import SCHEMA_VERSION, Store
 
+from .conftest import cli_error, tiny_run_flags
+
 
 @pytest.fixture
 def base(glue_dir, tiny_model, tmp_path):
     """Flags every tiny run shares: small dev split, two epochs, a private store."""
-    return [
-        "--model",
-        tiny_model,
-        "--glue-dir",
-        str(glue_dir),
-        "--dev-size",
-        "20",
-        "--epochs",
-        "2",
-        "--store",
-        str(tmp_path / "s.sqlite"),
-    ]
-
-
-def _error(capsys, argv: list[str]) -> str:
-    """Run the CLI expecting a bad-input failure; return its one-line message."""
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert err.startswith("unipelt: error: ") and "\n" not in err, err
-    return err
+    return tiny_run_flags(tiny_model, glue_dir, tmp_path / "s.sqlite", epochs=2)
 
 
 def test_train_end_to_end(capsys, base, tmp_path):
@@ -70,7 +52,7 @@ def test_train_from_a_config_file(capsys, base, tmp_path):
     config = tmp_path / "small-lora.yaml"
     config.write_text("methods:\n  - method: lora\n    r: 4\n    targets: [q, v]\n")
     argv = ["-q", "train", "--task", "sst2", "--config", str(config), "--k", "16", *base]
-    err = _error(capsys, argv)
+    err = cli_error(capsys, argv)
     assert "config 'small-lora' matches no preset" in err and "pass --lr" in err
     assert cli.main([*argv, "--lr", "1e-3"]) == 0
     assert "sst2 small-lora K=16" in capsys.readouterr().out
@@ -126,21 +108,23 @@ def test_demo_prints_its_table(capsys, glue_dir, tiny_model, tmp_path):
     ],
 )
 def test_bad_train_arguments(capsys, base, flags, message):
-    assert message in _error(capsys, ["train", *flags, *base])
+    assert message in cli_error(capsys, ["train", *flags, *base])
 
 
 def test_missing_model_directory(capsys, base, tmp_path):
     argv = ["train", "--task", "rte", "--preset", "lora", *base, "--model", str(tmp_path / "no-model")]
-    assert "is not a local directory and the hub is offline" in _error(capsys, argv)
+    assert "is not a local directory and the hub is offline" in cli_error(capsys, argv)
 
 
 def test_missing_glue_directory_lists_where_it_looked(capsys, tiny_model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(locate, "_REPO", tmp_path / "not-a-checkout")
-    err = _error(capsys, ["train", "--task", "rte", "--preset", "lora", "--model", tiny_model])
+    err = cli_error(capsys, ["train", "--task", "rte", "--preset", "lora", "--model", tiny_model])
     assert "no GLUE data found; looked in:" in err and str(tmp_path.parent / "shared" / "data" / "glue") in err
     assert "--glue-dir DIR" in err
-    err = _error(capsys, ["train", "--task", "rte", "--preset", "lora", "--model", tiny_model, "--glue-dir", "missing"])
+    err = cli_error(
+        capsys, ["train", "--task", "rte", "--preset", "lora", "--model", tiny_model, "--glue-dir", "missing"]
+    )
     assert "GLUE directory missing (from --glue-dir) does not exist" in err
 
 
@@ -161,12 +145,12 @@ def test_missing_and_malformed_files(capsys, own_glue, tiny_model, tmp_path):
         str(tmp_path / "s.sqlite"),
     ]
     (own_glue / "RTE" / "train.tsv").unlink()
-    assert f"missing GLUE file {own_glue / 'RTE' / 'train.tsv'}" in _error(capsys, [*argv, "--task", "rte"])
+    assert f"missing GLUE file {own_glue / 'RTE' / 'train.tsv'}" in cli_error(capsys, [*argv, "--task", "rte"])
     path = own_glue / "SST-2" / "train.tsv"
     lines = path.read_text().splitlines(keepends=True)
     lines[9] = "a sentence\twith\ttoo many fields\n"
     path.write_text("".join(lines))
-    err = _error(capsys, [*argv, "--task", "sst2"])
+    err = cli_error(capsys, [*argv, "--task", "sst2"])
     assert f"{path}:10: malformed row: expected 2 tab-separated fields, found 3" in err
 
 
@@ -178,19 +162,19 @@ def test_newer_store_is_refused_and_kept(capsys, base, tmp_path):
     db.close()
     before = path.read_bytes()
     for argv in (["train", "--task", "rte", "--preset", "lora", "--k", "16", *base], ["report", "--store", str(path)]):
-        assert "newer than this unipelt reads" in _error(capsys, argv)
+        assert "newer than this unipelt reads" in cli_error(capsys, argv)
     assert path.read_bytes() == before
 
 
 def test_bad_sweep_grids(capsys, base, tmp_path):
-    assert "unknown task 'rtee'" in _error(capsys, ["sweep", "--tasks", "rte,rtee", "--presets", "lora", *base])
-    assert "unknown preset 'lorra'" in _error(capsys, ["sweep", "--tasks", "rte", "--presets", "lora,lorra", *base])
+    assert "unknown task 'rtee'" in cli_error(capsys, ["sweep", "--tasks", "rte,rtee", "--presets", "lora", *base])
+    assert "unknown preset 'lorra'" in cli_error(capsys, ["sweep", "--tasks", "rte", "--presets", "lora,lorra", *base])
     grid = tmp_path / "g.toml"
     grid.write_text("tasks = ['rte']\npresets = ['lora']\nlearning_rate = 1\n")
-    assert "unknown grid setting(s) ['learning_rate']" in _error(capsys, ["sweep", "--grid", str(grid), *base])
+    assert "unknown grid setting(s) ['learning_rate']" in cli_error(capsys, ["sweep", "--grid", str(grid), *base])
     grid.write_text("tasks = [rte\n")
-    assert f"grid file {grid} is not valid TOML" in _error(capsys, ["sweep", "--grid", str(grid), *base])
-    assert "does not exist" in _error(capsys, ["report", "--store", str(tmp_path / "none.sqlite")])
+    assert f"grid file {grid} is not valid TOML" in cli_error(capsys, ["sweep", "--grid", str(grid), *base])
+    assert "does not exist" in cli_error(capsys, ["report", "--store", str(tmp_path / "none.sqlite")])
 
 
 def test_argparse_errors_return_instead_of_exiting(capsys):
@@ -199,10 +183,10 @@ def test_argparse_errors_return_instead_of_exiting(capsys):
 
 
 def test_non_positive_settings_are_refused(capsys, base):
-    assert "epochs must be a positive integer, got 0" in _error(
+    assert "epochs must be a positive integer, got 0" in cli_error(
         capsys, ["train", "--task", "rte", "--preset", "lora", *base, "--epochs", "0"]
     )
-    assert "learning rate must be a positive number" in _error(
+    assert "learning rate must be a positive number" in cli_error(
         capsys, ["train", "--task", "rte", "--preset", "lora", *base, "--lr", "-1"]
     )
 

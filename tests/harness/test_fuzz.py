@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 import unipelt
 from unipelt import cli
 from unipelt.harness import runner
-from unipelt.harness.record import RunRecord
 from unipelt.harness.store import Store
+
+from .conftest import finished_record, train_argv
 
 SETTINGS = settings(
     max_examples=60,
@@ -84,25 +85,12 @@ METHOD_KEYS = st.sampled_from(
 )
 
 
-def _stub(spec, *args, **kwargs) -> RunRecord:
-    return RunRecord(
-        spec=spec,
-        status="finished",
-        metric="accuracy",
-        test_metric=0.5,
-        best_epoch=1,
-        params={"total": 1},
-        train_s_per_step=0.1,
-        infer_ex_per_s=10.0,
-    )
-
-
 def _run(argv: list[str], store: Path) -> None:
     """The property itself: success, or exit 2 with one error line and the store unchanged."""
     before = store.read_bytes() if store.exists() else None
     err = io.StringIO()
     with (
-        mock.patch.object(runner, "run", _stub),
+        mock.patch.object(runner, "run", finished_record),
         contextlib.redirect_stderr(err),
         contextlib.redirect_stdout(io.StringIO()),
     ):
@@ -122,7 +110,7 @@ def _store_with_a_run(folder: Path, tiny_model: str, glue_dir) -> Path:
     store = folder / "s.sqlite"
     spec = make_spec(task="rte", preset="bitfit", model=tiny_model, k=17, dev_size=20, glue_dir=str(glue_dir))
     with Store(store) as s:
-        s.write(_stub(spec))
+        s.write(finished_record(spec))
     return store
 
 
@@ -183,26 +171,7 @@ def test_random_config_files(tiny_model, glue_dir, entries, extra, raw):
         (folder / "mine.yaml").write_bytes(raw if raw is not None else yaml.safe_dump(config).encode())
         store = _store_with_a_run(folder, tiny_model, glue_dir)
         _run(
-            [
-                "-q",
-                "train",
-                "--task",
-                "rte",
-                "--config",
-                str(folder / "mine.yaml"),
-                "--lr",
-                "1e-3",
-                "--k",
-                "16",
-                "--model",
-                str(tiny_model),
-                "--glue-dir",
-                str(glue_dir),
-                "--dev-size",
-                "20",
-                "--store",
-                str(store),
-            ],
+            train_argv(tiny_model, glue_dir, store, method=("--config", str(folder / "mine.yaml"), "--lr", "1e-3")),
             store,
         )
 
@@ -225,56 +194,23 @@ def test_random_tsv_rows(tiny_model, glue_dir, rows):
         path.write_bytes(b"".join(lines))
         store = _store_with_a_run(folder, tiny_model, glue_dir)
         _run(
-            [
-                "-q",
-                "train",
-                "--task",
-                "rte",
-                "--preset",
-                "lora",
-                "--k",
-                "16",
-                "--model",
-                str(tiny_model),
-                "--glue-dir",
-                str(folder / "glue"),
-                "--dev-size",
-                "20",
-                "--store",
-                str(store),
-                "--force",
-            ],
+            train_argv(tiny_model, folder / "glue", store, "--force"),
             store,
         )
 
 
-def test_the_stub_paths_succeed(tiny_model, glue_dir, tmp_path):
+def test_thefinished_record_paths_succeed(tiny_model, glue_dir, tmp_path):
     """The properties above reach success too: the base inputs are valid."""
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump(_base_grid(tiny_model, glue_dir)))
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(unipelt.get_preset("lora").to_dict()))
-    with mock.patch.object(runner, "run", _stub), contextlib.redirect_stdout(io.StringIO()):
+    with mock.patch.object(runner, "run", finished_record), contextlib.redirect_stdout(io.StringIO()):
         assert cli.main(["-q", "sweep", "--grid", str(grid), "--store", str(tmp_path / "s.sqlite")]) == 0
         assert (
             cli.main(
-                [
-                    "-q",
-                    "train",
-                    "--task",
-                    "rte",
-                    "--config",
-                    str(tmp_path / "mine.yaml"),
-                    "--k",
-                    "16",
-                    "--model",
-                    str(tiny_model),
-                    "--glue-dir",
-                    str(glue_dir),
-                    "--dev-size",
-                    "20",
-                    "--store",
-                    str(tmp_path / "s.sqlite"),
-                ]
+                train_argv(
+                    tiny_model, glue_dir, tmp_path / "s.sqlite", method=("--config", str(tmp_path / "mine.yaml"))
+                )
             )
             == 0
         )

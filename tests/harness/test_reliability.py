@@ -19,11 +19,13 @@ import pytest
 import torch
 
 from unipelt import cli, get_preset
-from unipelt.harness import make_grid, make_spec, report, run_sweep, runner
+from unipelt.harness import make_spec, report, run_sweep, runner
 from unipelt.harness.callbacks import BestOnDev
 from unipelt.harness.record import EpochLog, RunRecord
 from unipelt.harness.spec import RunSpec
 from unipelt.harness.store import LEASE_TTL, Store
+
+from .conftest import cli_error, finished_record, sweep_process_argv, tiny_grid, tiny_run_flags, train_argv
 
 
 def _spec() -> RunSpec:
@@ -31,18 +33,8 @@ def _spec() -> RunSpec:
 
 
 def _fake(spec, *args, **kwargs) -> RunRecord:
-    return RunRecord(
-        spec=spec,
-        status="finished",
-        metric="accuracy",
-        test_metric=0.5,
-        best_epoch=1,
-        epochs=(EpochLog(epoch=1, train_loss=0.7, dev_metric=0.5),),
-        params={"total": 1},
-        train_s_per_step=0.1,
-        infer_ex_per_s=10.0,
-        finished_at="first",
-    )
+    epochs = (EpochLog(epoch=1, train_loss=0.7, dev_metric=0.5),)
+    return replace(finished_record(spec), epochs=epochs, finished_at="first")
 
 
 def _failing(spec, *args, **kwargs) -> RunRecord:
@@ -51,33 +43,7 @@ def _failing(spec, *args, **kwargs) -> RunRecord:
 
 @pytest.fixture
 def train(glue_dir, tiny_model, tmp_path):
-    return [
-        "-q",
-        "train",
-        "--task",
-        "rte",
-        "--preset",
-        "lora",
-        "--k",
-        "16",
-        "--model",
-        tiny_model,
-        "--glue-dir",
-        str(glue_dir),
-        "--dev-size",
-        "20",
-        "--epochs",
-        "1",
-        "--store",
-        str(tmp_path / "s.sqlite"),
-    ]
-
-
-def _error(capsys, argv: list[str]) -> str:
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("unipelt: error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
+    return train_argv(tiny_model, glue_dir, tmp_path / "s.sqlite", epochs=1)
 
 
 # ---- 1. a failed attempt never replaces a finished result
@@ -141,7 +107,7 @@ def _outputs(tmp_path, case: str) -> tuple[list[str], str]:
 def test_unwritable_outputs_fail_before_training(capsys, train, tmp_path, monkeypatch, case):
     monkeypatch.setattr(runner, "run", lambda *a, **k: pytest.fail("trained despite a bad output path"))
     flags, message = _outputs(tmp_path, case)
-    assert message in _error(capsys, [*train, *flags])
+    assert message in cli_error(capsys, [*train, *flags])
     assert not (tmp_path / "s.sqlite").exists()
 
 
@@ -172,7 +138,7 @@ def test_report_out_that_cannot_be_written(capsys, tmp_path, out, message):
     with Store(path) as store:
         store.write(_fake(_spec()))
     before = path.read_bytes()
-    assert message in _error(capsys, ["report", "--store", str(path), "--out", str(out(tmp_path))])
+    assert message in cli_error(capsys, ["report", "--store", str(path), "--out", str(out(tmp_path))])
     assert path.read_bytes() == before
 
 
@@ -217,29 +183,14 @@ def test_bad_execution_flags_leave_the_store_alone(capsys, glue_dir, tiny_model,
         "lora",
         "--k",
         "16",
-        "--model",
-        tiny_model,
-        "--glue-dir",
-        str(glue_dir),
-        "--dev-size",
-        "20",
-        "--store",
-        str(tmp_path / "s.sqlite"),
+        *tiny_run_flags(tiny_model, glue_dir, tmp_path / "s.sqlite"),
     ]
-    assert "--workers must be at least 1, got 0" in _error(capsys, [*argv, "--workers", "0"])
+    assert "--workers must be at least 1, got 0" in cli_error(capsys, [*argv, "--workers", "0"])
     assert not (tmp_path / "s.sqlite").exists()
 
 
 def test_a_sweep_leaves_runs_another_sweep_holds(tmp_path, glue_dir, tiny_model, monkeypatch):
-    specs = make_grid(
-        tasks="rte",
-        presets="lora,adapter,bitfit",
-        k="16",
-        model=tiny_model,
-        glue_dir=str(glue_dir),
-        dev_size=20,
-        epochs=1,
-    ).specs()
+    specs = tiny_grid(tiny_model, glue_dir, tasks="rte", presets="lora,adapter,bitfit").specs()
     calls = []
     monkeypatch.setattr(runner, "run", lambda spec, *a, **k: calls.append(spec.method) or _fake(spec))
     with Store(tmp_path / "s.sqlite") as other, Store(tmp_path / "s.sqlite") as mine:
@@ -255,29 +206,7 @@ def _finished_now(stdout: str) -> int:
 
 def test_two_sweep_processes_on_one_store_train_each_run_once(tmp_path, glue_dir, tiny_model):
     store = tmp_path / "s.sqlite"
-    argv = [
-        sys.executable,
-        "-m",
-        "unipelt.cli",
-        "-q",
-        "sweep",
-        "--tasks",
-        "rte",
-        "--presets",
-        "lora,adapter,bitfit,prompt",
-        "--k",
-        "16",
-        "--model",
-        tiny_model,
-        "--glue-dir",
-        str(glue_dir),
-        "--dev-size",
-        "20",
-        "--epochs",
-        "1",
-        "--store",
-        str(store),
-    ]
+    argv = sweep_process_argv(tiny_model, glue_dir, store, epochs=1)
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]

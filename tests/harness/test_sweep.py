@@ -5,28 +5,21 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
-import sys
 import time
 
 import pytest
 
-from unipelt.harness import make_grid, run_sweep, runner
+from unipelt.harness import run_sweep, runner
 from unipelt.harness.record import RunRecord
 from unipelt.harness.store import Store
 
+from .conftest import sweep_process_argv, tiny_grid
+
 
 def _grid(glue_dir, tiny_model, **changes):
-    options = dict(
-        tasks="rte,sst2",
-        presets="lora,adapter",
-        k="16",
-        data_seeds="111,222",
-        model=tiny_model,
-        glue_dir=str(glue_dir),
-        dev_size=20,
-        epochs=1,
+    return tiny_grid(
+        tiny_model, glue_dir, **{"tasks": "rte,sst2", "presets": "lora,adapter", "data_seeds": "111,222", **changes}
     )
-    return make_grid(**{**options, **changes})
 
 
 def _fake(spec, *args, **kwargs) -> RunRecord:
@@ -112,29 +105,7 @@ def _finished(path) -> int:
 def test_killed_sweep_process_resumes(tmp_path, glue_dir, tiny_model):
     """SIGKILL the CLI after its first recorded run, restart it: every run ends up recorded once."""
     store = tmp_path / "s.sqlite"
-    argv = [
-        sys.executable,
-        "-m",
-        "unipelt.cli",
-        "-q",
-        "sweep",
-        "--tasks",
-        "rte",
-        "--presets",
-        "lora,adapter,bitfit,prompt",
-        "--k",
-        "16",
-        "--model",
-        tiny_model,
-        "--glue-dir",
-        str(glue_dir),
-        "--dev-size",
-        "20",
-        "--epochs",
-        "2",
-        "--store",
-        str(store),
-    ]
+    argv = sweep_process_argv(tiny_model, glue_dir, store, epochs=2)
     proc = subprocess.Popen(argv, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while _finished(store) == 0 and proc.poll() is None and time.monotonic() < deadline:

@@ -34,91 +34,44 @@ class Task:
         return not self.labels
 
 
+_BINARY = ("0", "1")
+_NLI_2 = ("entailment", "not_entailment")
+_NLI_3 = ("entailment", "neutral", "contradiction")
+_PAIR = ("sentence1", "sentence2")
+_QUESTIONS = ("question1", "question2")
+_MNLI_TEST = ("dev.tsv", "dev_matched.tsv")
+
+
+def _task(name, directory, texts, label, labels, metric, hub_columns, **more) -> Task:
+    """One row of the table below; ``texts`` is (text_a,) or (text_a, text_b)."""
+    text_a, text_b = (*texts, None)[:2]
+    return Task(
+        name=name,
+        directory=directory,
+        text_a=text_a,
+        text_b=text_b,
+        label=label,
+        labels=labels,
+        metric=metric,
+        hub_columns=hub_columns,
+        **more,
+    )
+
+
+# One row a task: name, GLUE folder, TSV text columns, label column, labels, metric, hub text columns.
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
-        Task(
-            name="cola",
-            directory="CoLA",
-            text_a=3,
-            text_b=None,
-            label=1,
-            labels=("0", "1"),
-            metric="matthews",
-            header=False,
-            hub_columns=("sentence",),
+        _task("cola", "CoLA", (3,), 1, _BINARY, "matthews", ("sentence",), header=False),
+        _task("sst2", "SST-2", ("sentence",), "label", _BINARY, "accuracy", ("sentence",)),
+        _task("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", _BINARY, "f1", _PAIR),
+        _task("stsb", "STS-B", _PAIR, "score", (), "spearman", _PAIR),
+        _task("qqp", "QQP", _QUESTIONS, "is_duplicate", _BINARY, "f1", _QUESTIONS, carve_test=True),
+        _task(
+            "mnli", "MNLI", _PAIR, "gold_label", _NLI_3, "accuracy", ("premise", "hypothesis"), test_files=_MNLI_TEST
         ),
-        Task(
-            name="sst2",
-            directory="SST-2",
-            text_a="sentence",
-            text_b=None,
-            label="label",
-            labels=("0", "1"),
-            metric="accuracy",
-            hub_columns=("sentence",),
-        ),
-        Task(
-            name="mrpc",
-            directory="MRPC",
-            text_a="#1 String",
-            text_b="#2 String",
-            label="Quality",
-            labels=("0", "1"),
-            metric="f1",
-            hub_columns=("sentence1", "sentence2"),
-        ),
-        Task(
-            name="stsb",
-            directory="STS-B",
-            text_a="sentence1",
-            text_b="sentence2",
-            label="score",
-            metric="spearman",
-            hub_columns=("sentence1", "sentence2"),
-        ),
-        Task(
-            name="qqp",
-            directory="QQP",
-            text_a="question1",
-            text_b="question2",
-            label="is_duplicate",
-            labels=("0", "1"),
-            metric="f1",
-            hub_columns=("question1", "question2"),
-            carve_test=True,
-        ),
-        Task(
-            name="mnli",
-            directory="MNLI",
-            text_a="sentence1",
-            text_b="sentence2",
-            label="gold_label",
-            labels=("entailment", "neutral", "contradiction"),
-            metric="accuracy",
-            hub_columns=("premise", "hypothesis"),
-            test_files=("dev.tsv", "dev_matched.tsv"),
-        ),
-        Task(
-            name="qnli",
-            directory="QNLI",
-            text_a="question",
-            text_b="sentence",
-            label="label",
-            labels=("entailment", "not_entailment"),
-            metric="accuracy",
-            hub_columns=("question", "sentence"),
-        ),
-        Task(
-            name="rte",
-            directory="RTE",
-            text_a="sentence1",
-            text_b="sentence2",
-            label="label",
-            labels=("entailment", "not_entailment"),
-            metric="accuracy",
-            hub_columns=("sentence1", "sentence2"),
-        ),
+        _task("qnli", "QNLI", ("question", "sentence"), "label", _NLI_2, "accuracy", ("question", "sentence")),
+        _task("rte", "RTE", _PAIR, "label", _NLI_2, "accuracy", _PAIR),
     )
 }
 
