@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Release 1 (moved here from docs/results/ in issue 19; paths updated to the new place). The grids
+# K=100/K=500 are the ones in docs/results/, unchanged.
 # The study's commands. Every sweep resumes, so rerunning this continues where the committed
 # stores stop (README.md, "Coverage", says what had run).
 # As it ran on 2 cores: K=100 seeds 111 and 222, then K=500 seed 111. The masking sweep, the first
@@ -7,12 +9,12 @@
 # A second session ran everything from the second seed-333 line on, in this order, and
 # the MRPC dev-size experiment.
 set -euo pipefail
-store=${STORE:-docs/results/unipelt.sqlite}
+store=${STORE:-docs/results/release-1/unipelt.sqlite}
 export HF_HUB_OFFLINE=1
 for seed in 111 222; do
   unipelt sweep --grid docs/results/grid-k100.toml --data-seeds $seed --store "$store" --workers 2 -q
 done
-unipelt sweep --grid docs/results/grid-masking.toml --store "$store" -q
+unipelt sweep --grid docs/results/release-1/grid-masking.toml --store "$store" -q
 # cheap tasks first in the late sweeps, so that more tasks are complete when time runs out
 unipelt sweep --grid docs/results/grid-k500.toml --tasks sst2,mrpc,rte --data-seeds 111 --store "$store" --workers 2 -q
 # cut off after SST-2 and one STS-B run; the line after it finished seed 333 in the second session
@@ -23,12 +25,12 @@ for seed in 222 333; do
 done
 # beyond the minimum grid: K=500 on the other two tasks
 unipelt sweep --grid docs/results/grid-k500.toml --tasks stsb,cola --store "$store" --workers 2 -q
-unipelt report --store "$store" --out docs/results
-python docs/results/analyze.py --store "$store" > docs/results/analysis.md
+unipelt report --store "$store" --out docs/results/release-1
+# its analysis.md came from the analyze.py of that time (git show 99377d2:docs/results/analyze.py)
 
 # Targeted experiments, in their own store
-exp=${EXPERIMENTS:-docs/results/experiments.sqlite}
-unipelt sweep --grid docs/results/grid-epochs.toml --store "$exp" -q
-unipelt sweep --grid docs/results/grid-lr.toml --store "$exp" -q
-unipelt sweep --grid docs/results/grid-mrpc-dev.toml --store "$exp" --workers 2 -q
-unipelt report --store "$exp" --out docs/results/experiments
+exp=${EXPERIMENTS:-docs/results/release-1/experiments.sqlite}
+unipelt sweep --grid docs/results/release-1/grid-epochs.toml --store "$exp" -q
+unipelt sweep --grid docs/results/release-1/grid-lr.toml --store "$exp" -q
+unipelt sweep --grid docs/results/release-1/grid-mrpc-dev.toml --store "$exp" --workers 2 -q
+unipelt report --store "$exp" --out docs/results/release-1/experiments
