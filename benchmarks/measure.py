@@ -3,6 +3,7 @@ environment (it needs only torch). Medians over repeated steps, warm-up excluded
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import statistics
 import sys
@@ -11,6 +12,7 @@ import time
 import torch
 
 TRAIN_BATCH, EVAL_BATCH, LENGTH = 16, 64, 128
+_forward = contextlib.nullcontext  # measure(bf16=True) makes every timed forward a bf16 autocast one
 
 
 def _sync(device: str) -> None:
@@ -45,12 +47,18 @@ def train_step_seconds(model, device: str, repeats: int = 8, warmup: int = 2) ->
     model.train()
 
     def step():
-        loss = model(**batch, labels=labels).loss
+        with _forward():
+            loss = model(**batch, labels=labels).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     return _median_seconds(step, device, repeats, warmup)
+
+
+def _run(model, batch):
+    with _forward():
+        return model(**batch)
 
 
 @torch.inference_mode()
@@ -64,11 +72,11 @@ def inference(model, device: str, plain=None, repeats: int = 6, warmup: int = 1)
     times: dict[str, dict[str, list[float]]] = {k: {"big": [], "one": []} for k in models}
     for name, m in models.items():
         for _ in range(warmup):
-            m(**big), m(**one)
+            _run(m, big), _run(m, one)
     for _ in range(repeats):
         for name, m in models.items():
             for key, batch, n in (("big", big, 1), ("one", one, 4)):
-                times[name][key].append(_median_seconds(lambda: m(**batch), device, n, 0))
+                times[name][key].append(_median_seconds(lambda: _run(m, batch), device, n, 0))
     med = {k: {key: statistics.median(v) for key, v in t.items()} for k, t in times.items()}
     result = {"infer_examples_per_s": EVAL_BATCH / med["method"]["big"], "latency_ms": 1000 * med["method"]["one"]}
     if plain is not None:
@@ -84,10 +92,16 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def measure(model, device: str, trainable: int, prepare_inference=None, load_plain=None, compile=False) -> dict:
+def measure(
+    model, device: str, trainable: int, prepare_inference=None, load_plain=None, compile=False, bf16=False
+) -> dict:
     """Train first (peak memory is the process's peak, so one model per process), then infer,
     alternating with the plain model from ``load_plain`` when given. With ``compile``, each model
-    runs through ``torch.compile`` (inductor); warm-up steps absorb the compile time."""
+    runs through ``torch.compile`` (inductor); warm-up steps absorb the compile time. With
+    ``bf16``, every forward runs under bf16 autocast (the weights stay float32, as in training)."""
+    global _forward
+    if bf16:
+        _forward = lambda: torch.autocast(device_type=device, dtype=torch.bfloat16)  # noqa: E731
     wrap = torch.compile if compile else (lambda m: m)
     model.to(device)
     result = {

@@ -1,4 +1,4 @@
-"""One measurement in a fresh process: ``python worker.py LIBRARY METHOD DEVICE [compile]`` prints JSON.
+"""One measurement in a fresh process: ``python worker.py LIBRARY METHOD DEVICE [compile] [bf16]`` prints JSON.
 
 A process per (library, method) keeps peak memory honest and lets each library run in its own
 environment (AdapterHub ``adapters`` needs transformers 4.57, unipelt and peft need 5.x).
@@ -20,7 +20,7 @@ METHODS = ("frozen", "full", "lora", "prefix", "adapter", "unipelt-ap", "unipelt
 
 def main() -> None:
     library, method, device = sys.argv[1:4]
-    compiled = sys.argv[4:5] == ["compile"]
+    compiled, bf16 = "compile" in sys.argv[4:], "bf16" in sys.argv[4:]
     torch.manual_seed(0)
     if os.environ.get("BENCH_THREADS"):
         torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
@@ -30,7 +30,9 @@ def main() -> None:
         print(json.dumps({"library": library, "method": method, "skipped": "no equivalent"}))
         return
     model, trainable, prepare = built
-    result = measure(model, device, trainable, prepare, load_plain=getattr(lib, "load", None), compile=compiled)
+    result = measure(
+        model, device, trainable, prepare, load_plain=getattr(lib, "load", None), compile=compiled, bf16=bf16
+    )
     label = f"{library} (compiled)" if compiled else library
     print(json.dumps({"library": label, "method": method, **result}))
 
