@@ -50,6 +50,12 @@ COLUMNS = [
     "params",
     "versions",
 ]
+# Config differences that are not changes of the computation (what the code did in release 1)
+SAME_MATH = {
+    ("prefix.composition", "add", "interpolate"): ": renamed, the same formula (format-1 checkpoints load so)",
+    ("adapter.placement", "(absent)", "pfeiffer"): ": a new field; release 1 placed adapters this way",
+    ("prefix.networks", "(absent)", "shared"): ": a new field; release 1 shared one prefix network",
+}
 BLOCK = re.compile(r"(<!-- analyze: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /analyze -->)", re.S)
 
 
@@ -346,13 +352,15 @@ def why_summary(old: Study, now: Study) -> str:
     if heads.empty or now.name not in heads:
         return "No run of the corrected library has finished yet."
     out = []
-    for (before, after), methods in heads.dropna().groupby(["release-1", now.name]).groups.items():
+    pelt = heads.drop(index="full", errors="ignore").dropna()  # full fine-tuning trains the pooler anyway
+    for (before, after), methods in pelt.groupby(["release-1", now.name]).groups.items():
         verb = "unchanged at" if before == after else f"{before:,.0f} →"
         out.append(f"- **Head** ({', '.join(methods)}): trainable head parameters {verb} {after:,.0f}.")
     if fields.empty:
         out.append("- **PELT configs**: no field differs between the stores for these methods.")
     for (method, field), row in fields.iterrows():
-        out.append(f"- **{method}**: `{field}` {row['release-1']} → {row['now']}.")
+        note = SAME_MATH.get((field, row["release-1"], row["now"]), "")
+        out.append(f"- **{method}**: `{field}` {row['release-1']} → {row['now']}{note}.")
     return "\n".join(out)
 
 
