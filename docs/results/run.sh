@@ -3,6 +3,11 @@
 # continues where the committed stores stop. One heavy job at a time on 2 cores: the uncut grid
 # first (the paper's questions are answered on it), then the cut K=100 and K=500 grids, seed by
 # seed so that a partial store stays balanced. release-1/ holds the first study and its commands.
+# The rows so far were made by the library at commit ac91e80 (the fidelity release), run from a
+# worktree so that later library commits do not mix into one grid. To resume the same way:
+#   git worktree add ../study ac91e80 && cp docs/results/*.sqlite ../study/docs/results/
+#   (cd ../study && PYTHONPATH=src bash docs/results/run.sh) and copy the stores back to commit them.
+# Running it from a newer checkout also works; analyze.py's provenance block then shows both commits.
 set -euo pipefail
 uncut=${UNCUT:-docs/results/uncut.sqlite}
 store=${STORE:-docs/results/unipelt.sqlite}
