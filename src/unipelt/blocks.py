@@ -57,8 +57,19 @@ class LowRank(nn.Module):
 
     def bottleneck(self, z: torch.Tensor) -> torch.Tensor:
         """``act(down(z))`` for a single group: (..., r)."""
-        hid = self.dropout(z) @ self.down[0]
-        return self.act(hid + self.down_bias[0] if self.down_bias is not None else hid)
+        bias = self.down_bias[0] if self.down_bias is not None else None
+        return self.act(nn.functional.linear(self.dropout(z), self.down_t(), bias))
+
+    def down_t(self) -> torch.Tensor:
+        """W_down as a contiguous (r, d_in), nn.Linear's layout. With so few outputs, MKL runs
+        ``z W_down`` up to 2x faster this way round (forward and backward; benchmarks/gemm_layout.py),
+        and the copy is r·d_in numbers."""
+        return self.down[0].T.contiguous()
+
+    def expand(self, hid: torch.Tensor) -> torch.Tensor:
+        """``up(hid)`` for a single group: (..., d_out)."""
+        out = hid @ self.up[0]
+        return out + self.up_bias if self.up_bias is not None else out
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.groups == 1:  # the common case stays two plain matmuls
@@ -112,8 +123,9 @@ class Gate(nn.Module):
         nn.init.normal_(self.proj.weight, std=0.02)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        g = torch.sigmoid(self.proj(z))  # (B, T, 1)
+    def forward(self, z: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """The gate for input z; ``logits``, when given, are ``proj(z)`` already computed (``read_once``)."""
+        g = torch.sigmoid(self.proj(z) if logits is None else logits)  # (B, T, 1)
         if self.slot.causal:
             return g
         token_mask = self.slot.mask
@@ -139,8 +151,29 @@ class Interpolation(Gate):
         super().__init__(d)
         nn.init.constant_(self.proj.bias, self.INIT_BIAS)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.proj(z))  # (..., T, 1)
+    def forward(self, z: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.sigmoid(self.proj(z) if logits is None else logits)  # (..., T, 1)
+
+
+def read_once(block: LowRank, weight: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``block.bottleneck(z)`` and the composition weight ``weight(z)``.
+
+    A gate reads the same z as the down-projection, so both come from one GEMM with
+    ``[W_down | w_gate]``: these skinny maps cost about what reading z costs, and z is read once.
+    The gate module is still called (on its logits), so hooks on it (``gate_values``) see it.
+    A dropout on the bottleneck's input would give the two different inputs: then two GEMMs.
+    """
+    dropout = isinstance(block.dropout, nn.Dropout) and block.dropout.training
+    if not isinstance(weight, Gate) or block.groups != 1 or dropout:
+        return block.bottleneck(z), weight(z)
+    r = block.down.shape[-1]
+    w = torch.cat([block.down[0].T, weight.proj.weight])  # a fresh (r + 1, d): see LowRank.down_t
+    down_bias = block.down_bias[0] if block.down_bias is not None else None
+    bias = weight.proj.bias if down_bias is None else torch.cat([down_bias, weight.proj.bias])
+    if down_bias is None:
+        bias = nn.functional.pad(bias, (r, 0))  # the bottleneck has none: zeros before the gate's
+    both = nn.functional.linear(z, w, bias)  # (..., r + 1)
+    return block.act(both[..., :r]), weight(z, logits=both[..., r:])
 
 
 class Scale(nn.Module):

@@ -137,9 +137,9 @@ class PeltSublayer(Wrapper):
         h = out[0] if isinstance(out, tuple) else out
         x = self.source.value if self.source is not None else x
         for adapter in self.pelt_adapter_parallel:
-            h = h + adapter(x, h)
+            h = adapter.added(h, x, h)
         for adapter in self.pelt_adapter_sequential:
-            h = h + adapter(h, h)
+            h = adapter.added(h, h, h)
         return (h, *out[1:]) if isinstance(out, tuple) else h
 
 
@@ -165,11 +165,12 @@ class PeltPostNorm(Wrapper):
             return self.base_layer(s)
         x = self.tap.value if self.tap is not None else None
         h = s - x if x is not None else None  # the sublayer output, before the residual sum
-        increments = [a(x, h) for a in self.pelt_adapter_parallel] + [a(h, h) for a in self.pelt_adapter_houlsby]
-        for increment in increments:
-            s = s + increment
+        for adapter in self.pelt_adapter_parallel:
+            s = adapter.added(s, x, h)
+        for adapter in self.pelt_adapter_houlsby:
+            s = adapter.added(s, h, h)
         for adapter in self.pelt_adapter_sequential:
-            s = s + adapter(self.base_layer(s))
+            s = adapter.added(s, self.base_layer(s))
         return self.base_layer(s)
 
 

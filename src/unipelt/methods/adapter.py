@@ -22,7 +22,7 @@ from torch import nn
 
 from ..arch import locate, width
 from ..attention import features
-from ..blocks import Gate, Interpolation, LowRank, MaskSlot, composition_weight
+from ..blocks import Gate, Interpolation, LowRank, MaskSlot, composition_weight, read_once
 from ..config import (
     ALL_ATTENTION,
     Activation,
@@ -133,11 +133,34 @@ class Adapter(nn.Module):
         self.scale = None if isinstance(weight, Gate) else weight
         self.interpolates = cfg.composition == "interpolate"
 
+    @property
+    def composition(self) -> nn.Module:
+        return self.pelt_gate if self.pelt_gate is not None else self.scale
+
     def forward(self, z: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
         """What to add to h: w(z)·A(z), or λ(z)·(A(z) - h) when interpolating."""
-        weight = self.pelt_gate if self.pelt_gate is not None else self.scale
-        delta = self.block(z)
-        return weight(z) * (delta - h if self.interpolates else delta)
+        if self.block.groups != 1:
+            return self.composition(z) * (self.block(z) - h if self.interpolates else self.block(z))
+        hid, weight = read_once(self.block, self.composition, z)
+        delta = self.block.expand(hid)
+        return weight * (delta - h if self.interpolates else delta)
+
+    def added(self, base: torch.Tensor, z: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+        """``base + self(z, h)``, the sum every wrapper forms, in one GEMM where it can be.
+
+        w·A(z) = (w·f(z W_down)) W_up + w·b_up: scaling the r-wide bottleneck instead of the
+        d-wide output, with b_up as one more row of W_up (weighted by a column of w), lets
+        ``addmm(base, ·, ·)`` form the sum: three passes over a (B, T, d) tensor fewer.
+        """
+        if self.interpolates or self.block.groups != 1 or torch.is_autocast_enabled(base.device.type):
+            return base + self(z, h)  # under autocast addmm would round the residual sum to bf16
+        hid, weight = read_once(self.block, self.composition, z)
+        hid, up = hid * weight, self.block.up[0]  # (..., r), (r, d)
+        if self.block.up_bias is not None:
+            hid = torch.cat([hid, weight.expand(*hid.shape[:-1], 1).to(hid.dtype)], dim=-1)
+            up = torch.cat([up, self.block.up_bias[None]])
+        out = torch.addmm(base.reshape(-1, base.shape[-1]), hid.reshape(-1, hid.shape[-1]), up.to(base.dtype))
+        return out.view(base.shape)
 
     @torch.no_grad()
     def switch_off(self) -> None:

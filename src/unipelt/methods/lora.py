@@ -20,7 +20,7 @@ from torch import nn
 
 from ..arch import locate, name_of, path_of
 from ..attention import features, weight_out_in
-from ..blocks import Gate, LowRank, MaskSlot, composition_weight
+from ..blocks import Gate, LowRank, MaskSlot, composition_weight, read_once
 from ..config import (
     ALL_ATTENTION,
     AttentionKind,
@@ -95,15 +95,21 @@ class LoRALinear(Wrapper):
         self.pelt_gate = weight if isinstance(weight, Gate) else None
         self.scale = None if isinstance(weight, Gate) else weight
 
+    @property
+    def composition(self) -> nn.Module:
+        """The module giving w: the gate, or the fixed scale alpha/r (not ``weight``: that name
+        reads through to the base layer's)."""
+        return self.pelt_gate if self.pelt_gate is not None else self.scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)  # (..., d_out), contiguous; its backward needs x and W, not out
         if not self.pelt_active:
             return out
-        weight = self.pelt_gate(x) if self.pelt_gate is not None else self.scale.value
         lora = self.pelt_lora
+        hid, weight = read_once(lora, self.composition, x)  # A x, and the gate from the same GEMM
         # w·(B A x) = (w·A x) B: scale the r-wide bottleneck instead of the d-wide output, and add
         # into out in place, which saves two passes over a (B, T, d) tensor per projection
-        low = (lora.bottleneck(x) * weight).to(out.dtype)  # (..., r)
+        low = (hid * weight).to(out.dtype)  # (..., r)
         flat = out.view(-1, out.shape[-1])  # (N, d_out)
         rows = flat if self.rows is None else flat[:, self.rows[0] : self.rows[1]]  # a view: added in place
         # autocast leaves in-place ops alone: cast B as it would have for the matmul
@@ -112,8 +118,8 @@ class LoRALinear(Wrapper):
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """w · B A x alone, (..., d_out): zero outside a fused map's rows."""
-        weight = self.pelt_gate(x) if self.pelt_gate is not None else self.scale.value
-        delta = (self.pelt_lora.bottleneck(x) * weight) @ self.pelt_lora.up[0]
+        hid, weight = read_once(self.pelt_lora, self.composition, x)
+        delta = (hid * weight) @ self.pelt_lora.up[0]
         if self.rows is None:
             return delta
         d_out = features(self.base_layer)[1]
