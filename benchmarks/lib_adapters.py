@@ -1,7 +1,8 @@
 """AdapterHub adapters 1.3.0 (runs on transformers 4.57.x in its own environment).
 
 Configs are set to match unipelt's presets on MiniLM (d=384): its reduction_factor is d / r, so
-the Pfeiffer adapter uses 384/48 = 8 and MAM's parallel adapter 384/512 = 0.75.
+the Pfeiffer adapter uses 384/48 = 8 and MAM's parallel adapter 384/512 = 0.75; MAM's prefix
+network is He et al.'s 800 wide (unipelt's ``mam`` preset), where adapters' default is 512.
 """
 
 import adapters
@@ -19,7 +20,7 @@ CONFIGS = {
         SeqBnConfig(reduction_factor=D / 48, use_gating=True),
     ),
     "mam": lambda: ConfigUnion(
-        PrefixTuningConfig(prefix_length=30, bottleneck_size=512), ParBnConfig(reduction_factor=D / 512, scaling=4.0)
+        PrefixTuningConfig(prefix_length=30, bottleneck_size=800), ParBnConfig(reduction_factor=D / 512, scaling=4.0)
     ),
 }
 
