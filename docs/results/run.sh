@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # The study's commands on the corrected library (issue 19). Every sweep resumes, so rerunning this
 # continues where the committed stores stop. One heavy job at a time on 2 cores: the uncut grid
-# first (the paper's questions are answered on it), then the cut K=100 and K=500 grids, seed by
-# seed so that a partial store stays balanced. release-1/ holds the first study and its commands.
+# first (the paper's questions are answered on it), then the head ablation, then the cut K=100
+# and K=500 grids, seed by seed so that a partial store stays balanced. release-1/ holds the first study and its commands.
 # The rows so far were made by the library at commit ac91e80 (the fidelity release), run from a
 # worktree so that later library commits do not mix into one grid. To resume the same way:
-#   git worktree add ../study ac91e80 && cp docs/results/*.sqlite ../study/docs/results/
+#   git worktree add ../study ac91e80
+#   cp docs/results/{*.sqlite,run.sh,grid-head.toml,unipelt-ap-pooler.json} ../study/docs/results/
 #   (cd ../study && PYTHONPATH=src bash docs/results/run.sh) and copy the stores back to commit them.
 # Running it from a newer checkout also works; analyze.py's provenance block then shows both commits.
 set -euo pipefail
 uncut=${UNCUT:-docs/results/uncut.sqlite}
+head=${HEAD:-docs/results/head.sqlite}
 store=${STORE:-docs/results/unipelt.sqlite}
 export HF_HUB_OFFLINE=1
 for seed in 111 222 333; do
   unipelt sweep --grid docs/results/grid-uncut.toml --data-seeds $seed --store "$uncut" --workers 2 -q
+done
+for seed in 111 222 333; do  # the head ablation: UniPELT-AP with the pooler trained, same protocol
+  unipelt sweep --grid docs/results/grid-head.toml --data-seeds $seed --store "$head" --workers 2 -q
 done
 for seed in 111 222 333; do
   unipelt sweep --grid docs/results/grid-k100.toml --data-seeds $seed --store "$store" --workers 2 -q
