@@ -320,10 +320,10 @@ def head_summary(uncut: Study, head: Study) -> str:
     pairs = head_pairs(uncut, head)
     if pairs.empty:
         return "No run of the head ablation has finished yet."
-    d = pairs[f"{HEAD[0]} − {HEAD[1]}"]
+    d = f"{HEAD[0]} − {HEAD[1]}"  # the column paired() adds
     per = "; ".join(
-        f"{t}: {fmt(g[HEAD[1]].mean())} frozen → {fmt(g[HEAD[0]].mean())} trained ({signed(d[g.index].mean())}, "
-        f"{len(g)} seed{'s' if len(g) > 1 else ''}, every seed {'up' if (d[g.index] > 0).all() else 'not up'})"
+        f"{t}: {fmt(g[HEAD[1]].mean())} frozen → {fmt(g[HEAD[0]].mean())} trained ({signed(g[d].mean())}, "
+        f"{len(g)} seed{'s' if len(g) > 1 else ''}, every seed {'up' if (g[d] > 0).all() else 'not up'})"
         for t, g in pairs.groupby(level=1)
     )
     return f"UniPELT-AP on the uncut protocol, the pooler frozen (the paper's head) and trained (release 1's): {per}."

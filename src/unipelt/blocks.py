@@ -168,10 +168,10 @@ def read_once(block: LowRank, weight: nn.Module, z: torch.Tensor) -> tuple[torch
         return block.bottleneck(z), weight(z)
     r = block.down.shape[-1]
     w = torch.cat([block.down[0].T, weight.proj.weight])  # a fresh (r + 1, d): see LowRank.down_t
-    down_bias = block.down_bias[0] if block.down_bias is not None else None
-    bias = weight.proj.bias if down_bias is None else torch.cat([down_bias, weight.proj.bias])
-    if down_bias is None:
-        bias = nn.functional.pad(bias, (r, 0))  # the bottleneck has none: zeros before the gate's
+    if block.down_bias is not None:
+        bias = torch.cat([block.down_bias[0], weight.proj.bias])
+    else:  # the bottleneck has none: zeros before the gate's
+        bias = nn.functional.pad(weight.proj.bias, (r, 0))
     both = nn.functional.linear(z, w, bias)  # (..., r + 1)
     return block.act(both[..., :r]), weight(z, logits=both[..., r:])
 
