@@ -6,8 +6,10 @@
 # The rows so far were made by the library at commit ac91e80 (the fidelity release), run from a
 # worktree so that later library commits do not mix into one grid. To resume the same way:
 #   git worktree add ../study ac91e80
-#   cp docs/results/{*.sqlite,run.sh,grid-head.toml,unipelt-ap-pooler.json} ../study/docs/results/
-#   (cd ../study && PYTHONPATH=src bash docs/results/run.sh) and copy the stores back to commit them.
+#   cp docs/results/{*.sqlite,grid-head.toml,unipelt-ap-pooler.json} ../study/docs/results/
+#   main=$PWD; (cd ../study && PYTHONPATH=src bash "$main/docs/results/run.sh")
+# and copy the stores back (sqlite3 SRC ".backup DST") to commit them. Run this file from here, not
+# a copy in the worktree: a changed tracked file there marks every row's commit "+dirty".
 # Running it from a newer checkout also works; analyze.py's provenance block then shows both commits.
 set -euo pipefail
 uncut=${UNCUT:-docs/results/uncut.sqlite}
