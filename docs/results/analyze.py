@@ -406,6 +406,15 @@ def blocks(studies: dict[str, Study]) -> dict[str, str]:
     }
 
 
+def scores(study: Study, stats: dict, methods, std: bool = False) -> list[str]:
+    """A grid's mean table (its std table too, when asked) and its seed counts, as analysis.md parts."""
+    table = {k: md(stats[k].unstack(["k", "task"]).reindex(methods).dropna(how="all")) for k in ("mean", "std")}
+    parts = ["Test score ×100, mean over data seeds:", table["mean"]]
+    if std:
+        parts += ["Std over data seeds:", table["std"]]
+    return parts + ["Seeds:", md(coverage(study, methods), 0)]
+
+
 def analysis(studies: dict[str, Study]) -> str:
     uncut, cut, old = studies["uncut"], studies["cut"], studies["release-1"]
     s, cut_stats = uncut.stats(UNCUT), cut.stats(GRID)
@@ -414,12 +423,7 @@ def analysis(studies: dict[str, Study]) -> str:
         "## Which code each row came from",
         md(provenance([uncut, studies["head"], cut, old]), 0),
         "## Uncut grid: SST-2 and STS-B, K=100, 50 epochs, patience 10, 1,000 dev rows",
-        "Test score ×100, mean over data seeds:",
-        md(s["mean"].unstack(["k", "task"]).reindex(UNCUT).dropna(how="all")),
-        "Std over data seeds:",
-        md(s["std"].unstack(["k", "task"]).reindex(UNCUT).dropna(how="all")),
-        "Seeds:",
-        md(coverage(uncut, UNCUT), 0),
+        *scores(uncut, s, UNCUT, std=True),
         "### Average over tasks (complete tasks only) and rank",
         md(averages(s, GRID)),
         "### Per task: best, worst, best single method, UniPELT's margin over it",
@@ -433,10 +437,7 @@ def analysis(studies: dict[str, Study]) -> str:
         "### The head: UniPELT-AP with the pooler trained (head.sqlite) against frozen, paired by seed",
         md(head_pairs(uncut, studies["head"])),
         "## Cut grids on the corrected library (K=100: 15 epochs; K=500: 5 epochs; 200 dev rows)",
-        "Test score ×100, mean over data seeds:",
-        md(cut_stats["mean"].unstack(["k", "task"]).reindex(GRID).dropna(how="all")),
-        "Seeds:",
-        md(coverage(cut, GRID), 0),
+        *scores(cut, cut_stats, GRID),
         "### Average over tasks and rank",
         md(averages(cut_stats, GRID)),
         "### Per task",
