@@ -408,10 +408,12 @@ def blocks(studies: dict[str, Study]) -> dict[str, str]:
 
 def scores(study: Study, stats: dict, methods, std: bool = False) -> list[str]:
     """A grid's mean table (its std table too, when asked) and its seed counts, as analysis.md parts."""
-    table = {k: md(stats[k].unstack(["k", "task"]).reindex(methods).dropna(how="all")) for k in ("mean", "std")}
-    parts = ["Test score ×100, mean over data seeds:", table["mean"]]
+    def table(k: str) -> str:
+        return md(stats[k].unstack(["k", "task"]).reindex(methods).dropna(how="all"))
+
+    parts = ["Test score ×100, mean over data seeds:", table("mean")]
     if std:
-        parts += ["Std over data seeds:", table["std"]]
+        parts += ["Std over data seeds:", table("std")]
     return parts + ["Seeds:", md(coverage(study, methods), 0)]
 
 
