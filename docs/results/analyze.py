@@ -408,6 +408,7 @@ def blocks(studies: dict[str, Study]) -> dict[str, str]:
 
 def scores(study: Study, stats: dict, methods, std: bool = False) -> list[str]:
     """A grid's mean table (its std table too, when asked) and its seed counts, as analysis.md parts."""
+
     def table(k: str) -> str:
         return md(stats[k].unstack(["k", "task"]).reindex(methods).dropna(how="all"))
 
@@ -448,7 +449,8 @@ def analysis(studies: dict[str, Study]) -> str:
         md(gates(cut), 3),
         "## What moved: release 1 against the corrected library (same cut grids, same seeds)",
         md(moved(old, cut)),
-        "Trainable head parameters (`count_parameters()['head']`):",
+        "Trainable head parameters (`count_parameters()['head']`). Full fine-tuning trains the pooler in "
+        "both releases; release 1 counted it in the head, the corrected library counts it in the base:",
         md(head_change(old, cut), 0),
         "PELT config fields that differ:",
         md(config_change(old, cut), 0),
