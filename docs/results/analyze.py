@@ -161,6 +161,16 @@ def budget(study: Study, methods: list[str]) -> pd.DataFrame:
     return runs.groupby(["k", "task", "method"])[["best epoch", "ran", "at cap", "best = last"]].mean()
 
 
+def last_loss(study: Study, methods: list[str]) -> pd.DataFrame:
+    """Per method and (K, task): the training loss of each run's last epoch, mean over seeds."""
+    runs = study.runs[study.runs.method.isin(methods)]
+    if runs.empty or study.epochs.empty:
+        return pd.DataFrame()
+    last = study.epochs.sort_values("epoch").groupby("run_key").train_loss.last()
+    runs = runs.assign(loss=runs.run_key.map(last))
+    return runs.groupby(["k", "task", "method"]).loss.mean().unstack(["k", "task"]).reindex(methods)
+
+
 def gates(study: Study) -> pd.DataFrame:
     g = study.gates
     if g.empty:
@@ -445,10 +455,16 @@ def analysis(studies: dict[str, Study]) -> str:
         md(averages(cut_stats, GRID)),
         "### Per task",
         md(per_task(cut_stats, GRID)),
+        "### Training loss at each run's last epoch (mean over seeds)",
+        "Cross-entropy on the classification tasks (a constant guess on two balanced classes scores ln 2), "
+        "mean squared error on STS-B's 0-5 scale:",
+        md(last_loss(cut, GRID), 3),
         "### Gates",
         md(gates(cut), 3),
         "## What moved: release 1 against the corrected library (same cut grids, same seeds)",
         md(moved(old, cut)),
+        "Release 1's training loss at each run's last epoch (mean over seeds), beside the table above:",
+        md(last_loss(old, GRID), 3),
         "Trainable head parameters (`count_parameters()['head']`). Full fine-tuning trains the pooler in "
         "both releases; release 1 counted it in the head, the corrected library counts it in the base:",
         md(head_change(old, cut), 0),
