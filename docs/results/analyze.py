@@ -3,8 +3,9 @@
     python docs/results/analyze.py          # writes analysis.md and README.md's generated blocks
     python docs/results/analyze.py --check  # exit 1 if either is stale (tests/test_study_docs.py)
 
-Four stores: ``uncut.sqlite`` (SST-2 and STS-B at K=100 with the protocol's full budget),
+Five stores: ``uncut.sqlite`` (SST-2 and STS-B at K=100 with the protocol's full budget),
 ``head.sqlite`` (UniPELT-AP on that protocol with the BERT pooler trained, the head ablation),
+``head-k500.sqlite`` (the single methods on SST-2 and STS-B at K=500, the cut protocol, with the pooler trained),
 ``unipelt.sqlite`` (the cut K=100 and K=500 grids on the corrected library) and
 ``release-1/unipelt.sqlite`` (the same cut grids on the first release, kept for the comparison).
 A README block is the text between ``<!-- analyze: NAME -->`` and ``<!-- /analyze -->``; nothing
@@ -30,12 +31,13 @@ STORES = {
     "cut": HERE / "unipelt.sqlite",
     "release-1": HERE / "release-1/unipelt.sqlite",
     "head": HERE / "head.sqlite",
+    "head-k500": HERE / "head-k500.sqlite",
 }
 SINGLE = ["bitfit", "adapter", "prefix", "lora"]  # the single PELT methods UniPELT combines or is set beside
 UNIPELT = ["unipelt-ap", "unipelt-apl"]
 GRID = ["full", *SINGLE, *UNIPELT]
 NOGATE = ("unipelt-ap", "unipelt-ap-nogate")
-HEAD = ("unipelt-ap-pooler", "unipelt-ap")  # grid-head.toml: the pooler trained, as in release 1
+POOLER = "-pooler"  # grid-head*.toml: a method's config with the pooler trained, as in release 1
 UNCUT = [*GRID, NOGATE[1]]
 UNCUT_TASKS = ["sst2", "stsb"]
 SEEDS = 3
@@ -320,23 +322,30 @@ def uncut_summary(uncut: Study) -> str:
     return "\n".join(out)
 
 
-def head_pairs(uncut: Study, head: Study) -> pd.DataFrame:
-    """UniPELT-AP with the pooler trained against the paper's frozen pooler, seed by seed."""
-    both = Study("both", pd.concat([uncut.runs, head.runs]), uncut.epochs, uncut.gates, uncut.failed)
-    return paired(both, *HEAD)
+def pooler_pairs(frozen: Study, trained: Study, methods: list[str]) -> pd.DataFrame:
+    """Each method with the pooler trained (config ``METHOD-pooler``) against frozen, seed by seed."""
+    both = Study("both", pd.concat([frozen.runs, trained.runs]), frozen.epochs, frozen.gates, frozen.failed)
+    frames = {}
+    for m in methods:
+        wide = paired(both, f"{m}{POOLER}", m)
+        if not wide.empty:
+            frames[m] = wide[[m, f"{m}{POOLER}"]].set_axis(["frozen", "trained"], axis=1)
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, names=["method"])
+    return out.assign(**{"trained − frozen": out.trained - out.frozen})
 
 
-def head_summary(uncut: Study, head: Study) -> str:
-    pairs = head_pairs(uncut, head)
+def pooler_summary(pairs: pd.DataFrame, what: str) -> str:
     if pairs.empty:
-        return "No run of the head ablation has finished yet."
-    d = f"{HEAD[0]} − {HEAD[1]}"  # the column paired() adds
+        return "No run of this head ablation has finished yet."
+    d = pairs["trained − frozen"]
     per = "; ".join(
-        f"{t}: {fmt(g[HEAD[1]].mean())} frozen → {fmt(g[HEAD[0]].mean())} trained ({signed(g[d].mean())}, "
-        f"{len(g)} seed{'s' if len(g) > 1 else ''}, every seed {'up' if (g[d] > 0).all() else 'not up'})"
-        for t, g in pairs.groupby(level=1)
+        f"{m} on {t}: {fmt(g.frozen.mean())} frozen → {fmt(g.trained.mean())} trained "
+        f"({signed(d[g.index].mean())}, up on {(d[g.index] > 0).sum()} of {len(g)} seeds)"
+        for (m, t), g in pairs.groupby(level=["method", "task"], sort=False)
     )
-    return f"UniPELT-AP on the uncut protocol, the pooler frozen (the paper's head) and trained (release 1's): {per}."
+    return f"{what}, the pooler frozen (the paper's head) and trained (release 1's): {per}."
 
 
 def moved_summary(old: Study, new: Study) -> str:
@@ -405,13 +414,18 @@ def blocks(studies: dict[str, Study]) -> dict[str, str]:
     now = Study("now", pd.concat([cut.runs, uncut.runs]), cut.epochs, cut.gates, cut.failed)
     return {
         "summary": uncut_summary(uncut),
-        "head": head_summary(uncut, studies["head"]),
+        "head": pooler_summary(
+            pooler_pairs(uncut, studies["head"], ["unipelt-ap"]), "UniPELT-AP on the uncut protocol"
+        ),
+        "head-k500": pooler_summary(
+            pooler_pairs(cut, studies["head-k500"], SINGLE), "The single methods on the cut K=500 protocol"
+        ),
         "why": why_summary(old, now),
         "moved": moved_summary(old, cut),
         "coverage": "\n\n".join(
             f"`{s.name}`:\n\n{md(coverage(s, UNCUT if s.name == 'uncut' else GRID), 0)}" for s in (uncut, cut)
         ),
-        "provenance": md(provenance([uncut, studies["head"], cut, old]), 0),
+        "provenance": md(provenance([uncut, studies["head"], studies["head-k500"], cut, old]), 0),
         "study": study_paragraph(uncut, old, cut),
     }
 
@@ -434,7 +448,7 @@ def analysis(studies: dict[str, Study]) -> str:
     parts = [
         "# Study numbers (generated by docs/results/analyze.py from the stores; do not edit)",
         "## Which code each row came from",
-        md(provenance([uncut, studies["head"], cut, old]), 0),
+        md(provenance([uncut, studies["head"], studies["head-k500"], cut, old]), 0),
         "## Uncut grid: SST-2 and STS-B, K=100, 50 epochs, patience 10, 1,000 dev rows",
         *scores(uncut, s, UNCUT, std=True),
         "### Average over tasks (complete tasks only) and rank",
@@ -448,7 +462,7 @@ def analysis(studies: dict[str, Study]) -> str:
         "### Gates (mean over layers and seeds)",
         md(gates(uncut), 3),
         "### The head: UniPELT-AP with the pooler trained (head.sqlite) against frozen, paired by seed",
-        md(head_pairs(uncut, studies["head"])),
+        md(pooler_pairs(uncut, studies["head"], ["unipelt-ap"])),
         "## Cut grids on the corrected library (K=100: 15 epochs; K=500: 5 epochs; 200 dev rows)",
         *scores(cut, cut_stats, GRID),
         "### Average over tasks and rank",
@@ -470,6 +484,9 @@ def analysis(studies: dict[str, Study]) -> str:
         md(head_change(old, cut), 0),
         "PELT config fields that differ:",
         md(config_change(old, cut), 0),
+        "### The head for the single methods: the pooler trained (head-k500.sqlite) against frozen, "
+        "SST-2 and STS-B at K=500, paired by seed",
+        md(pooler_pairs(cut, studies["head-k500"], SINGLE)),
         "## Failed runs",
         md(
             pd.concat([x.failed.assign(store=x.name) for x in (uncut, cut)])[

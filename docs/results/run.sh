@@ -6,7 +6,7 @@
 # The rows so far were made by the library at commit ac91e80 (the fidelity release), run from a
 # worktree so that later library commits do not mix into one grid. To resume the same way:
 #   git worktree add ../study ac91e80
-#   cp docs/results/{*.sqlite,grid-head.toml,unipelt-ap-pooler.json} ../study/docs/results/
+#   cp docs/results/{*.sqlite,grid-head*.toml,*-pooler.json} ../study/docs/results/
 #   main=$PWD; (cd ../study && PYTHONPATH=src bash "$main/docs/results/run.sh")
 # and copy the stores back (sqlite3 SRC ".backup DST") to commit them. Run this file from here, not
 # a copy in the worktree: a changed tracked file there marks every row's commit "+dirty".
@@ -14,6 +14,7 @@
 set -euo pipefail
 uncut=${UNCUT:-docs/results/uncut.sqlite}
 head=${HEAD:-docs/results/head.sqlite}
+head_k500=${HEAD_K500:-docs/results/head-k500.sqlite}
 store=${STORE:-docs/results/unipelt.sqlite}
 export HF_HUB_OFFLINE=1
 for seed in 111 222 333; do
@@ -29,6 +30,8 @@ for seed in 111 222 333; do
   unipelt sweep --grid docs/results/grid-k500.toml --tasks sst2,mrpc,rte --data-seeds $seed --store "$store" --workers 2 -q
 done
 unipelt sweep --grid docs/results/grid-k500.toml --tasks stsb,cola --store "$store" --workers 2 -q
+# the head ablation for the single methods, on the cut K=500 protocol (SST-2's seeds first)
+unipelt sweep --grid docs/results/grid-head-k500.toml --store "$head_k500" --workers 2 -q
 unipelt report --store "$uncut" --out docs/results/uncut
 unipelt report --store "$store" --out docs/results/cut
 python docs/results/analyze.py
