@@ -322,8 +322,9 @@ def uncut_summary(uncut: Study) -> str:
     return "\n".join(out)
 
 
-def pooler_pairs(frozen: Study, trained: Study, methods: list[str]) -> pd.DataFrame:
-    """Each method with the pooler trained (config ``METHOD-pooler``) against frozen, seed by seed."""
+def pooler_pairs(frozen: Study, trained: Study, methods: list[str], old: Study | None = None) -> pd.DataFrame:
+    """Each method with the pooler trained (config ``METHOD-pooler``) against frozen, seed by seed;
+    with ``old``, release 1's score for the same run beside them (it trained the pooler too)."""
     both = Study("both", pd.concat([frozen.runs, trained.runs]), frozen.epochs, frozen.gates, frozen.failed)
     frames = {}
     for m in methods:
@@ -333,16 +334,27 @@ def pooler_pairs(frozen: Study, trained: Study, methods: list[str]) -> pd.DataFr
     if not frames:
         return pd.DataFrame()
     out = pd.concat(frames, names=["method"])
-    return out.assign(**{"trained − frozen": out.trained - out.frozen})
+    out = out.assign(**{"trained − frozen": out.trained - out.frozen})
+    if old is not None:
+        release = old.runs.set_index(["method", "k", "task", "data_seed"]).score
+        out["release 1"] = release.reindex(out.index).to_numpy()
+    return out
 
 
 def pooler_summary(pairs: pd.DataFrame, what: str) -> str:
     if pairs.empty:
         return "No run of this head ablation has finished yet."
     d = pairs["trained − frozen"]
+
+    def release(g: pd.DataFrame) -> str:
+        if "release 1" not in g:
+            return ""
+        same = (g["release 1"] == g.trained).sum()  # exact: the same computation gives the same float
+        return f"; release 1 {fmt(g['release 1'].mean())}, the very same score on {same} of {len(g)}"
+
     per = "; ".join(
         f"{m} on {t}: {fmt(g.frozen.mean())} frozen → {fmt(g.trained.mean())} trained "
-        f"({signed(d[g.index].mean())}, up on {(d[g.index] > 0).sum()} of {len(g)} seeds)"
+        f"({signed(d[g.index].mean())}, up on {(d[g.index] > 0).sum()} of {len(g)} seeds{release(g)})"
         for (m, t), g in pairs.groupby(level=["method", "task"], sort=False)
     )
     return f"{what}, the pooler frozen (the paper's head) and trained (release 1's): {per}."
@@ -418,7 +430,7 @@ def blocks(studies: dict[str, Study]) -> dict[str, str]:
             pooler_pairs(uncut, studies["head"], ["unipelt-ap"]), "UniPELT-AP on the uncut protocol"
         ),
         "head-k500": pooler_summary(
-            pooler_pairs(cut, studies["head-k500"], SINGLE), "The single methods on the cut K=500 protocol"
+            pooler_pairs(cut, studies["head-k500"], SINGLE, old), "The single methods on the cut K=500 protocol"
         ),
         "why": why_summary(old, now),
         "moved": moved_summary(old, cut),
@@ -486,7 +498,7 @@ def analysis(studies: dict[str, Study]) -> str:
         md(config_change(old, cut), 0),
         "### The head for the single methods: the pooler trained (head-k500.sqlite) against frozen, "
         "SST-2 and STS-B at K=500, paired by seed",
-        md(pooler_pairs(cut, studies["head-k500"], SINGLE)),
+        md(pooler_pairs(cut, studies["head-k500"], SINGLE, old)),
         "## Failed runs",
         md(
             pd.concat([x.failed.assign(store=x.name) for x in (uncut, cut)])[
