@@ -379,7 +379,7 @@ def moved_summary(old: Study, new: Study) -> str:
     )
 
 
-def study_paragraph(uncut: Study, old: Study, cut: Study) -> str:
+def study_paragraph(uncut: Study, old: Study, cut: Study, head_k500: Study) -> str:
     """The top-level README's paragraph: the uncut grid's answer in two sentences, and coverage."""
     stats = uncut.stats(UNCUT)
     avg = averages(stats, GRID)
@@ -399,8 +399,21 @@ def study_paragraph(uncut: Study, old: Study, cut: Study) -> str:
         f"**The reproduction study** ([docs/results/](docs/results/README.md)) runs the paper's low-resource "
         f"protocol on real GLUE data and MiniLM. {where} On the tasks every method finished uncut, the "
         f"best averages are {leads}; the best single method is {best_single} "
-        f"({fmt(avg.loc[best_single, 'avg'])}). The first study, before the fidelity corrections, is kept "
-        f"in docs/results/release-1/."
+        f"({fmt(avg.loc[best_single, 'avg'])}).{head_sentence(cut, head_k500, old)} The first study, before "
+        f"the fidelity corrections, is kept in docs/results/release-1/."
+    )
+
+
+def head_sentence(cut: Study, head_k500: Study, old: Study) -> str:
+    """How many single-method runs with the pooler trained give release 1's exact score."""
+    pairs = pooler_pairs(cut, head_k500, SINGLE, old)
+    if pairs.empty:
+        return ""
+    same = (pairs["release 1"] == pairs.trained).sum()
+    so = ", so for them the paper's frozen pooler is all that moved" if same == len(pairs) else ""
+    return (
+        f" With the BERT pooler trained again, as release 1 trained it, {same} of {len(pairs)} single-method "
+        f"runs at K=500 give release 1's exact score{so}."
     )
 
 
@@ -438,7 +451,7 @@ def blocks(studies: dict[str, Study]) -> dict[str, str]:
             f"`{s.name}`:\n\n{md(coverage(s, UNCUT if s.name == 'uncut' else GRID), 0)}" for s in (uncut, cut)
         ),
         "provenance": md(provenance([uncut, studies["head"], studies["head-k500"], cut, old]), 0),
-        "study": study_paragraph(uncut, old, cut),
+        "study": study_paragraph(uncut, old, cut, studies["head-k500"]),
     }
 
 
