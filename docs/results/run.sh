@@ -2,8 +2,9 @@
 # The study's commands on the corrected library (issue 19). Every sweep resumes, so rerunning this
 # continues where the committed stores stop. One heavy job at a time on 2 cores: the uncut grid
 # first (the paper's questions are answered on it), then the head ablation, then the cut K=100
-# and K=500 grids, seed by seed so that a partial store stays balanced. release-1/ holds the first study and its commands.
-# The rows so far were made by the library at commit ac91e80 (the fidelity release), run from a
+# and K=500 grids, seed by seed so that a partial store stays balanced, then the head ablation for
+# the single methods at K=500. release-1/ holds the first study and its commands.
+# Every row was made by the library at commit ac91e80 (the fidelity release), run from a
 # worktree so that later library commits do not mix into one grid. To resume the same way:
 #   git worktree add ../study ac91e80
 #   cp docs/results/{*.sqlite,grid-head*.toml,*-pooler.json} ../study/docs/results/
