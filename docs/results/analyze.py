@@ -5,7 +5,8 @@
 
 Five stores: ``uncut.sqlite`` (SST-2 and STS-B at K=100 with the protocol's full budget),
 ``head.sqlite`` (UniPELT-AP on that protocol with the BERT pooler trained, the head ablation),
-``head-k500.sqlite`` (the single methods on SST-2 and STS-B at K=500, the cut protocol, with the pooler trained),
+``head-k100.sqlite`` and ``head-k500.sqlite`` (the single methods on SST-2 and STS-B, the cut protocol, with the
+pooler trained),
 ``unipelt.sqlite`` (the cut K=100 and K=500 grids on the corrected library) and
 ``release-1/unipelt.sqlite`` (the same cut grids on the first release, kept for the comparison).
 A README block is the text between ``<!-- analyze: NAME -->`` and ``<!-- /analyze -->``; nothing
@@ -31,6 +32,7 @@ STORES = {
     "cut": HERE / "unipelt.sqlite",
     "release-1": HERE / "release-1/unipelt.sqlite",
     "head": HERE / "head.sqlite",
+    "head-k100": HERE / "head-k100.sqlite",
     "head-k500": HERE / "head-k500.sqlite",
 }
 SINGLE = ["bitfit", "adapter", "prefix", "lora"]  # the single PELT methods UniPELT combines or is set beside
@@ -353,9 +355,9 @@ def pooler_summary(pairs: pd.DataFrame, what: str) -> str:
         return f"; release 1 {fmt(g['release 1'].mean())}, the very same score on {same} of {len(g)}"
 
     per = "; ".join(
-        f"{m} on {t}: {fmt(g.frozen.mean())} frozen → {fmt(g.trained.mean())} trained "
+        f"{m} on {t} at K={k}: {fmt(g.frozen.mean())} frozen → {fmt(g.trained.mean())} trained "
         f"({signed(d[g.index].mean())}, up on {(d[g.index] > 0).sum()} of {len(g)} seeds{release(g)})"
-        for (m, t), g in pairs.groupby(level=["method", "task"], sort=False)
+        for (m, k, t), g in pairs.groupby(level=["method", "k", "task"], sort=False)
     )
     return f"{what}, the pooler frozen (the paper's head) and trained (release 1's): {per}."
 
@@ -379,7 +381,7 @@ def moved_summary(old: Study, new: Study) -> str:
     )
 
 
-def study_paragraph(uncut: Study, old: Study, cut: Study, head_k500: Study) -> str:
+def study_paragraph(uncut: Study, old: Study, cut: Study, single: Study) -> str:
     """The top-level README's paragraph: the uncut grid's answer in two sentences, and coverage."""
     stats = uncut.stats(UNCUT)
     avg = averages(stats, GRID)
@@ -399,21 +401,21 @@ def study_paragraph(uncut: Study, old: Study, cut: Study, head_k500: Study) -> s
         f"**The reproduction study** ([docs/results/](docs/results/README.md)) runs the paper's low-resource "
         f"protocol on real GLUE data and MiniLM. {where} On the tasks every method finished uncut, the "
         f"best averages are {leads}; the best single method is {best_single} "
-        f"({fmt(avg.loc[best_single, 'avg'])}).{head_sentence(cut, head_k500, old)} The first study, before "
+        f"({fmt(avg.loc[best_single, 'avg'])}).{head_sentence(cut, single, old)} The first study, before "
         f"the fidelity corrections, is kept in docs/results/release-1/."
     )
 
 
-def head_sentence(cut: Study, head_k500: Study, old: Study) -> str:
+def head_sentence(cut: Study, single: Study, old: Study) -> str:
     """How many single-method runs with the pooler trained give release 1's exact score."""
-    pairs = pooler_pairs(cut, head_k500, SINGLE, old)
+    pairs = pooler_pairs(cut, single, SINGLE, old)
     if pairs.empty:
         return ""
     same = (pairs["release 1"] == pairs.trained).sum()
     so = ", so for them the paper's frozen pooler is all that moved" if same == len(pairs) else ""
     return (
         f" With the BERT pooler trained again, as release 1 trained it, {same} of {len(pairs)} single-method "
-        f"runs at K=500 give release 1's exact score{so}."
+        f"runs give release 1's exact score{so}."
     )
 
 
@@ -434,6 +436,12 @@ def why_summary(old: Study, now: Study) -> str:
     return "\n".join(out)
 
 
+def single_head(studies: dict[str, Study]) -> Study:
+    """The single-method head ablation's two stores (K=100 and K=500) as one study."""
+    a, b = studies["head-k100"], studies["head-k500"]
+    return Study("head-single", pd.concat([a.runs, b.runs]), a.epochs, a.gates, pd.concat([a.failed, b.failed]))
+
+
 def blocks(studies: dict[str, Study]) -> dict[str, str]:
     uncut, cut, old = studies["uncut"], studies["cut"], studies["release-1"]
     now = Study("now", pd.concat([cut.runs, uncut.runs]), cut.epochs, cut.gates, cut.failed)
@@ -442,16 +450,16 @@ def blocks(studies: dict[str, Study]) -> dict[str, str]:
         "head": pooler_summary(
             pooler_pairs(uncut, studies["head"], ["unipelt-ap"]), "UniPELT-AP on the uncut protocol"
         ),
-        "head-k500": pooler_summary(
-            pooler_pairs(cut, studies["head-k500"], SINGLE, old), "The single methods on the cut K=500 protocol"
+        "head-single": pooler_summary(
+            pooler_pairs(cut, single_head(studies), SINGLE, old), "The single methods on the cut protocol"
         ),
         "why": why_summary(old, now),
         "moved": moved_summary(old, cut),
         "coverage": "\n\n".join(
             f"`{s.name}`:\n\n{md(coverage(s, UNCUT if s.name == 'uncut' else GRID), 0)}" for s in (uncut, cut)
         ),
-        "provenance": md(provenance([uncut, studies["head"], studies["head-k500"], cut, old]), 0),
-        "study": study_paragraph(uncut, old, cut, studies["head-k500"]),
+        "provenance": md(provenance([uncut, studies["head"], studies["head-k100"], studies["head-k500"], cut, old]), 0),
+        "study": study_paragraph(uncut, old, cut, single_head(studies)),
     }
 
 
@@ -473,7 +481,7 @@ def analysis(studies: dict[str, Study]) -> str:
     parts = [
         "# Study numbers (generated by docs/results/analyze.py from the stores; do not edit)",
         "## Which code each row came from",
-        md(provenance([uncut, studies["head"], studies["head-k500"], cut, old]), 0),
+        md(provenance([uncut, studies["head"], studies["head-k100"], studies["head-k500"], cut, old]), 0),
         "## Uncut grid: SST-2 and STS-B, K=100, 50 epochs, patience 10, 1,000 dev rows",
         *scores(uncut, s, UNCUT, std=True),
         "### Average over tasks (complete tasks only) and rank",
@@ -509,9 +517,9 @@ def analysis(studies: dict[str, Study]) -> str:
         md(head_change(old, cut), 0),
         "PELT config fields that differ:",
         md(config_change(old, cut), 0),
-        "### The head for the single methods: the pooler trained (head-k500.sqlite) against frozen, "
-        "SST-2 and STS-B at K=500, paired by seed",
-        md(pooler_pairs(cut, studies["head-k500"], SINGLE, old)),
+        "### The head for the single methods: the pooler trained (head-k100.sqlite, head-k500.sqlite) against frozen, "
+        "SST-2 and STS-B, paired by seed",
+        md(pooler_pairs(cut, single_head(studies), SINGLE, old)),
         "## Failed runs",
         md(
             pd.concat([x.failed.assign(store=x.name) for x in (uncut, cut)])[

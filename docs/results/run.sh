@@ -3,7 +3,7 @@
 # continues where the committed stores stop. One heavy job at a time on 2 cores: the uncut grid
 # first (the paper's questions are answered on it), then the head ablation, then the cut K=100
 # and K=500 grids, seed by seed so that a partial store stays balanced, then the head ablation for
-# the single methods at K=500. release-1/ holds the first study and its commands.
+# the single methods at K=500 and K=100. release-1/ holds the first study and its commands.
 # Every row was made by the library at commit ac91e80 (the fidelity release), run from a
 # worktree so that later library commits do not mix into one grid. To resume the same way:
 #   git worktree add ../study ac91e80
@@ -15,6 +15,7 @@
 set -euo pipefail
 uncut=${UNCUT:-docs/results/uncut.sqlite}
 head=${HEAD:-docs/results/head.sqlite}
+head_k100=${HEAD_K100:-docs/results/head-k100.sqlite}
 head_k500=${HEAD_K500:-docs/results/head-k500.sqlite}
 store=${STORE:-docs/results/unipelt.sqlite}
 export HF_HUB_OFFLINE=1
@@ -31,8 +32,9 @@ for seed in 111 222 333; do
   unipelt sweep --grid docs/results/grid-k500.toml --tasks sst2,mrpc,rte --data-seeds $seed --store "$store" --workers 2 -q
 done
 unipelt sweep --grid docs/results/grid-k500.toml --tasks stsb,cola --store "$store" --workers 2 -q
-# the head ablation for the single methods, on the cut K=500 protocol (SST-2's seeds first)
+# the head ablation for the single methods, on the cut K=500 and K=100 protocols (SST-2's seeds first)
 unipelt sweep --grid docs/results/grid-head-k500.toml --store "$head_k500" --workers 2 -q
+unipelt sweep --grid docs/results/grid-head-k100.toml --store "$head_k100" --workers 2 -q
 unipelt report --store "$uncut" --out docs/results/uncut
 unipelt report --store "$store" --out docs/results/cut
 python docs/results/analyze.py
