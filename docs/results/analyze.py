@@ -27,13 +27,13 @@ from unipelt.harness.store import Store
 
 HERE = Path(__file__).parent
 ROOT_README = HERE.parent.parent / "README.md"  # its study paragraph is the block "study"
-STORES = {
+STORES = {  # in the order the provenance table lists them
     "uncut": HERE / "uncut.sqlite",
-    "cut": HERE / "unipelt.sqlite",
-    "release-1": HERE / "release-1/unipelt.sqlite",
     "head": HERE / "head.sqlite",
     "head-k100": HERE / "head-k100.sqlite",
     "head-k500": HERE / "head-k500.sqlite",
+    "cut": HERE / "unipelt.sqlite",
+    "release-1": HERE / "release-1/unipelt.sqlite",
 }
 SINGLE = ["bitfit", "adapter", "prefix", "lora"]  # the single PELT methods UniPELT combines or is set beside
 UNIPELT = ["unipelt-ap", "unipelt-apl"]
@@ -86,6 +86,11 @@ class Study:
             epochs, gates = store.epochs(), store.gates()
         every = every.assign(k=every.k.astype(int), score=100 * every.test_metric)
         return cls(name, every[every.status == "finished"], epochs, gates, every[every.status == "failed"])
+
+    @classmethod
+    def merge(cls, name: str, *studies: Study) -> Study:
+        """Several stores' rows as one study."""
+        return cls(name, *(pd.concat([getattr(s, f) for s in studies]) for f in ("runs", "epochs", "gates", "failed")))
 
     def stats(self, methods: list[str]) -> pd.DataFrame:
         """Mean, std and count of the score over data seeds, per (K, task, method)."""
@@ -327,7 +332,7 @@ def uncut_summary(uncut: Study) -> str:
 def pooler_pairs(frozen: Study, trained: Study, methods: list[str], old: Study | None = None) -> pd.DataFrame:
     """Each method with the pooler trained (config ``METHOD-pooler``) against frozen, seed by seed;
     with ``old``, release 1's score for the same run beside them (it trained the pooler too)."""
-    both = Study("both", pd.concat([frozen.runs, trained.runs]), frozen.epochs, frozen.gates, frozen.failed)
+    both = Study.merge("both", frozen, trained)
     frames = {}
     for m in methods:
         wide = paired(both, f"{m}{POOLER}", m)
@@ -343,20 +348,24 @@ def pooler_pairs(frozen: Study, trained: Study, methods: list[str], old: Study |
     return out
 
 
+def exact(pairs: pd.DataFrame) -> int:
+    """Runs with the pooler trained whose score is release 1's, exactly (the same computation gives the same float)."""
+    return int((pairs["release 1"] == pairs.trained).sum())
+
+
 def pooler_summary(pairs: pd.DataFrame, what: str) -> str:
     if pairs.empty:
         return "No run of this head ablation has finished yet."
-    d = pairs["trained − frozen"]
 
     def release(g: pd.DataFrame) -> str:
         if "release 1" not in g:
             return ""
-        same = (g["release 1"] == g.trained).sum()  # exact: the same computation gives the same float
-        return f"; release 1 {fmt(g['release 1'].mean())}, the very same score on {same} of {len(g)}"
+        return f"; release 1 {fmt(g['release 1'].mean())}, the very same score on {exact(g)} of {len(g)}"
 
     per = "; ".join(
         f"{m} on {t} at K={k}: {fmt(g.frozen.mean())} frozen → {fmt(g.trained.mean())} trained "
-        f"({signed(d[g.index].mean())}, up on {(d[g.index] > 0).sum()} of {len(g)} seeds{release(g)})"
+        f"({signed(g['trained − frozen'].mean())}, up on {(g['trained − frozen'] > 0).sum()} of {len(g)} seeds"
+        f"{release(g)})"
         for (m, k, t), g in pairs.groupby(level=["method", "k", "task"], sort=False)
     )
     return f"{what}, the pooler frozen (the paper's head) and trained (release 1's): {per}."
@@ -381,7 +390,7 @@ def moved_summary(old: Study, new: Study) -> str:
     )
 
 
-def study_paragraph(uncut: Study, old: Study, cut: Study, single: Study) -> str:
+def study_paragraph(uncut: Study, old: Study, cut: Study, single: pd.DataFrame) -> str:
     """The top-level README's paragraph: the uncut grid's answer in two sentences, and coverage."""
     stats = uncut.stats(UNCUT)
     avg = averages(stats, GRID)
@@ -401,17 +410,16 @@ def study_paragraph(uncut: Study, old: Study, cut: Study, single: Study) -> str:
         f"**The reproduction study** ([docs/results/](docs/results/README.md)) runs the paper's low-resource "
         f"protocol on real GLUE data and MiniLM. {where} On the tasks every method finished uncut, the "
         f"best averages are {leads}; the best single method is {best_single} "
-        f"({fmt(avg.loc[best_single, 'avg'])}).{head_sentence(cut, single, old)} The first study, before "
+        f"({fmt(avg.loc[best_single, 'avg'])}).{head_sentence(single)} The first study, before "
         f"the fidelity corrections, is kept in docs/results/release-1/."
     )
 
 
-def head_sentence(cut: Study, single: Study, old: Study) -> str:
+def head_sentence(pairs: pd.DataFrame) -> str:
     """How many single-method runs with the pooler trained give release 1's exact score."""
-    pairs = pooler_pairs(cut, single, SINGLE, old)
     if pairs.empty:
         return ""
-    same = (pairs["release 1"] == pairs.trained).sum()
+    same = exact(pairs)
     so = ", so for them the paper's frozen pooler is all that moved" if same == len(pairs) else ""
     return (
         f" With the BERT pooler trained again, as release 1 trained it, {same} of {len(pairs)} single-method "
@@ -436,30 +444,30 @@ def why_summary(old: Study, now: Study) -> str:
     return "\n".join(out)
 
 
-def single_head(studies: dict[str, Study]) -> Study:
-    """The single-method head ablation's two stores (K=100 and K=500) as one study."""
-    a, b = studies["head-k100"], studies["head-k500"]
-    return Study("head-single", pd.concat([a.runs, b.runs]), a.epochs, a.gates, pd.concat([a.failed, b.failed]))
+def head_ablations(studies: dict[str, Study]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """UniPELT-AP's head ablation (uncut) and the single methods' (cut, K=100 and K=500), paired."""
+    single = Study.merge("head-single", studies["head-k100"], studies["head-k500"])
+    return (
+        pooler_pairs(studies["uncut"], studies["head"], ["unipelt-ap"]),
+        pooler_pairs(studies["cut"], single, SINGLE, studies["release-1"]),
+    )
 
 
 def blocks(studies: dict[str, Study]) -> dict[str, str]:
     uncut, cut, old = studies["uncut"], studies["cut"], studies["release-1"]
-    now = Study("now", pd.concat([cut.runs, uncut.runs]), cut.epochs, cut.gates, cut.failed)
+    now = Study.merge("now", cut, uncut)
+    head, single = head_ablations(studies)
     return {
         "summary": uncut_summary(uncut),
-        "head": pooler_summary(
-            pooler_pairs(uncut, studies["head"], ["unipelt-ap"]), "UniPELT-AP on the uncut protocol"
-        ),
-        "head-single": pooler_summary(
-            pooler_pairs(cut, single_head(studies), SINGLE, old), "The single methods on the cut protocol"
-        ),
+        "head": pooler_summary(head, "UniPELT-AP on the uncut protocol"),
+        "head-single": pooler_summary(single, "The single methods on the cut protocol"),
         "why": why_summary(old, now),
         "moved": moved_summary(old, cut),
         "coverage": "\n\n".join(
             f"`{s.name}`:\n\n{md(coverage(s, UNCUT if s.name == 'uncut' else GRID), 0)}" for s in (uncut, cut)
         ),
-        "provenance": md(provenance([uncut, studies["head"], studies["head-k100"], studies["head-k500"], cut, old]), 0),
-        "study": study_paragraph(uncut, old, cut, single_head(studies)),
+        "provenance": md(provenance(list(studies.values())), 0),
+        "study": study_paragraph(uncut, old, cut, single),
     }
 
 
@@ -478,10 +486,11 @@ def scores(study: Study, stats: dict, methods, std: bool = False) -> list[str]:
 def analysis(studies: dict[str, Study]) -> str:
     uncut, cut, old = studies["uncut"], studies["cut"], studies["release-1"]
     s, cut_stats = uncut.stats(UNCUT), cut.stats(GRID)
+    head, single = head_ablations(studies)
     parts = [
         "# Study numbers (generated by docs/results/analyze.py from the stores; do not edit)",
         "## Which code each row came from",
-        md(provenance([uncut, studies["head"], studies["head-k100"], studies["head-k500"], cut, old]), 0),
+        md(provenance(list(studies.values())), 0),
         "## Uncut grid: SST-2 and STS-B, K=100, 50 epochs, patience 10, 1,000 dev rows",
         *scores(uncut, s, UNCUT, std=True),
         "### Average over tasks (complete tasks only) and rank",
@@ -495,7 +504,7 @@ def analysis(studies: dict[str, Study]) -> str:
         "### Gates (mean over layers and seeds)",
         md(gates(uncut), 3),
         "### The head: UniPELT-AP with the pooler trained (head.sqlite) against frozen, paired by seed",
-        md(pooler_pairs(uncut, studies["head"], ["unipelt-ap"])),
+        md(head),
         "## Cut grids on the corrected library (K=100: 15 epochs; K=500: 5 epochs; 200 dev rows)",
         *scores(cut, cut_stats, GRID),
         "### Average over tasks and rank",
@@ -519,7 +528,7 @@ def analysis(studies: dict[str, Study]) -> str:
         md(config_change(old, cut), 0),
         "### The head for the single methods: the pooler trained (head-k100.sqlite, head-k500.sqlite) against frozen, "
         "SST-2 and STS-B, paired by seed",
-        md(pooler_pairs(cut, single_head(studies), SINGLE, old)),
+        md(single),
         "## Failed runs",
         md(
             pd.concat([x.failed.assign(store=x.name) for x in (uncut, cut)])[
