@@ -22,6 +22,7 @@ COLUMNS = {
     "multi-head adapter": ["mh-parallel-adapter"],
     "prefix": ["prefix", "prefix-nogating"],
     "LoRA": ["lora"],
+    "DoRA": ["dora"],
     "prompt": ["prompt"],
     "(IA)³": ["ia3"],
     "BitFit": ["bitfit"],

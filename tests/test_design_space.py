@@ -4,12 +4,15 @@ LoRA target, on every architecture of the test table."""
 
 import pytest
 import torch
+import transformers
 from conftest import ARCHS, CLASSIFIERS, batch, build, randomize
 
 import unipelt
-from unipelt import AdapterConfig, IA3Config, LoRAConfig, PeltConfig, PrefixConfig
+from unipelt import AdapterConfig, DoRAConfig, IA3Config, LoRAConfig, PeltConfig, PrefixConfig
 from unipelt.blocks import Gate
+from unipelt.errors import UniPeltError
 from unipelt.inject import zero_deltas
+from unipelt.participation import check_participation, idle_modules
 
 A = dict(r=4)
 CASES = {
@@ -34,6 +37,9 @@ CASES = {
     "lora-k-o": LoRAConfig(r=2, targets=("k", "o")),
     "lora-ffn": LoRAConfig(r=2, targets=("ffn_in", "ffn_out")),
     "lora-gated-dropout": LoRAConfig(r=2, targets=("q", "v"), composition="gated", dropout=0.3),
+    "lora-rslora": LoRAConfig(r=4, targets=("q", "v"), use_rslora=True),
+    "dora-q-v-dropout": DoRAConfig(r=2, targets=("q", "v"), dropout=0.3),
+    "dora-k-o-ffn": DoRAConfig(r=2, targets=("k", "o", "ffn_in", "ffn_out"), use_rslora=True),
     **{f"prefix-{c}": PrefixConfig(length=3, composition=c) for c in ("interpolate", "add", "gated")},
     "prefix-per-attention": PrefixConfig(length=3, networks="per_attention", mid_dim=16),
     "prefix-no-reparameterization": PrefixConfig(length=3, reparameterize=False),
@@ -85,6 +91,27 @@ def test_only_the_added_parameters_and_the_head_get_gradients(name):
     assert with_grad and all("pelt_" in n or n.startswith("classifier.") for n in with_grad)
     gates = [m for m in model.modules() if isinstance(m, Gate)]
     assert all(g.proj.weight.grad is not None for g in gates)
+
+
+@pytest.mark.parametrize("preset", sorted(unipelt.PRESETS))
+def test_every_added_module_takes_part_in_the_forward_pass(arch, preset):
+    """apply() runs this check itself (participation.py): a transformers release that bypasses a
+    hook (T5's stacks kept their stock attention under 5.17) fails here, not silently in training."""
+    model = unipelt.apply(build(arch), preset)
+    assert idle_modules(model) == []
+
+
+@pytest.mark.parametrize("arch", ["bert", "t5"])
+def test_a_bypassed_prefix_is_an_error_naming_the_module_and_the_version(arch):
+    model = unipelt.apply(build(arch), "prefix")
+    for m in model.modules():  # every stack back to the stock attention, as 5.17 left T5's
+        if hasattr(m, "set_attn_implementation"):
+            m.set_attn_implementation("sdpa")
+    idle = idle_modules(model)
+    assert idle and all("pelt_prefix" in n for n in idle)
+    assert any(n.endswith(("SelfAttention.pelt_prefix", "attention.self.pelt_prefix")) for n in idle)
+    with pytest.raises(UniPeltError, match=rf"pelt_prefix.*take no part.*transformers {transformers.__version__}"):
+        check_participation(model)
 
 
 def test_the_table_covers_every_architecture():

@@ -10,6 +10,8 @@ from unipelt.methods.ia3 import IA3Linear
 from unipelt.wrappers import Wrapper
 
 PRESETS = sorted(unipelt.PRESETS)
+# disable() refuses where the base weights themselves train (tests/test_quiet_failures.py)
+SWITCHABLE = [p for p in PRESETS if p not in ("bitfit", "full")]
 
 
 def logits(model, b=None):
@@ -43,7 +45,7 @@ def test_ia3_merges_exactly(arch):
     assert (logits(model) - before).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", SWITCHABLE)
 def test_disable_runs_the_base_model_and_enable_brings_the_modules_back(arch, preset):
     base = logits(build(arch))
     model = unipelt.apply(build(arch), preset)

@@ -164,3 +164,26 @@ def test_predict_names_labels_as_the_checkpoint_does(tmp_path):
     assert set(out[0]["scores"]) == {"negative", "positive"} and out[0]["label"] in out[0]["scores"]
     assert abs(sum(out[2]["scores"].values()) - 1) < 1e-6
     assert isinstance(out[1]["value"], float)
+
+
+def test_a_bare_string_is_one_input_and_a_bare_task_name_every_rows(tmp_path):
+    """`predict("a fine film", "sst2", tok)` once iterated the string ("11 inputs but 4 task names")."""
+    model = unipelt.apply(build(num_labels=2, id2label={0: "negative", 1: "positive"}), "lora")
+    randomize(model)
+    unipelt.save(model, tmp_path / "sst2")
+    mt = MultiTask(build(pad_token_id=0))
+    mt.add("sst2", tmp_path / "sst2")
+    tok = _tokenizer()
+    [one] = mt.predict("w1 w2 w3", "sst2", tok)
+    assert one == mt.predict(["w1 w2 w3"], ["sst2"], tok)[0] and one["label"] in ("negative", "positive")
+    assert [o["task"] for o in mt.predict(["w1", "w2 w3"], "sst2", tok)] == ["sst2", "sst2"]
+
+
+def test_load_gives_the_model_the_checkpoints_label_names(tmp_path):
+    model = unipelt.apply(build(num_labels=2, id2label={0: "negative", 1: "positive"}), "lora")
+    unipelt.save(model, tmp_path / "sst2")
+    fresh = build(num_labels=2)
+    assert fresh.config.id2label == {0: "LABEL_0", 1: "LABEL_1"}
+    unipelt.load(fresh, tmp_path / "sst2")
+    assert fresh.config.id2label == {0: "negative", 1: "positive"}
+    assert fresh.config.label2id == {"negative": 0, "positive": 1}

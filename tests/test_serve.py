@@ -414,6 +414,8 @@ def test_a_checkpoint_that_fails_to_load_leaves_the_running_tasks_untouched(serv
     engine = engine_for(served, tasks=("sst2", "rte"))
     inputs = inputs_for("sst2", 3, seed=1)
 
+    where = f"the server's tasks directory {root.resolve()}"
+
     async def go():
         async with client(engine, admin_token=TOKEN, tasks_dir=root) as c:
             before = (await c.post("/v1/predict", json={"task": "sst2", "inputs": inputs})).json()
@@ -427,7 +429,8 @@ def test_a_checkpoint_that_fails_to_load_leaves_the_running_tasks_untouched(serv
                 assert r.status_code == 422 and message in r.json()["error"], r.text
             for path, status, message in (
                 ("../ckpt", 400, "outside"),
-                ("/etc", 400, "outside"),
+                ("/etc", 400, f"outside the server's tasks directory {root.resolve()}"),
+                (str(root / "spare"), 400, f"is absolute; give it relative to {where}: 'spare'"),
                 ("missing", 404, "no checkpoint directory"),
             ):
                 r = await c.post("/v1/tasks/x", json={"path": path}, headers=auth())

@@ -7,12 +7,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import torch
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "identity": nn.Identity}
+
+
+def in_input_dtype(x: torch.Tensor):
+    """Autocast off, for a map with few outputs that reads x (ours): a down-projection or a gate.
+
+    Such a map costs about one read of x. Autocast would first cast x (float32 after a LayerNorm)
+    and the weights to bf16, which reads x, writes it again and adds two kernels, for a GEMM that
+    gains nothing from bf16. Without autocast these maps run in x's dtype, as they do in float32.
+    """
+    device = x.device.type
+    return torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else contextlib.nullcontext()
 
 
 class LowRank(nn.Module):
@@ -56,9 +69,10 @@ class LowRank(nn.Module):
             nn.init.zeros_(self.up)
 
     def bottleneck(self, z: torch.Tensor) -> torch.Tensor:
-        """``act(down(z))`` for a single group: (..., r)."""
-        bias = self.down_bias[0] if self.down_bias is not None else None
-        return self.act(nn.functional.linear(self.dropout(z), self.down_t(), bias))
+        """``act(down(z))`` for a single group: (..., r), in z's dtype (``in_input_dtype``)."""
+        bias = self.down_bias[0].to(z.dtype) if self.down_bias is not None else None
+        with in_input_dtype(z):
+            return self.act(nn.functional.linear(self.dropout(z), self.down_t().to(z.dtype), bias))
 
     def down_t(self) -> torch.Tensor:
         """W_down as a contiguous (r, d_in), nn.Linear's layout. With so few outputs, MKL runs
@@ -87,7 +101,41 @@ class LowRank(nn.Module):
         return (self.down[0] @ self.up[0]).T
 
 
-class MaskSlot:
+class PerCall:
+    """State that belongs to one forward pass, not to the module that holds it.
+
+    Each thread sees its own values (a ``threading.local``), so forwards running on several
+    threads at once (a server's worker threads, ``nn.DataParallel``'s replicas) never read each
+    other's masks, taps or rows: concurrent calls are as safe as with the plain transformers
+    model. A value is left in place after the call, for gradient checkpointing, which reruns a
+    layer during backward (on the calling thread on CPU). Copies and pickles start empty: no call
+    is in progress in them.
+    """
+
+    def __init__(self) -> None:
+        self._call = threading.local()
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_call"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._call = threading.local()
+
+
+def per_call(name: str) -> property:
+    """An attribute of a ``PerCall`` that each thread sets and reads for itself (None when unset)."""
+
+    def get(self):
+        return getattr(self._call, name, None)
+
+    def put(self, value) -> None:
+        setattr(self._call, name, value)
+
+    return property(get, put)
+
+
+class MaskSlot(PerCall):
     """What the gates of one layer need to know about the current forward pass.
 
     ``mask``: which tokens are real, for the masked mean. HF layers do not hand the padding mask
@@ -95,14 +143,31 @@ class MaskSlot:
     ``causal``: the layer is causal (a decoder's), so gates stay per token (see ``Gate``).
     ``rows``: in a mixed-task batch (unipelt.MultiTask), the rows a task's modules run on now.
     Not a module: it holds no state worth saving and must not be registered once per gate.
+
+    ``mask`` and ``rows`` are per call (``PerCall``). A thread that never set the mask reads the
+    one the last forward under autograd left: that is a layer rerun by gradient checkpointing on
+    an autograd worker thread (CUDA's backward runs there, outside the layer wrapper). Forwards
+    without gradients never write it, so concurrent inference cannot disturb a training step.
     """
 
-    __slots__ = ("mask", "causal", "rows")
+    rows = per_call("rows")
+    # (mask, rows, dtype, weights): the masked mean's (B, T, 1) weights, which the layer's gates share
+    weights = per_call("weights")
 
     def __init__(self, causal: bool = False) -> None:
-        self.mask: torch.Tensor | None = None
+        super().__init__()
         self.causal = causal
-        self.rows: torch.Tensor | None = None
+        self._trained: torch.Tensor | None = None  # the mask of the last forward under autograd
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        return getattr(self._call, "mask", self._trained)
+
+    @mask.setter
+    def mask(self, value: torch.Tensor | None) -> None:
+        self._call.mask = value
+        if torch.is_grad_enabled():
+            self._trained = value
 
 
 class Gate(nn.Module):
@@ -123,18 +188,33 @@ class Gate(nn.Module):
         nn.init.normal_(self.proj.weight, std=0.02)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, z: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """The gate for input z; ``logits``, when given, are ``proj(z)`` already computed (``read_once``)."""
-        g = torch.sigmoid(self.proj(z) if logits is None else logits)  # (B, T, 1)
+    def forward(
+        self, z: torch.Tensor, logits: torch.Tensor | None = None, value: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The gate for input z; ``logits``, when given, are ``proj(z)`` already computed (``read_once``),
+        ``value`` the whole gate (``SharedRead``): the module is still called, so its hooks see it."""
+        if value is not None:
+            return value
+        return self.pool(torch.sigmoid(self.proj(z) if logits is None else logits), z)  # g: (B, T, 1)
+
+    def pool(self, g: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Per-token values g, (B, T, k), to this gate's: (B, 1, k), or g itself in a causal layer."""
         if self.slot.causal:
             return g
         token_mask = self.slot.mask
-        if token_mask is not None and self.slot.rows is not None:
-            token_mask = token_mask[self.slot.rows]
         if self.pooling == "mean" or token_mask is None or token_mask.shape[1] != z.shape[1]:
             return g.mean(dim=1, keepdim=True)
-        m = token_mask.to(g.dtype).unsqueeze(-1)  # (B, T, 1)
-        return (g * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return (g * self.mean_weights(token_mask, g.dtype)).sum(dim=1, keepdim=True)  # (B, 1, 1)
+
+    def mean_weights(self, token_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """m / Σm over the real tokens, (B, T, 1): built once per layer and call, for all its gates."""
+        rows, cached = self.slot.rows, self.slot.weights
+        if cached is not None and cached[0] is token_mask and cached[1] is rows and cached[2] == dtype:
+            return cached[3]
+        m = (token_mask if rows is None else token_mask[rows]).to(dtype).unsqueeze(-1)  # (B, T, 1)
+        weights = m / m.sum(dim=1, keepdim=True).clamp_min(1.0)
+        self.slot.weights = (token_mask, rows, dtype, weights)
+        return weights
 
 
 class Interpolation(Gate):
@@ -172,8 +252,82 @@ def read_once(block: LowRank, weight: nn.Module, z: torch.Tensor) -> tuple[torch
         bias = torch.cat([block.down_bias[0], weight.proj.bias])
     else:  # the bottleneck has none: zeros before the gate's
         bias = nn.functional.pad(weight.proj.bias, (r, 0))
-    both = nn.functional.linear(z, w, bias)  # (..., r + 1)
+    with in_input_dtype(z):
+        both = nn.functional.linear(z, w.to(z.dtype), bias.to(z.dtype))  # (..., r + 1)
     return block.act(both[..., :r]), weight(z, logits=both[..., r:])
+
+
+class SharedRead(PerCall):
+    """The skinny maps of one layer that read the same input x: UniPELT's LoRA A for q and v,
+    their gates and the prefix gate, all of which read the layer input h_in.
+
+    The first member called with x computes every member's part in one GEMM,
+    ``x [A_1 | A_2 | ... | w_1 | w_2 | ...]``, and all gates in one sigmoid and one pooling; the
+    others take their columns from it (per call and thread, ``PerCall``). Members must be linear
+    (identity activation), single-group, without bias or dropout on x, and gates must share one
+    ``MaskSlot`` and pooling. A member that asks again for the same x, or whose x is another
+    tensor, gets a fresh computation: a new forward pass, a layer rerun by gradient checkpointing,
+    a cross-attention input. Not a module: it holds references to modules the model owns.
+    """
+
+    result = per_call("result")  # (x, grad enabled, members served, low-rank parts, gate values)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks: list[LowRank | None] = []
+        self.gates: list[Gate | None] = []
+
+    def join(self, block: LowRank | None, gate: Gate | None) -> int | None:
+        """Add a member; its index for ``read``, or None when it cannot share (see above)."""
+        if block is not None and (block.groups != 1 or block.down_bias is not None):
+            return None
+        if block is not None and not (isinstance(block.act, nn.Identity) and isinstance(block.dropout, nn.Identity)):
+            return None
+        first = next((g for g in self.gates if g is not None), None)
+        if gate is not None and first is not None and (gate.slot is not first.slot or gate.pooling != first.pooling):
+            return None
+        if gate is not None and type(gate) is not Gate:  # an Interpolation is never pooled
+            return None
+        self.blocks.append(block)
+        self.gates.append(gate)
+        return len(self.blocks) - 1
+
+    def leave(self, index: int) -> None:
+        """Drop a member (a merged LoRA): its columns are no longer computed."""
+        self.blocks[index] = self.gates[index] = None
+
+    def read(self, index: int, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Member ``index``'s ``A x`` as (N, r) for N = x's tokens, and its gate's value."""
+        last, grad = self.result, torch.is_grad_enabled()
+        if last is None or last[0] is not x or last[1] != grad or index in last[2]:
+            last = (x, grad, (), *self._compute(x))
+        self.result = (*last[:2], (*last[2], index), *last[3:])
+        low, value = last[3][index], last[4][index]
+        gate = self.gates[index]
+        return low, (gate(x, value=value) if gate is not None else None)
+
+    def _compute(self, x: torch.Tensor) -> tuple[list, list]:
+        blocks = [(i, b) for i, b in enumerate(self.blocks) if b is not None]
+        gates = [(i, g) for i, g in enumerate(self.gates) if g is not None]
+        r = [b.down.shape[-1] for _, b in blocks]
+        w = torch.cat([b.down[0].T for _, b in blocks] + [g.proj.weight for _, g in gates])  # (Σr + k, d)
+        x2, w = x.reshape(-1, x.shape[-1]), w.to(x.dtype)  # (N, d)
+        with in_input_dtype(x):
+            if gates:
+                bias = nn.functional.pad(torch.cat([g.proj.bias for _, g in gates]), (sum(r), 0))
+                both = torch.addmm(bias.to(x.dtype), x2, w.T)  # (N, Σr + k)
+            else:
+                both = x2 @ w.T
+        parts = both.split([*r, len(gates)], dim=-1) if gates else both.split(r, dim=-1)
+        lows, values = [None] * len(self.blocks), [None] * len(self.gates)
+        for (i, _), part in zip(blocks, parts):
+            lows[i] = part
+        if gates:
+            g = torch.sigmoid(parts[-1]).view(*x.shape[:-1], len(gates))  # (B, T, k)
+            pooled = gates[0][1].pool(g, x)  # (B, 1, k), or (B, T, k) in causal layers
+            for (i, _), value in zip(gates, pooled.split(1, dim=-1)):
+                values[i] = value
+        return lows, values
 
 
 class Scale(nn.Module):

@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import transformers
 from torch import nn
 
+from . import encoding, heads
 from .arch import spec_for
 from .attention import PREFIX_KWARG, Prefix, token_mask, use_pelt_attention
-from .blocks import Gate
+from .blocks import Gate, PerCall, per_call
 from .checkpoint import META, load
 from .config import PeltConfig
 from .errors import UniPeltError
@@ -43,17 +45,22 @@ from .methods.ia3 import IA3Linear
 from .methods.lora import LoRALinear
 from .methods.prefix import PrefixConfig
 from .methods.prompt import CausalPrompt, PeltEmbeddings, PeltPositions, PromptConfig
+from .participation import probe_inputs
 from .wrappers import PeltHeadOutput, PeltLayer, PeltPostNorm, PeltSublayer, Wrapper
 
 
-class Router:
-    """Which rows each task owns in the current batch, shared by every site."""
+class Router(PerCall):
+    """Which rows each task owns in the current batch, shared by every site.
 
-    def __init__(self) -> None:
-        self.rows: dict[str, torch.Tensor] | None = None
-        self.prompt: torch.Tensor | None = None  # (B,) prompt length of every row
-        self.widest_prompt = 0
-        self.prompt_at = 0
+    Per call (blocks.PerCall): each thread's mixed batch has its own rows and prompt layout.
+    ``rows``: task -> its rows; ``prompt``: (B,) prompt length of every row; ``widest_prompt``
+    and ``prompt_at``: where the prompts go (``MultiTask._mask``). All None outside a call.
+    """
+
+    rows = per_call("rows")
+    prompt = per_call("prompt")
+    widest_prompt = per_call("widest_prompt")
+    prompt_at = per_call("prompt_at")
 
 
 @dataclass
@@ -235,6 +242,24 @@ class HeadSite(nn.Module):
         return out
 
 
+class SummarySite:
+    """The base model's forward hook that gives each task's rows its head's summary (heads.py):
+    the shared base runs once, and a "mean" task reads the mean where a "model" task reads [CLS]."""
+
+    def __init__(self, router: Router, place: str | None):
+        self.router, self.place = router, place
+        self.heads: dict[str, str] = {}  # task -> its head
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict, out):
+        hidden = out["last_hidden_state"]
+        mask = heads.real_tokens(heads.mask_argument(args, kwargs), hidden, 0)  # the mask has the prompts' ones
+        for task, rows in self.router.rows.items():
+            head = self.heads.get(task)
+            if head in heads.SUMMARIES:
+                out = heads.put(out, heads.summarize(hidden[rows], mask[rows], head), mask, self.place, rows)
+        return out
+
+
 @dataclass
 class Task:
     name: str
@@ -250,6 +275,17 @@ def _canonical(name: str) -> str:
     return name.replace(".base_layer", "")
 
 
+def _encode_input(tokenizer, row, limit: int, i: int) -> dict:
+    """Input ``i`` tokenized at a cost bounded by ``limit`` (encoding.py: a long pair would cost
+    memory quadratic in its length), or a UniPeltError naming it when the tokenizer refuses it
+    (a lone surrogate such as "\\udfff" cannot be encoded)."""
+    text = tuple(row) if isinstance(row, (list, tuple)) else row
+    try:
+        return encoding.encode(tokenizer, text, limit)
+    except (TypeError, ValueError, UnicodeError) as e:
+        raise UniPeltError(f"inputs[{i}] cannot be tokenized: {e}") from None
+
+
 class MultiTask:
     """One base model, many tasks' modules and heads; ``mt(input_ids=..., attention_mask=...,
     tasks=[name per row])`` returns one logits tensor per row."""
@@ -257,6 +293,11 @@ class MultiTask:
     def __init__(self, base_model: nn.Module):
         if getattr(base_model, "pelt_config", None) is not None:
             raise UniPeltError("MultiTask takes the plain base model; its tasks come from checkpoints (add)")
+        if getattr(base_model, "base_model", base_model) is base_model:  # checked before anything is changed
+            raise UniPeltError(
+                f"{type(base_model).__name__} has no task head: MultiTask serves classifiers "
+                "(AutoModelForSequenceClassification), not a bare backbone (AutoModel)"
+            )
         self.spec = spec_for(base_model)
         self.model = base_model.eval().requires_grad_(False)
         self.router = Router()
@@ -275,6 +316,8 @@ class MultiTask:
             )
         for name, head in self._heads.items():
             setattr(self.model, name, head)
+        self._summary = SummarySite(self.router, heads.place_of(base_model, self.spec))
+        self.model.base_model.register_forward_hook(self._summary, with_kwargs=True)
         self._tasks: dict[str, Task] = {}
 
     @property
@@ -293,11 +336,34 @@ class MultiTask:
         self._tasks[name] = task
         if task.model.config._attn_implementation.startswith("unipelt_"):
             use_pelt_attention(self.model)
+        try:
+            self._check_served(task)
+        except Exception:
+            self.remove(name)
+            raise
+
+    def _check_served(self, task: Task) -> None:
+        """The task's model alone and its rows in the shared model agree on a 2-token probe: a
+        site that transformers bypasses is an error, not a silent no-op (participation.py; ``load``
+        has already checked that each of the task's modules takes part in its own model)."""
+        probe = probe_inputs(task.model)
+        probe = {k: probe[k] for k in ("input_ids", "attention_mask")}
+        with torch.no_grad():
+            want = task.model(**probe).logits[0]
+        got = self(**probe, tasks=[task.name])[0]
+        tol = 1e-4 if want.dtype == torch.float32 else 2e-2
+        if not torch.allclose(got.float(), want.float(), rtol=tol, atol=tol):
+            raise UniPeltError(
+                f"MultiTask.add({task.name!r}): its rows in the shared model differ from its own model by "
+                f"{(got.float() - want.float()).abs().max().item():.3g} (transformers {transformers.__version__}): "
+                "some of its modules take no part in the shared forward pass"
+            )
 
     def remove(self, name: str) -> None:
         if name not in self._tasks:
             raise UniPeltError(f"unknown task {name!r}; loaded: {', '.join(self._tasks) or 'none'}")
         del self._tasks[name]
+        self._summary.heads.pop(name, None)
         for module in self.model.modules():
             if isinstance(module, Site):
                 module.entries.pop(name, None)
@@ -399,6 +465,7 @@ class MultiTask:
             self._site_at(path).entries.setdefault(task.name, []).append(entry)
         for head_name, site in self._heads.items():
             site.heads[task.name] = (getattr(task.model, head_name), task.num_labels)
+        self._summary.heads[task.name] = task.config.head
 
     def _bias_deltas(self, task: Task, recomputed: set[str]) -> list[tuple[str, BiasDelta]]:
         """Every bias of a BitFit task, as a difference to the shared one, at the modules that no
@@ -464,16 +531,20 @@ class MultiTask:
         return full
 
     def predict(self, inputs: Sequence, tasks: Sequence[str], tokenizer, max_length: int | None = None) -> list[dict]:
-        """Texts (or (text, text) pairs) for the named tasks: each row's label and scores, or value."""
+        """Texts (or (text, text) pairs) for the named tasks: each row's label and scores, or value.
+        A bare string is one input, and a bare task name applies to every input."""
+        if isinstance(inputs, str):  # iterating it would make each character an input
+            inputs = [inputs]
+        if isinstance(tasks, str):
+            tasks = [tasks] * len(inputs)
         if len(inputs) != len(tasks):
             raise UniPeltError(f"{len(inputs)} inputs but {len(tasks)} task names")
+        if not inputs:
+            raise UniPeltError("predict() needs at least one input (inputs and tasks are empty)")
         limit = max_length or min(
             tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", 512)
         )
-        encoded = [
-            tokenizer(*(row if isinstance(row, (list, tuple)) else (row,)), truncation=True, max_length=limit)
-            for row in inputs
-        ]
+        encoded = [_encode_input(tokenizer, row, limit, i) for i, row in enumerate(inputs)]
         batch = tokenizer.pad(encoded, return_tensors="pt")
         logits = self(
             input_ids=batch["input_ids"],

@@ -162,3 +162,93 @@ def test_epochs_that_differ_per_k_split_no_row_and_one_line_joins_them(tmp_path)
     assert all(bbox.x0 >= p.x1 for p in panels)  # right of every panel: it covers no title
     lines = {c.get_label(): len(c.lines[0].get_xdata()) for c in figure.axes[0].containers}
     assert lines == {"adapter": 2, "prefix": 2, "lora": 2, "unipelt-apl": 2}  # one line per method across K
+
+
+def test_floor_marks_head_only_row_and_unlearnable_cells_left_out(tmp_path):
+    scores = {  # SST-2 floor 53.7, RTE 57.6
+        "full": {"sst2": (0.90, 0.90), "rte": (0.52, 0.53)},  # RTE: full fine-tuning at the floor
+        "head-only": {"sst2": (0.80, 0.80), "rte": (0.55, 0.55)},  # and head-only too: not learnable
+        "adapter": {"sst2": (0.50, 0.51), "rte": (0.60, 0.61)},
+        "prefix": {"sst2": (0.85, 0.86), "rte": (0.62, 0.62)},
+        "unipelt-ap": {"sst2": (0.88, 0.88), "rte": (0.63, 0.63)},
+    }
+    with Store(tmp_path / "s.sqlite") as store:
+        for method, tasks in scores.items():
+            for task, values in tasks.items():
+                for seed, value in zip((111, 222), values):
+                    store.write(_record(method, task, seed, value))
+        built = report.build(store)
+    md, html = report.markdown(built), report.html_page(built)
+    table1 = "Table 1 — tiny, K=100"
+    assert _row(md, table1, "adapter")[1] == "50.5 ± 0.7 ⌊2/2⌋ ‡"  # at the floor, and not above head-only
+    assert _row(md, table1, "head-only")[1:3] == ["80.0 ± 0.0", "55.0 ± 0.0 ⌊2/2⌋"]
+    assert _row(md, table1, "prefix")[1] == "85.5 ± 0.7"
+    assert "SST2 ≤ 53.7, RTE ≤ 57.6" in md and "‡: not above head-only" in md
+    assert "50.5 ± 0.7 ⌊2/2⌋ ‡" in html
+    table2 = "Table 2 — tiny, K=100: UniPELT vs its submodules"
+    assert md.split(f"### {table2}")[1].splitlines()[2] == "| method | SST2 |"  # RTE left out
+    assert _row(md, table2, "unipelt-ap") == ["unipelt-ap", "**88.0 ± 0.0**"]
+    assert "Left out: RTE (not learnable at this K on this backbone)." in md
+
+
+def test_training_fit_against_the_runs_own_constant_loss(tmp_path):
+    from unipelt.harness import floors
+    from unipelt.harness.record import EpochLog
+
+    from .conftest import GLUE_FIXTURE
+
+    constant = floors.run_constant_loss("sst2", 16, 111, 20, str(GLUE_FIXTURE))
+    with Store(tmp_path / "s.sqlite") as store:
+        for method, losses in (("lora", (0.9, 0.5 * constant)), ("adapter", (constant, 0.95 * constant))):
+            record = _record(method, "sst2", 111, 0.6)
+            spec = replace(record.spec, k=16, dev_size=20, glue_dir=str(GLUE_FIXTURE))
+            epochs = [EpochLog(epoch=i + 1, train_loss=x, dev_metric=0.5) for i, x in enumerate(losses)]
+            store.write(replace(record, spec=spec, epochs=epochs))
+        md = report.markdown(report.build(store))
+    title = "Training fit — tiny, K=16"
+    assert _row(md, title, "lora") == ["lora", "1/1 (0.50)"]  # lowest loss half the constant's: fits
+    assert _row(md, title, "adapter") == ["adapter", "0/1 (0.95)"]  # above 0.9x: does not
+
+
+def test_terminal_tables_are_plain_text():
+    """What `unipelt demo` prints: no Markdown or HTML marks (<u>...</u> printed as is before)."""
+    from unipelt.harness.report import table_text
+    from unipelt.harness.tables import Cell, Table
+
+    rows = ((Cell("lora"), Cell("80.1", "best")), (Cell("unipelt_apl"), Cell("79.0", "second")))
+    text = table_text(Table(title="Table 1", header=("method", "sst2"), rows=rows))
+    assert "<u>" not in text and "**" not in text and "\\" not in text
+    assert "80.1*" in text and "79.0+" in text and "unipelt_apl" in text
+    assert len({len(line) for line in text.splitlines()[2:5]}) == 1  # header, rule and rows aligned
+
+
+def test_each_finished_run_as_json_in_peft_method_comparison_layout(tmp_path):
+    """`unipelt report` also writes runs/<task>--<method>--k<K>-seed<seed>.json, as peft's
+    method_comparison logs a run: run_info, train_info, meta_info; what we do not record is null."""
+    import json
+
+    from unipelt.harness import export
+    from unipelt.harness.record import EpochLog
+
+    epochs = (EpochLog(epoch=1, train_loss=0.7, dev_metric=0.5), EpochLog(epoch=2, train_loss=0.4, dev_metric=0.75))
+    params = {"trainable": 12, "total": 10}
+    done = replace(_record("lora", "rte", 111, 0.69), epochs=epochs, best_epoch=2, params=params)
+    done = replace(done, started_at="2026-01-01T00:00:00+00:00", finished_at="2026-01-01T00:01:30+00:00")
+    failed = RunRecord(spec=replace(done.spec, method="prompt"), status="failed", reason="nan", metric="accuracy")
+    with Store(tmp_path / "s.sqlite") as store:
+        store.write(done)
+        store.write(failed)
+        [path] = export.write_runs(store, tmp_path / "runs")  # failed runs are not results
+    assert path.name == "rte--lora--k100-seed111.json"
+    data = json.loads(path.read_text())
+    assert set(data) == {"run_info", "train_info", "meta_info"}
+    assert data["run_info"]["experiment_name"] == "rte/lora/k100-seed111" and data["run_info"]["total_time"] == 90.0
+    assert data["run_info"]["train_config"]["lr"] == 1e-4 and data["run_info"]["peft_config"]["methods"]
+    train = data["train_info"]
+    assert train["status"] == "success" and train["num_trainable_params"] == 12 and train["file_size"] is None
+    assert train["metrics"] == [
+        {"epoch": 1, "train_loss": 0.7, "dev_accuracy": 0.5},
+        {"epoch": 2, "train_loss": 0.4, "dev_accuracy": 0.75},
+        {"best_epoch": 2, "test_accuracy": 0.69},
+    ]
+    assert data["meta_info"]["package_info"]["unipelt-version"] == "0.1.0"

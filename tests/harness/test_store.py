@@ -157,3 +157,16 @@ def test_stored_columns_are_the_specs_column_fields(tmp_path):
     assert (
         RunSpec.from_dict(row.spec) == spec(bf16=True, k="all") and row.spec["config"] == get_preset("lora").to_dict()
     )
+
+
+def test_no_wal_files_are_left_after_a_clean_exit(tmp_path):
+    """`unipelt demo` ended with runs/demo.sqlite-wal and -shm beside the store: the report's
+    read-only connection, the last to close, cannot remove them. The store file is not written."""
+    path = tmp_path / "s.sqlite"
+    with Store(path):
+        pass
+    before = path.read_bytes()
+    with Store(path, readonly=True) as store:
+        store.runs()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sqlite"]
+    assert path.read_bytes() == before

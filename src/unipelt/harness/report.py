@@ -15,7 +15,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from . import plots, tables
+from . import floors, plots, tables
 from .errors import HarnessError
 from .store import Store
 from .tables import Cell, Table
@@ -64,6 +64,23 @@ def table_markdown(table: Table) -> str:
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
     lines += [""] + [f"_{md_text(note)}_" for note in table.notes]
     return "\n".join(lines) + "\n"
+
+
+_TEXT_MARKS = {"best": "*", "second": "+"}
+
+
+def table_text(table: Table) -> str:
+    """A table for the terminal: aligned plain text, best and second-best marked * and + (the
+    Markdown's <u>...</u> and backslash escapes would print as they are)."""
+    cells = [list(table.header)] + [[c.text + _TEXT_MARKS.get(c.mark, "") for c in row] for row in table.rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(table.header))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join([row[0].ljust(widths[0])] + [t.rjust(w) for t, w in zip(row[1:], widths[1:])]).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    notes = [*table.notes, "* best, + second best in a column"] if any(c.mark for r in table.rows for c in r) else []
+    return "\n".join([table.title, "", line(cells[0]), rule, *map(line, cells[1:]), *notes]) + "\n"
 
 
 def _html_cell(cell: Cell) -> str:
@@ -164,8 +181,9 @@ def build(store: Store) -> Report:
     if runs.empty:
         raise HarnessError(f"results store {store.path} has no finished runs to report")
     runs = tables.with_variants(runs)
+    runs = runs.join(floors.run_fits(runs, store.epochs()))  # each run's loss against a constant guess's
     gates = store.gates()
-    found = [*tables.table1(runs), *tables.table2(runs), *tables.table4(runs)]
+    found = [*tables.table1(runs), *tables.table2(runs), *tables.fit_tables(runs), *tables.table4(runs)]
     if (failed := tables.failures(all_runs)) is not None:
         found.append(failed)
     return Report(tuple(found), tuple(_figures(runs, gates)), _summary(all_runs, store.attempts()))

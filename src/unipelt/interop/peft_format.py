@@ -6,7 +6,8 @@ model's module paths under ``base_model.model.``: ``<module>.lora_A.weight`` (r,
 prompt tuning. tests/test_interop_peft.py checks each direction against peft itself.
 
 What maps exactly (peft 0.21 on transformers 5):
-- LoRA: ``W x + lora_alpha/r · B A x`` with dropout on x, unipelt's ungated LoRA.
+- LoRA: ``W x + lora_alpha/r · B A x`` with dropout on x, unipelt's ungated LoRA; with
+  ``use_dora``, unipelt's DoRA (``lora_magnitude_vector`` is its ``pelt_magnitude.weight``).
 - prompt tuning on a decoder-only causal LM: peft prepends the l embeddings to the input; under a
   causal mask with rotary positions that is what unipelt's prompt computes for the real tokens
   (peft's logits carry l extra leading positions).
@@ -24,6 +25,7 @@ What is refused, and why:
 from __future__ import annotations
 
 import json
+import reprlib
 from pathlib import Path
 
 import torch
@@ -35,15 +37,16 @@ from ..attention import is_conv1d, is_linear
 from ..config import PeltConfig
 from ..errors import UniPeltError
 from ..inject import MARK, head_parameter_names
+from ..methods.dora import DoRAConfig, DoRALinear
 from ..methods.lora import LoRAConfig, LoRALinear
 from ..methods.prompt import PromptConfig
 from ._safe import install, read_json, read_tensors
 
 CONFIG, WEIGHTS, ROOT = "adapter_config.json", "adapter_model.safetensors", "base_model.model."
-_UNSUPPORTED = {"use_dora": "DoRA", "use_rslora": "rsLoRA", "fan_in_fan_out": "fan_in_fan_out"}
+_UNSUPPORTED = {"fan_in_fan_out": "fan_in_fan_out"}
 
 
-def _lora_config(cfg: dict, model: nn.Module) -> LoRAConfig:
+def _lora_config(cfg: dict, model: nn.Module) -> LoRAConfig | DoRAConfig:
     attention = spec_for(model).stacks[0].attention[0]
     if not isinstance(attention.q, str):
         raise UniPeltError(
@@ -61,8 +64,12 @@ def _lora_config(cfg: dict, model: nn.Module) -> LoRAConfig:
     if unknown := [m for m in modules if m not in leaf_to_target]:
         raise UniPeltError(f"peft target_modules {unknown} have no unipelt equivalent; known: {sorted(leaf_to_target)}")
     targets = tuple(sorted((leaf_to_target[m] for m in modules), key="qkv".index))
-    return LoRAConfig(
-        r=cfg["r"], alpha=float(cfg["lora_alpha"]), targets=targets, dropout=float(cfg.get("lora_dropout", 0.0))
+    return (DoRAConfig if cfg.get("use_dora") else LoRAConfig)(
+        r=cfg["r"],
+        alpha=float(cfg["lora_alpha"]),
+        targets=targets,
+        dropout=float(cfg.get("lora_dropout", 0.0)),
+        use_rslora=bool(cfg.get("use_rslora", False)),
     )
 
 
@@ -93,6 +100,41 @@ def _prompt_config(cfg: dict, model: nn.Module) -> PromptConfig:
     return PromptConfig(length=int(cfg["num_virtual_tokens"]))
 
 
+# the type of every field read here (null: absent), and the fields each method needs
+_TYPES = {
+    "peft_type": str,
+    "r": int,
+    "lora_alpha": (int, float),
+    "lora_dropout": (int, float),
+    "target_modules": (str, list),
+    "bias": str,
+    "use_dora": bool,
+    "use_rslora": bool,
+    "fan_in_fan_out": bool,
+    "rank_pattern": dict,
+    "alpha_pattern": dict,
+    "num_virtual_tokens": int,
+    "token_dim": int,
+    "num_transformer_submodules": int,
+}
+_REQUIRED = {"LORA": ("r", "lora_alpha", "target_modules"), "PROMPT_TUNING": ("num_virtual_tokens",)}
+
+
+def _check_fields(cfg: dict, path: Path) -> None:
+    """Every field read here has its type (a bool is not a number), before any is used."""
+    for key, kinds in _TYPES.items():
+        value, kinds = cfg.get(key), kinds if isinstance(kinds, tuple) else (kinds,)
+        if value is not None and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise UniPeltError(f"{path}: field {key!r} must be {names}, got {reprlib.repr(value)}")
+    modules = cfg.get("target_modules")
+    if isinstance(modules, list) and not all(isinstance(m, str) for m in modules):
+        raise UniPeltError(f"{path}: field 'target_modules' must list module names, got {reprlib.repr(modules)}")
+    for key in _REQUIRED.get(cfg.get("peft_type"), ()):
+        if cfg.get(key) is None:
+            raise UniPeltError(f"{path}: field {key!r} is missing")
+
+
 _REFUSED = {
     "PREFIX_TUNING": "peft serves the prefix as a key/value cache: BERT's family takes none under transformers 5, "
     "rotary decoders then start the tokens' positions at l (unipelt keeps 0), and encoder-decoders "
@@ -113,8 +155,18 @@ def _assign(tensors: dict[str, torch.Tensor], source: Path):
                 if block is None:
                     raise UniPeltError(f"{source}: tensor {key!r} adapts {owner!r}, which has no LoRA here")
                 out[block.down if part.startswith("A") else block.up] = tensor.T[None]
-            elif name in params:
+            elif name.endswith(".lora_magnitude_vector"):  # DoRA's m, one per output row
+                owner = modules.get(name.removesuffix(".lora_magnitude_vector"))
+                if not isinstance(owner, DoRALinear):
+                    raise UniPeltError(f"{source}: tensor {key!r} has no DoRA here")
+                out[owner.pelt_magnitude.weight] = tensor
+            elif name in params and params[name].requires_grad:  # the task head, declared modules_to_save
                 out[params[name]] = tensor
+            elif name in params:
+                raise UniPeltError(
+                    f"{source}: tensor {key!r} would replace the frozen base weight {name!r}; a peft checkpoint "
+                    "brings the adapter's own tensors, the task head and the modules its modules_to_save declares"
+                )
             else:
                 raise UniPeltError(f"{source}: tensor {key!r} has no place in this model")
         return out
@@ -133,6 +185,7 @@ def from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
             "(pickled .bin files are never loaded)"
         )
     cfg = read_json(cfg_path)
+    _check_fields(cfg, cfg_path)
     kind = cfg.get("peft_type")
     if kind in _REFUSED:
         raise UniPeltError(f"peft {kind} cannot be imported exactly: {_REFUSED[kind]}")
@@ -142,9 +195,21 @@ def from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
         method = _prompt_config(cfg, model)
     else:
         raise UniPeltError(f"peft {kind!r} checkpoints cannot be imported; unipelt reads LORA and PROMPT_TUNING")
-    return install(
-        model, PeltConfig(methods=(method,)), _assign(read_tensors(weights_path), weights_path), str(directory)
-    )
+    # peft trains the model class's own head: never the summary "auto" would pick for this backbone
+    config = PeltConfig(methods=(method,), modules_to_save=_modules_to_save(cfg, model, cfg_path), head="model")
+    return install(model, config, _assign(read_tensors(weights_path), weights_path), str(directory))
+
+
+def _modules_to_save(cfg: dict, model: nn.Module, path: Path) -> tuple[str, ...]:
+    """peft's ``modules_to_save`` inside the base model (BERT's ``pooler``) as unipelt's; the task
+    head outside it trains anyway, and a name no module has is passed over, as peft does."""
+    declared = cfg.get("modules_to_save") or []
+    declared = [declared] if isinstance(declared, str) else declared
+    if not isinstance(declared, list) or not all(isinstance(m, str) for m in declared):
+        raise UniPeltError(f"{path}: field 'modules_to_save' must be a list of module names, got {declared!r}")
+    inside = dict(model.base_model.named_modules()) if model.base_model is not model else {}
+    names = (m.removeprefix(f"{model.base_model_prefix}.") for m in declared)
+    return tuple(dict.fromkeys(m for m in names if m and m in inside))
 
 
 # ---- export
@@ -167,11 +232,13 @@ def _plain(name: str) -> str:
 
 def _export_refusal(cfg: PeltConfig, model: nn.Module) -> str | None:
     kinds = {type(m).__name__ for m in cfg.methods}
+    if cfg.head in ("mean", "last"):
+        return f"its task head reads the {cfg.head} summary (heads.py): peft's classifier reads the model's own"
     if cfg.gated:
         return "it is gated (UniPELT): peft has no gates"
-    if kinds == {"LoRAConfig"}:
-        if len({(m.r, m.alpha, m.dropout) for m in cfg.methods}) > 1:
-            return "its LoRA configs differ in r, alpha or dropout (peft's rank/alpha patterns are not written)"
+    if kinds in ({"LoRAConfig"}, {"DoRAConfig"}):
+        if len({(m.r, m.alpha, m.dropout, m.use_rslora) for m in cfg.methods}) > 1:
+            return "its LoRA configs differ in r, alpha, dropout or scale (peft's rank/alpha patterns are not written)"
         parts = [_plain(n) for n, m in model.named_modules() if isinstance(m, LoRALinear) and m.rows is not None]
         if parts:
             return f"its LoRA adapts part of a fused projection ({parts[0]}): peft's LoRA adapts a whole linear map"
@@ -201,6 +268,8 @@ def _lora_export(model: nn.Module, cfg: PeltConfig) -> tuple[dict, dict]:
     for name, m in wrapped:
         tensors[f"{ROOT}{name}.lora_A.weight"] = m.pelt_lora.down[0].T  # (r, in)
         tensors[f"{ROOT}{name}.lora_B.weight"] = m.pelt_lora.up[0].T  # (out, r)
+        if isinstance(m, DoRALinear):
+            tensors[f"{ROOT}{name}.lora_magnitude_vector"] = m.pelt_magnitude.weight
     lora = cfg.methods[0]
     return {
         "peft_type": "LORA",
@@ -210,8 +279,8 @@ def _lora_export(model: nn.Module, cfg: PeltConfig) -> tuple[dict, dict]:
         "target_modules": _target_modules(model, [n for n, _ in wrapped]),
         "bias": "none",
         "fan_in_fan_out": any(is_conv1d(m.base_layer) for _, m in wrapped),  # GPT-2's W is stored (in, out)
-        "use_rslora": False,
-        "use_dora": False,
+        "use_rslora": lora.use_rslora,
+        "use_dora": isinstance(lora, DoRAConfig),
         "init_lora_weights": True,
     }, tensors
 
@@ -239,7 +308,8 @@ def to_peft(model: nn.Module, directory: str | Path) -> Path:
         raise UniPeltError("to_peft() needs a model returned by unipelt.apply()")
     if why := _export_refusal(cfg, model):
         raise UniPeltError(f"to_peft: this model cannot be written as a peft checkpoint: {why}")
-    config, tensors = _lora_export(model, cfg) if isinstance(cfg.methods[0], LoRAConfig) else _prompt_export(model)
+    lora = isinstance(cfg.methods[0], (LoRAConfig, DoRAConfig))
+    config, tensors = _lora_export(model, cfg) if lora else _prompt_export(model)
     params = dict(model.named_parameters())
     base = model.base_model_prefix
     saved = sorted(head_parameter_names(model)) + [

@@ -14,6 +14,7 @@ adapter reads the attention's query projection, one bottleneck per head's slice 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -152,14 +153,20 @@ class Adapter(nn.Module):
         d-wide output, with b_up as one more row of W_up (weighted by a column of w), lets
         ``addmm(base, ·, ·)`` form the sum: three passes over a (B, T, d) tensor fewer.
         """
-        if self.interpolates or self.block.groups != 1 or torch.is_autocast_enabled(base.device.type):
-            return base + self(z, h)  # under autocast addmm would round the residual sum to bf16
+        autocast = torch.is_autocast_enabled(base.device.type)
+        if self.interpolates or self.block.groups != 1 or (autocast and base.dtype != torch.float32):
+            return base + self(z, h)
         hid, weight = read_once(self.block, self.composition, z)
         hid, up = hid * weight, self.block.up[0]  # (..., r), (r, d)
         if self.block.up_bias is not None:
             hid = torch.cat([hid, weight.expand(*hid.shape[:-1], 1).to(hid.dtype)], dim=-1)
             up = torch.cat([up, self.block.up_bias[None]])
-        out = torch.addmm(base.reshape(-1, base.shape[-1]), hid.reshape(-1, hid.shape[-1]), up.to(base.dtype))
+        # autocast would round the float32 residual sum to bf16 and cast W_up on every call: this
+        # r-deep product is cheap in float32, so it runs there, as without autocast
+        with torch.autocast(base.device.type, enabled=False) if autocast else contextlib.nullcontext():
+            out = torch.addmm(
+                base.reshape(-1, base.shape[-1]), hid.reshape(-1, hid.shape[-1]).to(base.dtype), up.to(base.dtype)
+            )
         return out.view(base.shape)
 
     @torch.no_grad()

@@ -12,7 +12,8 @@ stores W transposed; ``attention.weight_out_in`` gives its (d_out, d_in) view fo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
@@ -20,12 +21,13 @@ from torch import nn
 
 from ..arch import locate, name_of, path_of
 from ..attention import features, weight_out_in
-from ..blocks import Gate, LowRank, MaskSlot, composition_weight, read_once
+from ..blocks import Gate, LowRank, MaskSlot, SharedRead, composition_weight, read_once
 from ..config import (
     ALL_ATTENTION,
     AttentionKind,
     MethodConfig,
     check_attention,
+    check_bool,
     check_choice,
     check_choices,
     check_number,
@@ -43,7 +45,8 @@ ATTENTION_TARGETS = ("q", "k", "v", "o")
 class LoRAConfig(MethodConfig):
     """``W x + s · B A x`` on the named linear maps (Hu et al. 2021), B zero-initialised.
 
-    composition "scaled": s = alpha / r (loralib and peft's convention).
+    composition "scaled": s = alpha / r (loralib and peft's convention), or alpha / sqrt(r) with
+    ``use_rslora`` (Kalajdzievski 2023, rank-stabilised LoRA; peft's name).
     composition "gated": s = G_L(h_in), one gate per target; alpha has no effect (UniPELT's code).
     ffn_in/ffn_out: the FFN's input/output projections (BART fc1/fc2; Llama's gate+up/down).
     attention: which attention sublayers the q/k/v/o targets are taken from in encoder-decoders.
@@ -56,6 +59,8 @@ class LoRAConfig(MethodConfig):
     composition: Literal["scaled", "gated"] = "scaled"
     dropout: float = 0.0
     attention: tuple[AttentionKind, ...] = ALL_ATTENTION
+    # written to JSON only when true: configs from before it keep their JSON and run keys
+    use_rslora: bool = field(default=False, metadata=dict(since=False))
 
     def __post_init__(self) -> None:
         check_positive("LoRAConfig", "r", self.r)
@@ -64,6 +69,14 @@ class LoRAConfig(MethodConfig):
         object.__setattr__(self, "targets", check_choices("LoRAConfig", "targets", self.targets, LoRATarget))
         check_number("LoRAConfig", "dropout", self.dropout, 0.0, 1.0)
         check_attention("LoRAConfig", self, applies=any(t in ATTENTION_TARGETS for t in self.targets))
+        check_bool("LoRAConfig", "use_rslora", self.use_rslora)
+        if self.use_rslora and self.composition == "gated":
+            raise UniPeltError("LoRAConfig.use_rslora sets the scale alpha/sqrt(r), which a gated LoRA replaces")
+
+    @property
+    def scale(self) -> float:
+        """s in ``W x + s · B A x`` for composition "scaled"."""
+        return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
 
     def places(self) -> list[tuple[str, str]]:
         """(target, attention kind) pairs; FFN targets have kind "ffn"."""
@@ -88,12 +101,15 @@ class LoRALinear(Wrapper):
         weight = composition_weight(
             "gated" if cfg.composition == "gated" else "scaled",
             d_in,
-            scale=cfg.alpha / cfg.r,
+            scale=cfg.scale,
             pooling=pooling,
             slot=slot,
         )
         self.pelt_gate = weight if isinstance(weight, Gate) else None
         self.scale = None if isinstance(weight, Gate) else weight
+        self.fixed_scale = None if isinstance(weight, Gate) else cfg.scale  # s as a Python number
+        self.shared: SharedRead | None = None  # A x and the gate, read in one GEMM with the layer's others
+        self.shared_index: int | None = None
 
     @property
     def composition(self) -> nn.Module:
@@ -105,15 +121,23 @@ class LoRALinear(Wrapper):
         out = self.base_layer(x)  # (..., d_out), contiguous; its backward needs x and W, not out
         if not self.pelt_active:
             return out
-        lora = self.pelt_lora
-        hid, weight = read_once(lora, self.composition, x)  # A x, and the gate from the same GEMM
-        # w·(B A x) = (w·A x) B: scale the r-wide bottleneck instead of the d-wide output, and add
-        # into out in place, which saves two passes over a (B, T, d) tensor per projection
-        low = (hid * weight).to(out.dtype)  # (..., r)
-        flat = out.view(-1, out.shape[-1])  # (N, d_out)
-        rows = flat if self.rows is None else flat[:, self.rows[0] : self.rows[1]]  # a view: added in place
-        # autocast leaves in-place ops alone: cast B as it would have for the matmul
-        rows.addmm_(low.reshape(-1, low.shape[-1]), lora.up[0].to(out.dtype))
+        lora, flat = self.pelt_lora, out.view(-1, out.shape[-1])  # flat: (N, d_out)
+        # w·(B A x) = (w·A x) B: weight the r-wide bottleneck, not the d-wide output, and let one
+        # addmm form out + that. A fixed s is addmm's alpha: no op of its own.
+        if self.shared is not None:
+            low, weight = self.shared.read(self.shared_index, x)  # (N, r), (B, 1, 1) or None
+            alpha = self.fixed_scale if weight is None else 1.0
+            if weight is not None:
+                low = (low.view(*x.shape[:-1], -1) * weight).view(flat.shape[0], -1)
+        elif self.fixed_scale is not None:
+            low, alpha = lora.bottleneck(x.reshape(-1, x.shape[-1])), self.fixed_scale  # (N, r)
+        else:
+            hid, weight = read_once(lora, self.composition, x)  # A x, and the gate from the same GEMM
+            low, alpha = (hid * weight).reshape(flat.shape[0], -1), 1.0
+        low, up = low.to(out.dtype), lora.up[0].to(out.dtype)  # autocast leaves addmm_ alone: cast as for a matmul
+        if self.rows is None:  # out of place: an in-place add into out costs autograd a copy of it
+            return torch.addmm(flat, low, up, alpha=alpha).view(out.shape)
+        flat[:, self.rows[0] : self.rows[1]].addmm_(low, up, alpha=alpha)  # a fused map: its rows only
         return out
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,6 +154,8 @@ class LoRALinear(Wrapper):
         """Fold ``s · B A`` into the base weight (its rows) and return the plain linear layer."""
         if self.pelt_gate is not None:
             raise UniPeltError("a gated LoRA depends on the input through its gate and cannot be merged")
+        if self.shared is not None:
+            self.shared.leave(self.shared_index)
         base = self.base_layer
         w = weight_out_in(base)  # (d_out, d_in), a view of the layer's weight
         rows = w if self.rows is None else w[self.rows[0] : self.rows[1]]
@@ -141,8 +167,10 @@ class LoRALinear(Wrapper):
         self.pelt_lora.up.zero_()
 
 
-def place(layer: nn.Module, ctx: LayerContext, configs: list) -> None:
+def place(layer: nn.Module, ctx: LayerContext, configs: list, wrapper: type = LoRALinear) -> None:
+    """Wrap each target projection in ``wrapper`` (DoRA places its subclass the same way)."""
     paths = ctx.stack.lora_paths()
+    shared: dict[str, SharedRead] = {}  # per self-attention kind: q, k and v read the same x
     for lora in configs:
         for target, where in lora.places():
             found = [p for p in paths.get((target, where), ()) if has(layer, path_of(p))]
@@ -151,9 +179,13 @@ def place(layer: nn.Module, ctx: LayerContext, configs: list) -> None:
             for projection in found:
                 path, rows = locate(layer, projection, ctx.model.model.config)
                 name = f"lora_{target}" if len(found) == 1 else f"lora_{target}.{name_of(projection)}"
-                wrapped = replace_module(layer, path, lambda lin: LoRALinear(lin, lora, rows=rows, **ctx.kw))
+                wrapped = replace_module(layer, path, lambda lin: wrapper(lin, lora, rows=rows, **ctx.kw))
                 if wrapped.pelt_gate is not None:  # its own gate: a nested wrapper holds another part's
                     ctx.labelled(wrapped.pelt_gate, name, where)
+                if wrapper is LoRALinear and where == "self" and target in ("q", "k", "v"):
+                    group = shared.setdefault(where, SharedRead())
+                    wrapped.shared_index = group.join(wrapped.pelt_lora, wrapped.pelt_gate)
+                    wrapped.shared = group if wrapped.shared_index is not None else None
 
 
 register(Method(config=LoRAConfig, kind="lora", modules=(LoRALinear,), place=place))

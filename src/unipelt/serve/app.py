@@ -91,10 +91,20 @@ class LocalService:
 # ---- request bodies
 def _text(i: int, x: Any) -> str | tuple[str, str]:
     if isinstance(x, str):
-        return x
+        return _unicode(i, x)
     if isinstance(x, list) and len(x) == 2 and all(isinstance(s, str) for s in x):
-        return (x[0], x[1])
+        return (_unicode(i, x[0]), _unicode(i, x[1]))
     raise ValueError(f"inputs[{i}] must be a string or a pair [string, string], got {type(x).__name__} {str(x)[:40]!r}")
+
+
+def _unicode(i: int, s: str) -> str:
+    """``s`` if it is text a tokenizer can take: JSON's escapes can spell a lone surrogate
+    ("\\udfff"), which no tokenizer encodes; refused here, it fails only its own request."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"inputs[{i}] is not valid Unicode text: {e.reason} at position {e.start}") from None
+    return s
 
 
 class PredictRequest(BaseModel):
@@ -204,8 +214,12 @@ def _inside(root: Path | None, relative: str) -> Path:
         )
     base = root.resolve()
     path = (base / relative).resolve()
-    if Path(relative).is_absolute() or not path.is_relative_to(base):
-        raise ServeError(400, f"path {relative!r} is outside the server's tasks directory; give it relative to it")
+    where = f"the server's tasks directory {base}"
+    if not path.is_relative_to(base):
+        raise ServeError(400, f"path {relative!r} is outside {where}; give it relative to it")
+    if Path(relative).is_absolute():  # inside, but a client should not depend on where the server keeps it
+        inside = str(path.relative_to(base))
+        raise ServeError(400, f"path {relative!r} is absolute; give it relative to {where}: {inside!r}")
     if not path.is_dir():
         raise ServeError(404, f"no checkpoint directory {relative!r} in the server's tasks directory")
     return path

@@ -9,18 +9,21 @@ unloading tasks, because ``MultiTask`` routes rows through shared modules that `
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Sequence
 
+from .. import encoding
 from ..checkpoint import META
+from ..encoding import Text
 from ..errors import UniPeltError
 from ..introspect import count_parameters
 from ..multitask import MultiTask
 from ..presets import PRESETS
 
-Text = Union[str, tuple[str, str]]
+log = logging.getLogger(__name__)
 
 
 class ServeError(Exception):
@@ -103,8 +106,11 @@ class Engine:
     def from_directory(cls, model_dir: str | Path, max_length: int | None = None) -> "Engine":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from ..offline import quiet_load
+
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        base = AutoModelForSequenceClassification.from_pretrained(model_dir)  # its head is replaced per task
+        with quiet_load():  # its head is replaced per task: transformers' "newly initialized" report is noise
+            base = AutoModelForSequenceClassification.from_pretrained(model_dir)
         if tokenizer.pad_token is None:  # decoder tokenizers: pad with eos, as training did
             tokenizer.pad_token = tokenizer.eos_token
         if base.config.pad_token_id is None:
@@ -166,50 +172,98 @@ class Engine:
             live = [i for i, r in enumerate(rows) if r.task in self.info]
             out: list[dict | ServeError] = [ServeError(404, f"task {r.task!r} was unloaded") for r in rows]
             if live:
-                for i, answer in zip(live, self._forward([rows[i] for i in live])):
+                for i, answer in zip(live, self._answer([rows[i] for i in live])):
                     out[i] = answer
             return out
 
-    def _forward(self, rows: list[Row]) -> list[dict]:
-        encoded, cut = self._encode(rows)
-        batch = self.tokenizer.pad(encoded, return_tensors="pt")
+    def _answer(self, rows: list[Row]) -> list[dict | ServeError]:
+        """Every row's answer from one forward; if that forward fails, each row's alone, so that
+        a row that fails only fails its own request (the batcher would fail them all)."""
+        out: list = self._encode(rows)
+        ok = [i for i, e in enumerate(out) if not isinstance(e, ServeError)]
+        if not ok:
+            return out
+        try:
+            answers = self._forward([rows[i] for i in ok], [out[i] for i in ok])
+        except Exception:  # noqa: BLE001 - which row it was is found by running them one by one
+            answers = [self._alone(rows[i], out[i]) for i in ok]
+        for i, answer in zip(ok, answers):
+            out[i] = answer
+        return out
+
+    def _alone(self, row: Row, encoded: tuple[dict, bool]) -> dict | ServeError:
+        try:
+            return self._forward([row], [encoded])[0]
+        except Exception as e:  # noqa: BLE001 - a bug or a broken task: this row's 500, the others go on
+            log.exception("task %r failed on one input", row.task)
+            return ServeError(500, f"internal error on this input of task {row.task!r}: {type(e).__name__}: {e}")
+
+    def _forward(self, rows: list[Row], encoded: list[tuple[dict, bool]]) -> list[dict | ServeError]:
+        batch = self.tokenizer.pad([e for e, _ in encoded], return_tensors="pt")
         logits = self.mt(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             tasks=[r.task for r in rows],
             token_type_ids=batch.get("token_type_ids"),  # BERT's segment ids of pairs, as in training
         )
-        answers = []
-        for row, z, truncated in zip(rows, logits, cut):
+        answers: list[dict | ServeError] = []
+        for row, z, (_, was_cut) in zip(rows, logits, encoded):
+            if not bool(z.isfinite().all()):  # JSON has no NaN: say why instead of a 500 text/plain
+                answers.append(ServeError(500, f"task {row.task!r} computed non-finite scores for this input"))
+                continue
             answer = MultiTask._answer(self.mt._tasks[row.task], z)
             del answer["task"]  # the response names the task once
-            if truncated:
+            if was_cut:
                 answer["truncated"] = True
             answers.append(answer)
         return answers
 
-    def _encode(self, rows: list[Row]) -> tuple[list[dict], list[bool]]:
-        """The tokenizer's encoding of each row (ids, mask, and segment ids where the tokenizer
-        makes them), truncated to the task's limit as ``MultiTask.predict`` does.
+    def _encode(self, rows: list[Row]) -> list[tuple[dict, bool] | ServeError]:
+        """Each row's encoding (ids, mask, and segment ids where the tokenizer makes them),
+        truncated to its task's limit as ``MultiTask.predict`` does, and whether it was cut; or
+        the 422 of a row the tokenizer refuses.
 
-        Rows are tokenized in one call per kind (fast tokenizers batch in Rust); only rows over
-        their limit are tokenized again with truncation, so the common case costs one pass.
+        Every side is first cut to a character budget (encoding.py: the tokenizer's cost stays
+        linear in the limit). Rows are tokenized in one call per kind (fast tokenizers batch in
+        Rust); only rows over their limit are tokenized again with truncation.
         """
-        encoded: list[dict] = [{} for _ in rows]
-        cut = [False] * len(rows)
+        out: list = [None] * len(rows)
         for pairs in (False, True):
             idx = [i for i, r in enumerate(rows) if isinstance(r.text, tuple) == pairs]
-            if not idx:
-                continue
-            texts = [rows[i].text for i in idx]
-            args = ([t[0] for t in texts], [t[1] for t in texts]) if pairs else (texts,)
+            limits = [self.info[rows[i].task].max_length for i in idx]
+            texts = [encoding.bounded(rows[i].text, n) for i, n in zip(idx, limits)]  # (text, cut)
+            full = self._tokenize([t for t, _ in texts], pairs)
+            for i, (text, cut), encoded, limit in zip(idx, texts, full, limits):
+                out[i] = self._within(limit, text, cut, encoded)
+        return out
+
+    def _within(self, limit: int, text: Text, cut: bool, encoded: dict | ServeError) -> tuple[dict, bool] | ServeError:
+        """``encoded`` when it fits in ``limit`` tokens, else ``text`` tokenized again with truncation."""
+        if isinstance(encoded, ServeError):
+            return encoded
+        if len(encoded["input_ids"]) <= limit:
+            return encoded, cut
+        encoded = self._tokenize_one(lambda: encoding.truncated(self.tokenizer, text, limit), text)
+        return encoded if isinstance(encoded, ServeError) else (encoded, True)
+
+    def _tokenize(self, texts: list[Text], pairs: bool) -> list[dict | ServeError]:
+        """The full encoding of every text in one call; one call per text if that call fails."""
+        if not texts:
+            return []
+        args = ([t[0] for t in texts], [t[1] for t in texts]) if pairs else (texts,)
+        try:
             batch = self.tokenizer(*args, verbose=False)
-            for k, i in enumerate(idx):
-                row = {key: values[k] for key, values in batch.items()}
-                limit = self.info[rows[i].task].max_length
-                if len(row["input_ids"]) > limit:
-                    text = rows[i].text
-                    row = dict(self.tokenizer(*(text if pairs else (text,)), truncation=True, max_length=limit))
-                    cut[i] = True
-                encoded[i] = row
-        return encoded, cut
+        except Exception:  # noqa: BLE001 - some text is refused: find which, alone
+            return [self._tokenize_one(lambda t=t: self.tokenizer(*_sides(t), verbose=False), t) for t in texts]
+        return [{key: values[k] for key, values in batch.items()} for k in range(len(texts))]
+
+    @staticmethod
+    def _tokenize_one(call, text: Text) -> dict | ServeError:
+        try:
+            return dict(call())
+        except Exception as e:  # noqa: BLE001 - the tokenizer's refusals have no common type
+            return ServeError(422, f"an input cannot be tokenized ({type(e).__name__}: {e}): {str(text)[:60]!r}")
+
+
+def _sides(text: Text) -> tuple:
+    return text if isinstance(text, tuple) else (text,)

@@ -1,0 +1,84 @@
+"""Tokenizing inputs of any size at a cost bounded by ``max_length``, with training's truncation.
+
+A fast (Rust) tokenizer truncating a sentence pair builds every combination of the two sides'
+overflowing windows: memory grows with the square of the input (a 14 KB pair: 0.28 GB; 140 KB:
+2.4 GB), so one long request could take a server down. Two bounds keep the cost linear in
+``max_length`` whatever arrives:
+
+1. before any tokenizer runs, each side is cut to ``max_length * CHARS_PER_TOKEN`` characters;
+2. a side still longer than ``max_length`` characters is cut after its first ``2 * max_length``
+   tokens (the side alone, without truncation: linear) before the truncating call.
+
+``truncation=True`` (longest first) keeps at most ``max_length`` tokens of either side, so cut 2
+leaves the kept tokens as they were: the margin of ``max_length`` tokens absorbs a last word that
+a cut re-tokenizes differently. Cut 1 changes what is kept only when a side's first tokens
+average more than ``CHARS_PER_TOKEN / 2`` characters (long runs of whitespace, or words the
+vocabulary maps to one unknown token); such an input is reported as truncated.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+Text = Union[str, tuple[str, str]]
+
+CHARS_PER_TOKEN = 32  # real text averages about 4-6 characters per token
+
+
+def char_budget(max_length: int) -> int:
+    """The characters per side a tokenizer ever sees for inputs truncated to ``max_length`` tokens."""
+    return max_length * CHARS_PER_TOKEN
+
+
+def bounded(text: Text, max_length: int) -> tuple[Text, bool]:
+    """``text`` with each side cut to ``char_budget(max_length)`` characters, and whether any was."""
+    budget = char_budget(max_length)
+    sides = text if isinstance(text, tuple) else (text,)
+    if all(len(s) <= budget for s in sides):
+        return text, False
+    cut = tuple(s[:budget] for s in sides)
+    return (cut if isinstance(text, tuple) else cut[0]), True
+
+
+def _tokens(tokenizer, side: str) -> list[tuple[int, int]]:
+    """The character span of each of ``side``'s tokens (fast tokenizers report them)."""
+    return tokenizer(side, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+
+
+def _order(counts: list[int]) -> list[bool]:
+    return [n > min(counts) for n in counts]
+
+
+def _shortened(tokenizer, sides: tuple[str, ...], keep: int) -> tuple[str, ...]:
+    """Each side cut after its first ``keep`` tokens, a pair's longer side after ``keep + 1``.
+
+    Longest-first truncation of a pair reads only which side is longer and, up to
+    ``max_length``, the shorter one's length: with ``keep`` over ``max_length`` and the order
+    kept, it keeps the same tokens of each side. Should a cut word tokenize so differently that
+    the order changes, the sides stay as they were (bounded by the character budget).
+    """
+    spans = [_tokens(tokenizer, s) for s in sides]
+    counts = [len(t) for t in spans]
+    cut = tuple(
+        s if n <= keep + longer else s[: t[keep + longer - 1][1]]
+        for s, t, n, longer in zip(sides, spans, counts, _order(counts))
+    )
+    if cut == sides or _order([len(_tokens(tokenizer, s)) for s in cut]) == _order(counts):
+        return cut
+    return sides
+
+
+def truncated(tokenizer, text: Text, max_length: int) -> dict:
+    """The tokenizer's encoding of ``text`` truncated to ``max_length`` tokens, as training
+    truncates (``truncation=True``), at a cost linear in ``max_length``. ``text`` has passed
+    ``bounded`` already."""
+    sides = text if isinstance(text, tuple) else (text,)
+    # a slow tokenizer builds no overflow windows; a side of max_length characters has few tokens
+    if getattr(tokenizer, "is_fast", False) and any(len(s) > max_length for s in sides):
+        sides = _shortened(tokenizer, sides, 2 * max_length)
+    return dict(tokenizer(*sides, truncation=True, max_length=max_length))
+
+
+def encode(tokenizer, text: Text, max_length: int) -> dict:
+    """One input's encoding truncated to ``max_length`` tokens, both bounds applied."""
+    return truncated(tokenizer, bounded(text, max_length)[0], max_length)

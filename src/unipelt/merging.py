@@ -1,0 +1,173 @@
+"""Merging task modules: several ``unipelt.save`` checkpoints of one config and base model
+combined into one checkpoint, as peft's ``LoraModel.add_weighted_adapter`` combines adapters.
+
+- "linear" (task arithmetic, Ilharco et al. 2023): θ = Σ w_i θ_i for every saved tensor, the
+  task head included (weights summing to one average the tasks). LoRA's A and B are weighted by
+  √|w_i| each, the sign on A, as peft does: s·B'A' = s·(Σ √w_i B_i)(Σ √w_i A_i), which keeps
+  the rank but is not Σ w_i s B_i A_i (peft calls it a rough approximation; the _svd methods
+  are exact up to the rank).
+- "ties" (Yadav et al. 2023: keep each tensor's top ``density`` magnitudes, elect a sign per
+  entry, average the agreeing weighted entries), "dare_linear" / "dare_ties" (Yu et al. 2024:
+  keep each entry with probability ``density``, rescale by 1/density, then sum or TIES' sign
+  election): on LoRA's A and B, as peft's methods of those names.
+- "svd", "ties_svd", "dare_linear_svd", "dare_ties_svd": the same on each LoRA's low-rank
+  product ΔW_i = s·B_i A_i, then the rank-r truncated SVD of the result, ΔW ≈ (U S) V^T.
+
+peft scales the merged adapter by 1 (alpha = r); a merged unipelt checkpoint keeps its config,
+so its A and B hold peft's divided by √s (by s for B in the _svd methods): the same ΔW.
+Only LoRA has the low-rank form the last seven rely on; they refuse checkpoints with trained
+tensors other than LoRA's and the head. DARE draws random masks: pass ``seed`` to repeat them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+from typing import Literal, Sequence, get_args
+
+import torch
+from safetensors.torch import save_file
+
+from .checkpoint import META, WEIGHTS, _config, _read_meta, _read_tensors, _replace, _sha256
+from .config import PeltConfig
+from .errors import UniPeltError
+from .methods.dora import DoRAConfig
+from .methods.lora import LoRAConfig
+
+Combination = Literal[
+    "linear", "ties", "dare_linear", "dare_ties", "svd", "ties_svd", "dare_linear_svd", "dare_ties_svd"
+]
+LORA_A, LORA_B = ".pelt_lora.down", ".pelt_lora.up"  # (1, d_in, r) and (1, r, d_out) in a checkpoint
+
+
+def _prune(t: torch.Tensor, density: float, how: str) -> torch.Tensor:
+    """Keep the top ``density`` of |t| ("magnitude"), or each entry with probability ``density``
+    and rescaled by 1/density ("random", DARE)."""
+    if density >= 1:
+        return t
+    if how == "magnitude":
+        keep = torch.zeros(t.numel(), dtype=t.dtype)
+        keep[t.abs().flatten().topk(int(density * t.numel())).indices] = 1
+        return t * keep.view(t.shape)
+    return t * torch.bernoulli(torch.full_like(t, density)) / density
+
+
+def _combine(tensors: list[torch.Tensor], weights: torch.Tensor, how: str, density: float, sign: str):
+    """One merged tensor from one tensor per task (shapes equal), weights (tasks,)."""
+    if how in ("ties", "dare_ties"):
+        stack = torch.stack([_prune(t, density, "magnitude" if how == "ties" else "random") for t in tensors])
+        votes = stack.sum(0) if sign == "total" else stack.sign().sum(0)
+        agree = stack.sign() == torch.where(votes >= 0, 1, -1)  # (tasks, ...) the elected sign
+        weighted = stack * weights.view(-1, *[1] * (stack.dim() - 1))
+        return (weighted * agree).sum(0) / agree.sum(0).clamp(min=1)
+    if how == "dare_linear":
+        tensors = [_prune(t, density, "random") for t in tensors]
+    return sum(w * t for w, t in zip(weights, tensors))
+
+
+def _lora_scale(config: PeltConfig) -> float:
+    scales = {m.scale for m in config.of(LoRAConfig)}
+    if len(scales) > 1:
+        raise UniPeltError(f"the checkpoints' LoRA configs have different scales {sorted(scales)}: merge them apart")
+    return scales.pop()
+
+
+def _merge_lora(a: list, b: list, weights: list[float], how: str, density: float, sign: str, scale: float):
+    """Merged (A, B), each task's given in peft's layout, A (r, d_in) and B (d_out, r), in which
+    DARE's random masks are drawn as peft draws them."""
+    if not how.endswith("svd"):
+        roots = torch.tensor([math.sqrt(abs(w)) for w in weights])
+        signs = torch.tensor([1.0 if w >= 0 else -1.0 for w in weights])
+        return _combine(a, roots * signs, how, density, sign), _combine(b, roots, how, density, sign)
+    deltas = [scale * bi @ ai for ai, bi in zip(a, b)]  # (d_out, d_in) each: s·B A
+    plain = "linear" if how == "svd" else how.removesuffix("_svd")
+    u, s, vh = torch.linalg.svd(_combine(deltas, torch.tensor(weights), plain, density, sign), full_matrices=True)
+    r = a[0].shape[0]
+    return vh[:r], (u[:, :r] * s[:r]) / scale  # A (r, d_in), B (d_out, r): s·B A = the rank-r ΔW
+
+
+def _check(metas: list[dict], configs: list[PeltConfig], how: str, dirs: list[Path]) -> None:
+    first = configs[0]
+    for d, meta, cfg in zip(dirs[1:], metas[1:], configs[1:]):
+        if cfg != first:
+            raise UniPeltError(f"{d} has another config than {dirs[0]}: only checkpoints of one config merge")
+        if meta["base_model"] != metas[0]["base_model"]:
+            raise UniPeltError(f"{d} was saved from another base model than {dirs[0]}")
+    if first.gated:
+        raise UniPeltError("gated (UniPELT) modules do not merge: a gate scales its module by a function of the input")
+    if first.of(DoRAConfig):
+        raise UniPeltError("DoRA does not merge: each task's magnitude rescales its own direction ‖W + s·BA‖")
+    if how != "linear" and len(first.of(LoRAConfig)) != len(first.methods):
+        raise UniPeltError(f"{how!r} merges LoRA's low-rank matrices only; use 'linear' for {first.methods}")
+
+
+def merge_checkpoints(
+    dirs: Sequence[str | Path],
+    weights: Sequence[float],
+    out: str | Path,
+    method: Combination = "linear",
+    density: float = 1.0,
+    majority_sign: Literal["total", "frequency"] = "total",
+    seed: int | None = None,
+) -> Path:
+    """Write to ``out`` one checkpoint combining those in ``dirs`` with ``weights`` (see the
+    module docstring for the methods); returns ``out``. It loads with ``unipelt.load``."""
+    dirs = [Path(d) for d in dirs]
+    if len(dirs) < 1 or len(weights) != len(dirs):
+        raise UniPeltError(
+            f"merge_checkpoints needs one weight per checkpoint: {len(dirs)} dirs, {len(weights)} weights"
+        )
+    if method not in get_args(Combination):
+        raise UniPeltError(f"unknown merge method {method!r}; known: {list(get_args(Combination))}")
+    if not 0 < density <= 1:
+        raise UniPeltError(f"density must be in (0, 1], got {density}")
+    names, tensors, meta, config = _read_all(dirs, method)
+    rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    with rng:  # a seed leaves the caller's random state as it was
+        if seed is not None:
+            torch.manual_seed(seed)
+        merged = _merge(names, tensors, list(map(float, weights)), method, density, majority_sign, config)
+    return _write(Path(out), merged, meta, dirs, weights, method)
+
+
+def _read_all(dirs: list[Path], method: str) -> tuple[list[str], list[dict], dict, PeltConfig]:
+    """The tensor names (in the order of the model's modules), each checkpoint's tensors, the
+    first's metadata and the config, once every check has passed."""
+    metas = [_read_meta(d) for d in dirs]
+    configs = [_config(m, d / META) for m, d in zip(metas, dirs)]
+    _check(metas, configs, method, dirs)
+    tensors = [_read_tensors(d, m) for d, m in zip(dirs, metas)]
+    names = sorted(tensors[0], key=lambda n: [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in n.split(".")])
+    for d, t in zip(dirs[1:], tensors[1:]):
+        if t.keys() != tensors[0].keys() or any(t[n].shape != tensors[0][n].shape for n in names):
+            wrong = sorted(n for n in names if n not in t or t[n].shape != tensors[0][n].shape)
+            raise UniPeltError(
+                f"{d} holds other tensors or shapes than {dirs[0]} (heads of different sizes?): {wrong[:3]}"
+            )
+    return names, tensors, metas[0], configs[0]
+
+
+def _merge(names, tensors, weights, how, density, sign, config) -> dict[str, torch.Tensor]:
+    merged, lora = {}, [n.removesuffix(LORA_A) for n in names if n.endswith(LORA_A)]
+    scale = _lora_scale(config) if lora else 1.0
+    for path in lora:  # in the order of the model's modules, as peft draws DARE's masks
+        a = [t[path + LORA_A][0].T.float() for t in tensors]  # (r, d_in)
+        b = [t[path + LORA_B][0].T.float() for t in tensors]  # (d_out, r)
+        down, up = _merge_lora(a, b, weights, how, density, sign, scale)
+        merged[path + LORA_A], merged[path + LORA_B] = down.T[None], up.T[None]
+    for n in names:
+        if n not in merged:  # every other tensor (head, other methods): linear
+            merged[n] = sum(w * t[n].float() for w, t in zip(weights, tensors))
+    return {n: merged[n].to(tensors[0][n].dtype).contiguous() for n in names}
+
+
+def _write(out: Path, tensors: dict, meta: dict, dirs, weights, how) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {k: v for k, v in meta.items() if k != "sha256"}
+    meta["merged_from"] = {"checkpoints": [str(d) for d in dirs], "weights": list(weights), "method": how}
+    _replace(out, WEIGHTS, lambda p: save_file(tensors, p))
+    meta["sha256"] = _sha256(out / WEIGHTS)
+    _replace(out, META, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    return out

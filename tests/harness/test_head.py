@@ -1,0 +1,66 @@
+"""The harness's task head: chosen from the backbone, kept in the run's key, trained at its own rate."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from unipelt.harness import runner
+from unipelt.harness.spec import HEAD_LR, RunSpec, make_spec
+from unipelt.harness.tasks import get_task
+
+
+@pytest.fixture
+def mean_model(tiny_model, tmp_path) -> str:
+    """The tiny model as a sentence-transformers directory that declares mean pooling."""
+    path = tmp_path / "mean-model"
+    shutil.copytree(tiny_model, path)
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    return str(path)
+
+
+def test_the_head_is_the_backbones_own_and_in_the_key(tiny_model, mean_model):
+    plain = make_spec(task="sst2", preset="lora", model=tiny_model)
+    declared = make_spec(task="sst2", preset="lora", model=mean_model)
+    assert (plain.head, plain.config.head) == ("model", "model")
+    assert (declared.head, declared.config.head) == ("mean", "mean")
+    forced = make_spec(task="sst2", preset="lora", model=mean_model, head="pooler")
+    assert forced.config.head == "pooler" and len({plain.key, declared.key, forced.key}) == 3
+    assert plain.head_lr == HEAD_LR and make_spec(task="sst2", preset="lora", model=tiny_model, head_lr=0.01).key != (
+        plain.key
+    )
+
+
+def test_runs_stored_before_heads_keep_their_keys(tiny_model):
+    """A stored spec without head or head_lr reads back as it ran (the model's head, the method's rate)."""
+    spec = make_spec(task="sst2", preset="lora", model=tiny_model)
+    old = {k: v for k, v in spec.to_dict().items() if k not in ("head", "head_lr")}
+    old["config"] = {k: v for k, v in old["config"].items() if k != "head"}
+    back = RunSpec.from_dict(old)
+    assert back.head_lr is None and back.config.head == "auto"
+
+
+def test_the_head_trains_in_its_own_group_at_head_lr(tiny_model, tmp_path):
+    spec = make_spec(task="sst2", preset="lora", model=tiny_model, head_lr=0.01, lr=0.002)
+    tokenizer, model = runner.load_model(spec, get_task("sst2"))
+    trainer = runner.ProtocolTrainer(
+        model=model,
+        args=runner._arguments(spec, str(tmp_path)),
+        eval_dataset=[{}],
+        objective=runner.objective_of(spec, get_task("sst2"), tokenizer),
+        head_lr=spec.head_lr,
+    )
+    groups = trainer.create_optimizer().param_groups
+    head = {id(p) for n, p in model.named_parameters() if n.startswith("classifier.")}
+    by_lr = {g["lr"]: {id(p) for p in g["params"]} for g in groups}
+    assert by_lr[0.01] == head and by_lr[0.002] and not by_lr[0.002] & head
+
+
+def test_a_regression_head_starts_at_the_label_mean(tiny_model):
+    spec = make_spec(task="stsb", preset="lora", model=tiny_model)
+    _, model = runner.load_model(spec, get_task("stsb"))
+    runner.start_at_label_mean(model, pd.Series([1.0, 2.0, 4.5]))
+    assert torch.allclose(model.classifier.bias, torch.tensor([2.5]))

@@ -1,0 +1,132 @@
+"""Merging saved checkpoints (unipelt.merge_checkpoints) against peft's ``add_weighted_adapter``
+on the same LoRA weights, linear merging of other methods, and what is refused."""
+
+import pytest
+import torch
+from conftest import batch, build, randomize
+
+import unipelt
+from unipelt import LoRAConfig, UniPeltError
+from unipelt.checkpoint import WEIGHTS
+from unipelt.cli import main
+
+peft = pytest.importorskip("peft")
+from safetensors.torch import load_file  # noqa: E402
+
+LORA = LoRAConfig(r=4, alpha=8.0, targets=("q", "v"))
+WEIGHTS_OF_TASKS = [0.7, 0.3]  # summing to one: the shared head stays as it is
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(**batch()).logits
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    """Two peft LoRA adapters on one tiny BERT, and the same two as unipelt checkpoints."""
+    root = tmp_path_factory.mktemp("merge")
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"])
+    ref = peft.get_peft_model(build(), cfg, adapter_name="t0")
+    ref.add_adapter("t1", cfg)
+    g = torch.Generator().manual_seed(5)
+    dirs = []
+    for task in ("t0", "t1"):
+        ours = unipelt.apply(build(), LORA)
+        with torch.no_grad():
+            for name, m in ref.named_modules():
+                if hasattr(m, "lora_A") and task in m.lora_A:
+                    a = torch.randn(m.lora_A[task].weight.shape, generator=g) * 0.3
+                    b = torch.randn(m.lora_B[task].weight.shape, generator=g) * 0.3
+                    m.lora_A[task].weight.copy_(a)
+                    m.lora_B[task].weight.copy_(b)
+                    lora = ours.get_submodule(name.replace("base_model.model.", "")).pelt_lora
+                    lora.down[0].copy_(a.T)
+                    lora.up[0].copy_(b.T)
+        dirs.append(unipelt.save(ours, root / task))
+    return ref.eval(), dirs, root
+
+
+METHODS = ["linear", "ties", "dare_linear", "dare_ties", "svd", "ties_svd", "dare_linear_svd", "dare_ties_svd"]
+
+
+def _seed_before_the_first_merge(monkeypatch, model, seed: int) -> None:
+    """peft initialises the new adapter (random draws) before it merges: seed after that, so that
+    DARE's masks come from the same random stream as unipelt's ``seed``."""
+    cls, seeded = type(model), []
+    for name in ("_generalized_task_arithmetic_weighted_adapter", "_svd_generalized_task_arithmetic_weighted_adapter"):
+
+        def wrapped(self, *args, _original=getattr(cls, name), **kwargs):
+            if not seeded:
+                torch.manual_seed(seed)
+                seeded.append(True)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, wrapped)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_merged_checkpoint_gives_peft_add_weighted_adapter_logits(tasks, method, monkeypatch):
+    ref, dirs, root = tasks
+    _seed_before_the_first_merge(monkeypatch, ref.base_model, 11)
+    ref.add_weighted_adapter(["t0", "t1"], WEIGHTS_OF_TASKS, method, combination_type=method, density=0.5)
+    ref.set_adapter(method)
+    want = logits(ref)
+    out = unipelt.merge_checkpoints(dirs, WEIGHTS_OF_TASKS, root / method, method=method, density=0.5, seed=11)
+    got = logits(unipelt.load(build(), out))
+    assert (got - logits(unipelt.load(build(), dirs[0]))).abs().max() > 1e-3  # merging changed something
+    assert (got - want).abs().max() < 1e-5, (got - want).abs().max()
+
+
+def test_linear_merging_weights_every_tensor_of_other_methods(tmp_path):
+    dirs = []
+    for i in range(2):
+        model = unipelt.apply(build(), "adapter")
+        randomize(model, std=0.1, seed=i)
+        dirs.append(unipelt.save(model, tmp_path / f"t{i}"))
+    out = unipelt.merge_checkpoints(dirs, [0.25, 0.75], tmp_path / "merged")
+    parts = [load_file(d / WEIGHTS) for d in dirs]
+    merged = load_file(out / WEIGHTS)
+    assert merged.keys() == parts[0].keys()
+    for n, t in merged.items():
+        assert torch.allclose(t, 0.25 * parts[0][n] + 0.75 * parts[1][n], atol=1e-7), n
+    unipelt.load(build(), out)  # a normal checkpoint
+
+
+def test_the_cli_verb_writes_the_same_checkpoint(tasks, capsys):
+    _, dirs, root = tasks
+    args = ["merge", *map(str, dirs), "--weights", "0.7,0.3", "--method", "ties", "--density", "0.5"]
+    assert main([*args, "--out", str(root / "cli")]) == 0
+    unipelt.merge_checkpoints(dirs, WEIGHTS_OF_TASKS, root / "api", method="ties", density=0.5)
+    assert torch.equal(logits(unipelt.load(build(), root / "cli")), logits(unipelt.load(build(), root / "api")))
+    assert main(["merge", str(dirs[0]), "--weights", "1,2", "--out", str(root / "x")]) == 2
+    assert "one weight per checkpoint" in capsys.readouterr().err
+
+
+def _saved(tmp_path, name, preset, **kw):
+    return unipelt.save(unipelt.apply(build(**kw), preset), tmp_path / name)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        (lambda p: [_saved(p, "a", "lora"), _saved(p, "b", "adapter")], "another config"),
+        (lambda p: [_saved(p, "a", "lora"), _saved(p, "b", "lora", num_hidden_layers=1)], "another base model"),
+        (lambda p: [_saved(p, "a", "lora"), _saved(p, "b", "lora", num_labels=2)], "heads of different sizes"),
+        (lambda p: [_saved(p, "a", "unipelt-apl"), _saved(p, "b", "unipelt-apl")], "gated"),
+        (lambda p: [_saved(p, "a", "dora"), _saved(p, "b", "dora")], "DoRA does not merge"),
+    ],
+    ids=["presets", "bases", "heads", "gated", "dora"],
+)
+def test_what_is_not_meaningful_is_refused(tmp_path, case, message):
+    with pytest.raises(UniPeltError, match=message):
+        unipelt.merge_checkpoints(case(tmp_path), [0.5, 0.5], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_ties_and_dare_need_lora_only(tmp_path):
+    dirs = [_saved(tmp_path, "a", "adapter"), _saved(tmp_path, "b", "adapter")]
+    with pytest.raises(UniPeltError, match="LoRA's low-rank matrices only"):
+        unipelt.merge_checkpoints(dirs, [0.5, 0.5], tmp_path / "out", method="ties", density=0.5)
+    with pytest.raises(UniPeltError, match="unknown merge method"):
+        unipelt.merge_checkpoints(dirs, [0.5, 0.5], tmp_path / "out", method="cat")
