@@ -179,7 +179,8 @@ def table(names: list[str], bf16: bool) -> str:
         t, e, m = (total(res[k]) for k in ("train", "eval", "merged"))
         pt, pe, pl = (total(plain[0]["train"]), total(plain[0]["eval"]), plain[1]) if plain else (None,) * 3
         rel = lambda a, b: f"{a / b:.2f}×" if b else "–"  # noqa: E731
-        line = f"| {name} | {t:,} | {rel(t, pt)} | {e:,} | {rel(e, pe)} | {m:,} | {per_layer:,.0f} | {rel(per_layer, pl)} |"
+        line = f"| {name} | {t:,} | {rel(t, pt)} | {e:,} | {rel(e, pe)} | {m:,} | "
+        line += f"{per_layer:,.0f} | {rel(per_layer, pl)} |"
         if bf16:
             casts = [sum(res[k][op] for op in CASTS) for k in ("train", "eval")]
             line += f" {casts[0]} / {casts[1]} |"

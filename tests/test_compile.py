@@ -67,3 +67,27 @@ def test_compiled_training_step_gives_eager_gradients(arch):
 
 def test_inductor_compiles_unipelt_apl():
     compiled_matches_eager(*body_and_inputs("bert", "unipelt-apl"), backend="inductor")
+
+
+def test_unipelt_compile_compiles_in_place_and_matches_eager():
+    """``unipelt.compile``: the same module, the same parameter names, eager's outputs, and one
+    graph for batches of two lengths (dynamic shapes)."""
+    model = unipelt.apply(build("bert"), "unipelt-apl").eval()
+    randomize(model)
+    long, short = batch(t=9), batch(t=6)
+    names = list(model.state_dict())
+    with torch.no_grad():
+        ref = [model(**b).logits for b in (long, short)]
+    torch._dynamo.reset()
+    assert unipelt.compile(model, backend="aot_eager", fullgraph=True) is model
+    assert list(model.state_dict()) == names  # unipelt.save and the Trainer see what they saw
+    with torch.no_grad():
+        got = [model(**b).logits for b in (long, short)]
+    assert all((g - r).abs().max() < 1e-5 for g, r in zip(got, ref))
+
+
+def test_compile_is_not_part_of_a_run():
+    from unipelt.harness.spec import RunSpec
+
+    spec = RunSpec(task="rte", method="lora", config=unipelt.get_preset("lora"), model="/m", k=16, lr=1e-3)
+    assert spec.key == RunSpec(**{**spec.__dict__, "compile": True}).key

@@ -48,7 +48,7 @@ def test_demo_runs_in_a_fresh_clone_with_nothing_beside_it(tmp_path):
     assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["unipelt"]  # nothing beside it
     env = _clean_env(clone)
     which = subprocess.run(
-        [sys.executable, "-c", "import unipelt.harness.locate as l; print(l.EMBEDDED)"],
+        [sys.executable, "-c", "import importlib.util; print(importlib.util.find_spec('unipelt').origin)"],
         cwd=clone,
         env=env,
         capture_output=True,

@@ -34,3 +34,18 @@ def test_bf16_autocast_training_step(preset):
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert torch.isfinite(loss) and grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_ia3_keys_keep_the_base_layer_dtype_under_autocast():
+    """A float32 l must not turn bf16 keys into float32 ones: transformers 5.17-5.24's sdpa then fills
+    T5's bf16 cross-attention position bias with float32's minimum (an overflow on CUDA)."""
+    model = unipelt.apply(build("t5"), "ia3")
+    seen = []
+    for attention in (
+        model.transformer.encoder.block[0].layer[0].SelfAttention,
+        model.transformer.decoder.block[0].layer[1].EncDecAttention,
+    ):
+        attention.k.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(model(**batch()).logits).all()
+    assert seen == [torch.bfloat16, torch.bfloat16]

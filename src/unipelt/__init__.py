@@ -50,6 +50,7 @@ __all__ = [
     "PRESETS",
     "get_preset",
     "apply",
+    "compile",
     "disable",
     "enable",
     "fold",

@@ -4,6 +4,7 @@ whichever name comes first."""
 
 # ruff: noqa: F401
 from .checkpoint import load, save
+from .compiling import compile  # noqa: A004
 from .config import MethodConfig, PeltConfig
 from .errors import UniPeltError
 from .inject import apply, disable, enable, fold, merge, merge_and_unload, unload

@@ -11,6 +11,23 @@ function. A custom name also needs a mask function registered, or transformers s
 The prefix is prepended after the model has updated its key/value cache and applied rotary
 embeddings, so the cache holds real tokens only and position ids never count the prefix: cached
 generation needs no bookkeeping beyond what transformers already does.
+
+The transformers internals this file relies on, and the releases they were checked against
+(the test suites pass on 5.17.0, the floor in pyproject.toml and .ci/run, and on 5.25.0):
+- ``AttentionInterface`` / ``ALL_ATTENTION_FUNCTIONS``: models look up
+  ``config._attn_implementation`` and call it as ``f(module, q, k, v, mask, **kwargs)``, passing
+  the layer's extra keyword arguments through (5.17-5.25).
+- ``set_attn_implementation``: 5.17-5.19 skip nested models whose config has the outer model's
+  class, T5's stacks (``set_attention``); 5.20-5.25 reach them.
+- ``AttentionMaskInterface`` with ``sdpa_mask``/``eager_mask`` called by keyword
+  (``attention_mask``, ``q_length``, ``kv_length``) (5.17-5.25).
+- ``sdpa_attention_forward`` with T5's ``position_bias`` keyword, merged into the mask by
+  ``create_position_bias_mask``; until 5.24 that fills with the key dtype's minimum, which
+  overflows a bf16 bias when the keys are float32 (5.25 fixed it; methods/ia3.py keeps keys in
+  the base layer's dtype). Each model module's own ``eager_attention_forward`` (``_eager_for``).
+- The output's ``cache`` (5.24+) or ``past_key_values``, and ``DynamicCache.layers[i].keys``.
+- ``gradient_checkpointing`` and ``_gradient_checkpointing_func`` on the layers;
+  ``pytorch_utils.Conv1D`` (5.17-5.25).
 """
 
 from __future__ import annotations
@@ -230,7 +247,8 @@ def pelt_attention_base(name: str | None) -> str:
 def use_pelt_attention(model: nn.Module, prompt_at: int = 0) -> None:
     """Switch ``model`` to the unipelt variant of the attention it uses now (sdpa or eager)."""
     current = model.config._attn_implementation or "eager"
-    if current.startswith("unipelt_"):
+    if current.startswith("unipelt_"):  # nested models may still lag (a MultiTask skeleton's copied stacks)
+        set_attention(model, current)
         return
     if current not in _BASES:
         raise UniPeltError(

@@ -297,14 +297,34 @@ def _meta_copy(model: nn.Module) -> nn.Module:
 
 
 def _expected_shapes(model: nn.Module, config: PeltConfig) -> dict[str, tuple[int, ...]]:
-    with torch.random.fork_rng(devices=[]):  # the dry run's initialisation must not move the user's RNG
+    # the dry run's initialisation must not move the user's RNG; the modules it adds are created
+    # on the meta device too, so a config asking for huge ones costs nothing here (_check_size)
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
         target = _meta_copy(model)
         if getattr(target, "pelt_config", None) is None:
             apply(target, config)
+            _check_size(target, model)
         fold(target)
     params = dict(target.named_parameters())
     names = _saved_names(target) + (["pelt_prefix.folded"] if "pelt_prefix.folded" in params else [])
     return {n: tuple(params[n].shape) for n in names}
+
+
+ADDED_FLOOR = 1 << 27  # added parameters any base model may get (512 MB in float32): tiny test
+# models' prefix networks outnumber their base, real ones' (9.4M on BERT-base) do not
+
+
+def _check_size(applied: nn.Module, model: nn.Module) -> None:
+    """Refuse a config whose modules, before folding, outnumber both the base model's parameters
+    and ``ADDED_FLOOR``: a few-KB checkpoint (its prefix is stored folded) must not make ``load``
+    allocate gigabytes for a reparameterisation network it asks for (a prefix ``mid_dim`` of 3e6)."""
+    added = sum(p.numel() for n, p in applied.named_parameters() if MARK in n)
+    limit = max(sum(p.numel() for p in model.parameters()), ADDED_FLOOR)
+    if added > limit:
+        raise UniPeltError(
+            f"the checkpoint's config asks for {added:,} added parameters, more than the {limit:,} "
+            "allowed for this base model: refused before allocating them"
+        )
 
 
 def _check_fits(expected: dict[str, tuple[int, ...]], tensors: dict[str, torch.Tensor], directory: Path) -> None:

@@ -15,9 +15,12 @@ each task's modules on that task's rows only:
   positions move; decoder-only prompts are served as prefixes;
 - heads: each row goes through its task's head, logits cut to that task's size.
 
-Inference only (gradients are not defined through the in-place row updates). A full
-fine-tuning checkpoint has no shared backbone and is refused; merged LoRA cannot be mixed with
-other tasks and is never used here (checkpoints hold LoRA unmerged).
+Inference only (gradients are not defined through the in-place row updates). Calls from several
+threads at once are safe: a call's rows, masks and taps are the calling thread's own
+(blocks.PerCall); ``add`` and ``remove`` rewire shared modules, so callers serialise them with
+calls (the server's engine holds a lock). A full fine-tuning checkpoint has no shared backbone
+and is refused; merged LoRA cannot be mixed with other tasks and is never used here (checkpoints
+hold LoRA unmerged).
 """
 
 from __future__ import annotations

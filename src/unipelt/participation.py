@@ -115,6 +115,5 @@ def check_participation(model: nn.Module, after: str = "apply") -> None:
         raise UniPeltError(
             f"after {after}(): {shown} take no part in the forward pass of {type(model).__name__} "
             f"(transformers {transformers.__version__}, attention {model.config._attn_implementation!r}): "
-            "this transformers version bypasses unipelt's hook there; see docs/architectures.md for the "
-            "tested versions"
+            "this transformers version bypasses unipelt's hook there; README.md lists the tested versions"
         )

@@ -93,8 +93,12 @@ def test_demo_prints_its_table(capsys, glue_dir, tiny_model, tmp_path):
     ]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "### Table 1" in out and "| lora |" in out and "| bitfit |" in out
+    lines = out.splitlines()
+    assert any(l.startswith("Table 1") for l in lines)  # plain text in the terminal: no Markdown, no <u>
+    assert any(l.startswith("lora ") for l in lines) and any(l.startswith("bitfit ") for l in lines)
+    assert "<u>" not in out and "| lora |" not in out
     assert (tmp_path / "r" / "report.html").is_file()
+    assert len(list((tmp_path / "r" / "runs").glob("sst2--*.json"))) == 2  # each run in peft's layout too
 
 
 @pytest.mark.parametrize(

@@ -95,19 +95,26 @@ def fits(losses: Sequence[float], constant: float) -> bool | None:
     return min(finite) < FIT * constant
 
 
-@lru_cache(maxsize=256)
 def run_constant_loss(
     task: str, k: int | str, seed: int, dev_size: int = DEV_SIZE, glue_dir: str | None = None
 ) -> float | None:
     """The constant predictor's loss on a run's own K training rows, rebuilt from the GLUE files
     as the run split them; None when no GLUE directory has the task (the hub is not tried)."""
+    try:
+        source = locate_glue(glue_dir, get_task(task).directory).path
+    except HarnessError:  # a named directory that does not exist
+        return None
+    return None if source is None else _constant_loss(task, k, seed, dev_size, str(source))
+
+
+@lru_cache(maxsize=256)
+def _constant_loss(task: str, k: int | str, seed: int, dev_size: int, glue_dir: str) -> float | None:
+    """``run_constant_loss`` in the directory found (cached by it: a report asks once per run)."""
     t = get_task(task)
     quiet = logging.getLogger(load_splits.__module__)  # a report rebuilds many splits: not one log line each
     level = quiet.level
     quiet.setLevel(max(level, logging.WARNING))
     try:
-        if locate_glue(glue_dir, t.directory).path is None:
-            return None
         train = load_splits(t, k, seed, dev_size=dev_size, glue_dir=glue_dir).train
     except HarnessError:
         return None

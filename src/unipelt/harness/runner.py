@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from .. import apply, count_parameters, fold, gate_values, save
+from ..compiling import compile as compile_model
 from ..offline import quiet_transformers  # noqa: F401  (sweep workers and Ray tasks call runner.quiet_transformers)
 from .callbacks import BestOnDev, RunFailed, RunProgress, StepTimer
 from .data import Splits, load_splits
@@ -95,7 +96,8 @@ def load_model(spec: RunSpec, task: Task):
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # the head finds each sequence's last token
-    return tokenizer, apply(model, spec.config)
+    model = apply(model, spec.config)
+    return tokenizer, compile_model(model) if spec.compile else model
 
 
 def _arguments(spec: RunSpec, output_dir: str) -> TrainingArguments:

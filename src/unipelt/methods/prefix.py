@@ -188,12 +188,18 @@ class LayerPrefix(nn.Module):
         b = h_in.shape[0]
         g = self.gate(h_in).unsqueeze(1) if self.pelt_gate is not None else None  # (B, 1, 1 or T, 1)
         if g is not None and g.shape[2] == 1:  # one product scales keys and values
-            k, v = (g.unsqueeze(1) * kv).unbind(1)  # (B, H_kv, l, dh) each
+            k, v = _attention_dtype(g.unsqueeze(1) * kv, h_in).unbind(1)  # (B, H_kv, l, dh) each
             return Prefix(k, v)
-        k, v = (t.expand(b, -1, -1, -1) for t in kv.unbind(0))  # (B, H_kv, l, dh)
+        k, v = (t.expand(b, -1, -1, -1) for t in _attention_dtype(kv, h_in).unbind(0))  # (B, H_kv, l, dh)
         if g is not None:  # per query in causal layers
             return Prefix(k, v, query_gate=g)
         return Prefix(k, v, separate=getattr(self.encoder, "separate", False))
+
+
+def _attention_dtype(kv: torch.Tensor, h_in: torch.Tensor) -> torch.Tensor:
+    """Keys and values in the dtype autocast gives the attention's own (one cast for both), else as they are."""
+    device = h_in.device.type
+    return kv.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else kv
 
 
 def attach(layer: nn.Module, ctx: LayerContext, source: nn.Module, gated: bool) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,10 +43,28 @@ class ServeSettings:
     tasks_dir: Path | None = None  # where POST /v1/tasks/{name} may load from
 
     def __post_init__(self):
-        if self.max_batch < 1 or self.max_wait_ms < 0 or self.max_inputs < 1 or self.max_body_bytes < 1:
-            raise ValueError("max_batch, max_inputs and max_body_bytes must be positive, max_wait_ms >= 0")
+        # each limit in the terms of its flag: a value outside it leaves a server that never
+        # answers (--max-wait-ms inf), answers only 504s (--request-timeout 0) or dies (nan)
+        _within("--max-batch", self.max_batch, 1, self.max_queued_rows)
+        _within("--max-inputs", self.max_inputs, 1, self.max_queued_rows)
+        _within("max_body_bytes (--max-body-kb x 1024)", self.max_body_bytes, 1, MAX_BODY_KB * 1024)
+        _within("--request-timeout", self.request_timeout_s, 0.001, MAX_TIMEOUT_S)
+        wait_limit = min(MAX_WAIT_MS, self.request_timeout_s * 1000)
+        _within("--max-wait-ms", self.max_wait_ms, 0, wait_limit, " (and under --request-timeout)")
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise ValueError("the admin token must have at least 16 characters")
+
+
+MAX_WAIT_MS = 10_000.0  # a batch that waits longer to fill is a stalled server
+MAX_TIMEOUT_S = 3600.0
+MAX_BODY_KB = 64 * 1024
+
+
+def _within(flag: str, value, low: float, high: float, why: str = "") -> None:
+    """Refuse ``value`` unless it is a finite number in [low, high] (nan and inf included)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or value > high:
+        raise ValueError(f"{flag} must be a number from {low:g} to {high:g}{why}, got {value!r}")
 
 
 class Service(Protocol):
@@ -56,6 +75,7 @@ class Service(Protocol):
     async def predict(self, rows: list[Row]) -> list[dict]: ...
     async def add(self, name: str, spec: TaskSpec) -> dict: ...
     async def remove(self, name: str) -> None: ...
+    def failure(self) -> str | None: ...  # why it cannot answer (a dead batch worker), else None
 
 
 class LocalService:
@@ -80,6 +100,9 @@ class LocalService:
 
     async def predict(self, rows: list[Row]) -> list[dict]:
         return await self.batcher.submit(rows)
+
+    def failure(self) -> str | None:
+        return self.batcher.failure() if self.batcher is not None else None
 
     async def add(self, name: str, spec: TaskSpec) -> dict:
         return (await asyncio.to_thread(self.engine.add, name, spec)).as_json()
@@ -165,6 +188,9 @@ def _predict_routes(app: FastAPI, service: Service, settings: ServeSettings, met
 
     @app.get("/health")
     async def health() -> JSONResponse:
+        failure = service.failure()
+        if failure is not None:  # a load balancer must stop sending requests here
+            return JSONResponse({"status": "error", "error": failure, "tasks": len(service.engine.info)}, 503)
         return JSONResponse({"status": "ok", "tasks": len(service.engine.info)})
 
     @app.get("/metrics")
@@ -212,6 +238,8 @@ def _inside(root: Path | None, relative: str) -> Path:
             "loading tasks is off: the server was started without --tasks-dir "
             "(and its --task directories have no common parent)",
         )
+    if "\x00" in relative:  # no file name holds one, and the path functions raise on it
+        raise ServeError(400, "path holds a NUL character")
     base = root.resolve()
     path = (base / relative).resolve()
     where = f"the server's tasks directory {base}"

@@ -41,10 +41,22 @@ class Batcher:
     def start(self) -> None:
         self.worker = asyncio.get_running_loop().create_task(self._work())
 
+    def failure(self) -> str | None:
+        """Why the worker stopped while the batcher is open (it would leave every request to
+        time out), else None. ``/health`` reports it."""
+        if self.worker is None or not self.worker.done() or self.closed:
+            return None
+        if self.worker.cancelled():
+            return "the batch worker was cancelled"
+        error = self.worker.exception()
+        return f"the batch worker stopped: {type(error).__name__}: {error}" if error else "the batch worker stopped"
+
     async def submit(self, rows: Sequence[Row]) -> list[dict]:
         """The answers to ``rows`` in their order; the first refused row's ServeError if any is."""
         if self.closed:
             raise ServeError(503, "the server is shutting down")
+        if (failure := self.failure()) is not None:  # nothing would answer: say so now, not at the timeout
+            raise ServeError(503, f"the server cannot answer: {failure}")
         if self.queue.qsize() + len(rows) > self.max_queued:  # backpressure instead of unbounded memory
             raise ServeError(503, f"the server is overloaded ({self.queue.qsize()} rows queued); retry later")
         loop = asyncio.get_running_loop()
@@ -60,7 +72,7 @@ class Batcher:
     async def close(self) -> None:
         """Refuse new rows, then wait for the worker to answer every queued one."""
         self.closed = True
-        if self.worker is not None:
+        if self.worker is not None and not self.worker.done():  # a dead worker has nothing to drain
             self.queue.put_nowait(_STOP)
             await self.worker
 

@@ -4,6 +4,7 @@ FastAPI, uvicorn and Ray are imported only when the command runs."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -56,6 +57,25 @@ def add_parser(sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings only")
 
 
+def _whole(flag: str, value: int | None, low: int, high: int) -> None:
+    if value is not None and not low <= value <= high:
+        raise UniPeltError(f"{flag} must be from {low} to {high}, got {value}")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """The flags ServeSettings does not hold, checked before anything is loaded (its own are
+    checked there): a port out of range or a NaN CPU count would end in a traceback."""
+    from .app import MAX_BODY_KB
+
+    _whole("--port", args.port, 0, 65535)
+    _whole("--max-length", args.max_length, 1, 1 << 20)  # the model's own limit is checked on load
+    _whole("--max-body-kb", args.max_body_kb, 1, MAX_BODY_KB)
+    _whole("--replicas", args.replicas, 1, 1024)
+    cpus = args.cpus_per_replica
+    if not (math.isfinite(cpus) and 0 < cpus <= 1024):
+        raise UniPeltError(f"--cpus-per-replica must be a number above 0 and at most 1024, got {cpus}")
+
+
 def parse_task(value: str):
     """``NAME=DIR`` or ``NAME=DIR:pairs`` -> (name, TaskSpec)."""
     from .engine import TaskSpec
@@ -90,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         raise UniPeltError(f"unipelt serve needs the serve extra (pip install 'unipelt[serve]'): {e}") from None
     from .engine import Engine, ServeError
 
+    check_flags(args)
     tasks = dict(parse_task(t) for t in args.task)
     if len(tasks) != len(args.task):
         raise UniPeltError("two --task flags give the same task name")

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from safetensors import safe_open
+
 from .. import encoding
-from ..checkpoint import META
+from ..checkpoint import META, WEIGHTS
 from ..encoding import Text
 from ..errors import UniPeltError
 from ..introspect import count_parameters
@@ -120,15 +122,13 @@ class Engine:
     # ---- tasks
     def add(self, name: str, spec: TaskSpec) -> TaskInfo:
         """Load a checkpoint as task ``name``; on any failure the served tasks are unchanged."""
+        bad = _non_finite(spec.path / WEIGHTS)  # read outside the lock: batches go on meanwhile
+        if bad:
+            raise ServeError(422, f"checkpoint {spec.path} cannot be served: {bad} holds NaN or infinite values")
         with self.lock:
             if name in self.info:
                 raise ServeError(409, f"task {name!r} is already loaded; DELETE it first")
-            try:
-                self.mt.add(name, spec.path)
-            except UniPeltError as e:
-                raise ServeError(422, f"checkpoint {spec.path} cannot be served: {e}") from None
-            except OSError as e:
-                raise ServeError(422, f"checkpoint {spec.path} cannot be read: {e}") from None
+            self._load(name, spec.path)
             task = self.mt._tasks[name]
             prompt = task.prompt_length  # tokens the task inserts: they need positions too
             positions = getattr(self.mt.model.config, "max_position_embeddings", None) or self.limit + prompt
@@ -144,6 +144,20 @@ class Engine:
             )
             self.info[name] = info
             return info
+
+    def _load(self, name: str, path: Path) -> None:
+        """``MultiTask.add``, every failure a 422 that says why: a checkpoint comes from outside,
+        and whatever it holds (a malformed task block, JSON nested too deep, a size that cannot be
+        allocated) must not become a 500."""
+        try:
+            self.mt.add(name, path)
+        except UniPeltError as e:
+            raise ServeError(422, f"checkpoint {path} cannot be served: {e}") from None
+        except OSError as e:
+            raise ServeError(422, f"checkpoint {path} cannot be read: {e}") from None
+        except Exception as e:  # noqa: BLE001 - see above; the traceback goes to the log
+            log.warning("loading checkpoint %s failed", path, exc_info=True)
+            raise ServeError(422, f"checkpoint {path} cannot be served: {type(e).__name__}: {e}") from None
 
     def remove(self, name: str) -> None:
         with self.lock:
@@ -263,6 +277,21 @@ class Engine:
             return dict(call())
         except Exception as e:  # noqa: BLE001 - the tokenizer's refusals have no common type
             return ServeError(422, f"an input cannot be tokenized ({type(e).__name__}: {e}): {str(text)[:60]!r}")
+
+
+def _non_finite(weights: Path) -> str | None:
+    """The first tensor in a checkpoint's weights file holding NaN or inf; None when all are
+    finite, or when the file cannot be read (``MultiTask.add`` then says why). Read before
+    loading: every answer from such weights would be NaN, and JSON has no NaN."""
+    try:
+        with safe_open(weights, framework="pt") as f:
+            for key in f.keys():
+                t = f.get_tensor(key)
+                if t.is_floating_point() and not bool(t.isfinite().all()):
+                    return key
+    except Exception:  # noqa: BLE001 - unreadable: the load that follows refuses it with the reason
+        return None
+    return None
 
 
 def _sides(text: Text) -> tuple:

@@ -53,6 +53,9 @@ class RayService:
     async def remove(self, name: str) -> None:
         raise ServeError(501, NOT_HERE)
 
+    def failure(self) -> str | None:
+        return None  # Ray Serve restarts a replica whose health check fails
+
 
 @serve.deployment
 @serve.ingress()

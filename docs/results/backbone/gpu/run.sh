@@ -46,6 +46,7 @@ else
   MODEL_DIR=${MODEL_DIR:-/tmp/unipelt-gpu/minilm-fp32}
   WORKERS=${WORKERS:-12}
 fi
+trap '[ "$DRY" = 1 ] || rm -rf "$work"' EXIT  # a dry run keeps its folder to be read
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/run.log") 2>&1
 store=$OUT/gpu.sqlite
@@ -57,6 +58,7 @@ export PYTHON_CPU_COUNT=${PYTHON_CPU_COUNT:-$(nproc)}
 log "DRY=$DRY budget ${BUDGET_S}s workers $WORKERS out $OUT model $MODEL_DIR nproc $(nproc)"
 
 # ---- 0. imports and the GPU
+command -v timeout >/dev/null || { log "missing: timeout (coreutils): the guard needs it"; exit 3; }
 "$PY" - "$DRY" <<'PYCHECK' || exit 3
 import importlib.util, sys
 need = ["torch", "transformers", "accelerate", "safetensors", "numpy", "pandas", "scipy", "sklearn",
@@ -185,4 +187,5 @@ fi
 "$PY" "$here/summary.py" "$store"
 commit=$(git -C "$root" rev-parse HEAD 2>/dev/null || "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['prepared_at_commit'] + ' (carry prepared at)')" "$carry/MANIFEST.json")
 log "done: commit $commit; $OUT: $(cd "$OUT" && ls -l | awk 'NR>1 {printf "%s %s B; ", $9, $5}')"
-[ "$DRY" = 1 ] || rm -rf "$work"
+exec >&- 2>&-  # close the pipe to tee, and give it a moment to write run.log's last lines
+sleep 1
