@@ -34,6 +34,8 @@ def test_a_training_step_changes_only_pelt_parameters_and_the_head(arch, preset)
         assert trainable == set(before)
     elif preset == "bitfit":
         assert trainable == head | {n for n in before if n.endswith(".bias")}
+    elif preset == "head-only":  # the frozen backbone: the head alone trains, and it moves
+        assert trainable == head and changed and changed <= head
     else:  # one name prefix selects exactly what trains
         assert trainable == head | {n for n in before if "pelt_" in n}
         assert any("pelt_" in n for n in changed)

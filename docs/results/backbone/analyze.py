@@ -40,6 +40,8 @@ UNIPELT = ["unipelt-ap", "unipelt-apl"]
 NOGATE = "unipelt-ap-nogate"
 METHODS = [HEAD_ONLY, FULL, *SINGLE, *UNIPELT, NOGATE]
 BLOCK = re.compile(r"(<!-- analyze: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /analyze -->)", re.S)
+ROOT = HERE.parents[2] / "README.md"  # its paragraph on this study: the block <!-- backbone: summary -->
+ROOT_BLOCK = re.compile(r"(<!-- backbone: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /backbone -->)", re.S)
 
 
 def load() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -147,12 +149,8 @@ def paired(runs: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def coverage(runs: pd.DataFrame) -> pd.DataFrame:
-    return (
-        runs.groupby(["task", "k", "method"])
-        .size()
-        .unstack("method")
-        .reindex(columns=[m for m in METHODS if m in set(runs.method)])
-    )
+    table = runs.groupby(["task", "k", "method"]).size().unstack("method", fill_value=0)
+    return table.reindex(columns=[m for m in METHODS if m in set(runs.method)], fill_value=0)
 
 
 def summary(runs: pd.DataFrame, cells: pd.DataFrame, diffs: pd.DataFrame) -> str:
@@ -189,8 +187,8 @@ def blocks() -> dict[str, str]:
     }
 
 
-def render(text: str, generated: dict[str, str]) -> str:
-    return BLOCK.sub(
+def render(text: str, generated: dict[str, str], block: re.Pattern = BLOCK) -> str:
+    return block.sub(
         lambda m: m.group(1) + generated.get(m.group("name"), m.group("body").rstrip("\n")) + "\n" + m.group(4), text
     )
 
@@ -199,14 +197,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if README.md is stale")
     args = parser.parse_args()
-    old = README.read_text("utf-8")
-    new = render(old, blocks())
+    generated = blocks()
+    pages = {README: render(README.read_text("utf-8"), generated)}
+    pages[ROOT] = render(ROOT.read_text("utf-8"), generated, ROOT_BLOCK)
+    stale = [page for page, text in pages.items() if page.read_text("utf-8") != text]
     if args.check:
-        if new != old:
-            print(f"{README} is stale: run python {Path(__file__).relative_to(HERE.parents[2])}", file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(new, "utf-8")
+        for page in stale:
+            print(f"{page} is stale: run python {Path(__file__).relative_to(HERE.parents[2])}", file=sys.stderr)
+        return 1 if stale else 0
+    for page in stale:
+        page.write_text(pages[page], "utf-8")
     keep_constants(load()[0])
     return 0
 

@@ -8,6 +8,7 @@ unloading tasks, because ``MultiTask`` routes rows through shared modules that `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -80,6 +81,8 @@ def model_limit(tokenizer, config) -> int:
 
 
 def _preset_of(config) -> str:
+    """The preset a checkpoint's config is, whatever head it was trained with (presets say "auto")."""
+    config = dataclasses.replace(config, head="auto")
     return next((name for name, preset in PRESETS.items() if preset == config), "custom")
 
 
