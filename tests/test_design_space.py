@@ -7,7 +7,7 @@ import torch
 from conftest import ARCHS, CLASSIFIERS, batch, build, randomize
 
 import unipelt
-from unipelt import AdapterConfig, IA3Config, LoRAConfig, PeltConfig, PrefixConfig
+from unipelt import AdapterConfig, DoRAConfig, IA3Config, LoRAConfig, PeltConfig, PrefixConfig
 from unipelt.blocks import Gate
 from unipelt.inject import zero_deltas
 
@@ -34,6 +34,9 @@ CASES = {
     "lora-k-o": LoRAConfig(r=2, targets=("k", "o")),
     "lora-ffn": LoRAConfig(r=2, targets=("ffn_in", "ffn_out")),
     "lora-gated-dropout": LoRAConfig(r=2, targets=("q", "v"), composition="gated", dropout=0.3),
+    "lora-rslora": LoRAConfig(r=4, targets=("q", "v"), use_rslora=True),
+    "dora-q-v-dropout": DoRAConfig(r=2, targets=("q", "v"), dropout=0.3),
+    "dora-k-o-ffn": DoRAConfig(r=2, targets=("k", "o", "ffn_in", "ffn_out"), use_rslora=True),
     **{f"prefix-{c}": PrefixConfig(length=3, composition=c) for c in ("interpolate", "add", "gated")},
     "prefix-per-attention": PrefixConfig(length=3, networks="per_attention", mid_dim=16),
     "prefix-no-reparameterization": PrefixConfig(length=3, reparameterize=False),

@@ -19,6 +19,8 @@ head_k100=${HEAD_K100:-docs/results/head-k100.sqlite}
 head_k500=${HEAD_K500:-docs/results/head-k500.sqlite}
 store=${STORE:-docs/results/unipelt.sqlite}
 export HF_HUB_OFFLINE=1
+# the GLUE TSVs beside the checkout (unipelt itself carries SST-2 only)
+export GLUE_DIR=${GLUE_DIR:-$(cd "$(dirname "$0")/../../.." && pwd)/shared/data/glue}
 for seed in 111 222 333; do
   unipelt sweep --grid docs/results/grid-uncut.toml --data-seeds $seed --store "$uncut" --workers 2 -q
 done

@@ -16,11 +16,12 @@ generation needs no bookkeeping beyond what transformers already does.
 from __future__ import annotations
 
 import sys
+import threading
 from typing import NamedTuple
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from transformers.pytorch_utils import Conv1D
@@ -68,6 +69,35 @@ def _causal(query: torch.Tensor, key: torch.Tensor, additive: bool) -> torch.Ten
     return mask
 
 
+_PREFIXED = threading.local()  # per thread: the last (mask, visible, n, B) and the mask it became
+
+
+def _prefixed_mask(mask: torch.Tensor, n: int, visible: torch.Tensor | None, b: int) -> torch.Tensor:
+    """``mask`` with n columns in front that let every query see the prefix (or, with ``visible``,
+    the prefix positions its row sees). Transformers hands every layer the same mask tensor, so
+    this is built once per forward and reused by the following layers (a compiled graph builds it
+    in-graph instead, where the compiler can share it)."""
+    last = getattr(_PREFIXED, "last", None)
+    if last is not None and last[0] is mask and last[1] is visible and last[2:4] == (n, b):
+        return last[4]
+    source = mask
+    if visible is not None:
+        mask = mask.expand(b, -1, -1, -1)
+    columns = _visible(mask, mask.shape[0], mask.shape[2], n)
+    if visible is not None:  # (B, l) -> (B, 1, 1, l), True/0.0 where seen
+        seen = visible[:, None, None, :]
+        columns = (
+            seen
+            if mask.dtype == torch.bool
+            else torch.zeros_like(columns).masked_fill(~seen, torch.finfo(mask.dtype).min)
+        )
+        columns = columns.expand(mask.shape[0], mask.shape[1], mask.shape[2], n)
+    mask = torch.cat([columns, mask], dim=-1)
+    if not torch.compiler.is_compiling():
+        _PREFIXED.last = (source, visible, n, b, mask)
+    return mask
+
+
 def _prepend_prefix(module, query, key, value, mask, pk, pv, additive: bool, kwargs: dict, visible=None):
     n = pk.shape[2]
     is_causal = kwargs.get("is_causal")
@@ -84,18 +114,7 @@ def _prepend_prefix(module, query, key, value, mask, pk, pv, additive: bool, kwa
             else torch.ones(shape, dtype=torch.bool, device=query.device)
         )
     if mask is not None:
-        if visible is not None:
-            mask = mask.expand(query.shape[0], -1, -1, -1)
-        columns = _visible(mask, mask.shape[0], mask.shape[2], n)
-        if visible is not None:  # (B, l) -> (B, 1, 1, l), True/0.0 where seen
-            seen = visible[:, None, None, :]
-            columns = (
-                seen
-                if mask.dtype == torch.bool
-                else torch.zeros_like(columns).masked_fill(~seen, torch.finfo(mask.dtype).min)
-            )
-            columns = columns.expand(mask.shape[0], mask.shape[1], mask.shape[2], n)
-        mask = torch.cat([columns, mask], dim=-1)
+        mask = _prefixed_mask(mask, n, visible, query.shape[0])
     bias = kwargs.get("position_bias")
     if bias is not None:  # T5's relative position bias: none for the prefix positions
         kwargs["position_bias"] = torch.cat([bias.new_zeros(*bias.shape[:3], n), bias], dim=-1)
@@ -218,7 +237,24 @@ def use_pelt_attention(model: nn.Module, prompt_at: int = 0) -> None:
             f"prefix and prompt tuning support sdpa and eager attention, not {current!r}; "
             "load the model with attn_implementation='sdpa'"
         )
-    model.set_attn_implementation(_register(current, prompt_at))
+    set_attention(model, _register(current, prompt_at))
+
+
+def set_attention(model: nn.Module, name: str) -> None:
+    """Make every attention of ``model`` look up ``name``: the model and each nested
+    ``PreTrainedModel`` with a config of its own.
+
+    ``set_attn_implementation`` in transformers 5.17-5.19 skips the nested models whose config has
+    the model's own class (its ``_attn_was_changed`` test): T5's encoder and decoder stacks, deep
+    copies of the T5Config, kept "sdpa", so no prefix or prompt reached their attention and nothing
+    said so (run on 5.17; 5.19's source has the same test, 5.20's does not). From 5.20 it reaches
+    them itself and the loop finds nothing left to change (run on 5.25).
+    """
+    model.set_attn_implementation(name)
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if isinstance(module, PreTrainedModel) and getattr(config, "_attn_implementation", name) != name:
+            module.set_attn_implementation(name)
 
 
 def token_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:

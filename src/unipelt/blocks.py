@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 from torch import nn
@@ -87,7 +88,41 @@ class LowRank(nn.Module):
         return (self.down[0] @ self.up[0]).T
 
 
-class MaskSlot:
+class PerCall:
+    """State that belongs to one forward pass, not to the module that holds it.
+
+    Each thread sees its own values (a ``threading.local``), so forwards running on several
+    threads at once (a server's worker threads, ``nn.DataParallel``'s replicas) never read each
+    other's masks, taps or rows: concurrent calls are as safe as with the plain transformers
+    model. A value is left in place after the call, for gradient checkpointing, which reruns a
+    layer during backward (on the calling thread on CPU). Copies and pickles start empty: no call
+    is in progress in them.
+    """
+
+    def __init__(self) -> None:
+        self._call = threading.local()
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_call"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._call = threading.local()
+
+
+def per_call(name: str) -> property:
+    """An attribute of a ``PerCall`` that each thread sets and reads for itself (None when unset)."""
+
+    def get(self):
+        return getattr(self._call, name, None)
+
+    def put(self, value) -> None:
+        setattr(self._call, name, value)
+
+    return property(get, put)
+
+
+class MaskSlot(PerCall):
     """What the gates of one layer need to know about the current forward pass.
 
     ``mask``: which tokens are real, for the masked mean. HF layers do not hand the padding mask
@@ -95,14 +130,31 @@ class MaskSlot:
     ``causal``: the layer is causal (a decoder's), so gates stay per token (see ``Gate``).
     ``rows``: in a mixed-task batch (unipelt.MultiTask), the rows a task's modules run on now.
     Not a module: it holds no state worth saving and must not be registered once per gate.
+
+    ``mask`` and ``rows`` are per call (``PerCall``). A thread that never set the mask reads the
+    one the last forward under autograd left: that is a layer rerun by gradient checkpointing on
+    an autograd worker thread (CUDA's backward runs there, outside the layer wrapper). Forwards
+    without gradients never write it, so concurrent inference cannot disturb a training step.
     """
 
-    __slots__ = ("mask", "causal", "rows")
+    rows = per_call("rows")
+    # (mask, rows, dtype, weights): the masked mean's (B, T, 1) weights, which the layer's gates share
+    weights = per_call("weights")
 
     def __init__(self, causal: bool = False) -> None:
-        self.mask: torch.Tensor | None = None
+        super().__init__()
         self.causal = causal
-        self.rows: torch.Tensor | None = None
+        self._trained: torch.Tensor | None = None  # the mask of the last forward under autograd
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        return getattr(self._call, "mask", self._trained)
+
+    @mask.setter
+    def mask(self, value: torch.Tensor | None) -> None:
+        self._call.mask = value
+        if torch.is_grad_enabled():
+            self._trained = value
 
 
 class Gate(nn.Module):
@@ -129,12 +181,19 @@ class Gate(nn.Module):
         if self.slot.causal:
             return g
         token_mask = self.slot.mask
-        if token_mask is not None and self.slot.rows is not None:
-            token_mask = token_mask[self.slot.rows]
         if self.pooling == "mean" or token_mask is None or token_mask.shape[1] != z.shape[1]:
             return g.mean(dim=1, keepdim=True)
-        m = token_mask.to(g.dtype).unsqueeze(-1)  # (B, T, 1)
-        return (g * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return (g * self.mean_weights(token_mask, g.dtype)).sum(dim=1, keepdim=True)  # (B, 1, 1)
+
+    def mean_weights(self, token_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """m / Σm over the real tokens, (B, T, 1): built once per layer and call, for all its gates."""
+        rows, cached = self.slot.rows, self.slot.weights
+        if cached is not None and cached[0] is token_mask and cached[1] is rows and cached[2] == dtype:
+            return cached[3]
+        m = (token_mask if rows is None else token_mask[rows]).to(dtype).unsqueeze(-1)  # (B, T, 1)
+        weights = m / m.sum(dim=1, keepdim=True).clamp_min(1.0)
+        self.slot.weights = (token_mask, rows, dtype, weights)
+        return weights
 
 
 class Interpolation(Gate):

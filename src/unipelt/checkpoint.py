@@ -83,8 +83,13 @@ def _task(model: nn.Module) -> dict:
     }
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """The file's SHA-256, read a chunk at a time: a huge (or sparse) file costs no memory."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _replace(directory: Path, name: str, write) -> None:
@@ -102,6 +107,12 @@ def save(model: nn.Module, directory: str | Path) -> Path:
     cfg: PeltConfig | None = getattr(model, "pelt_config", None)
     if cfg is None:
         raise UniPeltError("save() needs a model returned by unipelt.apply()")
+    if getattr(model, "pelt_merged", False):
+        raise UniPeltError(
+            "save() refuses a merged model: merge() folded its LoRA/(IA)³ into the base weights, which a "
+            "checkpoint does not hold, so nothing of them would be saved; save before merge(), or keep "
+            "the merged model whole with save_pretrained after merge_and_unload()"
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     params = dict(model.named_parameters())
@@ -205,6 +216,8 @@ def _v1_pooler(config: PeltConfig, tensors: dict, model: nn.Module) -> PeltConfi
 
 def _config(meta: dict, path: Path) -> PeltConfig:
     data = meta["config"]
+    if isinstance(data, dict) and "head" not in data:
+        data = {**data, "head": "model"}  # saved before heads existed: trained with the model's own head
     try:
         return PeltConfig.from_dict(_v1_config(data) if meta["format"] == 1 and isinstance(data, dict) else data)
     except UniPeltError as e:
@@ -335,4 +348,17 @@ def load(model: nn.Module, directory: str | Path) -> nn.Module:
     with torch.no_grad():
         for name, tensor in tensors.items():
             params[name].copy_(tensor)
+    _restore_label_names(model, meta)
     return model
+
+
+def _restore_label_names(model: nn.Module, meta: dict) -> None:
+    """The checkpoint's class names on ``model.config`` (a fresh model says LABEL_0, LABEL_1),
+    where they name exactly the model's classes."""
+    task = meta.get("task")
+    saved = task.get("id2label") if isinstance(task, dict) else None
+    n = getattr(model.config, "num_labels", None)
+    if not isinstance(saved, dict) or sorted(saved) != sorted(str(i) for i in range(n or 0)):
+        return
+    names = {i: str(saved[str(i)]) for i in range(n)}
+    model.config.id2label, model.config.label2id = names, {name: i for i, name in names.items()}

@@ -58,8 +58,8 @@ def _flag(p, f, *, swept: bool) -> None:
         options["action"] = "store_true"
     elif typing.get_origin(kind) is typing.Literal:
         options["choices"] = typing.get_args(kind)
-    elif kind in (int, float):
-        options["type"] = kind
+    elif kind in (int, float) or kind == float | None:  # an optional number: None is its default
+        options["type"] = float if kind == float | None else kind
     p.add_argument(*dict.fromkeys(names), **options)
 
 
@@ -73,52 +73,73 @@ def _settings(p: argparse.ArgumentParser, *, swept: bool, skip: tuple[str, ...] 
             _flag(p, f, swept=swept)
 
 
-def _add_train(sub) -> None:
+def _add_train(sub, flags: bool = True) -> None:
     train = sub.add_parser("train", help="one run: train on K examples, select on dev, score on test")
+    if not flags:
+        return
     train.add_argument("--task", required=True, help="cola, sst2, mrpc, stsb, qqp, mnli, qnli or rte")
     method = train.add_mutually_exclusive_group(required=True)
     method.add_argument("--preset", help="a preset name, e.g. lora or unipelt-apl")
     method.add_argument("--config", help="a PeltConfig as a JSON or YAML file")
-    train.add_argument("--store", default="runs/unipelt.sqlite", help="results store (SQLite)")
+    train.add_argument("--store", default="runs/unipelt.sqlite", help="results store (SQLite; default %(default)s)")
     train.add_argument("--save", metavar="DIR", help="also save the trained PELT weights with unipelt.save")
+    train.add_argument(
+        "--label-names",
+        metavar="A,B,...",
+        help="the class names the --save checkpoint keeps, in label-value order (default: the task's, "
+        "e.g. negative,positive for sst2)",
+    )
     train.add_argument("--force", action="store_true", help="run even if the store holds this run as finished")
     _settings(train, swept=False, skip=("task",))
 
 
-def _add_sweep(sub) -> None:
+def _add_sweep(sub, flags: bool = True) -> None:
     sweep = sub.add_parser("sweep", help="a grid of runs, resumable; finished runs are skipped")
+    if not flags:
+        return
     sweep.add_argument("--grid", help="TOML or YAML file with the grid (flags override its values)")
     sweep.add_argument("--presets", help="comma-separated presets")
     sweep.add_argument("--configs", help="comma-separated PeltConfig files, swept like presets")
-    sweep.add_argument("--store", default="runs/unipelt.sqlite", help="results store (SQLite)")
+    sweep.add_argument("--store", default="runs/unipelt.sqlite", help="results store (SQLite; default %(default)s)")
     sweep.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     sweep.add_argument("--backend", choices=("local", "ray"), default="local", help="where runs execute")
     sweep.add_argument("--ray-address", help="Ray cluster address (default: running cluster, else local)")
     _settings(sweep, swept=True)
 
 
-def _add_report_and_demo(sub) -> None:
+def _add_report_and_demo(sub, demo_flags: bool = True) -> None:
     report = sub.add_parser("report", help="tables and plots from a results store")
-    report.add_argument("--store", default="runs/unipelt.sqlite", help="results store (SQLite)")
+    report.add_argument("--store", default="runs/unipelt.sqlite", help="results store (SQLite; default %(default)s)")
     report.add_argument("--out", default="runs/report", help="output directory (report.md, report.html)")
     _verbosity(report, argparse.SUPPRESS)
     demo = sub.add_parser("demo", help="a small real sweep on the defaults, then its tables (a few minutes on CPU)")
-    demo.add_argument("--presets", default=DEMO["presets"])
-    demo.add_argument("--store", default=DEMO["store"])
-    demo.add_argument("--out", default=DEMO["out"])
+    if not demo_flags:
+        return
+    demo.add_argument("--presets", default=DEMO["presets"], help="comma-separated presets (default %(default)s)")
+    demo.add_argument("--store", default=DEMO["store"], help="results store (SQLite; default %(default)s)")
+    demo.add_argument("--out", default=DEMO["out"], help="report directory (default %(default)s)")
     _settings(demo, swept=True)
     demo.set_defaults(**{k: v for k, v in DEMO.items() if k not in ("presets", "store", "out")})
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand with its flags; given ``command``, the others only by name and help: the
+    RunSpec settings' flags import RunSpec, and with it torch, which `unipelt --help` and a
+    mistyped command need not wait for."""
     parser = argparse.ArgumentParser(prog="unipelt", description="Parameter-efficient tuning experiments on GLUE.")
     _verbosity(parser, False)
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
-    _add_sweep(sub)
-    _add_report_and_demo(sub)
+    _add_train(sub, command in (None, "train"))
+    _add_sweep(sub, command in (None, "sweep"))
+    _add_report_and_demo(sub, command in (None, "demo"))
     _add_serve(sub)
     return parser
+
+
+def _command(argv: list[str]) -> str:
+    """The subcommand ``argv`` names ('' when none, as in `unipelt --help`): its first word that is
+    not an option (the top-level options take no values)."""
+    return next((a for a in argv if not a.startswith("-")), "")
 
 
 def _given(args: argparse.Namespace) -> dict:
@@ -139,16 +160,64 @@ def _train(args: argparse.Namespace) -> int:
     check_store_path(Path(args.store), exists=False, writable=True)
     if args.save:
         check_output_dir(args.save, "--save directory")
+    names = _label_names(args, spec)
     preflight([spec])
     with Store(args.store) as store:
         if not _claim(store, spec, args):
             return 0
-        record = runner.run(spec, runner.RunOptions(progress=not args.quiet, save_dir=args.save))
-        if not runner.is_main_process():
+        recorder = _Recorder(store) if runner.is_main_process() else None
+        options = runner.RunOptions(progress=not args.quiet, save_dir=args.save, label_names=names, keep=recorder)
+        record = runner.run(spec, options)
+        if recorder is None:
             return 0
-        written = store.write(record)
-        kept = store.result(spec.key) if written.kept_finished else None
-    return _train_outcome(spec, record, written, kept, args.store)
+        recorder(record)  # a failed run is recorded now; a finished one was, before its save
+        if recorder.error:
+            return _unrecorded(spec, record, recorder.error, args)
+        kept = store.result(spec.key) if recorder.written.kept_finished else None
+    return _train_outcome(spec, record, recorder.written, kept, args.store, args.save)
+
+
+def _label_names(args: argparse.Namespace, spec) -> tuple[str, ...] | None:
+    """``--label-names``, checked against the task; it names a checkpoint's classes, so it needs ``--save``."""
+    from .harness.errors import HarnessError
+    from .harness.tasks import get_task, parse_label_names
+
+    if args.label_names is None:
+        return None
+    if not args.save:
+        raise HarnessError("--label-names names the classes of a saved checkpoint: give --save DIR too")
+    return parse_label_names(get_task(spec.task), args.label_names)
+
+
+class _Recorder:
+    """Writes the run's attempt to the store once: a finished run as soon as its score exists,
+    before the optional save can fail; a store that cannot be written leaves its message here."""
+
+    def __init__(self, store):
+        self.store, self.written, self.error = store, None, ""
+
+    def __call__(self, record) -> None:
+        if self.written is None and not self.error:
+            try:
+                self.written = self.store.write(record)
+            except UniPeltError as e:
+                self.error = str(e)
+
+
+def _unrecorded(spec, record, error: str, args: argparse.Namespace) -> int:
+    """One line for a run the store could not take: its outcome, and what was kept of it."""
+    if record.status == "finished":
+        outcome = f"finished with test {record.metric} {record.test_metric:.4f} (best epoch {record.best_epoch})"
+    else:
+        outcome = f"failed: {record.reason}"
+    if args.save and record.status == "finished":
+        outcome += (
+            f"; saving its checkpoint failed too: {record.save_error}"
+            if record.save_error
+            else f"; its checkpoint is saved in {args.save}"
+        )
+    print(f"unipelt: error: {spec.label()} {outcome}; it is not recorded: {error}", file=sys.stderr)
+    return 1
 
 
 def _claim(store, spec, args: argparse.Namespace) -> bool:
@@ -171,7 +240,7 @@ def _claim(store, spec, args: argparse.Namespace) -> bool:
     return True
 
 
-def _train_outcome(spec, record, written, kept, store_path: str) -> int:
+def _train_outcome(spec, record, written, kept, store_path: str, save_dir: str | None = None) -> int:
     if record.status == "failed":
         detail = (
             f"; the run's finished result (test {kept.metric} {kept.test_metric:.4f}, {kept.finished_at}) is kept"
@@ -193,6 +262,8 @@ def _train_outcome(spec, record, written, kept, store_path: str) -> int:
             file=sys.stderr,
         )
         return 1
+    if save_dir:
+        print(f"saved: {Path(save_dir).resolve()} (unipelt.load or MultiTask.add reads it)")
     return 0
 
 
@@ -264,7 +335,8 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = _parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else argv
+        args = _parser(_command(argv)).parse_args(argv)
     except SystemExit as e:  # argparse has printed usage and its error; return instead of exiting
         return int(e.code or 0)
     _configure_logging(args)

@@ -24,6 +24,9 @@ Activation = Literal["relu", "gelu", "tanh", "identity"]
 Composition = Literal["add", "scaled", "gated", "interpolate"]
 Init = Literal["bert", "lora"]
 GatePooling = Literal["masked_mean", "mean"]
+# The summary of the sequence the task head reads (heads.py): "auto" picks the backbone's own
+# pretrained summary when apply() sees the model; "model" keeps the model class's head as it is.
+Head = Literal["auto", "model", "pooler", "mean", "last"]
 AttentionKind = Literal["self", "cross"]  # encoder/decoder self-attention, decoder cross-attention
 ALL_ATTENTION: tuple[AttentionKind, ...] = ("self", "cross")
 
@@ -99,6 +102,16 @@ class MethodConfig:
     def check_together(cls, configs: list) -> None:
         """Reject configs of this method that would clash in one model (e.g. the same place)."""
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, except one added later while it holds its ``since`` value (field
+        metadata, as in harness/spec.py): configs written before it keep their JSON and run keys."""
+        fields = dataclasses.fields(self)
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields
+            if not ("since" in f.metadata and getattr(self, f.name) == f.metadata["since"])
+        }
+
 
 @dataclass(frozen=True, kw_only=True)
 class PeltConfig:
@@ -113,17 +126,24 @@ class PeltConfig:
     relative to the base model (peft's name), e.g. ("pooler",) to train BERT's pooler. The task
     head outside the base model (``classifier``, ``score``) is always trained; the pooler is not,
     as in UniPELT's code, ``adapters`` and peft.
+    head: which summary of the sequence the task head reads (heads.py): "pooler" (BERT's pooler,
+    then the classifier), "mean" (the masked mean of the last hidden states over real tokens),
+    "last" (the last real token), "model" (the model class's own head, untouched) or "auto" (the
+    default): the backbone's own pretrained summary, "mean" for a sentence-transformers model that
+    declares mean pooling, else "model". ``apply`` records what "auto" became.
     """
 
     methods: tuple[MethodConfig, ...] = field(default_factory=tuple)
     gate_pooling: GatePooling = "masked_mean"
     modules_to_save: tuple[str, ...] = ()
+    head: Head = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.methods, MethodConfig) or not isinstance(self.methods, (list, tuple)):
             raise UniPeltError(f"PeltConfig.methods must be a tuple of method configs, got {self.methods!r}")
         object.__setattr__(self, "methods", tuple(self.methods))
         check_choice("PeltConfig", "gate_pooling", self.gate_pooling, GatePooling)
+        check_choice("PeltConfig", "head", self.head, Head)
         if (
             isinstance(self.modules_to_save, str)
             or not isinstance(self.modules_to_save, (list, tuple))
@@ -153,7 +173,7 @@ class PeltConfig:
         return any(m.gated for m in self.methods)
 
     def to_dict(self) -> dict[str, Any]:
-        methods = [{"method": m.method, **dataclasses.asdict(m)} for m in self.methods]
+        methods = [{"method": m.method, **m.to_dict()} for m in self.methods]
         for m in methods:
             for key, value in m.items():
                 if isinstance(value, tuple):  # JSON has lists
@@ -161,6 +181,8 @@ class PeltConfig:
         out = {"methods": methods, "gate_pooling": self.gate_pooling}
         if self.modules_to_save:  # absent when empty, so configs without it keep their JSON
             out["modules_to_save"] = list(self.modules_to_save)
+        if self.head != "auto":  # likewise: presets and older configs keep their JSON and run keys
+            out["head"] = self.head
         return out
 
     @classmethod

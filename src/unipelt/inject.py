@@ -6,10 +6,13 @@ architecture spec; it never mutates any of them.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import nn
 
+from . import heads
 from .arch import spec_for
-from .attention import pelt_attention_base, use_pelt_attention
+from .attention import pelt_attention_base, set_attention, use_pelt_attention
 from .blocks import Gate, LowRank, Scale
 from .config import MethodConfig, PeltConfig
 from .errors import UniPeltError
@@ -97,6 +100,8 @@ def apply(model: nn.Module, preset_or_config) -> nn.Module:
     spec = spec_for(model)
     base = model.base_model
     _check_modules_to_save(base, cfg)
+    cfg = replace(cfg, head=heads.resolve(model, cfg.head))  # recorded as it ran, never "auto"
+    heads.check(model, cfg.head, spec)
     existing = set(model.modules())
     ctx = ModelContext(model=model, base=base, spec=spec, cfg=cfg, d=getattr(model.config, spec.hidden_key))
     for method, configs in configured(cfg):
@@ -105,6 +110,7 @@ def apply(model: nn.Module, preset_or_config) -> nn.Module:
     inject_layers(ctx)
     if ctx.attention_hook:
         use_pelt_attention(model, prompt_at=ctx.prompt_at)
+    heads.attach(model, cfg.head, spec, prompt_at=ctx.prompt_at)
     _place_like(model)
     _set_trainable(model, cfg)
     for module in model.modules():  # new modules follow the model: an eval model stays deterministic
@@ -135,6 +141,8 @@ def merge(model: nn.Module) -> nn.Module:
         raise UniPeltError(f"gated LoRA cannot be merged (its scale depends on the input): {gated[:3]}...")
     for name, _ in sorted(found, key=lambda item: -item[0].count(".")):  # innermost first
         replace_module(model, name, lambda m: m.merge())
+    if found:  # the base weights now hold the updates: disable() and save() refuse, saying why
+        model.pelt_merged = True
     fold(model)
     return model
 
@@ -163,9 +171,31 @@ def _set_active(model: nn.Module, active: bool) -> list[tuple[nn.Module, bool]]:
     return previous
 
 
+def base_changed(model: nn.Module) -> str | None:
+    """Why ``model``'s base weights may no longer be the pretrained ones, or None."""
+    cfg: PeltConfig | None = getattr(model, "pelt_config", None)
+    if cfg is None:
+        return None
+    if getattr(model, "pelt_merged", False):
+        return "merge() folded its LoRA/(IA)³ into the base weights"
+    trained = [m.config.method for m, _ in configured(cfg) if m.trains is not None]
+    if trained:
+        return f"{' and '.join(trained)} trains the base model's own weights"
+    if cfg.modules_to_save:
+        return f"it trains the base modules {list(cfg.modules_to_save)} (modules_to_save)"
+    return None
+
+
 def disable(model: nn.Module) -> _Switch:
     """Run the frozen base model (and its task head) without the added modules, until ``enable``
-    or the end of a ``with unipelt.disable(model):`` block. Nothing is removed or reloaded."""
+    or the end of a ``with unipelt.disable(model):`` block. Nothing is removed or reloaded.
+    Refused where the base weights themselves changed (BitFit, full fine-tuning, modules_to_save,
+    a merged model): switching modules off would not give the base model back."""
+    if why := base_changed(model):
+        raise UniPeltError(
+            f"disable() cannot give this model's base model back: {why}, and no pretrained copy is "
+            "kept; load the base model afresh to compare with it"
+        )
     return _Switch(model, False)
 
 
@@ -183,10 +213,11 @@ def unload(model: nn.Module) -> nn.Module:
     prompt = getattr(model, "pelt_prompt", None)
     if prompt is not None:
         prompt.remove()
-    for name in ("pelt_prefix", "pelt_prompt", "pelt_config"):
+    heads.detach(model)
+    for name in ("pelt_prefix", "pelt_prompt", "pelt_config", "pelt_merged"):
         if hasattr(model, name):
             delattr(model, name)
-    model.set_attn_implementation(pelt_attention_base(model.config._attn_implementation))
+    set_attention(model, pelt_attention_base(model.config._attn_implementation))
     for p in model.parameters():
         p.requires_grad_(True)
     return model

@@ -32,9 +32,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from . import heads
 from .arch import spec_for
 from .attention import PREFIX_KWARG, Prefix, token_mask, use_pelt_attention
-from .blocks import Gate
+from .blocks import Gate, PerCall, per_call
 from .checkpoint import META, load
 from .config import PeltConfig
 from .errors import UniPeltError
@@ -46,14 +47,18 @@ from .methods.prompt import CausalPrompt, PeltEmbeddings, PeltPositions, PromptC
 from .wrappers import PeltHeadOutput, PeltLayer, PeltPostNorm, PeltSublayer, Wrapper
 
 
-class Router:
-    """Which rows each task owns in the current batch, shared by every site."""
+class Router(PerCall):
+    """Which rows each task owns in the current batch, shared by every site.
 
-    def __init__(self) -> None:
-        self.rows: dict[str, torch.Tensor] | None = None
-        self.prompt: torch.Tensor | None = None  # (B,) prompt length of every row
-        self.widest_prompt = 0
-        self.prompt_at = 0
+    Per call (blocks.PerCall): each thread's mixed batch has its own rows and prompt layout.
+    ``rows``: task -> its rows; ``prompt``: (B,) prompt length of every row; ``widest_prompt``
+    and ``prompt_at``: where the prompts go (``MultiTask._mask``). All None outside a call.
+    """
+
+    rows = per_call("rows")
+    prompt = per_call("prompt")
+    widest_prompt = per_call("widest_prompt")
+    prompt_at = per_call("prompt_at")
 
 
 @dataclass
@@ -235,6 +240,24 @@ class HeadSite(nn.Module):
         return out
 
 
+class SummarySite:
+    """The base model's forward hook that gives each task's rows its head's summary (heads.py):
+    the shared base runs once, and a "mean" task reads the mean where a "model" task reads [CLS]."""
+
+    def __init__(self, router: Router, place: str | None):
+        self.router, self.place = router, place
+        self.heads: dict[str, str] = {}  # task -> its head
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict, out):
+        hidden = out["last_hidden_state"]
+        mask = heads.real_tokens(heads.mask_argument(args, kwargs), hidden, 0)  # the mask has the prompts' ones
+        for task, rows in self.router.rows.items():
+            head = self.heads.get(task)
+            if head in heads.SUMMARIES:
+                out = heads.put(out, heads.summarize(hidden[rows], mask[rows], head), mask, self.place, rows)
+        return out
+
+
 @dataclass
 class Task:
     name: str
@@ -257,6 +280,11 @@ class MultiTask:
     def __init__(self, base_model: nn.Module):
         if getattr(base_model, "pelt_config", None) is not None:
             raise UniPeltError("MultiTask takes the plain base model; its tasks come from checkpoints (add)")
+        if getattr(base_model, "base_model", base_model) is base_model:  # checked before anything is changed
+            raise UniPeltError(
+                f"{type(base_model).__name__} has no task head: MultiTask serves classifiers "
+                "(AutoModelForSequenceClassification), not a bare backbone (AutoModel)"
+            )
         self.spec = spec_for(base_model)
         self.model = base_model.eval().requires_grad_(False)
         self.router = Router()
@@ -275,6 +303,8 @@ class MultiTask:
             )
         for name, head in self._heads.items():
             setattr(self.model, name, head)
+        self._summary = SummarySite(self.router, heads.place_of(base_model, self.spec))
+        self.model.base_model.register_forward_hook(self._summary, with_kwargs=True)
         self._tasks: dict[str, Task] = {}
 
     @property
@@ -298,6 +328,7 @@ class MultiTask:
         if name not in self._tasks:
             raise UniPeltError(f"unknown task {name!r}; loaded: {', '.join(self._tasks) or 'none'}")
         del self._tasks[name]
+        self._summary.heads.pop(name, None)
         for module in self.model.modules():
             if isinstance(module, Site):
                 module.entries.pop(name, None)
@@ -399,6 +430,7 @@ class MultiTask:
             self._site_at(path).entries.setdefault(task.name, []).append(entry)
         for head_name, site in self._heads.items():
             site.heads[task.name] = (getattr(task.model, head_name), task.num_labels)
+        self._summary.heads[task.name] = task.config.head
 
     def _bias_deltas(self, task: Task, recomputed: set[str]) -> list[tuple[str, BiasDelta]]:
         """Every bias of a BitFit task, as a difference to the shared one, at the modules that no
@@ -467,6 +499,8 @@ class MultiTask:
         """Texts (or (text, text) pairs) for the named tasks: each row's label and scores, or value."""
         if len(inputs) != len(tasks):
             raise UniPeltError(f"{len(inputs)} inputs but {len(tasks)} task names")
+        if not inputs:
+            raise UniPeltError("predict() needs at least one input (inputs and tasks are empty)")
         limit = max_length or min(
             tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", 512)
         )

@@ -11,7 +11,8 @@ from types import MappingProxyType
 from .config import PeltConfig
 from .errors import UniPeltError
 from .methods.adapter import AdapterConfig
-from .methods.bitfit import BitFitConfig, FullFineTuning
+from .methods.bitfit import BitFitConfig, FullFineTuning, HeadOnly
+from .methods.dora import DoRAConfig
 from .methods.ia3 import IA3Config
 from .methods.lora import LoRAConfig
 from .methods.prefix import PrefixConfig
@@ -60,6 +61,8 @@ def _unipelt(*parts) -> PeltConfig:
 
 
 register("full", PeltConfig(methods=(FullFineTuning(),)), 2e-5)
+# the frozen backbone with only its task head trained; the head's own rate (head_lr) is what trains
+register("head-only", PeltConfig(methods=(HeadOnly(),)), 1e-3)
 register("bitfit", PeltConfig(methods=(BitFitConfig(),)), 1e-4)
 register("adapter", PeltConfig(methods=(ADAPTER,)), 1e-4)
 # Houlsby 2019 / He et al. Eq. 4: after both sublayers, on h before the residual and the LayerNorm.
@@ -71,6 +74,8 @@ register("mh-parallel-adapter", PeltConfig(methods=(AdapterConfig(target="head",
 register("prefix", PeltConfig(methods=(PREFIX,)), 2e-4)
 register("prompt", PeltConfig(methods=(PromptConfig(length=10),)), 2e-4)
 register("lora", PeltConfig(methods=(LORA,)), 5e-4)
+# Liu et al. 2024: LoRA's r, alpha and targets, with a magnitude per output row; LoRA's rate.
+register("dora", PeltConfig(methods=(DoRAConfig(r=8, alpha=2.0, targets=("q", "v")),)), 5e-4)
 # Liu et al. 2022 train (IA)³ with lr 3e-3; its vectors start at one and move little per step.
 register("ia3", PeltConfig(methods=(IA3Config(),)), 3e-3)
 register("unipelt-ap", _unipelt(ADAPTER, PREFIX), 5e-4)

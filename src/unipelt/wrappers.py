@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .attention import PREFIX_KWARG, token_mask
-from .blocks import MaskSlot
+from .blocks import MaskSlot, PerCall, per_call
 
 
 class Wrapper(nn.Module):
@@ -70,26 +70,25 @@ def wrap_at(root: nn.Module, path: str, cls: type) -> nn.Module:
     return module if isinstance(module, cls) else replace_module(root, path, cls)
 
 
-class Tap:
+class Tap(PerCall):
     """The last input a sublayer received, for an adapter placed downstream of it.
 
-    Like ``MaskSlot`` it is left filled after the call: gradient checkpointing reruns the layer
-    during backward, and the rerun refills it in the same order.
+    Per call (``PerCall``): each thread reads the input of its own forward. Filled and read
+    within one layer's forward, so a layer that gradient checkpointing reruns during backward,
+    on whatever thread, refills it before reading it; like ``MaskSlot`` it is left filled.
     """
 
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value: torch.Tensor | None = None
+    value = per_call("value")
 
 
 class PeltLayer(Wrapper):
     """A transformer layer whose gates need to know which tokens are padding.
 
     HF hands the padding mask to the layer but not to its linear maps; this wrapper writes it to
-    the layer's ``MaskSlot``. It is left there after the call because gradient checkpointing runs
-    the layer again during backward, outside this wrapper. ``mask_position``: where the mask is
-    among the layer's positional arguments (the architecture file says).
+    the layer's ``MaskSlot``, for the calling thread only. It is left there after the call because
+    gradient checkpointing runs the layer again during backward, outside this wrapper (the slot
+    says which mask such a rerun reads). ``mask_position``: where the mask is among the layer's
+    positional arguments (the architecture file says).
     """
 
     def __init__(self, base_layer: nn.Module, slot: MaskSlot, mask_position: int = 1):

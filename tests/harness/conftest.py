@@ -1,8 +1,10 @@
-"""Fixtures for the harness tests: a small GLUE directory cut from the real TSVs, and a tiny
-random BERT saved to disk with the offline MiniLM tokenizer. Nothing is downloaded."""
+"""Fixtures for the harness tests: a small GLUE directory (tests/fixtures/glue, cut from the real
+TSVs), and a tiny random BERT saved to disk with the offline MiniLM tokenizer. Nothing is
+downloaded, and nothing outside the repository is read."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -10,26 +12,14 @@ import pytest
 
 from unipelt.harness.record import RunRecord
 
-REAL_GLUE = Path(__file__).resolve().parents[3] / "shared" / "data" / "glue"
-TRAIN_ROWS, DEV_ROWS = 80, 30
-QQP_ROWS = 1100  # QQP's test split is carved from the last 1,000 train rows
-
-
-def _copy_head(src: Path, dst: Path, rows: int, header: bool) -> None:
-    lines = src.read_text(encoding="utf-8").splitlines(keepends=True)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text("".join(lines[: rows + int(header)]), encoding="utf-8")
+# The first rows of each real GLUE file (80 train / 30 dev, QQP 1,100 train: its test split is
+# carved from the last 1,000), committed so that no test reads outside the repository
+GLUE_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "glue"
 
 
 def make_glue(root: Path) -> Path:
-    from unipelt.harness.tasks import TASKS
-
-    for task in TASKS.values():
-        folder = REAL_GLUE / task.directory
-        rows = QQP_ROWS if task.name == "qqp" else TRAIN_ROWS
-        _copy_head(folder / "train.tsv", root / task.directory / "train.tsv", rows, task.header)
-        if (folder / "dev.tsv").is_file():
-            _copy_head(folder / "dev.tsv", root / task.directory / "dev.tsv", DEV_ROWS, task.header)
+    """A copy of the fixture at ``root``, which a test may change."""
+    shutil.copytree(GLUE_FIXTURE, root, ignore=shutil.ignore_patterns("*.md"))
     return root
 
 
@@ -98,9 +88,7 @@ def offline(monkeypatch):
 
 @pytest.fixture(scope="session")
 def glue_dir(tmp_path_factory) -> Path:
-    if not REAL_GLUE.is_dir():
-        pytest.skip(f"the real GLUE TSVs are not at {REAL_GLUE}")
-    return make_glue(tmp_path_factory.mktemp("glue"))
+    return make_glue(tmp_path_factory.mktemp("glue") / "glue")
 
 
 @pytest.fixture

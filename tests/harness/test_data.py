@@ -101,14 +101,31 @@ def test_missing_file_names_it(own_glue):
         load_splits(get_task("rte"), 16, 111, dev_size=20, glue_dir=own_glue)
 
 
-def test_no_glue_dir_lists_every_place_looked(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(locate, "_REPO", tmp_path / "no-checkout")
+def test_no_glue_dir_names_each_place_once_and_how_to_get_the_task(tmp_path, monkeypatch):
+    (tmp_path / "shared" / "data" / "glue").mkdir(parents=True)  # the old implicit default: no longer read
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
     with pytest.raises(UniPeltError) as err:
         load_splits(get_task("rte"), 16, 111)
     message = str(err.value)
-    assert str((tmp_path / ".." / "shared" / "data" / "glue").resolve()) in message
-    assert "--glue-dir" in message and "$GLUE_DIR" in message and "HF_HUB_OFFLINE=1" in message
+    for place in ("--glue-dir (not given)", "$GLUE_DIR (not set)", "embedded in unipelt (SST-2 only)", "the hub"):
+        assert message.count(place) == 1, (place, message)
+    assert "shared" not in message and "HF_HUB_OFFLINE=1" in message
+    assert "RTE/train.tsv" in message and "unset HF_HUB_OFFLINE" in message
+
+
+def test_embedded_sst2_without_a_glue_dir():
+    """The demo's data come with the package: GLUE's own SST-2 files, gzip'd."""
+    splits = load_splits(get_task("sst2"), 16, 111, dev_size=20)
+    assert (len(splits.train), len(splits.dev), len(splits.test)) == (16, 20, 872)  # GLUE's dev has 872 rows
+    assert splits.test_source == "GLUE dev (SST-2/dev.tsv)"  # as from a GLUE directory: the same run
+    assert set(splits.test.label) == {0, 1} and splits.test.b.isna().all()
+    assert locate.embedded_tasks() == ("SST-2",)
+
+
+def test_a_given_glue_dir_wins_over_the_embedded_copy(glue_dir, monkeypatch):
+    monkeypatch.setenv("GLUE_DIR", str(glue_dir))
+    assert len(load_splits(get_task("sst2"), 16, 111, dev_size=20).test) == 30  # the fixture's dev rows
 
 
 def test_explicit_glue_dir_must_exist(tmp_path, monkeypatch):
@@ -124,7 +141,6 @@ def test_hub_fallback_when_no_directory_and_online(tmp_path, monkeypatch):
     import datasets
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(locate, "_REPO", tmp_path / "no-checkout")
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_DATASETS_OFFLINE")
     split = lambda n: datasets.Dataset.from_dict(  # noqa: E731

@@ -158,6 +158,10 @@ class ArchSpec:
     # An encoder with rotary positions computed outside its embeddings (ModernBERT's ``rotary_emb``,
     # relative to the base model): an inserted prompt lengthens the position ids it receives.
     rotary: str | None = None
+    # The token the model's own sequence-classification head reads (heads.py puts a "mean" or
+    # "last" summary there): "first" ([CLS], <s>), "last" (a decoder's last real token), or None
+    # where the head reads something else (BART's and T5's eos state, ModernBERT's own pooling).
+    summary: str | None = "first"
 
     def check_attention_hook(self, method: str) -> None:
         """Refuse ``method`` (a prefix or prompt) on an architecture whose attention unipelt cannot hook."""

@@ -28,5 +28,6 @@ GPT2 = register(
             ),
         ),
         absolute_positions=True,
+        summary="last",
     )
 )

@@ -28,5 +28,6 @@ LLAMA = register(
                 ffn=FFN(input="mlp", ffn_in=("mlp.gate_proj", "mlp.up_proj"), ffn_out=("mlp.down_proj",)),
             ),
         ),
+        summary="last",
     )
 )

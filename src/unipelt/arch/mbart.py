@@ -39,5 +39,6 @@ MBART = register(
         ),
         hidden_key="d_model",
         embeddings="encoder.embed_tokens",
+        summary=None,
     )
 )

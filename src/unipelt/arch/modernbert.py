@@ -28,5 +28,6 @@ MODERNBERT = register(
         embeddings="embeddings",
         prompt_at=1,
         rotary="rotary_emb",
+        summary=None,
     )
 )

@@ -25,5 +25,6 @@ PHI3 = register(
                 ffn=FFN(input="mlp", ffn_in=fused("mlp.gate_up_proj", ("gate", "up")), ffn_out=("mlp.down_proj",)),
             ),
         ),
+        summary="last",
     )
 )

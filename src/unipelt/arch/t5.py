@@ -35,5 +35,6 @@ T5 = register(
         hidden_key="d_model",
         head_dim="key_value_proj_dim",
         embeddings="encoder.embed_tokens",
+        summary=None,
     )
 )

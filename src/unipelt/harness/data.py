@@ -12,6 +12,7 @@ SOURCES.md describes as a held-out sample, and those rows are removed from the t
 from __future__ import annotations
 
 import csv
+import gzip
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,16 +78,18 @@ def read_tsv(path: Path, task: Task) -> pd.DataFrame:
     """Rows of a GLUE TSV as (a, b, label); every row must have the header's number of fields.
 
     The csv module (not pandas) so a malformed row is reported with its line number; quoting is
-    off because GLUE text contains bare quotes; utf-8-sig drops MRPC's byte-order mark.
+    off because GLUE text contains bare quotes; utf-8-sig drops MRPC's byte-order mark. A
+    ``.tsv.gz`` (the embedded copy) is read the same way.
     """
+    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
             return pd.DataFrame(
                 _rows(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), task, path), columns=COLUMNS
             )
     except UnicodeDecodeError as e:
         raise HarnessError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x}: {e.reason})") from None
-    except csv.Error as e:  # e.g. a field over the csv module's size limit
+    except (csv.Error, gzip.BadGzipFile, EOFError) as e:  # e.g. a field over the csv module's size limit
         raise HarnessError(f"{path}: not a readable TSV file: {e}") from None
 
 
@@ -113,19 +116,24 @@ def _rows(reader, task: Task, path: Path) -> list[tuple]:
     return rows
 
 
+def _file(folder: Path, name: str) -> Path | None:
+    """``name`` in ``folder``, or its gzip'd copy (how the embedded data is stored)."""
+    return next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
+
+
 def _test_file(task: Task, folder: Path) -> Path | None:
-    return next((folder / n for n in task.test_files if (folder / n).is_file()), None)
+    return next(filter(None, (_file(folder, n) for n in task.test_files)), None)
 
 
 def _from_directory(task: Task, source: GlueSource) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     folder = source.path / task.directory
-    train_path = folder / "train.tsv"
-    if not train_path.is_file():
-        raise HarnessError(f"missing GLUE file {train_path} (GLUE dir {source.path}, {source.how})")
+    train_path = _file(folder, "train.tsv")
+    if train_path is None:
+        raise HarnessError(f"missing GLUE file {folder / 'train.tsv'} (GLUE dir {source.path}, {source.how})")
     pool = read_tsv(train_path, task)
     test_path = _test_file(task, folder)
     if test_path is not None:
-        return pool, read_tsv(test_path, task), f"GLUE dev ({task.directory}/{test_path.name})"
+        return pool, read_tsv(test_path, task), f"GLUE dev ({task.directory}/{test_path.name.removesuffix('.gz')})"
     if not task.carve_test:
         wanted = " or ".join(str(folder / n) for n in task.test_files)
         raise HarnessError(f"missing GLUE file {wanted} (GLUE dir {source.path}, {source.how})")
@@ -143,8 +151,10 @@ def _from_hub(task: Task, source: GlueSource) -> tuple[pd.DataFrame, pd.DataFram
     looked = "; ".join(source.looked)
     if reason := hub_offline_reason():
         raise HarnessError(
-            f"no GLUE data found; looked in: {looked}; the hub is not used ({reason}). "
-            "Pass --glue-dir DIR or set GLUE_DIR"
+            f"no GLUE data found for {task.name}; looked in: {looked}; the hub (not used: {reason}). "
+            f"Pass --glue-dir DIR or set GLUE_DIR to a folder of GLUE's TSVs ({task.directory}/train.tsv, "
+            f"{task.directory}/{task.test_files[0]}, as GLUE's download_glue_data.py writes them), "
+            f"or unset {reason.split('=')[0]} to load nyu-mll/glue through datasets"
         )
     import datasets  # imported here: only this fallback needs it
 
@@ -153,7 +163,8 @@ def _from_hub(task: Task, source: GlueSource) -> tuple[pd.DataFrame, pd.DataFram
     except Exception as e:  # any failure to reach or read the hub is the same user problem
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise HarnessError(
-            f"no GLUE data found; looked in: {looked}; loading nyu-mll/glue/{task.name} from the hub failed: {first}"
+            f"no GLUE data found for {task.name}; looked in: {looked}; loading nyu-mll/glue/{task.name} "
+            f"from the hub failed: {first}. Pass --glue-dir DIR or set GLUE_DIR to a folder of GLUE's TSVs"
         ) from None
     test_split = "validation_matched" if task.name == "mnli" else "validation"
 
@@ -188,7 +199,7 @@ def load_splits(
     task: Task, k: int | str, seed: int, *, dev_size: int = DEV_SIZE, glue_dir: str | Path | None = None
 ) -> Splits:
     """Train/dev/test for ``task`` at train size ``k`` and data seed ``seed``."""
-    source = locate_glue(glue_dir)
+    source = locate_glue(glue_dir, task.directory)
     if source.path is not None:
         pool, test, test_source = _from_directory(task, source)
     else:

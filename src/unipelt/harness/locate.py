@@ -1,6 +1,6 @@
-"""Where the GLUE TSVs are: ``--glue-dir``, then ``GLUE_DIR``, then ``../shared/data/glue``
-relative to the working directory and to this repository's checkout. Every place tried is kept
-so the error for missing data can name them all."""
+"""Where the GLUE TSVs are: ``--glue-dir``, then ``$GLUE_DIR``, then the copy embedded in the
+package (SST-2 only: what ``unipelt demo`` needs), then the hub through ``datasets``. Every place
+tried is kept so the error for missing data can name each one once."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 from .errors import HarnessError
 
-RELATIVE = Path("..") / "shared" / "data" / "glue"
-_REPO = Path(__file__).resolve().parents[3]  # src/unipelt/harness/locate.py -> repository root
+# gzip'd byte copies of GLUE's files; glue/SOURCES.md says where they come from
+EMBEDDED = Path(__file__).resolve().parent / "glue"
 
 
 @dataclass(frozen=True)
@@ -28,23 +28,26 @@ def _explicit(value: str | Path, how: str) -> GlueSource:
     return GlueSource(path.resolve(), how, (str(path),))
 
 
-def locate_glue(glue_dir: str | Path | None = None) -> GlueSource:
-    """The first GLUE directory found; an explicit one that does not exist is an error, not a
-    reason to silently use another copy."""
+def embedded_tasks() -> tuple[str, ...]:
+    """The GLUE folders (``SST-2``, ...) the package carries."""
+    return tuple(sorted(p.name for p in EMBEDDED.iterdir() if p.is_dir())) if EMBEDDED.is_dir() else ()
+
+
+def locate_glue(glue_dir: str | Path | None = None, directory: str | None = None) -> GlueSource:
+    """The first GLUE directory found for the task whose GLUE folder is ``directory``; an explicit
+    one that does not exist is an error, not a reason to silently use another copy."""
     if glue_dir:
         return _explicit(glue_dir, "from --glue-dir")
     if os.environ.get("GLUE_DIR"):
         return _explicit(os.environ["GLUE_DIR"], "from $GLUE_DIR")
-    candidates = [(Path.cwd() / RELATIVE, "relative to the working directory")]
-    if (_REPO / "pyproject.toml").is_file():  # installed from a checkout, not from a wheel
-        candidates.append((_REPO / RELATIVE, "relative to the unipelt checkout"))
-    looked = tuple(f"{p.resolve()} ({how})" for p, how in candidates) + (
+    carried = embedded_tasks()
+    looked = (
         "--glue-dir (not given)",
         "$GLUE_DIR (not set)",
+        f"the copy embedded in unipelt ({', '.join(carried) or 'none'} only)",
     )
-    for path, how in candidates:
-        if path.is_dir():
-            return GlueSource(path.resolve(), how, looked)
+    if directory in carried:
+        return GlueSource(EMBEDDED, "the copy embedded in unipelt", looked)
     return GlueSource(None, "", looked)
 
 

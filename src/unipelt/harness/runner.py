@@ -8,6 +8,7 @@ process records results (see ``is_main_process``).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -15,6 +16,7 @@ import traceback
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import partial
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ from transformers import (
     set_seed,
 )
 
-from .. import UniPeltError, apply, count_parameters, fold, gate_values, save
+from .. import apply, count_parameters, fold, gate_values, save
 from .callbacks import BestOnDev, RunFailed, RunProgress, StepTimer
 from .data import Splits, load_splits
 from .generative import Generate
@@ -52,6 +54,10 @@ class RunOptions:
     progress: bool = True
     progress_position: int = 0
     save_dir: str | None = None
+    # the names the saved checkpoint gives the classes (default: the task's own, e.g. negative/positive)
+    label_names: tuple[str, ...] | None = None
+    # called with a finished run's record before the optional save: the score is kept first
+    keep: Callable[[RunRecord], None] | None = None
 
 
 def is_main_process() -> bool:
@@ -84,7 +90,7 @@ def load_model(spec: RunSpec, task: Task):
         labels = (
             {}
             if task.is_regression
-            else {"id2label": dict(enumerate(task.labels)), "label2id": {l: i for i, l in enumerate(task.labels)}}
+            else {"id2label": dict(enumerate(task.label_names)), "label2id": _label2id(task.label_names)}
         )
         model = AutoModelForSequenceClassification.from_pretrained(
             path,
@@ -126,9 +132,23 @@ class ProtocolTrainer(Trainer):
     """``Trainer`` whose evaluation is the objective's score; it reaches the callbacks
     (``BestOnDev``) as ``eval_score``. The objective pads the training batches too."""
 
-    def __init__(self, *args, objective: Objective, **kwargs):
+    def __init__(self, *args, objective: Objective, head_lr: float | None = None, **kwargs):
         super().__init__(*args, data_collator=partial(objective.collate, train=True), **kwargs)
-        self.objective = objective
+        self.objective, self.head_lr = objective, head_lr
+
+    def create_optimizer(self, model=None):
+        """The task head in its own group at ``head_lr``; the method's modules keep the paper's rate."""
+        if self.optimizer is None and self.head_lr is not None:
+            target = self.model if model is None else model
+            named = [(n, p) for n, p in target.named_parameters() if p.requires_grad]
+            head = set(task_head(target))
+            groups = [
+                {"params": [p for n, p in named if n not in head]},
+                {"params": [p for n, p in named if n in head], "lr": self.head_lr},
+            ]
+            kind, options = self.get_optimizer_cls_and_kwargs(self.args, target)
+            self.optimizer = kind([g for g in groups if g["params"]], **options)
+        return super().create_optimizer(model)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
@@ -136,6 +156,26 @@ class ProtocolTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+def task_head(model) -> list[str]:
+    """The task head's parameter names: what lies outside the base model and unipelt's modules."""
+    base = model.base_model_prefix + "."
+    return [n for n, _ in model.named_parameters() if not n.startswith(base) and "pelt_" not in n]
+
+
+@torch.no_grad()
+def start_at_label_mean(model, labels) -> None:
+    """A regression head starts at the training rows' label mean: its first steps then learn the
+    signal, not the offset (a zero start on STS-B's 0-5 scale is a loss of about 7)."""
+    head = set(task_head(model))
+    outputs = [
+        m
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and m.out_features == 1 and f"{n}.bias" in head
+    ]
+    if outputs:
+        outputs[-1].bias.fill_(float(np.mean(labels)))
 
 
 def objective_of(spec: RunSpec, task: Task, tokenizer) -> Objective:
@@ -160,7 +200,10 @@ def _gates(model, dev: list[dict], objective: Objective) -> dict[int, dict[str, 
 
 def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, started: str) -> RunRecord:
     tokenizer, model = load_model(spec, task)
+    log.info("%s: head %s, head learning rate %s", spec.label(), model.pelt_config.head, spec.head_lr or spec.lr)
     objective = objective_of(spec, task, tokenizer)
+    if task.is_regression and spec.objective == "classify":
+        start_at_label_mean(model, splits.train["label"].astype(float))
     train = objective.encode(splits.train, train=True)
     dev, test = (objective.encode(s, train=False) for s in (splits.dev, splits.test))
     best, timer = BestOnDev(spec.patience), StepTimer()
@@ -172,6 +215,7 @@ def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, start
             train_dataset=train,
             eval_dataset=dev,
             objective=objective,
+            head_lr=spec.head_lr,
             callbacks=[best, timer, progress],
         )
         trainer.remove_callback(ProgressCallback)
@@ -184,6 +228,7 @@ def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, start
         start = time.perf_counter()
         test_metric = objective.score(trainer, test)
         infer_seconds = time.perf_counter() - start
+        _check_scores(best, test_metric)
     model.eval()
     record = RunRecord(
         spec=spec,
@@ -203,14 +248,41 @@ def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, start
         started_at=started,
         finished_at=_now(),
     )
-    return _save(model, options.save_dir, record) if options.save_dir and is_main_process() else record
+    if options.keep is not None:
+        options.keep(record)
+    if options.save_dir and is_main_process():
+        return _save(_named(model, options.label_names), options.save_dir, record)
+    return record
+
+
+def _check_scores(best: BestOnDev, test_metric: float) -> None:
+    """A NaN score is a failed run, not a result: SQLite would store it as NULL and a report's
+    mean would silently leave that seed out."""
+    if best.best_epoch is None:
+        scores = ", ".join(f"{e.dev_metric}" for e in best.epochs) or "none"
+        raise RunFailed(f"no epoch has a dev score (dev scores: {scores})")
+    if not math.isfinite(test_metric):
+        raise RunFailed(f"the test score is {test_metric}")
+
+
+def _label2id(names) -> dict[str, int]:
+    return {name: i for i, name in enumerate(names)}
+
+
+def _named(model, names: tuple[str, ...] | None):
+    """``model`` with its classes called ``names`` (the checkpoint keeps a config's id2label)."""
+    if names:
+        model.config.id2label, model.config.label2id = dict(enumerate(names)), _label2id(names)
+    return model
 
 
 def _save(model, directory: str, record: RunRecord) -> RunRecord:
-    """Save the trained weights; a failure here does not undo the finished run, it is reported."""
+    """Save the trained weights; a failure here does not undo the finished run, it is reported.
+    Any error counts (a full disk raises SafetensorError from safetensors' writer): the run's score
+    is already kept, and saving is optional."""
     try:
         save(model, directory)
-    except (OSError, UniPeltError) as e:
+    except Exception as e:
         log.error("%s: saving the checkpoint to %s failed: %s", record.spec.label(), directory, e)
         return replace(record, save_error=f"{type(e).__name__}: {e}")
     return record

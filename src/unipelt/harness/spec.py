@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,12 +21,16 @@ import torch
 import yaml
 
 from .. import DEFAULT_LEARNING_RATES, PRESETS, PeltConfig, get_preset
+from ..config import Head
 from ..errors import UniPeltError
+from ..heads import declared
 from .data import DEV_SIZE, parse_k
 from .errors import HarnessError
 from .generative import check_objective
 from .models import DEFAULT_MODEL, check_model, model_identity, model_path, resolve_model  # noqa: F401
 from .tasks import get_task
+
+HEAD_LR = 1e-3  # pre-registered for every method: a head-only run fits SST-2 within 3 epochs at it, not in 30 at 1e-4
 
 
 def setting(
@@ -61,11 +65,25 @@ class RunSpec:
         "classify", help="classify with a head, or generate the label word with a causal LM", since="classify"
     )
     bf16: bool = setting(False, help="train under bf16 autocast (CPU or GPU)", since=False)
+    # The head: chosen here, recorded in the config (so in the key); None in runs stored before it.
+    head: Head = setting(
+        "auto",
+        help="the summary the task head reads: auto (the backbone's own: mean for a sentence-transformers "
+        "model that declares it), model, pooler, mean or last",
+        compare=False,
+        variant=False,
+    )
+    head_lr: float | None = setting(
+        None, help=f"learning rate of the task head, its own optimizer group (default {HEAD_LR})", since=None
+    )
     # the model's config and weights hash (models.model_identity); '' for a hub name
     model_id: str = field(default="", metadata=dict(variant=True, since=""))
     # Where the data is read from: not part of the run's identity.
     glue_dir: str | None = setting(
-        None, help="GLUE directory (default: $GLUE_DIR, then ../shared/data/glue)", variant=False, compare=False
+        None,
+        help="GLUE directory (default: $GLUE_DIR, then the embedded SST-2, then the hub)",
+        variant=False,
+        compare=False,
     )
 
     def __post_init__(self) -> None:
@@ -81,8 +99,11 @@ class RunSpec:
                 raise HarnessError(f"{flag} must be a positive integer, got {value!r}")
             if kind is bool and type(value) is not bool:
                 raise HarnessError(f"{flag} must be true or false, got {value!r}")
-        if type(self.lr) not in (int, float) or not self.lr > 0:
-            raise HarnessError(f"the learning rate must be a positive number, got {self.lr!r}")
+        for name in ("lr", "head_lr"):
+            value = getattr(self, name)
+            if (value is not None or name == "lr") and (type(value) not in (int, float) or not value > 0):
+                what = "the learning rate" if name == "lr" else "the head's learning rate"
+                raise HarnessError(f"{what} must be a positive number, got {value!r}")
         check_objective(self.objective, get_task(self.task))
 
     @property
@@ -145,10 +166,21 @@ def read_config_file(path: str | Path) -> PeltConfig:
 def _default_lr(method: str, config: PeltConfig) -> float:
     if method in DEFAULT_LEARNING_RATES:
         return DEFAULT_LEARNING_RATES[method]
-    same = [n for n, c in PRESETS.items() if c == config]  # a config file that equals a preset
+    same = [n for n, c in PRESETS.items() if c == replace(config, head="auto")]  # a config file equal to a preset
     if same:
         return DEFAULT_LEARNING_RATES[same[0]]
     raise HarnessError(f"config {method!r} matches no preset, so it has no default learning rate: pass --lr")
+
+
+def _head(flag: str, config: PeltConfig, model: str) -> str:
+    """The head a run uses: the flag's, else the config file's, else the backbone's own (the
+    pooling a sentence-transformers directory declares; otherwise the model class's head)."""
+    if flag != "auto" and config.head not in ("auto", flag):
+        raise HarnessError(f"--head {flag} contradicts the config file's head {config.head!r}")
+    chosen = flag if flag != "auto" else config.head
+    if chosen != "auto":
+        return chosen
+    return declared(model_path(model)) or "model"
 
 
 def make_spec(
@@ -170,14 +202,18 @@ def make_spec(
     else:
         method, config = Path(config_file).stem, read_config_file(config_file)
     model = resolve_model(model)
+    lr = _default_lr(method, config) if lr is None else lr
+    head = _head(options.pop("head", None) or "auto", config, model)
     spec = RunSpec(
         task=task,
         method=method,
-        config=config,
+        config=replace(config, head=head),
         model=model,
         k=parse_k(k),
-        lr=_default_lr(method, config) if lr is None else lr,
+        lr=lr,
         model_id=model_identity(model),
+        head=head,
+        head_lr=options.pop("head_lr", None) or HEAD_LR,
         **options,
     )
     check_model(spec.model, objective=spec.objective, max_length=spec.max_length)

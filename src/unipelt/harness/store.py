@@ -107,6 +107,20 @@ def _json(value) -> str:
     return json.dumps(clean(value), sort_keys=True, allow_nan=False)
 
 
+def _cause(e: sqlite3.Error) -> str:
+    """What an SQLite error means, in words: each cause its own message."""
+    name = getattr(e, "sqlite_errorname", "") or ""
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return f"another process holds its lock and kept it past the wait ({e})"
+    if name.startswith("SQLITE_FULL"):
+        return f"the disk is full ({e})"
+    if name.startswith("SQLITE_IOERR"):
+        return f"reading or writing the file failed: a full disk or a file size limit? ({e})"
+    if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")):
+        return f"the file or its directory cannot be written, or it cannot be opened ({e})"
+    return str(e)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -162,20 +176,52 @@ class Store:
         self.owner = f"{platform.node()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._heartbeat: _Heartbeat | None = None
         check_store_path(self.path, exists=readonly or not create, writable=not readonly)
-        if not self.path.exists():
+        created = not self.path.exists()
+        if created:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = self._connect()
-        except sqlite3.Error as e:
-            raise HarnessError(f"cannot open results store {self.path}: {e}") from None
+            self._open_read_only_mount() if readonly else self._open()
+        except (sqlite3.Error, HarnessError) as e:
+            if hasattr(self, "db"):
+                self.db.close()
+            if created:  # a full disk must not leave a 0-byte store behind
+                self._remove_empty()
+            if not isinstance(e, sqlite3.Error):
+                raise
+            if getattr(e, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                raise HarnessError(f"{self.path} is not a unipelt results store (SQLite): {e}") from None
+            raise HarnessError(f"cannot open results store {self.path}: {_cause(e)}") from None
+
+    def _open_read_only_mount(self) -> None:
+        """Read a store in a directory this process cannot write (a read-only mount). SQLite reads
+        a WAL-mode file through a shared-memory file beside it, which cannot be created there; a
+        cleanly closed store has nothing in its WAL, so it is read as an immutable file instead."""
         try:
             self._open()
-        except sqlite3.DatabaseError as e:
+        except sqlite3.OperationalError as e:
+            wal = self.path.with_name(self.path.name + "-wal")
+            if getattr(e, "sqlite_errorname", "") != "SQLITE_CANTOPEN" or os.access(self.path.parent, os.W_OK):
+                raise
+            if wal.exists() and wal.stat().st_size > 0:
+                raise HarnessError(
+                    f"results store {self.path} is on a read-only file system and was not closed "
+                    f"cleanly ({wal.name} holds writes not yet in it): copy the store with its "
+                    f"{wal.name} file to a writable directory and report from there"
+                ) from None
             self.db.close()
-            raise HarnessError(f"{self.path} is not a unipelt results store (SQLite): {e}") from None
-        except HarnessError:
-            self.db.close()
-            raise
+            uri = self.path.resolve().as_uri() + "?mode=ro&immutable=1"
+            self.db = sqlite3.connect(uri, uri=True, isolation_level=None)
+            self._open()
+
+    def _remove_empty(self) -> None:
+        """Remove the store this process began to create, if nothing was written to it."""
+        try:
+            if self.path.stat().st_size == 0:
+                for suffix in ("", "-journal", "-wal", "-shm"):
+                    self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("could not remove the empty results store %s: %s", self.path, e)
 
     def _connect(self) -> sqlite3.Connection:
         # autocommit mode: every write below opens its own explicit transaction
@@ -225,13 +271,19 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         # IMMEDIATE takes the write lock up front, so two sweeps writing at once wait, not fail
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise HarnessError(f"cannot write to results store {self.path}: {_cause(e)}") from None
         try:
             yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
+            self.db.execute("COMMIT")
+        except BaseException as e:
+            if self.db.in_transaction:  # SQLite may have rolled back already (a full disk)
+                self.db.execute("ROLLBACK")
+            if isinstance(e, sqlite3.OperationalError):  # a full disk, an I/O error: nothing was written
+                raise HarnessError(f"cannot write to results store {self.path}: {_cause(e)}") from None
             raise
-        self.db.execute("COMMIT")
 
     def close(self) -> None:
         if self._heartbeat is not None:

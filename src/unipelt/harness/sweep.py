@@ -153,6 +153,24 @@ def _claimed(specs: list[RunSpec], store: Store, counts: Counter, bar) -> Iterat
             log.info("%s: being trained by %s, left to it", spec.label(), claim.owner)
 
 
+def _write(store: Store, record: RunRecord, counts: Counter):
+    """Record one run; a store that cannot take it (a full disk, a lock held past the wait) stops
+    the sweep with one line that says what is kept."""
+    try:
+        return store.write(record)
+    except HarnessError as e:
+        outcome = (
+            f"finished with test {record.metric} {record.test_metric:.4f}"
+            if record.status == "finished"
+            else f"failed: {record.reason}"
+        )
+        recorded = counts["finished"] + counts["failed"]
+        raise HarnessError(
+            f"{e}; {record.spec.label()} {outcome} and is not recorded; the {recorded} run(s) this "
+            "sweep recorded before it are kept: rerun the same command to resume"
+        ) from None
+
+
 def run_sweep(
     specs: list[RunSpec],
     store: Store,
@@ -172,7 +190,7 @@ def run_sweep(
     counts: Counter = Counter()
     with tqdm(total=len(todo), desc="sweep", unit="run", position=0, disable=not progress, dynamic_ncols=True) as bar:
         for record in execute(_claimed(todo, store, counts, bar), workers, backend, ray_address, progress):
-            written = store.write(record)
+            written = _write(store, record, counts)
             counts[record.status] += 1
             counts["kept"] += written.kept_finished
             bar.update(1)

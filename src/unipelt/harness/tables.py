@@ -4,6 +4,8 @@ Table 1: methods × tasks, mean ± std over data seeds, one block per model and 
 Table 2: each UniPELT variant against the best of its submodules, per task (the upper bound).
 Table 4: trainable parameters and train/inference time relative to full fine-tuning.
 Scores are shown ×100, as in the paper; std is the sample std over data seeds (ddof=1).
+Every score cell says how many of its runs are not above the task's chance floor (``floors``);
+Table 2 compares only the cells whose runs are mostly above it on a learnable task and K.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from typing import Literal
 
 import pandas as pd
 
+from . import floors
 from .spec import DEFAULTS, VARIANTS
 from .tasks import TASK_ORDER, TASKS
 
 METHOD_ORDER = (
     "full",
+    "head-only",  # the frozen backbone with only the task head trained: the baseline a PELT method must beat
     "bitfit",
     "adapter",
     "adapter-houlsby",
@@ -115,8 +119,12 @@ def _marks(means: pd.Series) -> dict[str, Mark]:
 
 
 def _stats(block: pd.DataFrame) -> pd.DataFrame:
-    """mean, std, n of the test metric per (row, task)."""
-    return block.groupby(["row", "task"])["test_metric"].agg(["mean", "std", "count"])
+    """mean, std, n of the test metric per (row, task). A run without a score (NaN, stored by an
+    older unipelt) leaves its cell's mean NaN, shown as "–": not the mean of the other seeds."""
+    grouped = block.groupby(["row", "task"])["test_metric"]
+    stats = grouped.agg(["mean", "std", "count"])
+    stats.loc[stats["count"] < grouped.size(), "mean"] = float("nan")
+    return stats
 
 
 def table1_block(block: pd.DataFrame, title: str, model_runs: pd.DataFrame | None = None) -> Table:
@@ -127,10 +135,48 @@ def table1_block(block: pd.DataFrame, title: str, model_runs: pd.DataFrame | Non
     text = stats.apply(lambda s: _fmt(s["mean"], s["std"], s["count"]), axis=1).unstack()
     text = text.reindex(index=rows, columns=tasks).assign(avg=means["avg"].map(lambda v: f"{100 * v:.1f}"))
     text = text.where(means.notna(), "–")
+    counts = floors.cells(block, ["row", "task"])
+    flagged = counts.apply(lambda c: floors.mark(c.at_floor, c.n), axis=1).unstack()
+    text[tasks] = text[tasks] + flagged.reindex(index=rows, columns=tasks).fillna("")
+    baseline = _not_above_head_only(block, means[tasks])
+    text[tasks] = text[tasks] + baseline.map(lambda low: f" {HEAD_ONLY_MARK}" if low else "")
     marks = {column: _marks(means[column]) for column in means}
     body = tuple((Cell(r), *(Cell(text.at[r, c], marks[c].get(r)) for c in means)) for r in rows)
     header = ("method", *(f"{t.upper()} ({_metric_short(t)})" for t in tasks), "Avg")
-    return Table(title, header, body, _notes(block, model_runs))
+    notes = _notes(block, model_runs) + floor_notes(tasks, (counts.at_floor > 0).any(), baseline.any(axis=None))
+    return Table(title, header, body, notes)
+
+
+HEAD_ONLY_MARK = "‡"
+
+
+def _not_above_head_only(block: pd.DataFrame, means: pd.DataFrame) -> pd.DataFrame:
+    """True where a PELT method's mean is not above the best head-only row's on that task (as
+    displayed): it added nothing to the frozen backbone's own head."""
+    method = block.groupby("row").method.first().reindex(means.index)
+    base = means[method == "head-only"].max()
+    shown = (100 * means).round(1)
+    pelt = ~method.isin(["head-only", "full"])
+    return shown.le((100 * base).round(1), axis=1) & pd.DataFrame({c: pelt for c in means}) & means.notna()
+
+
+def floor_notes(tasks: list[str], any_floor: bool = True, any_head_only: bool = False) -> tuple[str, ...]:
+    """What the floor and head-only marks mean, with each task's floor."""
+    limits = ", ".join(
+        f"{t.upper()} ≤ {floors.floor(t):g}" if floors.floor(t) is not None else f"{t.upper()}: no floor yet"
+        for t in tasks
+    )
+    notes = []
+    if any_floor:
+        notes.append(
+            f"⌊a/n⌋: a of the cell's n runs score at or below the chance floor, the one-sided 95% threshold "
+            f"over the constant predictor on the test set ({limits})."
+        )
+    else:
+        notes.append(f"No run is at its task's chance floor ({limits}).")
+    if any_head_only:
+        notes.append(f"{HEAD_ONLY_MARK}: not above head-only (the frozen backbone, only its head trained) here.")
+    return tuple(notes)
 
 
 def _metric_short(task: str) -> str:
@@ -181,19 +227,27 @@ def _table2_rows(stats: pd.DataFrame, means: pd.DataFrame, variant: str, parts: 
 def _table2_block(block: pd.DataFrame, title: str) -> Table | None:
     stats = _stats(block)
     means = stats["mean"].unstack().reindex(columns=ordered(block.task, TASK_ORDER))
-    body = []
-    for variant, parts in SUBMODULES.items():
-        if variant in means.index and means.reindex([variant, *parts]).notna().all().any():
-            body += _table2_rows(stats, means, variant, parts)
-    if not body:  # no task has a variant and all its submodules: nothing to compare
+    comparable = [
+        v for v, parts in SUBMODULES.items() if v in means.index and means.reindex([v, *parts]).notna().all().any()
+    ]
+    if not comparable:  # no task has a variant and all its submodules: nothing to compare
         return None
+    cells = floors.cells(block, ["task"])
+    read = [t for t in means.columns if cells.at[t, "read"]]
+    body = []
+    for variant in comparable:
+        body += _table2_rows(stats, means[read], variant, SUBMODULES[variant])
+    left = "; ".join(f"{t.upper()} ({cells.at[t, 'why']})" for t in means.columns if t not in read)
     return Table(
         title,
-        ("method", *(t.upper() for t in means.columns)),
+        ("method", *(t.upper() for t in read)),
         tuple(body),
         (
             "Upper bound = the best submodule per task, chosen on test (as in the paper); "
             "the higher of the two rows is bold.",
+            "Only tasks where at least two thirds of the runs are above the chance floor and head-only or full "
+            "fine-tuning is above it (the task is learnable at this K on this backbone) are compared."
+            + (f" Left out: {left}." if left else ""),
         ),
     )
 
@@ -203,6 +257,37 @@ def table2(runs: pd.DataFrame) -> list[Table]:
         _table2_block(b, f"Table 2 — {model_name(m)}, K={k}: UniPELT vs its submodules") for m, k, b in blocks(runs)
     ]
     return [t for t in tables if t is not None]
+
+
+def _fit_text(group: pd.DataFrame) -> str:
+    known = group[group.fits.notna()]
+    return "–" if known.empty else f"{int(known.fits.sum())}/{len(known)} ({known.ratio.mean():.2f})"
+
+
+def fit_tables(runs: pd.DataFrame) -> list[Table]:
+    """Per block: the runs that fit their own training rows, from ``floors.run_fits``' columns
+    (``constant``, ``ratio``, ``fits``) on ``runs``; none without them."""
+    if "fits" not in runs:
+        return []
+    found = []
+    for model, k, block in blocks(runs):
+        tasks, rows = ordered(block.task, TASK_ORDER), ordered(block.row, METHOD_ORDER)
+        text = block.groupby(["row", "task"])[["fits", "ratio"]].apply(_fit_text).unstack()
+        text = text.reindex(index=rows, columns=tasks).fillna("–")
+        notes = [
+            f"Runs whose lowest epoch training loss is below {floors.FIT:g}× the constant predictor's loss on their "
+            "own K training rows (the entropy of their labels in nats; their variance for regression), of the runs; "
+            "in brackets the mean of lowest loss / constant loss."
+        ]
+        if missing := ordered(block.task[block.constant.isna()], TASK_ORDER):
+            notes.append(
+                f"Not computed for {', '.join(t.upper() for t in missing)}: no GLUE directory has the runs' training "
+                "rows (set GLUE_DIR to the folder they were trained from)."
+            )
+        header = ("method", *(t.upper() for t in tasks))
+        body = tuple((Cell(r), *(Cell(text.at[r, t]) for t in tasks)) for r in rows)
+        found.append(Table(f"Training fit — {model_name(model)}, K={k}", header, body, tuple(notes)))
+    return found
 
 
 def _relative(runs: pd.DataFrame, column: str, invert: bool) -> pd.Series:

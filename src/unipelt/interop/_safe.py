@@ -32,6 +32,8 @@ def read_json(path: Path) -> dict:
         raise UniPeltError(f"{path} is missing") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UniPeltError(f"{path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise UniPeltError(f"{path} nests its JSON too deeply to be a config") from None
     if not isinstance(data, dict):
         raise UniPeltError(f"{path} must hold a JSON object, not {type(data).__name__}")
     return data
@@ -49,9 +51,8 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
         # weights_only refuses every global but tensors and plain containers: a file that needs
         # more is not a plain state dict, and unpickling it fully could run its code
-        raise UniPeltError(
-            f"{path} is not a plain tensor state dict (loaded with weights_only=True): {str(e).splitlines()[0]}"
-        ) from None
+        why = next(iter(str(e).splitlines()), "") or f"{type(e).__name__} (an empty or truncated file)"
+        raise UniPeltError(f"{path} is not a plain tensor state dict (loaded with weights_only=True): {why}") from None
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):

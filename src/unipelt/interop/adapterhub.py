@@ -11,6 +11,7 @@ RoBERTa and XLM-RoBERTa checkpoints are read; other architectures are refused.
 from __future__ import annotations
 
 import re
+import reprlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,10 +81,15 @@ def _sort(tensors: dict[str, torch.Tensor], base: str, name: str, source: Path) 
 
 def _methods(cfg: dict, model: nn.Module) -> list:
     if not isinstance(cfg, dict):
-        raise UniPeltError(f"the adapters config must be a JSON object, got {cfg!r}")
+        raise UniPeltError(f"the adapters config must be a JSON object, got {reprlib.repr(cfg)}")
     arch = cfg.get("architecture")
-    if arch == "union":
-        return [m for c in cfg.get("configs", []) for m in _methods(c, model)]
+    if arch == "union":  # of methods: adapters flattens a union of unions, and so must a saved config
+        configs = cfg.get("configs", [])
+        if not isinstance(configs, list) or any(isinstance(c, dict) and c.get("architecture") == arch for c in configs):
+            raise UniPeltError(
+                f"the adapters union's field 'configs' must list method configs, got {reprlib.repr(configs)}"
+            )
+        return [m for c in configs for m in _methods(c, model)]
     if arch in (None, "bottleneck"):
         return hub.bottleneck(cfg, model.config.hidden_size)
     if arch == "prefix_tuning":

@@ -21,6 +21,7 @@ layers, output dropout, (IA)³, VeRA, DoRA, ...) is refused with the option that
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 
 from ..errors import UniPeltError
@@ -43,6 +44,27 @@ def _neutral(cfg: dict, what: str, checks: dict[str, tuple[object, str]]) -> Non
     for key, (value, why) in checks.items():
         if cfg.get(key, value) != value:
             _refuse(what, f"{key}={cfg[key]!r}: {why}")
+
+
+def _int(cfg: dict, key: str, default: int, what: str) -> int:
+    value = cfg.get(key, default)
+    if type(value) is not int:  # a bool is not a size
+        _refuse(what, f"field {key!r} must be an integer, got {reprlib.repr(value)}")
+    return value
+
+
+def _float(cfg: dict, key: str, default: float, what: str) -> float:
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _refuse(what, f"field {key!r} must be a number, got {reprlib.repr(value)}")
+    return float(value)
+
+
+def _names(cfg: dict, key: str, what: str) -> list[str]:
+    value = cfg.get(key, [])
+    if not isinstance(value, (list, str)) or not all(isinstance(v, str) for v in value):
+        _refuse(what, f"field {key!r} must be a list of names, got {reprlib.repr(value)}")
+    return list(value)
 
 
 def _known(cfg: dict, what: str, keys: set[str]) -> None:
@@ -127,6 +149,8 @@ def _composition(cfg: dict, what: str) -> dict:
 def _bottleneck_r(cfg: dict, d: int, what: str) -> int:
     factor = cfg.get("reduction_factor")
     if isinstance(factor, dict):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in factor.values()):
+            _refuse(what, f"field 'reduction_factor' must map layers to numbers, got {reprlib.repr(factor)}")
         values = set(factor.values())
         if len(values) != 1:
             _refuse(what, f"reduction_factor={factor}: one bottleneck size per layer; unipelt has one for all")
@@ -155,7 +179,7 @@ def bottleneck(cfg: dict, d: int) -> list[AdapterConfig]:
     activation = str(cfg.get("non_linearity", "relu")).lower()
     if activation not in _ACTIVATIONS:
         _refuse(what, f"non_linearity={cfg.get('non_linearity')!r}: unipelt implements {sorted(_ACTIVATIONS)}")
-    init = _INITS.get(cfg.get("init_weights", "bert"))
+    init = _INITS.get(cfg.get("init_weights", "bert")) if isinstance(cfg.get("init_weights", "bert"), str) else None
     if init is None:
         _refuse(what, f"init_weights={cfg.get('init_weights')!r} is not one of {sorted(_INITS)}")
     common = dict(
@@ -205,8 +229,8 @@ def prefix(cfg: dict) -> PrefixConfig:
     if gated and not cfg.get("shared_gating", True):
         _refuse(what, "shared_gating=False gates keys and values separately; unipelt's G_P scales both")
     return PrefixConfig(
-        length=int(cfg.get("prefix_length", 30)),
-        mid_dim=int(cfg.get("bottleneck_size", 512)),
+        length=_int(cfg, "prefix_length", 30, what),
+        mid_dim=_int(cfg, "bottleneck_size", 512, what),
         reparameterize=not flat,
         composition="gated" if gated else "interpolate",
     )
@@ -250,18 +274,19 @@ def lora(cfg: dict) -> LoRAConfig:
     )
     if cfg.get("init_weights", "lora") not in ("lora", "bert"):
         _refuse(what, f"init_weights={cfg['init_weights']!r} belongs to another method")
-    targets = [m for m in ("q", "k", "v") if cfg.get("selfattn_lora", True) and m in cfg.get("attn_matrices", ())]
+    matrices = _names(cfg, "attn_matrices", what)
+    targets = [m for m in ("q", "k", "v") if cfg.get("selfattn_lora", True) and m in matrices]
     targets += [t for t, key in (("ffn_in", "intermediate_lora"), ("ffn_out", "output_lora")) if cfg.get(key)]
-    if unknown := set(cfg.get("attn_matrices", ())) - {"q", "k", "v"}:
+    if unknown := set(matrices) - {"q", "k", "v"}:
         _refuse(what, f"attn_matrices {sorted(unknown)} are not q, k or v")
     if not targets:
         _refuse(what, "no matrix is adapted")
     gated = bool(cfg.get("use_gating", False))
     return LoRAConfig(
-        r=int(cfg.get("r", 8)),
-        alpha=float(cfg.get("alpha", 8)),
+        r=_int(cfg, "r", 8, what),
+        alpha=_float(cfg, "alpha", 8, what),
         targets=tuple(targets),
-        dropout=float(cfg.get("dropout", 0.0)),
+        dropout=_float(cfg, "dropout", 0.0, what),
         composition="gated" if gated else "scaled",
     )
 
@@ -282,7 +307,7 @@ def prompt(cfg: dict, prompt_at: int) -> PromptConfig:
             f"; on this architecture unipelt inserts it {'in front' if prompt_at == 0 else 'after the first token'} "
             f"(adapters' {ours!r})",
         )
-    return PromptConfig(length=int(cfg.get("prompt_length", 10)))
+    return PromptConfig(length=_int(cfg, "prompt_length", 10, what))
 
 
 @dataclass(frozen=True)
@@ -297,6 +322,8 @@ def head(cfg: dict, layout: str, num_labels: int) -> Head:
     """``layout``: "pooler" (BERT: pooler.dense + tanh, then classifier) or "dense" (RoBERTa's
     classifier.dense + tanh + classifier.out_proj)."""
     what = "prediction head"
+    if not isinstance(cfg, dict):
+        _refuse(what, f"field 'config' of head_config.json must be a JSON object, got {reprlib.repr(cfg)}")
     if cfg.get("head_type") != "classification":
         _refuse(
             what,

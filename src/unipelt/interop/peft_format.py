@@ -24,6 +24,7 @@ What is refused, and why:
 from __future__ import annotations
 
 import json
+import reprlib
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ from ..methods.prompt import PromptConfig
 from ._safe import install, read_json, read_tensors
 
 CONFIG, WEIGHTS, ROOT = "adapter_config.json", "adapter_model.safetensors", "base_model.model."
-_UNSUPPORTED = {"use_dora": "DoRA", "use_rslora": "rsLoRA", "fan_in_fan_out": "fan_in_fan_out"}
+_UNSUPPORTED = {"use_dora": "DoRA", "fan_in_fan_out": "fan_in_fan_out"}
 
 
 def _lora_config(cfg: dict, model: nn.Module) -> LoRAConfig:
@@ -62,7 +63,11 @@ def _lora_config(cfg: dict, model: nn.Module) -> LoRAConfig:
         raise UniPeltError(f"peft target_modules {unknown} have no unipelt equivalent; known: {sorted(leaf_to_target)}")
     targets = tuple(sorted((leaf_to_target[m] for m in modules), key="qkv".index))
     return LoRAConfig(
-        r=cfg["r"], alpha=float(cfg["lora_alpha"]), targets=targets, dropout=float(cfg.get("lora_dropout", 0.0))
+        r=cfg["r"],
+        alpha=float(cfg["lora_alpha"]),
+        targets=targets,
+        dropout=float(cfg.get("lora_dropout", 0.0)),
+        use_rslora=bool(cfg.get("use_rslora", False)),
     )
 
 
@@ -93,6 +98,41 @@ def _prompt_config(cfg: dict, model: nn.Module) -> PromptConfig:
     return PromptConfig(length=int(cfg["num_virtual_tokens"]))
 
 
+# the type of every field read here (null: absent), and the fields each method needs
+_TYPES = {
+    "peft_type": str,
+    "r": int,
+    "lora_alpha": (int, float),
+    "lora_dropout": (int, float),
+    "target_modules": (str, list),
+    "bias": str,
+    "use_dora": bool,
+    "use_rslora": bool,
+    "fan_in_fan_out": bool,
+    "rank_pattern": dict,
+    "alpha_pattern": dict,
+    "num_virtual_tokens": int,
+    "token_dim": int,
+    "num_transformer_submodules": int,
+}
+_REQUIRED = {"LORA": ("r", "lora_alpha", "target_modules"), "PROMPT_TUNING": ("num_virtual_tokens",)}
+
+
+def _check_fields(cfg: dict, path: Path) -> None:
+    """Every field read here has its type (a bool is not a number), before any is used."""
+    for key, kinds in _TYPES.items():
+        value, kinds = cfg.get(key), kinds if isinstance(kinds, tuple) else (kinds,)
+        if value is not None and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise UniPeltError(f"{path}: field {key!r} must be {names}, got {reprlib.repr(value)}")
+    modules = cfg.get("target_modules")
+    if isinstance(modules, list) and not all(isinstance(m, str) for m in modules):
+        raise UniPeltError(f"{path}: field 'target_modules' must list module names, got {reprlib.repr(modules)}")
+    for key in _REQUIRED.get(cfg.get("peft_type"), ()):
+        if cfg.get(key) is None:
+            raise UniPeltError(f"{path}: field {key!r} is missing")
+
+
 _REFUSED = {
     "PREFIX_TUNING": "peft serves the prefix as a key/value cache: BERT's family takes none under transformers 5, "
     "rotary decoders then start the tokens' positions at l (unipelt keeps 0), and encoder-decoders "
@@ -113,8 +153,13 @@ def _assign(tensors: dict[str, torch.Tensor], source: Path):
                 if block is None:
                     raise UniPeltError(f"{source}: tensor {key!r} adapts {owner!r}, which has no LoRA here")
                 out[block.down if part.startswith("A") else block.up] = tensor.T[None]
-            elif name in params:
+            elif name in params and params[name].requires_grad:  # the task head, declared modules_to_save
                 out[params[name]] = tensor
+            elif name in params:
+                raise UniPeltError(
+                    f"{source}: tensor {key!r} would replace the frozen base weight {name!r}; a peft checkpoint "
+                    "brings the adapter's own tensors, the task head and the modules its modules_to_save declares"
+                )
             else:
                 raise UniPeltError(f"{source}: tensor {key!r} has no place in this model")
         return out
@@ -133,6 +178,7 @@ def from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
             "(pickled .bin files are never loaded)"
         )
     cfg = read_json(cfg_path)
+    _check_fields(cfg, cfg_path)
     kind = cfg.get("peft_type")
     if kind in _REFUSED:
         raise UniPeltError(f"peft {kind} cannot be imported exactly: {_REFUSED[kind]}")
@@ -142,9 +188,20 @@ def from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
         method = _prompt_config(cfg, model)
     else:
         raise UniPeltError(f"peft {kind!r} checkpoints cannot be imported; unipelt reads LORA and PROMPT_TUNING")
-    return install(
-        model, PeltConfig(methods=(method,)), _assign(read_tensors(weights_path), weights_path), str(directory)
-    )
+    config = PeltConfig(methods=(method,), modules_to_save=_modules_to_save(cfg, model, cfg_path))
+    return install(model, config, _assign(read_tensors(weights_path), weights_path), str(directory))
+
+
+def _modules_to_save(cfg: dict, model: nn.Module, path: Path) -> tuple[str, ...]:
+    """peft's ``modules_to_save`` inside the base model (BERT's ``pooler``) as unipelt's; the task
+    head outside it trains anyway, and a name no module has is passed over, as peft does."""
+    declared = cfg.get("modules_to_save") or []
+    declared = [declared] if isinstance(declared, str) else declared
+    if not isinstance(declared, list) or not all(isinstance(m, str) for m in declared):
+        raise UniPeltError(f"{path}: field 'modules_to_save' must be a list of module names, got {declared!r}")
+    inside = dict(model.base_model.named_modules()) if model.base_model is not model else {}
+    names = (m.removeprefix(f"{model.base_model_prefix}.") for m in declared)
+    return tuple(dict.fromkeys(m for m in names if m and m in inside))
 
 
 # ---- export
@@ -170,8 +227,8 @@ def _export_refusal(cfg: PeltConfig, model: nn.Module) -> str | None:
     if cfg.gated:
         return "it is gated (UniPELT): peft has no gates"
     if kinds == {"LoRAConfig"}:
-        if len({(m.r, m.alpha, m.dropout) for m in cfg.methods}) > 1:
-            return "its LoRA configs differ in r, alpha or dropout (peft's rank/alpha patterns are not written)"
+        if len({(m.r, m.alpha, m.dropout, m.use_rslora) for m in cfg.methods}) > 1:
+            return "its LoRA configs differ in r, alpha, dropout or scale (peft's rank/alpha patterns are not written)"
         parts = [_plain(n) for n, m in model.named_modules() if isinstance(m, LoRALinear) and m.rows is not None]
         if parts:
             return f"its LoRA adapts part of a fused projection ({parts[0]}): peft's LoRA adapts a whole linear map"
@@ -210,7 +267,7 @@ def _lora_export(model: nn.Module, cfg: PeltConfig) -> tuple[dict, dict]:
         "target_modules": _target_modules(model, [n for n, _ in wrapped]),
         "bias": "none",
         "fan_in_fan_out": any(is_conv1d(m.base_layer) for _, m in wrapped),  # GPT-2's W is stored (in, out)
-        "use_rslora": False,
+        "use_rslora": lora.use_rslora,
         "use_dora": False,
         "init_lora_weights": True,
     }, tensors

@@ -97,13 +97,12 @@ def configured(cfg: PeltConfig) -> list[tuple[Method, list]]:
 
 
 def kind_of_module(module: nn.Module) -> str | None:
-    for method in METHODS.values():
-        if isinstance(module, method.modules):
-            return method.kind
-    return None
+    """The kind of the most derived module class ``module`` is (DoRA's wrapper is a LoRA wrapper)."""
+    found = [(cls, m.kind) for m in METHODS.values() for cls in m.modules if isinstance(module, cls)]
+    return max(found, key=lambda f: len(f[0].__mro__))[1] if found else None
 
 
 # each file registers its method; the order is the placement order (linear maps first)
 # isort: off
-from . import lora, ia3, prefix, prompt, adapter, bitfit  # noqa: E402,F401
+from . import lora, dora, ia3, prefix, prompt, adapter, bitfit  # noqa: E402,F401
 # isort: on

@@ -70,7 +70,10 @@ class IA3Linear(Wrapper):
             return self.base_layer(x)
         if self.on == "input":
             return self.base_layer(x * self.pelt_ia3)
-        return self.base_layer(x) * self.factor()
+        h = self.base_layer(x)
+        # the base layer's dtype: under autocast a float32 l would turn bf16 keys into float32 ones, which
+        # transformers 5.17-5.24's sdpa cannot mix with T5's bf16 position bias (an overflow on CUDA)
+        return h * self.factor().to(h.dtype)
 
     @torch.no_grad()
     def merge(self) -> nn.Module:

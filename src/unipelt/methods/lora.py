@@ -12,7 +12,8 @@ stores W transposed; ``attention.weight_out_in`` gives its (d_out, d_in) view fo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
@@ -26,6 +27,7 @@ from ..config import (
     AttentionKind,
     MethodConfig,
     check_attention,
+    check_bool,
     check_choice,
     check_choices,
     check_number,
@@ -43,7 +45,8 @@ ATTENTION_TARGETS = ("q", "k", "v", "o")
 class LoRAConfig(MethodConfig):
     """``W x + s · B A x`` on the named linear maps (Hu et al. 2021), B zero-initialised.
 
-    composition "scaled": s = alpha / r (loralib and peft's convention).
+    composition "scaled": s = alpha / r (loralib and peft's convention), or alpha / sqrt(r) with
+    ``use_rslora`` (Kalajdzievski 2023, rank-stabilised LoRA; peft's name).
     composition "gated": s = G_L(h_in), one gate per target; alpha has no effect (UniPELT's code).
     ffn_in/ffn_out: the FFN's input/output projections (BART fc1/fc2; Llama's gate+up/down).
     attention: which attention sublayers the q/k/v/o targets are taken from in encoder-decoders.
@@ -56,6 +59,8 @@ class LoRAConfig(MethodConfig):
     composition: Literal["scaled", "gated"] = "scaled"
     dropout: float = 0.0
     attention: tuple[AttentionKind, ...] = ALL_ATTENTION
+    # written to JSON only when true: configs from before it keep their JSON and run keys
+    use_rslora: bool = field(default=False, metadata=dict(since=False))
 
     def __post_init__(self) -> None:
         check_positive("LoRAConfig", "r", self.r)
@@ -64,6 +69,14 @@ class LoRAConfig(MethodConfig):
         object.__setattr__(self, "targets", check_choices("LoRAConfig", "targets", self.targets, LoRATarget))
         check_number("LoRAConfig", "dropout", self.dropout, 0.0, 1.0)
         check_attention("LoRAConfig", self, applies=any(t in ATTENTION_TARGETS for t in self.targets))
+        check_bool("LoRAConfig", "use_rslora", self.use_rslora)
+        if self.use_rslora and self.composition == "gated":
+            raise UniPeltError("LoRAConfig.use_rslora sets the scale alpha/sqrt(r), which a gated LoRA replaces")
+
+    @property
+    def scale(self) -> float:
+        """s in ``W x + s · B A x`` for composition "scaled"."""
+        return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
 
     def places(self) -> list[tuple[str, str]]:
         """(target, attention kind) pairs; FFN targets have kind "ffn"."""
@@ -88,12 +101,13 @@ class LoRALinear(Wrapper):
         weight = composition_weight(
             "gated" if cfg.composition == "gated" else "scaled",
             d_in,
-            scale=cfg.alpha / cfg.r,
+            scale=cfg.scale,
             pooling=pooling,
             slot=slot,
         )
         self.pelt_gate = weight if isinstance(weight, Gate) else None
         self.scale = None if isinstance(weight, Gate) else weight
+        self.fixed_scale = None if isinstance(weight, Gate) else cfg.scale  # s as a Python number
 
     @property
     def composition(self) -> nn.Module:
@@ -105,15 +119,18 @@ class LoRALinear(Wrapper):
         out = self.base_layer(x)  # (..., d_out), contiguous; its backward needs x and W, not out
         if not self.pelt_active:
             return out
-        lora = self.pelt_lora
-        hid, weight = read_once(lora, self.composition, x)  # A x, and the gate from the same GEMM
-        # w·(B A x) = (w·A x) B: scale the r-wide bottleneck instead of the d-wide output, and add
-        # into out in place, which saves two passes over a (B, T, d) tensor per projection
-        low = (hid * weight).to(out.dtype)  # (..., r)
-        flat = out.view(-1, out.shape[-1])  # (N, d_out)
-        rows = flat if self.rows is None else flat[:, self.rows[0] : self.rows[1]]  # a view: added in place
-        # autocast leaves in-place ops alone: cast B as it would have for the matmul
-        rows.addmm_(low.reshape(-1, low.shape[-1]), lora.up[0].to(out.dtype))
+        lora, flat = self.pelt_lora, out.view(-1, out.shape[-1])  # flat: (N, d_out)
+        # w·(B A x) = (w·A x) B: weight the r-wide bottleneck, not the d-wide output, and let one
+        # addmm form out + that. A fixed s is addmm's alpha: no op of its own.
+        if self.fixed_scale is not None:
+            low, alpha = lora.bottleneck(x.reshape(-1, x.shape[-1])), self.fixed_scale  # (N, r)
+        else:
+            hid, weight = read_once(lora, self.composition, x)  # A x, and the gate from the same GEMM
+            low, alpha = (hid * weight).reshape(flat.shape[0], -1), 1.0
+        low, up = low.to(out.dtype), lora.up[0].to(out.dtype)  # autocast leaves addmm_ alone: cast as for a matmul
+        if self.rows is None:  # out of place: an in-place add into out costs autograd a copy of it
+            return torch.addmm(flat, low, up, alpha=alpha).view(out.shape)
+        flat[:, self.rows[0] : self.rows[1]].addmm_(low, up, alpha=alpha)  # a fused map: its rows only
         return out
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +158,8 @@ class LoRALinear(Wrapper):
         self.pelt_lora.up.zero_()
 
 
-def place(layer: nn.Module, ctx: LayerContext, configs: list) -> None:
+def place(layer: nn.Module, ctx: LayerContext, configs: list, wrapper: type = LoRALinear) -> None:
+    """Wrap each target projection in ``wrapper`` (DoRA places its subclass the same way)."""
     paths = ctx.stack.lora_paths()
     for lora in configs:
         for target, where in lora.places():
@@ -151,7 +169,7 @@ def place(layer: nn.Module, ctx: LayerContext, configs: list) -> None:
             for projection in found:
                 path, rows = locate(layer, projection, ctx.model.model.config)
                 name = f"lora_{target}" if len(found) == 1 else f"lora_{target}.{name_of(projection)}"
-                wrapped = replace_module(layer, path, lambda lin: LoRALinear(lin, lora, rows=rows, **ctx.kw))
+                wrapped = replace_module(layer, path, lambda lin: wrapper(lin, lora, rows=rows, **ctx.kw))
                 if wrapped.pelt_gate is not None:  # its own gate: a nested wrapper holds another part's
                     ctx.labelled(wrapped.pelt_gate, name, where)
 

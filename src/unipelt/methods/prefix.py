@@ -88,6 +88,13 @@ class _Reparameterization(nn.Module):
         out = nn.functional.linear(hid, self.mlp_out.weight[rows], self.mlp_out.bias[rows])  # (l, 2·d_kv)
         return out[:, :w], out[:, w:]
 
+    def pair(self, slot: int) -> torch.Tensor:
+        """``kv(slot)`` as one (2, l, d_kv) view: keys, values."""
+        hid = torch.tanh(self.mlp_in(self.embedding.weight))  # (l, mid)
+        rows = slice(2 * slot * self.kv_dim, 2 * (slot + 1) * self.kv_dim)
+        out = nn.functional.linear(hid, self.mlp_out.weight[rows], self.mlp_out.bias[rows])  # (l, 2·d_kv)
+        return out.view(out.shape[0], 2, -1).transpose(0, 1)
+
 
 class PrefixEncoder(nn.Module):
     """All slots' prefixes: the reparameterisation network(s), or after ``fold`` their output.
@@ -115,6 +122,13 @@ class PrefixEncoder(nn.Module):
             return self.folded[slot, 0], self.folded[slot, 1]
         net, local = self.where[slot]
         return self.nets[net].kv(local)
+
+    def pair(self, slot: int) -> torch.Tensor:
+        """``kv(slot)`` as one (2, l, d_kv) tensor, a view where it can be: fewer ops per layer."""
+        if self.folded is not None:
+            return self.folded[slot]
+        net, local = self.where[slot]
+        return self.nets[net].pair(local)
 
     def table(self) -> torch.Tensor:
         """(S, 2, l, d_kv): every slot's keys and values."""
@@ -150,19 +164,23 @@ class LayerPrefix(nn.Module):
         self.pelt_gate = Gate(d, pooling, mask_slot) if gated else None
 
     def forward(self, h_in: torch.Tensor) -> Prefix | None:
-        kv = self.encoder.kv(self.slot)  # (l, d_kv) each
-        if kv is None:
-            return None
-        k, v = kv
-        b, length = h_in.shape[0], k.shape[0]
-        k = k.view(length, -1, self.head_dim).transpose(0, 1).expand(b, -1, -1, -1)  # (B, H_kv, l, dh)
-        v = v.view(length, -1, self.head_dim).transpose(0, 1).expand(b, -1, -1, -1)
-        if self.pelt_gate is None:
-            return Prefix(k, v, separate=getattr(self.encoder, "separate", False))
-        g = self.pelt_gate(h_in).unsqueeze(1)  # (B, 1, 1, 1), or (B, 1, T, 1) per query in causal layers
-        if g.shape[2] == 1:
-            return Prefix(g * k, g * v)
-        return Prefix(k, v, query_gate=g)
+        if hasattr(self.encoder, "pair"):
+            kv = self.encoder.pair(self.slot)  # (2, l, d_kv)
+        else:  # a decoder's prompt: None during its own pass
+            kv = self.encoder.kv(self.slot)
+            if kv is None:
+                return None
+            kv = torch.stack(kv)
+        kv = kv.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)  # (2, H_kv, l, dh)
+        b = h_in.shape[0]
+        g = self.pelt_gate(h_in).unsqueeze(1) if self.pelt_gate is not None else None  # (B, 1, 1 or T, 1)
+        if g is not None and g.shape[2] == 1:  # one product scales keys and values
+            k, v = (g.unsqueeze(1) * kv).unbind(1)  # (B, H_kv, l, dh) each
+            return Prefix(k, v)
+        k, v = (t.expand(b, -1, -1, -1) for t in kv.unbind(0))  # (B, H_kv, l, dh)
+        if g is not None:  # per query in causal layers
+            return Prefix(k, v, query_gate=g)
+        return Prefix(k, v, separate=getattr(self.encoder, "separate", False))
 
 
 def attach(layer: nn.Module, ctx: LayerContext, source: nn.Module, gated: bool) -> None:

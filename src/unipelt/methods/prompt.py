@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..attention import cached_kv, checkpointing_layers, output_cache, reentrant_checkpointing
+from ..blocks import PerCall, per_call
 from ..config import MethodConfig, check_positive
 from ..errors import UniPeltError
 from ..wrappers import Wrapper, replace_module
@@ -89,6 +90,12 @@ class PeltPositions(Wrapper):
         return self.base_layer(x, position_ids, *args, **kwargs)
 
 
+class _PromptPass(PerCall):
+    """Whether this thread is running the prompt's own pass (``CausalPrompt.refresh``)."""
+
+    running = per_call("running")
+
+
 class CausalPrompt(nn.Module):
     """The prompt of a decoder-only model, served to each layer as prefix keys and values.
 
@@ -113,14 +120,14 @@ class CausalPrompt(nn.Module):
         self.length = cfg.length
         self.first_position = 0 if absolute_positions else -cfg.length  # rotary: right before the input
         self._table: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._running = False
+        self._pass = _PromptPass()  # per thread: another thread's prompt pass must not hide the prompt
         self._hook = base.register_forward_pre_hook(self._refresh)
 
     def remove(self) -> None:
         self._hook.remove()
 
     def _refresh(self, _module, _args) -> None:
-        if self._running or not self.pelt_active:  # the prompt's own pass; or switched off
+        if self._pass.running or not self.pelt_active:  # the prompt's own pass; or switched off
             return
         self.refresh()
 
@@ -136,7 +143,7 @@ class CausalPrompt(nn.Module):
                 "checkpointing: pass use_reentrant=False in the checkpointing kwargs "
                 "(transformers' default)"
             )
-        self._running = True
+        self._pass.running = True
         try:
             for m in checkpointed:
                 m.gradient_checkpointing = False  # transformers' per-layer switch
@@ -144,14 +151,14 @@ class CausalPrompt(nn.Module):
             positions = torch.arange(start, start + self.length, device=self.embeddings.device)[None]
             out = self.base(inputs_embeds=self.embeddings[None], position_ids=positions, use_cache=True)
         finally:
-            self._running = False
+            self._pass.running = False
             for m in checkpointed:
                 m.gradient_checkpointing = True
         self._table = [(k[0], v[0]) for k, v in cached_kv(output_cache(out))]
 
     def kv(self, slot: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Layer ``slot``'s prompt keys and values, each (l, d_kv); None during the prompt's own pass."""
-        if self._running:
+        if self._pass.running:
             return None
         if self._table is None:
             raise UniPeltError(

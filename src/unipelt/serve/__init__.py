@@ -10,6 +10,14 @@ cli.py        the ``serve`` subcommand's flags
 Needs the ``serve`` extra (``pip install "unipelt[serve]"``); ``import unipelt`` never imports this.
 """
 
-from .engine import Engine, Row, ServeError, TaskInfo, TaskSpec
+import importlib
 
 __all__ = ["Engine", "Row", "ServeError", "TaskInfo", "TaskSpec"]
+
+
+def __getattr__(name: str):
+    """The engine's names, imported on first use: ``unipelt --help`` reads cli.py's flags
+    without loading torch (PEP 562)."""
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.engine"), name)

@@ -81,7 +81,7 @@ def _tasks_dir(args, tasks: dict) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..harness.models import DEFAULT_MODEL, model_path
+    from ..offline import DEFAULT_MODEL, model_path  # the library's: serving does not need the harness
 
     try:
         from .app import ServeSettings
@@ -106,7 +106,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UniPeltError(str(e)) from None
     host = loopback(args.host)
-    model = model_path(args.model or DEFAULT_MODEL)
+    try:
+        model = model_path(args.model or DEFAULT_MODEL)
+    except UniPeltError as e:
+        raise UniPeltError(f"{e}; or pass --model DIR") from None
     if args.backend == "ray":
         from .ray_backend import serve_ray
 

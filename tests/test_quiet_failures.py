@@ -1,0 +1,220 @@
+"""API calls that used to do the wrong thing quietly or end in a raw exception (issue 29, items
+8-12 and 14): each now does the right thing or refuses with a UniPeltError naming the cause."""
+
+import hashlib
+import json
+import shutil
+import tracemalloc
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from conftest import CONFIGS, batch, build, randomize
+from safetensors.torch import load_file, save_file
+
+import unipelt
+from unipelt import LoRAConfig, MultiTask, PeltConfig, UniPeltError
+from unipelt.checkpoint import _sha256
+
+ADAPTERS = Path(__file__).parent / "fixtures" / "adapters"
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(**batch()).logits
+
+
+# ---- item 8: the weights checksum is computed in chunks
+def test_the_checksum_reads_a_huge_file_in_chunks(tmp_path):
+    sparse = tmp_path / "huge.safetensors"
+    with sparse.open("wb") as f:
+        f.truncate(256 << 20)  # 256 MiB of zeros, sparse on disk
+    tracemalloc.start()
+    try:
+        digest = _sha256(sparse)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"hashing held {peak / 2**20:.0f} MiB at once"
+    assert digest == hashlib.sha256(bytes(1 << 20) * 256).hexdigest()
+
+
+# ---- item 9: disable() gives the base model back, or refuses
+@pytest.mark.parametrize("preset", ["bitfit", "full"])
+def test_disable_refuses_where_the_base_weights_train(preset):
+    model = unipelt.apply(build(), preset)
+    randomize(model, std=0.1)
+    with pytest.raises(UniPeltError, match=f"disable\\(\\) cannot give this model's base model back: {preset} trains"):
+        unipelt.disable(model)
+    with pytest.raises(UniPeltError, match="modules_to_save"):
+        unipelt.disable(unipelt.apply(build(), PeltConfig(methods=(LoRAConfig(),), modules_to_save=("pooler",))))
+
+
+def test_disable_refuses_a_merged_model_and_leaves_it_as_it_was():
+    model = unipelt.apply(build(), "lora")
+    randomize(model, std=0.1)
+    unipelt.merge(model)
+    before = _logits(model)
+    with pytest.raises(UniPeltError, match="merge\\(\\) folded its LoRA"):
+        unipelt.disable(model)
+    assert torch.equal(_logits(model), before)
+
+
+def test_disable_still_runs_the_base_model_where_nothing_of_it_trains():
+    base = _logits(build())
+    model = unipelt.apply(build(), "lora")
+    randomize(model, only_pelt=True, std=0.3)
+    with unipelt.disable(model):
+        assert (_logits(model) - base).abs().max() < 1e-5
+
+
+# ---- item 10: a merged model is not saved as if it held its LoRA
+def test_save_refuses_a_merged_model(tmp_path):
+    model = unipelt.apply(build(), "lora")
+    randomize(model, std=0.1)
+    unipelt.merge(model)
+    with pytest.raises(UniPeltError, match="save\\(\\) refuses a merged model: merge\\(\\) folded its LoRA"):
+        unipelt.save(model, tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt" / "unipelt.json").exists()
+
+
+# ---- item 11: from_peft loads the adapter's tensors, never a frozen base weight
+def _peft_checkpoint(tmp_path, modules_to_save=None) -> Path:
+    cfg = PeltConfig(methods=(LoRAConfig(r=4, alpha=8.0, targets=("q", "v")),), modules_to_save=modules_to_save or ())
+    ours = unipelt.apply(build(), cfg)
+    randomize(ours, std=0.1)
+    unipelt.to_peft(ours, tmp_path / "peft")
+    return tmp_path / "peft"
+
+
+def test_from_peft_refuses_a_tensor_that_would_replace_a_frozen_base_weight(tmp_path):
+    directory = _peft_checkpoint(tmp_path)
+    weights = directory / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    tensors["base_model.model.bert.embeddings.word_embeddings.weight"] = torch.zeros(
+        CONFIGS["bert"]().vocab_size, CONFIGS["bert"]().hidden_size
+    )
+    save_file(tensors, weights)
+    model = build()
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    with pytest.raises(UniPeltError, match="would replace the frozen base weight 'bert.embeddings.word_embeddings"):
+        unipelt.from_peft(model, directory)
+    assert getattr(model, "pelt_config", None) is None
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_from_peft_loads_the_modules_its_modules_to_save_declares(tmp_path):
+    ours = unipelt.apply(build(), PeltConfig(methods=(LoRAConfig(r=4, alpha=8.0),), modules_to_save=("pooler",)))
+    randomize(ours, std=0.1)
+    unipelt.to_peft(ours, tmp_path / "peft")
+    back = unipelt.from_peft(build(), tmp_path / "peft")
+    assert back.pelt_config.modules_to_save == ("pooler",)
+    assert back.bert.pooler.dense.weight.requires_grad
+    assert (_logits(back) - _logits(ours)).abs().max() < 1e-6
+
+
+# ---- item 12: MultiTask refuses a model without a task head before touching it
+def test_multitask_refuses_a_bare_backbone_and_leaves_it_whole():
+    torch.manual_seed(0)
+    backbone = transformers.BertModel(CONFIGS["bert"]()).train()
+    children = dict(backbone.named_children())
+    with pytest.raises(UniPeltError, match="BertModel has no task head"):
+        MultiTask(backbone)
+    assert dict(backbone.named_children()) == children and backbone.training
+    assert all(p.requires_grad for p in backbone.parameters())
+
+
+# ---- item 14: malformed configs and files are UniPeltErrors naming the field
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("r", "8", "field 'r' must be int, got '8'"),
+        ("r", None, "field 'r' is missing"),
+        ("lora_alpha", [1], "field 'lora_alpha' must be int or float"),
+        ("target_modules", 5, "field 'target_modules' must be str or list"),
+        ("target_modules", [{"a": 1}], "field 'target_modules' must list module names"),
+        ("peft_type", ["LORA"], "field 'peft_type' must be str"),
+        ("modules_to_save", {"a": 1}, "field 'modules_to_save' must be a list of module names"),
+        ("use_rslora", "yes", "field 'use_rslora' must be bool"),
+    ],
+)
+def test_wrong_types_in_a_peft_config_are_named(tmp_path, field, value, message):
+    directory = _peft_checkpoint(tmp_path)
+    path = directory / "adapter_config.json"
+    cfg = json.loads(path.read_text())
+    cfg[field] = value
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(UniPeltError, match=message.replace("(", "\\(").replace("[", "\\[")):
+        unipelt.from_peft(build(), directory)
+
+
+def test_deeply_nested_json_is_refused(tmp_path):
+    directory = _peft_checkpoint(tmp_path)
+    (directory / "adapter_config.json").write_text('{"r": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(UniPeltError, match="nests its JSON too deeply"):
+        unipelt.from_peft(build(), directory)
+
+
+def _adapters_copy(tmp_path, name: str = "lora") -> Path:
+    directory = tmp_path / name
+    shutil.copytree(ADAPTERS / "bert" / name / "adapter", directory)
+    return directory
+
+
+def _base():
+    return transformers.AutoModelForSequenceClassification.from_pretrained(ADAPTERS / "bert" / "base").eval()
+
+
+@pytest.mark.parametrize(
+    "name, field, value, message",
+    [
+        ("lora", "r", "4", "field 'r' must be an integer, got '4'"),
+        ("lora", "alpha", None, "field 'alpha' must be a number, got None"),
+        ("lora", "attn_matrices", 7, "field 'attn_matrices' must be a list of names"),
+        ("lora", "attn_matrices", [["q"]], "field 'attn_matrices' must be a list of names"),
+        ("prefix_tuning", "prefix_length", "x", "field 'prefix_length' must be an integer"),
+        ("prefix_tuning", "bottleneck_size", 8.5, "field 'bottleneck_size' must be an integer"),
+        ("seq_bn", "reduction_factor", {"0": [1]}, "field 'reduction_factor' must map layers to numbers"),
+        ("seq_bn", "init_weights", ["bert"], "init_weights=\\['bert'\\] is not one of"),
+        ("prompt_tuning", "prompt_length", True, "field 'prompt_length' must be an integer, got True"),
+    ],
+)
+def test_wrong_types_in_an_adapters_config_are_named(tmp_path, name, field, value, message):
+    directory = _adapters_copy(tmp_path, name)
+    path = directory / "adapter_config.json"
+    meta = json.loads(path.read_text())
+    meta["config"][field] = value
+    path.write_text(json.dumps(meta))
+    with pytest.raises(UniPeltError, match=message):
+        unipelt.from_adapters(_base(), directory)
+
+
+def test_malformed_adapters_unions_and_heads_are_named(tmp_path):
+    directory = _adapters_copy(tmp_path)
+    path = directory / "adapter_config.json"
+    meta = json.loads(path.read_text())
+    original = meta["config"]
+    for configs in (5, [{"architecture": "union", "configs": [original]}]):
+        meta["config"] = {"architecture": "union", "configs": configs}
+        path.write_text(json.dumps(meta))
+        with pytest.raises(UniPeltError, match="union's field 'configs' must list method configs"):
+            unipelt.from_adapters(_base(), directory)
+    meta["config"] = original
+    path.write_text(json.dumps(meta))
+    (directory / "head_config.json").write_text(json.dumps({"config": ["classification"]}))
+    with pytest.raises(UniPeltError, match="field 'config' of head_config.json must be a JSON object"):
+        unipelt.from_adapters(_base(), directory)
+
+
+def test_an_empty_bin_is_refused(tmp_path):
+    directory = _adapters_copy(tmp_path, "prefix_tuning")
+    (directory / "pytorch_adapter.bin").write_bytes(b"")
+    with pytest.raises(UniPeltError, match="pytorch_adapter.bin is not a plain tensor state dict .*EOFError"):
+        unipelt.from_adapters(_base(), directory)
+
+
+def test_predict_with_no_inputs_is_refused():
+    mt = MultiTask(build())
+    with pytest.raises(UniPeltError, match="predict\\(\\) needs at least one input"):
+        mt.predict([], [], tokenizer=None)
