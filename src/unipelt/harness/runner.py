@@ -32,6 +32,7 @@ from transformers import (
 
 from .. import apply, count_parameters, fold, gate_values, save
 from ..compiling import compile as compile_model
+from ..inject import head_parameter_names  # the head count_parameters reports: one definition
 from ..offline import quiet_transformers  # noqa: F401  (sweep workers and Ray tasks call runner.quiet_transformers)
 from .callbacks import BestOnDev, RunFailed, RunProgress, StepTimer
 from .data import Splits, load_splits
@@ -135,7 +136,7 @@ class ProtocolTrainer(Trainer):
         if self.optimizer is None and self.head_lr is not None:
             target = self.model if model is None else model
             named = [(n, p) for n, p in target.named_parameters() if p.requires_grad]
-            head = set(task_head(target))
+            head = head_parameter_names(target)
             groups = [
                 {"params": [p for n, p in named if n not in head]},
                 {"params": [p for n, p in named if n in head], "lr": self.head_lr},
@@ -152,17 +153,11 @@ class ProtocolTrainer(Trainer):
         return metrics
 
 
-def task_head(model) -> list[str]:
-    """The task head's parameter names: what lies outside the base model and unipelt's modules."""
-    base = model.base_model_prefix + "."
-    return [n for n, _ in model.named_parameters() if not n.startswith(base) and "pelt_" not in n]
-
-
 @torch.no_grad()
 def start_at_label_mean(model, labels) -> None:
     """A regression head starts at the training rows' label mean: its first steps then learn the
     signal, not the offset (a zero start on STS-B's 0-5 scale is a loss of about 7)."""
-    head = set(task_head(model))
+    head = head_parameter_names(model)
     outputs = [
         m
         for n, m in model.named_modules()
