@@ -180,6 +180,9 @@ def _set(*path_and_value):
             "'base_model.base_tensors.x.shape[]' must be int",
         ),
         (_set("sha256", 12), "'sha256' must be str, got 12"),
+        (_set("task", "pairs", "yes"), "'task.pairs' must be bool, got 'yes'"),
+        (_set("task", "max_length", 12.5), "'task.max_length' must be int"),
+        (_set("task", "max_length", 0), "'task.max_length' must be at least 1, got 0"),
         (_set("format", True), "checkpoint format True"),
     ],
 )
@@ -192,6 +195,19 @@ def test_malformed_metadata_is_refused_naming_the_field(tmp_path, change, field)
         unipelt.load(model, tmp_path)
     assert field in str(raised.value)
     _assert_same(before, _state(model))
+
+
+def test_save_records_the_inputs_kind_and_length_for_serving(tmp_path):
+    model = unipelt.apply(build(), "lora")
+    unipelt.save(model, tmp_path / "plain")
+    unipelt.save(model, tmp_path / "rte", pairs=True, max_length=128)
+    plain, rte = (json.loads((tmp_path / d / "unipelt.json").read_text())["task"] for d in ("plain", "rte"))
+    assert "pairs" not in plain and "max_length" not in plain
+    assert rte["pairs"] is True and rte["max_length"] == 128
+    for bad, said in (({"pairs": 1}, "save\\(pairs=...\\)"), ({"max_length": 0}, "save\\(max_length=...\\)")):
+        with pytest.raises(UniPeltError, match=said):
+            unipelt.save(model, tmp_path / "bad", **bad)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
 
 
 @pytest.mark.parametrize("content", [b"[]", b"null", b"\xff\xfe{}", b"{"])

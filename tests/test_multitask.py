@@ -155,7 +155,7 @@ def test_predict_names_labels_as_the_checkpoint_does(tmp_path):
     unipelt.save(model, tmp_path / "sst2")
     regression = unipelt.apply(build(num_labels=1, problem_type="regression"), "lora")
     randomize(regression)
-    unipelt.save(regression, tmp_path / "stsb")
+    unipelt.save(regression, tmp_path / "stsb", pairs=True)
     mt = MultiTask(build(pad_token_id=0))
     mt.add("sst2", tmp_path / "sst2")
     mt.add("stsb", tmp_path / "stsb")
@@ -177,6 +177,31 @@ def test_a_bare_string_is_one_input_and_a_bare_task_name_every_rows(tmp_path):
     [one] = mt.predict("w1 w2 w3", "sst2", tok)
     assert one == mt.predict(["w1 w2 w3"], ["sst2"], tok)[0] and one["label"] in ("negative", "positive")
     assert [o["task"] for o in mt.predict(["w1", "w2 w3"], "sst2", tok)] == ["sst2", "sst2"]
+
+
+def test_each_task_takes_the_kind_of_input_and_the_length_it_was_trained_on(tmp_path):
+    """The library answers as the server does (a 422 there): a pair given to a single-sentence
+    task is refused, not answered as the sentence it is not; inputs are cut to the trained length."""
+    model = unipelt.apply(build(num_labels=2), "lora")
+    randomize(model)
+    unipelt.save(model, tmp_path / "single", max_length=5)
+    unipelt.save(model, tmp_path / "pairs", pairs=True)
+    mt = MultiTask(build(pad_token_id=0))
+    mt.add("single", tmp_path / "single")
+    mt.add("pairs", tmp_path / "pairs")
+    mt.add("forced", tmp_path / "single", pairs=True)  # what the checkpoint records, overridden
+    tok = _tokenizer()
+    with pytest.raises(UniPeltError, match=r"inputs\[1\]: task 'single' takes single strings, not pairs"):
+        mt.predict(["w1", ("w2", "w3")], "single", tok)
+    with pytest.raises(UniPeltError, match=r"inputs\[0\]: task 'pairs' takes sentence pairs"):
+        mt.predict(["w1"], "pairs", tok)
+    assert mt.predict([("w2", "w3")], "forced", tok)[0]["task"] == "forced"
+    with pytest.raises(UniPeltError, match="unknown task 'nope'"):
+        mt.predict(["w1"], "nope", tok)
+    long = " ".join(f"w{i}" for i in range(12))
+    cut = " ".join(f"w{i}" for i in range(3))  # 5 tokens with [CLS] and [SEP]
+    assert mt.predict(long, "single", tok) == mt.predict(cut, "single", tok)
+    assert mt.predict(long, "single", tok, max_length=14) != mt.predict(cut, "single", tok)
 
 
 def test_load_gives_the_model_the_checkpoints_label_names(tmp_path):

@@ -65,10 +65,10 @@ def task_model(labels):
     )
 
 
-def save_task(directory: Path, preset: str, labels, seed: int) -> None:
+def save_task(directory: Path, preset: str, labels, seed: int, **recorded) -> None:
     model = unipelt.apply(task_model(labels), preset)
     randomize(model, std=0.1, seed=seed)
-    unipelt.save(model, directory)
+    unipelt.save(model, directory, **recorded)
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,8 @@ def served(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("served")
     build().save_pretrained(root / "base")
     tokenizer().save_pretrained(root / "base")
-    for i, (name, (preset, labels, _)) in enumerate(TASKS.items()):
-        save_task(root / "ckpt" / name, preset, labels, seed=i)
+    for i, (name, (preset, labels, pairs)) in enumerate(TASKS.items()):
+        save_task(root / "ckpt" / name, preset, labels, seed=i, pairs=pairs)
     save_task(root / "ckpt" / "spare", "adapter", ["no", "yes"], seed=9)
     return root
 
@@ -194,6 +194,23 @@ def test_tasks_health_and_metrics(served):
             assert "unipelt_request_seconds_bucket" in text
 
     run(body())
+
+
+def test_a_task_is_served_as_its_checkpoint_says_it_was_trained(served, tmp_path):
+    """`unipelt train --save` records whether inputs are pairs and the length they were cut to:
+    /v1/tasks says so, and a longer input is cut there, as MultiTask.predict cuts it."""
+    save_task(tmp_path / "mrpc", "lora", ["no", "yes"], seed=3, pairs=True, max_length=7)
+    engine = engine_for(served, tasks=())
+    info = engine.add("mrpc", TaskSpec(path=tmp_path / "mrpc"))
+    assert info.pairs is True and info.max_length == 7
+    [answer] = engine.run([Row("mrpc", (LONG, "w1"))])
+    assert answer["truncated"] is True
+    library = MultiTask(build())
+    library.add("mrpc", tmp_path / "mrpc")
+    [ref] = library.predict([(LONG, "w1")], "mrpc", tokenizer())
+    assert abs(answer["scores"]["yes"] - ref["scores"]["yes"]) < 1e-5
+    model = unipelt.load(task_model(["no", "yes"]), tmp_path / "mrpc")
+    assert_answer(answer, alone(model, (LONG, "w1"), max_length=7), ["no", "yes"])
 
 
 # ---- batching

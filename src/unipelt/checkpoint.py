@@ -74,14 +74,28 @@ def _identity(model: nn.Module) -> dict:
     return ident
 
 
-def _task(model: nn.Module) -> dict:
-    """What serving the checkpoint needs to know of its head: its size, label names and kind."""
+def _task(model: nn.Module, pairs: bool | None, max_length: int | None) -> dict:
+    """What serving the checkpoint needs to know of its task: its head's size, label names and
+    kind, and, where the caller says, whether inputs are sentence pairs and how many tokens each
+    input was cut to in training (the server and ``MultiTask.predict`` cut to the same)."""
     cfg = model.config
-    return {
+    task = {
         "num_labels": getattr(cfg, "num_labels", None),
         "problem_type": getattr(cfg, "problem_type", None),
         "id2label": {str(k): str(v) for k, v in (getattr(cfg, "id2label", None) or {}).items()},
     }
+    if pairs is not None:
+        task["pairs"] = pairs
+    if max_length is not None:
+        task["max_length"] = max_length
+    return task
+
+
+def _check_task_options(pairs, max_length) -> None:
+    if pairs is not None and not isinstance(pairs, bool):
+        raise UniPeltError(f"save(pairs=...) must be True, False or None, got {pairs!r}")
+    if max_length is not None and (type(max_length) is not int or max_length < 1):
+        raise UniPeltError(f"save(max_length=...) must be a positive whole number or None, got {max_length!r}")
 
 
 def _sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -103,8 +117,13 @@ def _replace(directory: Path, name: str, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save(model: nn.Module, directory: str | Path) -> Path:
-    """Write ``unipelt.safetensors`` and ``unipelt.json`` to ``directory``; returns it."""
+def save(model: nn.Module, directory: str | Path, *, pairs: bool | None = None, max_length: int | None = None) -> Path:
+    """Write ``unipelt.safetensors`` and ``unipelt.json`` to ``directory``; returns it.
+
+    ``pairs`` (whether the task's inputs are sentence pairs) and ``max_length`` (tokens per input
+    in training) are recorded for serving: ``MultiTask`` and ``unipelt serve`` take inputs of that
+    kind, cut to that length."""
+    _check_task_options(pairs, max_length)
     cfg: PeltConfig | None = getattr(model, "pelt_config", None)
     if cfg is None:
         raise UniPeltError("save() needs a model returned by unipelt.apply()")
@@ -129,7 +148,7 @@ def save(model: nn.Module, directory: str | Path) -> Path:
         "unipelt_version": __version__,
         "config": cfg.to_dict(),
         "base_model": _identity(model),
-        "task": _task(model),
+        "task": _task(model, pairs, max_length),
     }
     # the weights first: until the JSON with their checksum replaces the old one, load refuses the pair
     _replace(directory, WEIGHTS, lambda p: save_file(tensors, p))
@@ -192,7 +211,18 @@ def _read_meta(directory: Path) -> dict:
     for key, kind in (("unipelt_version", str), ("config", dict), ("sha256", str), ("base_model", dict)):
         _field(meta, key, kind, "", path)
     _check_base_model(meta["base_model"], path)
+    _check_task_block(meta.get("task"), path)
     return meta
+
+
+def _check_task_block(task, path: Path) -> None:
+    """The fields serving reads to decide what an input is; the head's own are checked on use."""
+    if not isinstance(task, dict):
+        return
+    if "pairs" in task:
+        _need(task["pairs"], bool, "task.pairs", path)
+    if "max_length" in task and _need(task["max_length"], int, "task.max_length", path) < 1:
+        raise UniPeltError(f"{path}: field 'task.max_length' must be at least 1, got {task['max_length']}")
 
 
 def _v1_config(data: dict) -> dict:

@@ -272,6 +272,16 @@ class Task:
     labels: list[str]
     regression: bool
     prompt_length: int  # tokens its prompt inserts (0 for none, or a decoder's prompt-as-prefix)
+    pairs: bool = False  # whether its inputs are sentence pairs (the checkpoint's task.pairs)
+    max_length: int | None = None  # tokens per input it was trained at, where the checkpoint records it
+
+
+def check_input(task: Task, row, i: int) -> None:
+    """Refuse input ``i`` if it is of the other kind than the task takes: a pair given to a
+    single-sentence task (or one sentence to a pair task) would be answered as what it is not."""
+    if isinstance(row, (list, tuple)) != task.pairs:
+        kind = "sentence pairs [a, b]" if task.pairs else "single strings, not pairs"
+        raise UniPeltError(f"inputs[{i}]: task {task.name!r} takes {kind}")
 
 
 def _canonical(name: str) -> str:
@@ -328,13 +338,19 @@ class MultiTask:
         return list(self._tasks)
 
     # ---- adding and removing tasks
-    def add(self, name: str, directory: str | Path) -> None:
-        """Load a ``unipelt.save`` checkpoint as task ``name``; all-or-nothing."""
+    def add(self, name: str, directory: str | Path, *, pairs: bool | None = None) -> None:
+        """Load a ``unipelt.save`` checkpoint as task ``name``; all-or-nothing. ``pairs`` says
+        whether its inputs are sentence pairs where the checkpoint does not (None: what it
+        records, else single sentences)."""
         if not isinstance(name, str) or not name:
             raise UniPeltError(f"a task needs a non-empty name, got {name!r}")
         if name in self._tasks:
             raise UniPeltError(f"task {name!r} is already loaded; remove it first")
+        if pairs is not None and not isinstance(pairs, bool):
+            raise UniPeltError(f"add(pairs=...) must be True, False or None, got {pairs!r}")
         task = self._build(name, Path(directory))
+        if pairs is not None:
+            task.pairs = pairs
         self._graft(task)
         self._tasks[name] = task
         if task.model.config._attn_implementation.startswith("unipelt_"):
@@ -435,6 +451,8 @@ class MultiTask:
             labels=labels,
             regression=cfg.problem_type == "regression" or n == 1,
             prompt_length=inserted,
+            pairs=task_meta.get("pairs", False),  # load() has checked its type
+            max_length=task_meta.get("max_length"),
         )
 
     def _site_at(self, path: str) -> Site:
@@ -544,10 +562,16 @@ class MultiTask:
             raise UniPeltError(f"{len(inputs)} inputs but {len(tasks)} task names")
         if not inputs:
             raise UniPeltError("predict() needs at least one input (inputs and tasks are empty)")
-        limit = max_length or min(
-            tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", 512)
-        )
-        encoded = [_encode_input(tokenizer, row, limit, i) for i, row in enumerate(inputs)]
+        unknown = sorted(set(tasks) - set(self._tasks))
+        if unknown:
+            raise UniPeltError(f"unknown task {unknown[0]!r}; loaded: {', '.join(self._tasks) or 'none'}")
+        for i, (row, name) in enumerate(zip(inputs, tasks)):
+            check_input(self._tasks[name], row, i)
+        model_limit = min(tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", 512))
+        encoded = [
+            _encode_input(tokenizer, row, max_length or self._tasks[name].max_length or model_limit, i)
+            for i, (row, name) in enumerate(zip(inputs, tasks))
+        ]
         batch = tokenizer.pad(encoded, return_tensors="pt")
         logits = self(
             input_ids=batch["input_ids"],

@@ -42,10 +42,9 @@ def test_train_save_load_keeps_the_names(capsys, tmp_path, tiny_model, glue_dir)
     status, ckpt = _train_sst2(tmp_path, tiny_model, glue_dir)
     assert status == 0
     assert f"saved: {ckpt}" in capsys.readouterr().out  # train says where it saved
-    assert json.loads((tmp_path / "ckpt" / "unipelt.json").read_text())["task"]["id2label"] == {
-        "0": "negative",
-        "1": "positive",
-    }
+    task = json.loads((tmp_path / "ckpt" / "unipelt.json").read_text())["task"]
+    assert task["id2label"] == {"0": "negative", "1": "positive"}
+    assert task["pairs"] is False and task["max_length"] == 128  # what serving takes, cut where training cut
     fresh = AutoModelForSequenceClassification.from_pretrained(tiny_model)
     assert fresh.config.id2label == {0: "LABEL_0", 1: "LABEL_1"}  # what load has to replace
     model = unipelt.load(fresh, ckpt)

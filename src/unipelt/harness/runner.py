@@ -240,7 +240,9 @@ def _train(spec: RunSpec, task: Task, splits: Splits, options: RunOptions, start
     if options.keep is not None:
         options.keep(record)
     if options.save_dir and is_main_process():
-        return _save(_named(model, options.label_names), options.save_dir, record)
+        # serving takes the same kind of input, cut to the same length, as training did
+        shape = {"pairs": task.text_b is not None, "max_length": spec.max_length}
+        return _save(_named(model, options.label_names), options.save_dir, record, shape)
     return record
 
 
@@ -265,12 +267,12 @@ def _named(model, names: tuple[str, ...] | None):
     return model
 
 
-def _save(model, directory: str, record: RunRecord) -> RunRecord:
+def _save(model, directory: str, record: RunRecord, shape: dict) -> RunRecord:
     """Save the trained weights; a failure here does not undo the finished run, it is reported.
     Any error counts (a full disk raises SafetensorError from safetensors' writer): the run's score
     is already kept, and saving is optional."""
     try:
-        save(model, directory)
+        save(model, directory, **shape)
     except Exception as e:
         log.error("%s: saving the checkpoint to %s failed: %s", record.spec.label(), directory, e)
         return replace(record, save_error=f"{type(e).__name__}: {e}")

@@ -9,7 +9,6 @@ unloading tasks, because ``MultiTask`` routes rows through shared modules that `
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -19,11 +18,11 @@ from typing import Sequence
 from safetensors import safe_open
 
 from .. import encoding
-from ..checkpoint import META, WEIGHTS
+from ..checkpoint import WEIGHTS
 from ..encoding import Text
 from ..errors import UniPeltError
 from ..introspect import count_parameters
-from ..multitask import MultiTask
+from ..multitask import MultiTask, check_input
 from ..presets import PRESETS
 
 log = logging.getLogger(__name__)
@@ -86,15 +85,6 @@ def _preset_of(config) -> str:
     return next((name for name, preset in PRESETS.items() if preset == config), "custom")
 
 
-def _recorded_pairs(directory: Path) -> bool:
-    """``task.pairs`` in unipelt.json, where a future checkpoint records it; else single sentences."""
-    try:
-        value = json.loads((directory / META).read_text("utf-8")).get("task", {}).get("pairs")
-    except (OSError, ValueError, AttributeError):
-        return False  # MultiTask.add reports the unreadable file
-    return value if isinstance(value, bool) else False
-
-
 class Engine:
     """``run(rows)`` answers a mixed batch; ``add``/``remove`` change the tasks between batches."""
 
@@ -131,7 +121,7 @@ class Engine:
         with self.lock:
             if name in self.info:
                 raise ServeError(409, f"task {name!r} is already loaded; DELETE it first")
-            self._load(name, spec.path)
+            self._load(name, spec)
             task = self.mt._tasks[name]
             prompt = task.prompt_length  # tokens the task inserts: they need positions too
             positions = getattr(self.mt.model.config, "max_position_embeddings", None) or self.limit + prompt
@@ -141,19 +131,20 @@ class Engine:
                 path=str(spec.path),
                 preset=_preset_of(task.config),
                 labels=None if task.regression else list(task.labels),
-                pairs=spec.pairs if spec.pairs is not None else _recorded_pairs(spec.path),
-                max_length=min(self.max_length, positions - prompt),
+                pairs=task.pairs,
+                max_length=min(self.max_length, positions - prompt, task.max_length or self.max_length),
                 parameters=counts["inference"] + counts["head"],
             )
             self.info[name] = info
             return info
 
-    def _load(self, name: str, path: Path) -> None:
+    def _load(self, name: str, spec: TaskSpec) -> None:
         """``MultiTask.add``, every failure a 422 that says why: a checkpoint comes from outside,
         and whatever it holds (a malformed task block, JSON nested too deep, a size that cannot be
         allocated) must not become a 500."""
+        path = spec.path
         try:
-            self.mt.add(name, path)
+            self.mt.add(name, path, pairs=spec.pairs)
         except UniPeltError as e:
             raise ServeError(422, f"checkpoint {path} cannot be served: {e}") from None
         except OSError as e:
@@ -178,9 +169,10 @@ class Engine:
         if info is None:
             raise ServeError(404, f"unknown task {task!r}; loaded: {', '.join(self.info) or 'none'}")
         for i, text in enumerate(inputs):
-            if isinstance(text, tuple) != info.pairs:
-                kind = "sentence pairs [a, b]" if info.pairs else "single strings, not pairs"
-                raise ServeError(422, f"inputs[{i}]: task {task!r} takes {kind}")
+            try:
+                check_input(self.mt._tasks[task], text, i)
+            except UniPeltError as e:
+                raise ServeError(422, str(e)) from None
 
     # ---- answering a batch
     def run(self, rows: Sequence[Row]) -> list[dict | ServeError]:
