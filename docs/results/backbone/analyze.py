@@ -161,7 +161,7 @@ def summary(runs: pd.DataFrame, cells: pd.DataFrame, diffs: pd.DataFrame) -> str
     read = [f"{t} K={k}" for (k, t), c in cells.iterrows() if c.read]
     resolved = diffs[diffs.resolved == "yes"] if not diffs.empty else diffs
     said = (
-        "; ".join(f"{r.difference} on {r.cell}: {r.mean:+.1f} {r['95% CI']}" for _, r in resolved.iterrows())
+        "; ".join(f"{r.difference} on {r.cell}: {r['mean']:+.1f} {r['95% CI']}" for _, r in resolved.iterrows())
         if not resolved.empty
         else "none yet: every interval holds zero or has too few pairs"
     )
