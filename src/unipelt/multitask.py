@@ -125,6 +125,13 @@ class Site(Wrapper):
         active = [(t, e, rows[t]) for t, es in self.entries.items() for e in es if rows and t in rows]
         if not active:
             return self.base_layer(*args, **kwargs)
+        x, batch = args[0] if args else kwargs.get("hidden_states"), sum(len(r) for r in rows.values())
+        if x is not None and x.shape[0] != batch:  # else h[rows] would index the wrong dimension
+            raise UniPeltError(
+                f"a {type(self.base_layer).__name__} with per-task changes receives one input for the whole "
+                f"batch ({x.shape[0]} rows, the batch has {batch}), as DeBERTa's relative-position projections "
+                "do (BitFit on their biases): it cannot differ per row; serve such a task in batches of its own"
+            )
         args, kwargs, prefix = self._before(active, args, kwargs)
         out = attend(self.base_layer, args, kwargs, prefix)
         x = args[0] if args else kwargs.get("hidden_states")
