@@ -6,7 +6,9 @@ looked up in ``ALL_ATTENTION_FUNCTIONS`` with the attention module first and the
 keyword arguments last; we register "unipelt_sdpa" and "unipelt_eager", which prepend the prefix
 keys/values passed as the ``pelt_prefix`` keyword and extend the mask, then call the stock
 function. A custom name also needs a mask function registered, or transformers silently passes
-``mask=None`` and padding is ignored (SPEC §7).
+``mask=None`` and padding is ignored (SPEC §7). An attention that scores itself and calls no
+such function (DeBERTa's disentangled attention) gets its prefix through ``attend``, which runs
+this file's forward for that class instead (``_OWN_ATTENTION``).
 
 The prefix is prepended after the model has updated its key/value cache and applied rotary
 embeddings, so the cache holds real tokens only and position ids never count the prefix: cached
@@ -26,6 +28,10 @@ The transformers internals this file relies on, and the releases they were check
   overflows a bf16 bias when the keys are float32 (5.25 fixed it; methods/ia3.py keeps keys in
   the base layer's dtype). Each model module's own ``eager_attention_forward`` (``_eager_for``).
 - The output's ``cache`` (5.24+) or ``past_key_values``, and ``DynamicCache.layers[i].keys``.
+- DeBERTa-v2's ``DisentangledSelfAttention``, which scores itself and calls no attention function:
+  its forward's arguments and steps, ``transpose_for_scores``, ``disentangled_attention_bias``,
+  ``pos_att_type``, ``pos_dropout`` and its module's ``scaled_size_sqrt`` (``_deberta_attention``;
+  the class reads the same in 5.17 and 5.25, where 5.17 also TorchScripts the helpers).
 - ``gradient_checkpointing`` and ``_gradient_checkpointing_func`` on the layers;
   ``pytorch_utils.Conv1D`` (5.17-5.25).
 """
