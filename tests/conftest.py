@@ -236,35 +236,20 @@ HEADS = {
 # (test function, architecture) -> why that shared invariant does not apply there; reported as skipped
 NOT_APPLICABLE = {
     ("test_sdpa_and_eager_agree_with_prefix", "gemma2"): "transformers has no sdpa attention for Gemma-2",
+    ("test_sdpa_and_eager_agree_with_prefix", "deberta-v2"): "transformers has no sdpa attention for DeBERTa-v2",
 }
 
 # architecture -> {preset or design-space case: why it does not run there}; every test
 # parametrized with both is reported as skipped with that reason (tests/test_arch_refusals.py
 # checks what the library says instead)
-_DEBERTA = "DeBERTa's disentangled attention does not call transformers' attention interface (arch/deberta_v2.py)"
-_PREFIXED = [
-    name for name, cfg in unipelt.PRESETS.items() if cfg.of(unipelt.PrefixConfig) or cfg.of(unipelt.PromptConfig)
-]
+_PROMPTED = [name for name, cfg in unipelt.PRESETS.items() if cfg.of(unipelt.PromptConfig)]
 NOT_SUPPORTED = {
     "deberta-v2": {
-        name: _DEBERTA
-        for name in (
-            *_PREFIXED,
-            "prefix-interpolate",
-            "prefix-add",
-            "prefix-gated",
-            "prefix-per-attention",
-            "prefix-no-reparameterization",
-        )
+        name: "DeBERTa builds its padding mask inside the model, where a prompt's positions are missing "
+        "(arch/deberta_v2.py)"
+        for name in _PROMPTED
     },
 }
-for _test in (
-    "test_closed_gates_switch_adapter_and_lora_off",
-    "test_sdpa_and_eager_agree_with_prefix",
-    "test_gradient_checkpointing_gives_the_same_gradients",
-    "test_every_preset_mixed_in_one_batch",
-):
-    NOT_APPLICABLE[(_test, "deberta-v2")] = _DEBERTA + ": the test uses a prefix"
 _FUSED = (
     "peft's LoRA on a fused [q; k; v] map adapts all of it with one A and B; unipelt's q and v LoRAs "
     "own their rows of it, which peft cannot express (tests/test_arch_fused.py checks them by hand)"

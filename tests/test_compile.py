@@ -40,7 +40,7 @@ def test_every_preset_traces_in_one_graph(preset):
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
-@pytest.mark.parametrize("preset", ["unipelt-apl", "lora"])  # every kind of module; LoRA where prefixes are refused
+@pytest.mark.parametrize("preset", ["unipelt-apl", "lora"])  # every kind of module; LoRA alone
 def test_every_architecture_traces_in_one_graph(arch, preset):
     compiled_matches_eager(*body_and_inputs(arch, preset), backend="eager")
 

@@ -6,7 +6,9 @@ looked up in ``ALL_ATTENTION_FUNCTIONS`` with the attention module first and the
 keyword arguments last; we register "unipelt_sdpa" and "unipelt_eager", which prepend the prefix
 keys/values passed as the ``pelt_prefix`` keyword and extend the mask, then call the stock
 function. A custom name also needs a mask function registered, or transformers silently passes
-``mask=None`` and padding is ignored (SPEC §7).
+``mask=None`` and padding is ignored (SPEC §7). An attention that scores itself and calls no
+such function (DeBERTa's disentangled attention) gets its prefix through ``attend``, which runs
+this file's forward for that class instead (``_OWN_ATTENTION``).
 
 The prefix is prepended after the model has updated its key/value cache and applied rotary
 embeddings, so the cache holds real tokens only and position ids never count the prefix: cached
@@ -26,6 +28,10 @@ The transformers internals this file relies on, and the releases they were check
   overflows a bf16 bias when the keys are float32 (5.25 fixed it; methods/ia3.py keeps keys in
   the base layer's dtype). Each model module's own ``eager_attention_forward`` (``_eager_for``).
 - The output's ``cache`` (5.24+) or ``past_key_values``, and ``DynamicCache.layers[i].keys``.
+- DeBERTa-v2's ``DisentangledSelfAttention``, which scores itself and calls no attention function:
+  its forward's arguments and steps, ``transpose_for_scores``, ``disentangled_attention_bias``,
+  ``pos_att_type``, ``pos_dropout`` and its module's ``scaled_size_sqrt`` (``_deberta_attention``;
+  the class reads the same in 5.17 and 5.25, where 5.17 also TorchScripts the helpers).
 - ``gradient_checkpointing`` and ``_gradient_checkpointing_func`` on the layers;
   ``pytorch_utils.Conv1D`` (5.17-5.25).
 """
@@ -41,6 +47,7 @@ from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+from transformers.models.deberta_v2.modeling_deberta_v2 import DisentangledSelfAttention
 from transformers.pytorch_utils import Conv1D
 
 from .errors import UniPeltError
@@ -200,6 +207,73 @@ def _make_attention(base_fn, additive: bool, prompt_at: int):
     return attention
 
 
+def _deberta_attention(
+    module: nn.Module,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor,
+    output_attentions: bool = False,
+    query_states: torch.Tensor | None = None,
+    relative_pos: torch.Tensor | None = None,
+    rel_embeddings: torch.Tensor | None = None,
+    *,
+    prefix: Prefix,
+):
+    """``DisentangledSelfAttention.forward`` (DeBERTa-v2/v3) with the prefix as content-only keys
+    and values: token scores are DeBERTa's own, q·k/√(dh·f) plus its relative-position terms
+    (c2p, p2c) from the module's ``disentangled_attention_bias``; prefix keys get q·p_k/√(dh·f) alone,
+    f = 1 + the number of position terms, since a prefix has no position (as T5's bias gives the
+    prefix none). The module scores inside its forward and never calls the attention interface,
+    so this is the one place its steps are written out: projections, scores, mask, softmax,
+    values, in its order (same in 5.17-5.25). The padding mask is DeBERTa's (B, 1, T, T) 0/1
+    product; prefix columns are 1, or ``prefix.visible`` in mixed-task batches.
+    """
+    if prefix.query_gate is not None:  # gates are per query only in causal layers; DeBERTa is an encoder
+        raise UniPeltError("a per-query prefix gate cannot reach DeBERTa's encoder attention")
+    heads, own = module.num_attention_heads, sys.modules[type(module).__module__]
+    query_states = hidden_states if query_states is None else query_states
+    q = module.transpose_for_scores(module.query_proj(query_states), heads)  # (B·H, T, dh)
+    k = module.transpose_for_scores(module.key_proj(hidden_states), heads)
+    v = module.transpose_for_scores(module.value_proj(hidden_states), heads)
+    factor = 1 + sum(term in module.pos_att_type for term in ("c2p", "p2c"))
+    scale = own.scaled_size_sqrt(q, factor).to(dtype=q.dtype)
+    scores = torch.bmm(q, k.transpose(-1, -2) / scale)  # (B·H, T, S)
+    if module.relative_attention:
+        rel = module.pos_dropout(rel_embeddings)
+        scores = scores + module.disentangled_attention_bias(q, k, relative_pos, rel, factor)
+    scores = scores.view(-1, heads, *scores.shape[-2:])  # (B, H, T, S)
+    scores = scores.masked_fill(~attention_mask.bool(), torch.finfo(q.dtype).min)
+    pk, pv = prefix.keys.to(q.dtype), prefix.values.to(q.dtype)  # (B, H, l, dh)
+    q = q.view(-1, heads, *q.shape[-2:])  # (B, H, T, dh)
+    prefix_scores = q @ (pk.transpose(-1, -2) / scale)  # (B, H, T, l)
+    if prefix.visible is not None:
+        prefix_scores = prefix_scores.masked_fill(~prefix.visible[:, None, None, :], torch.finfo(q.dtype).min)
+    v = v.view(-1, heads, *v.shape[-2:])  # (B, H, S, dh)
+    if prefix.separate:  # He et al.'s h + Δh: the prefix in a softmax of its own
+        probs = module.dropout(nn.functional.softmax(scores, dim=-1))
+        out = probs @ v + module.dropout(nn.functional.softmax(prefix_scores, dim=-1)) @ pv
+    else:
+        probs = module.dropout(nn.functional.softmax(torch.cat([prefix_scores, scores], dim=-1), dim=-1))
+        out = probs @ torch.cat([pv, v], dim=2)  # (B, H, T, dh)
+    out = out.transpose(1, 2).flatten(2)  # (B, T, H·dh)
+    return out, (probs if output_attentions else None)
+
+
+# attention modules that compute their scores themselves: the forward that adds a prefix there
+_OWN_ATTENTION = {DisentangledSelfAttention: _deberta_attention}
+
+
+def attend(module: nn.Module, args: tuple, kwargs: dict, prefix: Prefix | None):
+    """Call the attention ``module`` with ``prefix``: as the ``pelt_prefix`` keyword, which the
+    registered attention function takes, or where the module never calls that function
+    (DeBERTa), through this file's forward for it."""
+    if prefix is None:
+        return module(*args, **kwargs)
+    own = _OWN_ATTENTION.get(type(module))
+    if own is not None:
+        return own(module, *args, prefix=prefix, **kwargs)
+    return module(*args, **{**kwargs, PREFIX_KWARG: prefix})
+
+
 def _make_mask(base_fn, prompt_at: int):
     def mask(*args, attention_mask=None, q_length=None, kv_length=None, **kwargs):
         # Prompt tuning lengthens the sequence after the user built the 2-D padding mask: the
@@ -246,6 +320,8 @@ def pelt_attention_base(name: str | None) -> str:
 
 def use_pelt_attention(model: nn.Module, prompt_at: int = 0) -> None:
     """Switch ``model`` to the unipelt variant of the attention it uses now (sdpa or eager)."""
+    if any(type(m) in _OWN_ATTENTION for m in model.modules()):
+        return  # its attention takes the prefix through _OWN_ATTENTION: no function to switch to
     current = model.config._attn_implementation or "eager"
     if current.startswith("unipelt_"):  # nested models may still lag (a MultiTask skeleton's copied stacks)
         set_attention(model, current)

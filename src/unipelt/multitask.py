@@ -38,7 +38,7 @@ from torch import nn
 
 from . import encoding, heads
 from .arch import spec_for
-from .attention import PREFIX_KWARG, Prefix, token_mask, use_pelt_attention
+from .attention import Prefix, attend, token_mask, use_pelt_attention
 from .blocks import Gate, PerCall, per_call
 from .checkpoint import META, load
 from .config import PeltConfig
@@ -125,8 +125,15 @@ class Site(Wrapper):
         active = [(t, e, rows[t]) for t, es in self.entries.items() for e in es if rows and t in rows]
         if not active:
             return self.base_layer(*args, **kwargs)
-        args, kwargs = self._before(active, args, kwargs)
-        out = self.base_layer(*args, **kwargs)
+        x, batch = args[0] if args else kwargs.get("hidden_states"), sum(len(r) for r in rows.values())
+        if x is not None and x.shape[0] != batch:  # else h[rows] would index the wrong dimension
+            raise UniPeltError(
+                f"a {type(self.base_layer).__name__} with per-task changes receives one input for the whole "
+                f"batch ({x.shape[0]} rows, the batch has {batch}), as DeBERTa's relative-position projections "
+                "do (BitFit on their biases): it cannot differ per row; serve such a task in batches of its own"
+            )
+        args, kwargs, prefix = self._before(active, args, kwargs)
+        out = attend(self.base_layer, args, kwargs, prefix)
         x = args[0] if args else kwargs.get("hidden_states")
         return self._after(active, x, out)
 
@@ -134,7 +141,7 @@ class Site(Wrapper):
         x = args[0] if args else kwargs.get("hidden_states")
         lengthen = next((e for _, e, _ in active if isinstance(e, PeltPositions)), None)
         if lengthen is not None:  # rotary positions for the widest prompt: every row's layout has them
-            return (x, lengthen.lengthen(x, args[1]), *args[2:]), kwargs
+            return (x, lengthen.lengthen(x, args[1]), *args[2:]), kwargs, None
         scaled = [(e, r) for _, e, r in active if isinstance(e, IA3Linear) and e.on == "input"]
         if scaled:
             x = x.clone()
@@ -149,10 +156,7 @@ class Site(Wrapper):
                 e.slot.mask = token_mask(mask, x.shape[1])
             if isinstance(e, PeltSublayer) and e.tap is not None:
                 e.tap.value = x
-        prefix = self._prefix(active, x)
-        if prefix is not None:
-            kwargs = {**kwargs, PREFIX_KWARG: prefix}
-        return args, kwargs
+        return args, kwargs, self._prefix(active, x)
 
     def _prefix(self, active, x: torch.Tensor) -> Prefix | None:
         """Every task's prefix in one padded block; each row sees only its own."""

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .attention import PREFIX_KWARG, token_mask
+from .attention import attend, token_mask
 from .blocks import MaskSlot, PerCall, per_call
 
 
@@ -111,8 +111,8 @@ class PeltSublayer(Wrapper):
     values for attention, and a ``tap`` on its input for modules downstream. Attention modules
     return tuples: h is the first.
 
-    The prefix travels to the registered attention function as a keyword argument (attention.py),
-    so no attention code is copied here.
+    The prefix travels to the registered attention function as a keyword argument, or to
+    attention.py's own forward for an attention that never calls one (DeBERTa's): ``attend``.
     """
 
     def __init__(self, base_layer: nn.Module):
@@ -130,7 +130,7 @@ class PeltSublayer(Wrapper):
         if self.tap is not None:
             self.tap.value = x
         prefix = self.pelt_prefix(x) if self.pelt_prefix is not None else None
-        out = self.base_layer(*args, **(kwargs if prefix is None else {**kwargs, PREFIX_KWARG: prefix}))
+        out = attend(self.base_layer, args, kwargs, prefix)
         if not self.pelt_adapter_parallel and not self.pelt_adapter_sequential:
             return out
         h = out[0] if isinstance(out, tuple) else out

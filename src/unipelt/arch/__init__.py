@@ -149,9 +149,8 @@ class ArchSpec:
     # How many leading tokens stay in front of the prompt: 0 prepends it (Lester et al.); BERT's
     # family keeps [CLS] first, which its pooler and classifier read.
     prompt_at: int = 0
-    # Why prefix and prompt tuning cannot reach this architecture's attention (it does not call
-    # transformers' attention interface, attention.py), or None where they can.
-    no_attention_hook: str | None = None
+    # Why prompt tuning cannot run on this architecture, or None where it can.
+    no_prompt: str | None = None
     # Positions are learned absolute embeddings (GPT-2's wpe), not rotary: a decoder's prompt pass
     # (methods/prompt.py) then takes positions 0..l-1, as rotary positions -l..-1 do not exist there.
     absolute_positions: bool = False
@@ -163,12 +162,10 @@ class ArchSpec:
     # where the head reads something else (BART's and T5's eos state, ModernBERT's own pooling).
     summary: str | None = "first"
 
-    def check_attention_hook(self, method: str) -> None:
-        """Refuse ``method`` (a prefix or prompt) on an architecture whose attention unipelt cannot hook."""
-        if self.no_attention_hook is not None:
-            raise UniPeltError(
-                f"{method} tuning is not available on {'/'.join(self.model_types)}: {self.no_attention_hook}"
-            )
+    def check_prompt(self) -> None:
+        """Refuse prompt tuning where ``no_prompt`` says why it cannot run."""
+        if self.no_prompt is not None:
+            raise UniPeltError(f"prompt tuning is not available on {'/'.join(self.model_types)}: {self.no_prompt}")
 
     def present_stacks(self, base: nn.Module) -> tuple[Stack, ...]:
         """The stacks this model has: ``T5EncoderModel`` is T5 without its decoder."""

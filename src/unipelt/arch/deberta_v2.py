@@ -2,12 +2,12 @@
 attention (content and relative-position scores, He et al. 2021).
 
 ``DisentangledSelfAttention`` computes its scores itself, adding the relative-position terms
-(c2p, p2c) before the softmax; it does not call transformers' attention interface, so prefix
-keys and values cannot be prepended there without copying that forward (the trap STYLE.md names),
-and the same holds for a prompt, whose positions its mask and relative positions would not cover.
-Prefix and prompt tuning, and the presets that contain them (UniPELT, MAM), are refused;
-adapters at every sublayer, multi-head adapters, LoRA, (IA)³ and BitFit work. Were the interface
-adopted, a prefix would need relative-position scores of its own (none, like T5's bias here).
+(c2p, p2c) before the softmax, and never calls transformers' attention interface; attention.py
+holds the one forward that adds a prefix there, as content-only keys and values (no relative
+position for prefix positions). So prefix tuning, UniPELT and MAM work, as do adapters at every
+sublayer, multi-head adapters, LoRA, (IA)³ and BitFit. Prompt tuning is refused: the model builds
+its padding mask from the user's mask inside itself (embeddings and encoder), not through the
+mask interface where unipelt lengthens it for the inserted prompt.
 
 Its padding mask reaches the layers as a (B, 1, T, T) 0/1 product mask (attention.token_mask).
 """
@@ -34,7 +34,7 @@ DEBERTA_V2 = register(
         head_dim="attention_head_size",
         embeddings="embeddings",
         prompt_at=1,
-        no_attention_hook="DisentangledSelfAttention computes its relative-position attention itself and "
-        "does not call transformers' attention interface, where unipelt adds prefixes",
+        no_prompt="DeBERTa builds its padding mask inside the model (embeddings and encoder), not through "
+        "transformers' mask interface, where unipelt lengthens it for the prompt's positions",
     )
 )

@@ -238,7 +238,6 @@ def _slots(ctx: ModelContext, cfg: PrefixConfig) -> list[tuple[int, str]]:
 
 
 def setup(ctx: ModelContext, configs: list) -> None:
-    ctx.spec.check_attention_hook("prefix")
     cfg = configs[0]
     slots = _slots(ctx, cfg)
     if not slots:

@@ -170,7 +170,7 @@ class CausalPrompt(nn.Module):
 
 def setup(ctx: ModelContext, configs: list) -> None:
     cfg, spec = configs[0], ctx.spec
-    spec.check_attention_hook("prompt")
+    spec.check_prompt()
     ctx.attention_hook = True
     if spec.embeddings is not None:
         replace_module(ctx.base, spec.embeddings, lambda e: PeltEmbeddings(e, cfg, ctx.d, spec.prompt_at))
