@@ -13,9 +13,9 @@ on its rows. Each row goes through its task's head, logits cut to that task's si
 Inference only (gradients are not defined through the in-place row updates). Calls from several
 threads at once are safe: a call's rows, masks and taps are the calling thread's own
 (blocks.PerCall); ``add`` and ``remove`` rewire shared modules, so callers serialise them with
-calls (the server's engine holds a lock). A checkpoint that trains base modules has no shared
-backbone and is refused; merged LoRA cannot be mixed with other tasks and is never used here
-(checkpoints hold LoRA unmerged).
+calls (the server's engine holds a lock). A method may refuse (full fine-tuning has no shared
+backbone), as may a checkpoint whose ``modules_to_save`` train shared modules; merged LoRA cannot
+be mixed with other tasks and is never used here (checkpoints hold LoRA unmerged).
 """
 
 from __future__ import annotations
