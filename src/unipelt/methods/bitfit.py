@@ -60,6 +60,7 @@ class BiasDelta:
 
 
 def _bias_deltas(task: nn.Module, shared: nn.Module) -> list[tuple[str, BiasDelta]]:
+    """Each bias of the task's base model, at its module's path without wrappers."""
     plain = dict(shared.named_modules())
     out = []
     for name, p in task.named_parameters():
@@ -69,7 +70,7 @@ def _bias_deltas(task: nn.Module, shared: nn.Module) -> list[tuple[str, BiasDelt
     return out
 
 
-FULL = "a full fine-tuning checkpoint has no shared backbone to serve"
+_NO_SHARED_BACKBONE = "a full fine-tuning checkpoint has no shared backbone to serve"
 register(
     Method(
         config=BitFitConfig,
@@ -78,5 +79,12 @@ register(
         mixed=Mixed(entries=_bias_deltas),
     )
 )
-register(Method(config=FullFineTuning, kind="base", trains=lambda name: True, mixed=Mixed(refused=lambda c: FULL)))
+register(
+    Method(
+        config=FullFineTuning,
+        kind="base",
+        trains=lambda name: True,
+        mixed=Mixed(refused=lambda configs: _NO_SHARED_BACKBONE),
+    )
+)
 register(Method(config=HeadOnly, kind="base", trains=lambda name: False))
