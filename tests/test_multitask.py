@@ -1,5 +1,9 @@
 """Mixed-task batches on one backbone: each row equals its task's own model on that row alone."""
 
+import ast
+import pkgutil
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import NOT_SUPPORTED, TINY, build, randomize
@@ -7,7 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 import unipelt
-from unipelt import MultiTask, UniPeltError
+from unipelt import DoRAConfig, IA3Config, LoRAConfig, MultiTask, PeltConfig, UniPeltError
 
 SERVED = sorted(p for p in unipelt.PRESETS if p not in ("full", "prefix-nogating"))
 
@@ -79,6 +83,55 @@ def test_each_preset_beside_another_task(tmp_path, preset):
     for name in singles:
         mt.add(name, tmp_path / name)
     assert_rows_match(mt, singles, rows(5, seed=4), [preset, "lora", preset, preset, "lora"])
+
+
+def test_wrappers_stacked_on_one_fused_map_add_up_in_a_mixed_batch(tmp_path):
+    """LoRA on q, DoRA on v and (IA)³ on k of GPT-2's one c_attn: three wrappers at one site, each
+    changing its rows from what the ones inside it gave (DoRA through LoRA's row hook)."""
+    cfg = PeltConfig(methods=(LoRAConfig(targets=("q",)), DoRAConfig(targets=("v",)), IA3Config(targets=("k",))))
+    model = unipelt.apply(build("gpt2", num_labels=3), cfg)
+    randomize(model, std=0.1)
+    unipelt.save(model, tmp_path / "stacked")
+    singles = {"stacked": unipelt.load(build("gpt2", num_labels=3), tmp_path / "stacked")}
+    singles["dora"] = trained(tmp_path, "gpt2", "dora", seed=1)
+    mt = MultiTask(build("gpt2"))
+    for name in singles:
+        mt.add(name, tmp_path / name)
+    assert_rows_match(mt, singles, rows(4, seed=7), ["stacked", "dora", "dora", "stacked"])
+
+
+def method_imports(source: str) -> list[str]:
+    """The method files (``unipelt.methods.<file>``) that ``source``, a module of unipelt, imports from."""
+    files = {m.name for m in pkgutil.iter_modules(unipelt.methods.__path__)}
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("unipelt.methods.")]
+        elif isinstance(node, ast.ImportFrom):
+            # relative imports: multitask.py sits in unipelt itself
+            module = ".".join(filter(None, ["unipelt" if node.level else "", node.module or ""]))
+            names = {a.name for a in node.names}
+            if module.startswith("unipelt.methods."):
+                found.append(module)
+            elif module == "unipelt.methods" and names & files:
+                found += [f"{module}.{n}" for n in sorted(names & files)]
+            elif module == "unipelt" and "methods" in names:
+                found.append("unipelt.methods")  # the package as a name: its files by attribute
+    return found
+
+
+def test_multitask_reaches_methods_only_through_the_registry():
+    """A new method is one file, mixed batches included (issue 31): multitask.py imports no method
+    file's classes, only the registry, and asks each module and method how it runs on its rows."""
+    source = Path(unipelt.multitask.__file__).read_text("utf-8")
+    assert method_imports(source) == []
+    assert method_imports("from .methods.lora import LoRALinear\nfrom .methods import configured") == [
+        "unipelt.methods.lora"
+    ]
+    assert sorted(method_imports("from .methods import bitfit\nimport unipelt.methods.ia3")) == [
+        "unipelt.methods.bitfit",
+        "unipelt.methods.ia3",
+    ]
 
 
 def test_adding_or_removing_a_task_leaves_the_others_unchanged(tmp_path):

@@ -13,17 +13,99 @@ The placements follow He et al.'s design space (arch/__init__.py names the modul
 - multi-head: ``PeltHeadOutput`` around the output projection, ``o(heads + Δ(x W_q))``.
 - an adapter whose input enters a different module than the one hosting it reads it from a
   ``Tap`` that the input module's wrapper fills on every call.
+
+Mixed-task batches (multitask.py) run one shared base module for all rows; each task's wrapper
+there says how it changes its own rows (``Wrapper.rows_before``/``rows_after``, on a ``RowsCall``),
+so that a new method's wrapper brings its mixed-batch behaviour with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .attention import attend, token_mask
-from .blocks import MaskSlot, PerCall, per_call
+from .attention import Prefix, attend, token_mask
+from .blocks import Gate, MaskSlot, PerCall, per_call
+
+
+class RowsCall:
+    """One call of a shared module in a mixed-task batch, as each task's modules there see it.
+
+    ``args``/``kwargs``: the call's inputs, which ``rows_before`` hooks may replace (the input
+    ``x`` on their rows, positions); ``out``: the shared module's output, fresh from it, which
+    ``rows_after`` hooks change on their rows in place (``h``). What must be one tensor for the
+    whole batch (a padded prefix block, a prompt layout) a hook hands to ``gather``; the site
+    ``combine``s each kind once, after every task's hooks of the phase have run.
+    """
+
+    def __init__(self, args: tuple, kwargs: dict):
+        self.args, self.kwargs, self.out = args, kwargs, None
+        self.prefix: Prefix | None = None  # every task's prefix in one padded block, for attend()
+        self.parts: dict[Callable, list] = {}
+
+    @property
+    def x(self) -> torch.Tensor | None:
+        return self.args[0] if self.args else self.kwargs.get("hidden_states")
+
+    @x.setter
+    def x(self, value: torch.Tensor) -> None:
+        if self.args:
+            self.args = (value, *self.args[1:])
+        else:
+            self.kwargs = {**self.kwargs, "hidden_states": value}
+
+    @property
+    def h(self) -> torch.Tensor:
+        return self.out[0] if isinstance(self.out, tuple) else self.out
+
+    def gather(self, combine: Callable[[RowsCall, list], None], rows: torch.Tensor, part) -> None:
+        self.parts.setdefault(combine, []).append((rows, part))
+
+    def combine(self) -> None:
+        parts, self.parts = self.parts, {}
+        for combine, got in parts.items():
+            combine(self, got)
+
+
+@contextlib.contextmanager
+def on_rows(module: nn.Module, rows: torch.Tensor, taps: tuple = ()):
+    """For a while, ``module``'s gates pool over the task's rows of the mask (``MaskSlot.rows``)
+    and each tap holds only those rows' value."""
+    slots = {g.slot for g in module.modules() if isinstance(g, Gate)}
+    taps = [t for t in taps if t is not None]
+    saved = [t.value for t in taps]
+    for s in slots:
+        s.rows = rows
+    for t in taps:
+        t.value = t.value[rows]
+    try:
+        yield
+    finally:
+        for s in slots:
+            s.rows = None
+        for t, v in zip(taps, saved):
+            t.value = v
+
+
+def insert(x: torch.Tensor, at: int, lengths: torch.Tensor, fill: float = 0) -> torch.Tensor:
+    """``x`` (B, T, ...) with ``lengths[b]`` tokens of ``fill`` inserted after the first ``at`` of row
+    b, and zeros after the row: (B, T + max(lengths), ...); no token moves but by its row's insertion."""
+    b, t = x.shape[:2]
+    out = x.new_zeros(b, t + int(lengths.max()), *x.shape[2:])
+    out[:, :at] = x[:, :at]
+    for n in lengths.unique().tolist():
+        rows = (lengths == n).nonzero().flatten()
+        out[rows, at : at + n] = fill
+        out[rows, at + n : t + n] = x[rows, at:]
+    return out
+
+
+def plain_path(name: str) -> str:
+    """A module's path in the model without wrappers."""
+    return name.replace(".base_layer", "")
 
 
 class Wrapper(nn.Module):
@@ -38,6 +120,17 @@ class Wrapper(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(super().__getattr__("base_layer"), name)
+
+    def rows_before(self, call: RowsCall, rows: torch.Tensor) -> None:
+        """In a mixed batch, before the shared module runs: change the input on the task's ``rows``."""
+
+    def rows_after(self, call: RowsCall, rows: torch.Tensor) -> None:
+        """In a mixed batch, after the shared module ran: this wrapper's output on the task's ``rows``,
+        from what the modules inside it gave there. This default runs the task's wrapper again on
+        its rows, exact for any wrapper of one input; methods that can instead add to the shared
+        output (LoRA, (IA)³) override it."""
+        with on_rows(self, rows, (getattr(self, "tap", None),)):
+            call.h[rows] = self(call.x[rows])
 
 
 def has(root: nn.Module, path: str) -> bool:
@@ -96,10 +189,19 @@ class PeltLayer(Wrapper):
         self.slot, self.mask_position = slot, mask_position
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        pos = self.mask_position - 1
-        mask = args[pos] if len(args) > pos else kwargs.get("attention_mask")
-        self.slot.mask = token_mask(mask, hidden_states.shape[1])
+        self._keep_mask((hidden_states, *args), kwargs)
         return self.base_layer(hidden_states, *args, **kwargs)
+
+    def _keep_mask(self, args: tuple, kwargs: dict) -> None:
+        """args: the layer's positional arguments, hidden states first (or in kwargs)."""
+        mask = args[self.mask_position] if len(args) > self.mask_position else kwargs.get("attention_mask")
+        self.slot.mask = token_mask(mask, _first_input(args, kwargs).shape[1])
+
+    def rows_before(self, call: RowsCall, rows: torch.Tensor) -> None:
+        self._keep_mask(call.args, call.kwargs)
+
+    def rows_after(self, call: RowsCall, rows: torch.Tensor) -> None:
+        pass  # the layer's output is its modules' business
 
 
 def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -133,13 +235,48 @@ class PeltSublayer(Wrapper):
         out = attend(self.base_layer, args, kwargs, prefix)
         if not self.pelt_adapter_parallel and not self.pelt_adapter_sequential:
             return out
-        h = out[0] if isinstance(out, tuple) else out
-        x = self.source.value if self.source is not None else x
+        h = self._adapted(x, out[0] if isinstance(out, tuple) else out)
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    def _adapted(self, x: torch.Tensor, h: torch.Tensor, rows=slice(None)) -> torch.Tensor:
+        x = self.source.value[rows] if self.source is not None else x
         for adapter in self.pelt_adapter_parallel:
             h = adapter.added(h, x, h)
         for adapter in self.pelt_adapter_sequential:
             h = adapter.added(h, h, h)
-        return (h, *out[1:]) if isinstance(out, tuple) else h
+        return h
+
+    def rows_before(self, call: RowsCall, rows: torch.Tensor) -> None:
+        if self.tap is not None:
+            self.tap.value = call.x
+        if self.pelt_prefix is not None:
+            with on_rows(self.pelt_prefix, rows):
+                prefix = self.pelt_prefix(call.x[rows])
+            if prefix is not None:  # None: a decoder's prompt during its own pass
+                call.gather(_prefixes, rows, prefix)
+
+    def rows_after(self, call: RowsCall, rows: torch.Tensor) -> None:
+        if self.pelt_adapter_parallel or self.pelt_adapter_sequential:
+            with on_rows(self, rows):
+                call.h[rows] = self._adapted(call.x[rows], call.h[rows], rows)
+
+
+def _prefixes(call: RowsCall, parts: list[tuple[torch.Tensor, Prefix]]) -> None:
+    """Every task's prefix in one block padded to the longest; each row sees only its own."""
+    x, (_, first) = call.x, parts[0]
+    b = x.shape[0]
+    width = max(p.keys.shape[2] for _, p in parts)
+    shape = (b, first.keys.shape[1], width, first.keys.shape[3])  # (B, H_kv, widest l, dh)
+    keys, values = first.keys.new_zeros(shape), first.values.new_zeros(shape)
+    visible = torch.zeros(b, width, dtype=torch.bool, device=x.device)
+    gated = any(p.query_gate is not None for _, p in parts)
+    gate = first.keys.new_ones(b, 1, x.shape[1], 1) if gated else None
+    for r, p in parts:
+        n = p.keys.shape[2]
+        keys[r, :, :n], values[r, :, :n], visible[r, :n] = p.keys, p.values, True
+        if p.query_gate is not None:
+            gate[r] = p.query_gate
+    call.prefix = Prefix(keys, values, query_gate=gate, visible=visible)
 
 
 class PeltPostNorm(Wrapper):

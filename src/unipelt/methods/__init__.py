@@ -4,6 +4,8 @@
 Adding a method = one file here, its preset line and its tests. ``inject.apply`` calls each
 configured method's ``setup`` once per model and its ``place`` once per layer, in registry order
 (linear maps first, so that later wrappers see them); counting reads ``modules`` and ``kind``.
+Mixed-task batches (multitask.py) ask each module how it runs on its task's rows (its
+wrapper's ``rows_before``/``rows_after``, wrappers.py) and each method its ``Mixed``.
 """
 
 from __future__ import annotations
@@ -66,6 +68,23 @@ class LayerContext:
         return module
 
 
+def _nothing(*args) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Mixed:
+    """What a method's tasks need in a mixed batch (multitask.py) besides their wrappers' row hooks:
+    rows of tasks with their own modules, on one frozen backbone."""
+
+    refused: Callable[[list], str | None] = _nothing  # why these configs cannot join one, or None
+    inserts: Callable[[list, object], int] = lambda configs, spec: 0  # tokens put into each row (spec: arch.ArchSpec)
+    # (path in the base model, row entry) for what no wrapper holds, given the task's base model
+    # and the shared one; an entry has ``rows_before``/``rows_after`` as wrappers do (BitFit's biases)
+    entries: Callable[[nn.Module, nn.Module], list] = lambda task, shared: []
+    prepare: Callable[[nn.Module], None] = _nothing  # before each batch with the task's rows, given its model
+
+
 @dataclass(frozen=True)
 class Method:
     config: type[MethodConfig]
@@ -74,6 +93,7 @@ class Method:
     setup: Callable[[ModelContext, list], None] | None = None  # once per model, before the layers
     place: Callable[[nn.Module, LayerContext, list], None] | None = None  # once per layer
     trains: Callable[[str], bool] | None = None  # base parameters it trains, by name (BitFit's biases)
+    mixed: Mixed = Mixed()
 
 
 METHODS: dict[str, Method] = {}

@@ -22,7 +22,7 @@ from ..arch import locate
 from ..attention import features, weight_out_in
 from ..config import ALL_ATTENTION, AttentionKind, MethodConfig, check_attention, check_choices
 from ..errors import UniPeltError
-from ..wrappers import Wrapper, has, replace_module
+from ..wrappers import RowsCall, Wrapper, has, replace_module
 from . import LayerContext, Method, register
 
 IA3Target = Literal["k", "v", "ffn"]
@@ -74,6 +74,14 @@ class IA3Linear(Wrapper):
         # the base layer's dtype: under autocast a float32 l would turn bf16 keys into float32 ones, which
         # transformers 5.17-5.24's sdpa cannot mix with T5's bf16 position bias (an overflow on CUDA)
         return h * self.factor().to(h.dtype)
+
+    def rows_before(self, call: RowsCall, rows: torch.Tensor) -> None:
+        if self.on == "input":  # out of place: the shared input is other modules' too
+            call.x = call.x.index_put((rows,), call.x[rows] * self.pelt_ia3)
+
+    def rows_after(self, call: RowsCall, rows: torch.Tensor) -> None:
+        if self.on == "output":
+            call.h[rows] *= self.factor()
 
     @torch.no_grad()
     def merge(self) -> nn.Module:

@@ -34,7 +34,7 @@ from ..config import (
     check_positive,
 )
 from ..errors import UniPeltError
-from ..wrappers import Wrapper, has, replace_module
+from ..wrappers import RowsCall, Wrapper, has, on_rows, replace_module
 from . import LayerContext, Method, register
 
 LoRATarget = Literal["q", "k", "v", "o", "ffn_in", "ffn_out"]
@@ -139,6 +139,11 @@ class LoRALinear(Wrapper):
             return torch.addmm(flat, low, up, alpha=alpha).view(out.shape)
         flat[:, self.rows[0] : self.rows[1]].addmm_(low, up, alpha=alpha)  # a fused map: its rows only
         return out
+
+    def rows_after(self, call: RowsCall, rows: torch.Tensor) -> None:
+        """Mixed batches: the task's ``delta`` added to the shared output (DoRA's too)."""
+        with on_rows(self, rows):
+            call.h[rows] += self.delta(call.x[rows])
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """w · B A x alone, (..., d_out): zero outside a fused map's rows."""

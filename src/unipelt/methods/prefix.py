@@ -31,7 +31,7 @@ from ..config import (
 )
 from ..errors import UniPeltError
 from ..wrappers import PeltSublayer, wrap_at
-from . import LayerContext, Method, ModelContext, register
+from . import LayerContext, Method, Mixed, ModelContext, register
 
 PrefixComposition = Literal["interpolate", "add", "gated"]
 PrefixNetworks = Literal["shared", "per_attention"]
@@ -253,4 +253,20 @@ def place(layer: nn.Module, ctx: LayerContext, configs: list) -> None:
     attach(layer, ctx, ctx.model.prefix, configs[0].composition == "gated")
 
 
-register(Method(config=PrefixConfig, kind="prefix", modules=(PrefixEncoder,), setup=setup, place=place))
+def _refused(configs: list) -> str | None:
+    if configs[0].composition == "add":
+        return "prefix composition 'add' (the -gating ablation) is not served in mixed batches"
+    return None
+
+
+# in mixed batches the prefix is its host's (wrappers.PeltSublayer): each row sees its task's own
+register(
+    Method(
+        config=PrefixConfig,
+        kind="prefix",
+        modules=(PrefixEncoder,),
+        setup=setup,
+        place=place,
+        mixed=Mixed(refused=_refused),
+    )
+)

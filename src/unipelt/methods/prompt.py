@@ -20,6 +20,10 @@ shift them by l.
 An encoder whose rotary positions are computed apart from its embeddings (ModernBERT) gets
 ``PeltPositions`` around that module: the prompt's tokens take ordinary positions after the
 first ``prompt_at`` tokens, and the input's following ones move up by l, as for real tokens.
+
+In a mixed-task batch (multitask.py) each row is laid out as ``[first tokens, its task's prompt,
+the rest, padding]``, so no row's tokens move but by its own prompt; decoder-only prompts are
+served as prefixes, their keys and values computed before each batch.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from ..attention import cached_kv, checkpointing_layers, output_cache, reentrant
 from ..blocks import PerCall, per_call
 from ..config import MethodConfig, check_positive
 from ..errors import UniPeltError
-from ..wrappers import Wrapper, replace_module
-from . import LayerContext, Method, ModelContext, register
+from ..wrappers import RowsCall, Wrapper, insert, replace_module
+from . import LayerContext, Method, Mixed, ModelContext, register
 from .prefix import PrefixConfig, attach
 
 
@@ -66,6 +70,21 @@ class PeltEmbeddings(Wrapper):
         p = self.pelt_prompt.to(e.dtype).expand(e.shape[0], -1, -1)  # (B, l, d)
         return torch.cat([e[:, : self.at], p, e[:, self.at :]], dim=1)
 
+    def rows_after(self, call: RowsCall, rows: torch.Tensor) -> None:
+        call.gather(_lay_out, rows, self)
+
+
+def _lay_out(call: RowsCall, parts: list[tuple[torch.Tensor, PeltEmbeddings]]) -> None:
+    """Row b: [e[:at], its task's prompt, e[at:], zeros], as ``MultiTask`` lays out the mask."""
+    e, at = call.out, parts[0][1].at  # (B, T, d)
+    lengths = torch.zeros(e.shape[0], dtype=torch.long, device=e.device)
+    for rows, m in parts:
+        lengths[rows] = m.pelt_prompt.shape[0]
+    out = insert(e, at, lengths)  # (B, T + widest prompt, d)
+    for rows, m in parts:
+        out[rows, at : at + m.pelt_prompt.shape[0]] = m.pelt_prompt.to(e.dtype)
+    call.out = out
+
 
 class PeltPositions(Wrapper):
     """A rotary embedding module, ``(x, position_ids, ...) -> (cos, sin)``, whose position ids are
@@ -88,6 +107,13 @@ class PeltPositions(Wrapper):
         if self.pelt_active:
             position_ids = self.lengthen(x, position_ids)
         return self.base_layer(x, position_ids, *args, **kwargs)
+
+    def rows_before(self, call: RowsCall, rows: torch.Tensor) -> None:
+        # every row's layout has positions for the widest prompt (a second task's call finds them there)
+        call.args = (call.x, self.lengthen(call.x, call.args[1]), *call.args[2:])
+
+    def rows_after(self, call: RowsCall, rows: torch.Tensor) -> None:
+        pass  # positions for all rows: the layers' prompt tokens are the embeddings' business
 
 
 class _PromptPass(PerCall):
@@ -192,6 +218,14 @@ def place(layer: nn.Module, ctx: LayerContext, configs: list) -> None:
         attach(layer, ctx, ctx.model.prefix, gated=False)
 
 
+def _refresh(model: nn.Module) -> None:
+    """A decoder's prompt keys and values for a mixed batch: the task's own base model, whose
+    pre-hook would compute them, never runs there."""
+    prompt = getattr(model, "pelt_prompt", None)
+    if isinstance(prompt, CausalPrompt):
+        prompt.refresh()
+
+
 register(
     Method(
         config=PromptConfig,
@@ -199,5 +233,9 @@ register(
         modules=(PeltEmbeddings, CausalPrompt, PeltPositions),
         setup=setup,
         place=place,
+        mixed=Mixed(
+            inserts=lambda configs, spec: configs[0].length if spec.embeddings is not None else 0,
+            prepare=_refresh,
+        ),
     )
 )
