@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import weakref
 
 import torch
 from torch import nn
@@ -26,6 +27,24 @@ def in_input_dtype(x: torch.Tensor):
     """
     device = x.device.type
     return torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else contextlib.nullcontext()
+
+
+_DERIVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # owner -> {name: (key, value)}
+
+
+def derived(owner: object, name: str, sources: tuple[torch.Tensor, ...], make):
+    """``make()``: tensors computed from parameters alone (fused weights), kept for the next call
+    while no gradient is recorded for them and no source has changed (in place, ``.data``, device
+    or dtype). An eval loop then builds a layer's fused weights once, not on every forward pass;
+    under autograd they are built per call, so that gradients reach the parameters."""
+    if (torch.is_grad_enabled() and any(p.requires_grad for p in sources)) or torch.compiler.is_compiling():
+        return make()
+    key = tuple((p._version, p.data_ptr(), p.dtype) for p in sources)
+    store = _DERIVED.setdefault(owner, {})
+    hit = store.get(name)
+    if hit is None or hit[0] != key:
+        hit = store[name] = (key, make())
+    return hit[1]
 
 
 class LowRank(nn.Module):
@@ -151,8 +170,6 @@ class MaskSlot(PerCall):
     """
 
     rows = per_call("rows")
-    # (mask, rows, dtype, weights): the masked mean's (B, T, 1) weights, which the layer's gates share
-    weights = per_call("weights")
 
     def __init__(self, causal: bool = False) -> None:
         super().__init__()
@@ -207,14 +224,19 @@ class Gate(nn.Module):
         return (g * self.mean_weights(token_mask, g.dtype)).sum(dim=1, keepdim=True)  # (B, 1, 1)
 
     def mean_weights(self, token_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """m / Σm over the real tokens, (B, T, 1): built once per layer and call, for all its gates."""
-        rows, cached = self.slot.rows, self.slot.weights
+        """m / Σm over the real tokens, (B, T, 1): built once per call for all gates of all layers
+        (they read one token mask, ``attention.token_mask``), per thread."""
+        rows, cached = self.slot.rows, getattr(_MEAN_WEIGHTS, "last", None)
         if cached is not None and cached[0] is token_mask and cached[1] is rows and cached[2] == dtype:
             return cached[3]
         m = (token_mask if rows is None else token_mask[rows]).to(dtype).unsqueeze(-1)  # (B, T, 1)
         weights = m / m.sum(dim=1, keepdim=True).clamp_min(1.0)
-        self.slot.weights = (token_mask, rows, dtype, weights)
+        if not torch.compiler.is_compiling():
+            _MEAN_WEIGHTS.last = (token_mask, rows, dtype, weights)
         return weights
+
+
+_MEAN_WEIGHTS = threading.local()  # per thread: the last (token mask, rows, dtype, weights)
 
 
 class Interpolation(Gate):
@@ -247,14 +269,20 @@ def read_once(block: LowRank, weight: nn.Module, z: torch.Tensor) -> tuple[torch
     if not isinstance(weight, Gate) or block.groups != 1 or dropout:
         return block.bottleneck(z), weight(z)
     r = block.down.shape[-1]
-    w = torch.cat([block.down[0].T, weight.proj.weight])  # a fresh (r + 1, d): see LowRank.down_t
-    if block.down_bias is not None:
-        bias = torch.cat([block.down_bias[0], weight.proj.bias])
-    else:  # the bottleneck has none: zeros before the gate's
-        bias = nn.functional.pad(weight.proj.bias, (r, 0))
+    sources = (block.down, weight.proj.weight, weight.proj.bias)
+    sources += () if block.down_bias is None else (block.down_bias,)
+    w, bias = derived(block, "read_once", sources, lambda: _read_once_weights(block, weight))
     with in_input_dtype(z):
         both = nn.functional.linear(z, w.to(z.dtype), bias.to(z.dtype))  # (..., r + 1)
     return block.act(both[..., :r]), weight(z, logits=both[..., r:])
+
+
+def _read_once_weights(block: LowRank, weight: Gate) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[W_down | w_gate]`` as a fresh (r + 1, d) (see LowRank.down_t), and its bias."""
+    w = torch.cat([block.down[0].T, weight.proj.weight])
+    if block.down_bias is not None:
+        return w, torch.cat([block.down_bias[0], weight.proj.bias])
+    return w, nn.functional.pad(weight.proj.bias, (block.down.shape[-1], 0))  # zeros before the gate's
 
 
 class SharedRead(PerCall):
@@ -310,14 +338,14 @@ class SharedRead(PerCall):
         blocks = [(i, b) for i, b in enumerate(self.blocks) if b is not None]
         gates = [(i, g) for i, g in enumerate(self.gates) if g is not None]
         r = [b.down.shape[-1] for _, b in blocks]
-        w = torch.cat([b.down[0].T for _, b in blocks] + [g.proj.weight for _, g in gates])  # (Σr + k, d)
-        x2, w = x.reshape(-1, x.shape[-1]), w.to(x.dtype)  # (N, d)
+        sources = tuple(b.down for _, b in blocks) + tuple(p for _, g in gates for p in (g.proj.weight, g.proj.bias))
+        w_t, bias = derived(self, "weights", sources, lambda: self._weights(blocks, gates, sum(r)))
+        x2 = x.reshape(-1, x.shape[-1])  # (N, d)
         with in_input_dtype(x):
             if gates:
-                bias = nn.functional.pad(torch.cat([g.proj.bias for _, g in gates]), (sum(r), 0))
-                both = torch.addmm(bias.to(x.dtype), x2, w.T)  # (N, Σr + k)
+                both = torch.addmm(bias.to(x.dtype), x2, w_t.to(x.dtype))  # (N, Σr + k)
             else:
-                both = x2 @ w.T
+                both = x2 @ w_t.to(x.dtype)
         parts = both.split([*r, len(gates)], dim=-1) if gates else both.split(r, dim=-1)
         lows, values = [None] * len(self.blocks), [None] * len(self.gates)
         for (i, _), part in zip(blocks, parts):
@@ -328,6 +356,14 @@ class SharedRead(PerCall):
             for (i, _), value in zip(gates, pooled.split(1, dim=-1)):
                 values[i] = value
         return lows, values
+
+    @staticmethod
+    def _weights(blocks: list, gates: list, r: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``[A_1 | A_2 | ... | w_1 | ...]`` as a (d, Σr + k) view of a fresh (Σr + k, d), the layout
+        MKL wants (LowRank.down_t), and the gates' biases after Σr zeros."""
+        w = torch.cat([b.down[0].T for _, b in blocks] + [g.proj.weight for _, g in gates])  # (Σr + k, d)
+        bias = nn.functional.pad(torch.cat([g.proj.bias for _, g in gates]), (r, 0)) if gates else None
+        return w.T, bias
 
 
 class Scale(nn.Module):

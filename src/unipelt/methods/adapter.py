@@ -23,7 +23,7 @@ from torch import nn
 
 from ..arch import locate, width
 from ..attention import features
-from ..blocks import Gate, Interpolation, LowRank, MaskSlot, composition_weight, read_once
+from ..blocks import Gate, Interpolation, LowRank, MaskSlot, composition_weight, derived, read_once
 from ..config import (
     ALL_ATTENTION,
     Activation,
@@ -157,10 +157,12 @@ class Adapter(nn.Module):
         if self.interpolates or self.block.groups != 1 or (autocast and base.dtype != torch.float32):
             return base + self(z, h)
         hid, weight = read_once(self.block, self.composition, z)
-        hid, up = hid * weight, self.block.up[0]  # (..., r), (r, d)
-        if self.block.up_bias is not None:
+        hid, block = hid * weight, self.block  # (..., r)
+        if block.up_bias is not None:
             hid = torch.cat([hid, weight.expand(*hid.shape[:-1], 1).to(hid.dtype)], dim=-1)
-            up = torch.cat([up, self.block.up_bias[None]])
+            up = derived(block, "up", (block.up, block.up_bias), lambda: torch.cat([block.up[0], block.up_bias[None]]))
+        else:
+            up = derived(block, "up", (block.up,), lambda: block.up[0])  # (r, d)
         # autocast would round the float32 residual sum to bf16 and cast W_up on every call: this
         # r-deep product is cheap in float32, so it runs there, as without autocast
         with torch.autocast(base.device.type, enabled=False) if autocast else contextlib.nullcontext():

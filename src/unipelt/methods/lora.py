@@ -21,7 +21,7 @@ from torch import nn
 
 from ..arch import locate, name_of, path_of
 from ..attention import features, weight_out_in
-from ..blocks import Gate, LowRank, MaskSlot, SharedRead, composition_weight, read_once
+from ..blocks import Gate, LowRank, MaskSlot, SharedRead, composition_weight, derived, read_once
 from ..config import (
     ALL_ATTENTION,
     AttentionKind,
@@ -134,7 +134,8 @@ class LoRALinear(Wrapper):
         else:
             hid, weight = read_once(lora, self.composition, x)  # A x, and the gate from the same GEMM
             low, alpha = (hid * weight).reshape(flat.shape[0], -1), 1.0
-        low, up = low.to(out.dtype), lora.up[0].to(out.dtype)  # autocast leaves addmm_ alone: cast as for a matmul
+        up = derived(lora, "up", (lora.up,), lambda: lora.up[0])  # (r, d_out)
+        low, up = low.to(out.dtype), up.to(out.dtype)  # autocast leaves addmm_ alone: cast as for a matmul
         if self.rows is None:  # out of place: an in-place add into out costs autograd a copy of it
             return torch.addmm(flat, low, up, alpha=alpha).view(out.shape)
         flat[:, self.rows[0] : self.rows[1]].addmm_(low, up, alpha=alpha)  # a fused map: its rows only
