@@ -274,7 +274,8 @@ def read_once(block: LowRank, weight: nn.Module, z: torch.Tensor) -> tuple[torch
     w, bias = derived(block, "read_once", sources, lambda: _read_once_weights(block, weight))
     with in_input_dtype(z):
         both = nn.functional.linear(z, w.to(z.dtype), bias.to(z.dtype))  # (..., r + 1)
-    return block.act(both[..., :r]), weight(z, logits=both[..., r:])
+    hid, logits = both.split([r, 1], dim=-1)
+    return block.act(hid), weight(z, logits=logits)
 
 
 def _read_once_weights(block: LowRank, weight: Gate) -> tuple[torch.Tensor, torch.Tensor]:

@@ -127,6 +127,8 @@ class LoRALinear(Wrapper):
         if self.shared is not None:
             low, weight = self.shared.read(self.shared_index, x)  # (N, r), (B, 1, 1) or None
             alpha = self.fixed_scale if weight is None else 1.0
+            if weight is not None and self.rows is None and x.dim() == 3 and weight.shape[1] == 1:
+                return self._per_example(out, low.view(*x.shape[:-1], -1), weight)
             if weight is not None:
                 low = (low.view(*x.shape[:-1], -1) * weight).view(flat.shape[0], -1)
         elif self.fixed_scale is not None:
@@ -140,6 +142,12 @@ class LoRALinear(Wrapper):
             return torch.addmm(flat, low, up, alpha=alpha).view(out.shape)
         flat[:, self.rows[0] : self.rows[1]].addmm_(low, up, alpha=alpha)  # a fused map: its rows only
         return out
+
+    def _per_example(self, out: torch.Tensor, low: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``out + (A x)(w·B)`` with one gate value per example: w·B is (B, r, d_out), and one
+        batched product adds it to out; fewer ops than weighting A x, which needs views around it."""
+        up = (weight * self.pelt_lora.up).to(out.dtype)  # (B, 1, 1) * (1, r, d_out) -> (B, r, d_out)
+        return torch.baddbmm(out, low.to(out.dtype), up)  # low: (B, T, r)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """w · B A x alone, (..., d_out): zero outside a fused map's rows."""
