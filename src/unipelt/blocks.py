@@ -221,16 +221,17 @@ class Gate(nn.Module):
         token_mask = self.slot.mask
         if self.pooling == "mean" or token_mask is None or token_mask.shape[1] != z.shape[1]:
             return g.mean(dim=1, keepdim=True)
-        return (g * self.mean_weights(token_mask, g.dtype)).sum(dim=1, keepdim=True)  # (B, 1, 1)
+        with in_input_dtype(g):  # one product, (B, 1, T) @ (B, T, k), in g's dtype
+            return torch.bmm(self.mean_weights(token_mask, g.dtype), g)  # (B, 1, k)
 
     def mean_weights(self, token_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """m / Σm over the real tokens, (B, T, 1): built once per call for all gates of all layers
+        """m / Σm over the real tokens, (B, 1, T): built once per call for all gates of all layers
         (they read one token mask, ``attention.token_mask``), per thread."""
         rows, cached = self.slot.rows, getattr(_MEAN_WEIGHTS, "last", None)
         if cached is not None and cached[0] is token_mask and cached[1] is rows and cached[2] == dtype:
             return cached[3]
-        m = (token_mask if rows is None else token_mask[rows]).to(dtype).unsqueeze(-1)  # (B, T, 1)
-        weights = m / m.sum(dim=1, keepdim=True).clamp_min(1.0)
+        m = (token_mask if rows is None else token_mask[rows]).to(dtype).unsqueeze(1)  # (B, 1, T)
+        weights = m / m.sum(dim=-1, keepdim=True).clamp_min(1.0)
         if not torch.compiler.is_compiling():
             _MEAN_WEIGHTS.last = (token_mask, rows, dtype, weights)
         return weights
@@ -326,7 +327,8 @@ class SharedRead(PerCall):
         self.blocks[index] = self.gates[index] = None
 
     def read(self, index: int, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Member ``index``'s ``A x`` as (N, r) for N = x's tokens, and its gate's value."""
+        """Member ``index``'s ``A x`` and its gate's value. ``A x`` is (N, r) for N = x's tokens
+        when no member has a gate; with gates it keeps x's shape, (B, T, r), as they need it."""
         last, grad = self.result, torch.is_grad_enabled()
         if last is None or last[0] is not x or last[1] != grad or index in last[2]:
             last = (x, grad, (), *self._compute(x))
@@ -343,16 +345,16 @@ class SharedRead(PerCall):
         w_t, bias = derived(self, "weights", sources, lambda: self._weights(blocks, gates, sum(r)))
         x2 = x.reshape(-1, x.shape[-1])  # (N, d)
         with in_input_dtype(x):
-            if gates:
-                both = torch.addmm(bias.to(x.dtype), x2, w_t.to(x.dtype))  # (N, Σr + k)
+            if gates:  # the gates pool over tokens: x's shape, (B, T, Σr + k)
+                both = torch.addmm(bias.to(x.dtype), x2, w_t.to(x.dtype)).view(*x.shape[:-1], -1)
             else:
-                both = x2 @ w_t.to(x.dtype)
+                both = x2 @ w_t.to(x.dtype)  # (N, Σr)
         parts = both.split([*r, len(gates)], dim=-1) if gates else both.split(r, dim=-1)
         lows, values = [None] * len(self.blocks), [None] * len(self.gates)
         for (i, _), part in zip(blocks, parts):
             lows[i] = part
         if gates:
-            g = torch.sigmoid(parts[-1]).view(*x.shape[:-1], len(gates))  # (B, T, k)
+            g = torch.sigmoid(parts[-1])  # (B, T, k)
             pooled = gates[0][1].pool(g, x)  # (B, 1, k), or (B, T, k) in causal layers
             for (i, _), value in zip(gates, pooled.split(1, dim=-1)):
                 values[i] = value
@@ -363,8 +365,11 @@ class SharedRead(PerCall):
         """``[A_1 | A_2 | ... | w_1 | ...]`` as a (d, Σr + k) view of a fresh (Σr + k, d), the layout
         MKL wants (LowRank.down_t), and the gates' biases after Σr zeros."""
         w = torch.cat([b.down[0].T for _, b in blocks] + [g.proj.weight for _, g in gates])  # (Σr + k, d)
-        bias = nn.functional.pad(torch.cat([g.proj.bias for _, g in gates]), (r, 0)) if gates else None
-        return w.T, bias
+        if not gates:
+            return w.T, None
+        first = gates[0][1].proj.bias
+        zeros = first.new_zeros(r) if r else None  # no gradient: a constant, made once for each call
+        return w.T, torch.cat(([zeros] if r else []) + [g.proj.bias for _, g in gates])
 
 
 class Scale(nn.Module):

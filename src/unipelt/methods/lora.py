@@ -121,21 +121,23 @@ class LoRALinear(Wrapper):
         out = self.base_layer(x)  # (..., d_out), contiguous; its backward needs x and W, not out
         if not self.pelt_active:
             return out
-        lora, flat = self.pelt_lora, out.view(-1, out.shape[-1])  # flat: (N, d_out)
+        lora = self.pelt_lora
         # w·(B A x) = (w·A x) B: weight the r-wide bottleneck, not the d-wide output, and let one
         # addmm form out + that. A fixed s is addmm's alpha: no op of its own.
         if self.shared is not None:
-            low, weight = self.shared.read(self.shared_index, x)  # (N, r), (B, 1, 1) or None
+            low, weight = self.shared.read(self.shared_index, x)  # (N, r) or (B, T, r), (B, 1, 1) or None
             alpha = self.fixed_scale if weight is None else 1.0
             if weight is not None and self.rows is None and x.dim() == 3 and weight.shape[1] == 1:
-                return self._per_example(out, low.view(*x.shape[:-1], -1), weight)
+                return self._per_example(out, low if low.dim() == 3 else low.view(*x.shape[:-1], -1), weight)
             if weight is not None:
-                low = (low.view(*x.shape[:-1], -1) * weight).view(flat.shape[0], -1)
+                low = low.view(*x.shape[:-1], -1) * weight
+            low = low.reshape(-1, low.shape[-1]) if low.dim() != 2 else low  # (N, r): a view
         elif self.fixed_scale is not None:
             low, alpha = lora.bottleneck(x.reshape(-1, x.shape[-1])), self.fixed_scale  # (N, r)
         else:
             hid, weight = read_once(lora, self.composition, x)  # A x, and the gate from the same GEMM
-            low, alpha = (hid * weight).reshape(flat.shape[0], -1), 1.0
+            low, alpha = (hid * weight).reshape(-1, hid.shape[-1]), 1.0
+        flat = out.view(-1, out.shape[-1])  # (N, d_out)
         up = derived(lora, "up", (lora.up,), lambda: lora.up[0])  # (r, d_out)
         low, up = low.to(out.dtype), up.to(out.dtype)  # autocast leaves addmm_ alone: cast as for a matmul
         if self.rows is None:  # out of place: an in-place add into out costs autograd a copy of it
