@@ -47,6 +47,19 @@ def derived(owner: object, name: str, sources: tuple[torch.Tensor, ...], make):
     return hit[1]
 
 
+def constant(owner: object, name: str, like: torch.Tensor, make):
+    """``make()``, a tensor that needs no gradient (zeros to pad with), made once per dtype and
+    device of ``like`` instead of on every call."""
+    if torch.compiler.is_compiling():
+        return make()
+    store = _DERIVED.setdefault(owner, {})
+    key = (name, like.dtype, like.device)
+    hit = store.get(key)
+    if hit is None:
+        hit = store[key] = make()
+    return hit
+
+
 class LowRank(nn.Module):
     """``up(act(down(z)))`` with ``groups`` independent bottlenecks over equal slices of z.
 
@@ -227,12 +240,13 @@ class Gate(nn.Module):
     def mean_weights(self, token_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """m / Σm over the real tokens, (B, 1, T): built once per call for all gates of all layers
         (they read one token mask, ``attention.token_mask``), per thread."""
-        rows, cached = self.slot.rows, getattr(_MEAN_WEIGHTS, "last", None)
+        rows, compiling = self.slot.rows, torch.compiler.is_compiling()
+        cached = None if compiling else getattr(_MEAN_WEIGHTS, "last", None)
         if cached is not None and cached[0] is token_mask and cached[1] is rows and cached[2] == dtype:
             return cached[3]
         m = (token_mask if rows is None else token_mask[rows]).to(dtype).unsqueeze(1)  # (B, 1, T)
         weights = m / m.sum(dim=-1, keepdim=True).clamp_min(1.0)
-        if not torch.compiler.is_compiling():
+        if not compiling:  # a compiled graph builds them in-graph, where the compiler can share them
             _MEAN_WEIGHTS.last = (token_mask, rows, dtype, weights)
         return weights
 
@@ -368,8 +382,8 @@ class SharedRead(PerCall):
         if not gates:
             return w.T, None
         first = gates[0][1].proj.bias
-        zeros = first.new_zeros(r) if r else None  # no gradient: a constant, made once for each call
-        return w.T, torch.cat(([zeros] if r else []) + [g.proj.bias for _, g in gates])
+        zeros = [constant(gates[0][1], f"zeros{r}", first, lambda: first.new_zeros(r))] if r else []
+        return w.T, torch.cat(zeros + [g.proj.bias for _, g in gates])
 
 
 class Scale(nn.Module):

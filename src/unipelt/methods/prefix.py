@@ -173,6 +173,8 @@ class PrefixEncoder(nn.Module):
 
     def layer_kv(self, slot: int, head_dim: int) -> torch.Tensor:
         """Slot ``slot``'s keys and values, (2, H_kv, l, dh), from the views of this pass."""
+        if torch.compiler.is_compiling():  # in-graph: the compiler shares what the layers share
+            return self.pair(slot).unflatten(-1, (-1, head_dim)).transpose(1, 2)
         key, last = self._key(head_dim), self.views_made.last
         if last is not None and last[0] == key:
             return last[1][slot]
