@@ -158,9 +158,13 @@ class PrefixEncoder(nn.Module):
             self.fold()
 
     def views(self, head_dim: int) -> list[torch.Tensor]:
-        """Every slot's keys and values as (2, H_kv, l, dh), in slot order, from one computation."""
+        """Every slot's keys and values as (2, H_kv, l, dh), in slot order, from one computation
+        (under autocast in its dtype, cast once for all layers, as the network's output is)."""
         if self.folded is not None:
-            return list(self.folded.unflatten(-1, (-1, head_dim)).transpose(2, 3).unbind(0))
+            table, device = self.folded, self.folded.device.type
+            if torch.is_autocast_enabled(device):
+                table = table.to(torch.get_autocast_dtype(device))
+            return list(table.unflatten(-1, (-1, head_dim)).transpose(2, 3).unbind(0))
         per_net = [net.slots().unflatten(-1, (-1, head_dim)).transpose(2, 3).unbind(0) for net in self.nets]
         return [per_net[net][local] for net, local in self.where]  # (S_n, 2, H_kv, l, dh) -> slots
 
