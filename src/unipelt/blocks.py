@@ -36,7 +36,10 @@ def derived(owner: object, name: str, sources: tuple[torch.Tensor, ...], make):
     """``make()``: tensors computed from parameters alone (fused weights), kept for the next call
     while no gradient is recorded for them and no source has changed (in place, ``.data``, device
     or dtype). An eval loop then builds a layer's fused weights once, not on every forward pass;
-    under autograd they are built per call, so that gradients reach the parameters."""
+    under autograd they are built per call, so that gradients reach the parameters. A change is
+    seen through the parameter's version counter, as autograd sees one: writes through ``.data``
+    bypass it (assign a new ``.data``, or write under ``torch.no_grad()``, as optimizers and
+    ``load_state_dict`` do)."""
     if (torch.is_grad_enabled() and any(p.requires_grad for p in sources)) or torch.compiler.is_compiling():
         return make()
     key = tuple((p._version, p.data_ptr(), p.dtype) for p in sources)
