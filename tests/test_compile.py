@@ -91,3 +91,41 @@ def test_compile_is_not_part_of_a_run():
 
     spec = RunSpec(task="rte", method="lora", config=unipelt.get_preset("lora"), model="/m", k=16, lr=1e-3)
     assert spec.key == RunSpec(**{**spec.__dict__, "compile": True}).key
+
+
+def _word_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"w{i}" for i in range(40)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", model_max_length=64)
+
+
+def test_serve_compile_answers_as_eager(tmp_path):
+    """``unipelt serve --compile``: the engine's shared model compiled in place, the same answers."""
+    from unipelt.serve import Engine, Row, TaskSpec
+
+    build("bert").save_pretrained(tmp_path / "base")
+    _word_tokenizer().save_pretrained(tmp_path / "base")
+    for i, preset in enumerate(("unipelt-apl", "lora")):
+        model = unipelt.apply(build("bert", num_labels=2), preset)
+        randomize(model, std=0.1, seed=i)
+        unipelt.save(model, tmp_path / preset)
+    rows = [Row(task=t, text=f"w{i} w{i + 3} w7" + " w2" * (i % 3)) for i, t in enumerate(["unipelt-apl", "lora"] * 3)]
+    answers = []
+    torch._dynamo.reset()
+    for compile in (False, {"backend": "aot_eager"}):
+        engine = Engine.from_directory(tmp_path / "base", compile=compile)
+        for preset in ("unipelt-apl", "lora"):
+            engine.add(preset, TaskSpec(path=tmp_path / preset, pairs=False))
+        assert (engine.mt.model._compiled_call_impl is not None) == bool(compile)
+        answers.append(engine.run(rows))
+    for eager, compiled in zip(*answers):
+        assert eager["label"] == compiled["label"]
+        assert eager["scores"].keys() == compiled["scores"].keys()
+        assert all(abs(eager["scores"][k] - compiled["scores"][k]) < 1e-5 for k in eager["scores"])

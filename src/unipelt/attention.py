@@ -361,10 +361,20 @@ def token_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor
     """
     if attention_mask is None or attention_mask.ndim != 4:
         return None
+    compiling = torch.compiler.is_compiling()
+    last = None if compiling else getattr(_TOKEN_MASK, "last", None)
+    if last is not None and last[0] is attention_mask and last[1] == length:
+        return last[2]  # every layer of a forward pass receives the same mask tensor
     m = attention_mask[:, 0, :, -length:]  # (B, T_q, T)
     if m.dtype.is_floating_point:
         m = m > torch.finfo(m.dtype).min / 2
-    return m.bool().any(dim=1)
+    m = m.bool().any(dim=1)
+    if not compiling:  # in a compiled graph the compiler shares it
+        _TOKEN_MASK.last = (attention_mask, length, m)
+    return m
+
+
+_TOKEN_MASK = threading.local()  # per thread: the last (4-D mask, length, token mask)
 
 
 def checkpointing_layers(model: nn.Module) -> list[nn.Module]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import weakref
 
 import torch
 from torch import nn
@@ -26,6 +27,40 @@ def in_input_dtype(x: torch.Tensor):
     """
     device = x.device.type
     return torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else contextlib.nullcontext()
+
+
+_DERIVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # owner -> {name: (key, value)}
+
+
+def derived(owner: object, name: str, sources: tuple[torch.Tensor, ...], make):
+    """``make()``: tensors computed from parameters alone (fused weights), kept for the next call
+    while no gradient is recorded for them and no source has changed (in place, ``.data``, device
+    or dtype). An eval loop then builds a layer's fused weights once, not on every forward pass;
+    under autograd they are built per call, so that gradients reach the parameters. A change is
+    seen through the parameter's version counter, as autograd sees one: writes through ``.data``
+    bypass it (assign a new ``.data``, or write under ``torch.no_grad()``, as optimizers and
+    ``load_state_dict`` do)."""
+    if (torch.is_grad_enabled() and any(p.requires_grad for p in sources)) or torch.compiler.is_compiling():
+        return make()
+    key = tuple((p._version, p.data_ptr(), p.dtype) for p in sources)
+    store = _DERIVED.setdefault(owner, {})
+    hit = store.get(name)
+    if hit is None or hit[0] != key:
+        hit = store[name] = (key, make())
+    return hit[1]
+
+
+def constant(owner: object, name: str, like: torch.Tensor, make):
+    """``make()``, a tensor that needs no gradient (zeros to pad with), made once per dtype and
+    device of ``like`` instead of on every call."""
+    if torch.compiler.is_compiling():
+        return make()
+    store = _DERIVED.setdefault(owner, {})
+    key = (name, like.dtype, like.device)
+    hit = store.get(key)
+    if hit is None:
+        hit = store[key] = make()
+    return hit
 
 
 class LowRank(nn.Module):
@@ -151,8 +186,6 @@ class MaskSlot(PerCall):
     """
 
     rows = per_call("rows")
-    # (mask, rows, dtype, weights): the masked mean's (B, T, 1) weights, which the layer's gates share
-    weights = per_call("weights")
 
     def __init__(self, causal: bool = False) -> None:
         super().__init__()
@@ -204,17 +237,24 @@ class Gate(nn.Module):
         token_mask = self.slot.mask
         if self.pooling == "mean" or token_mask is None or token_mask.shape[1] != z.shape[1]:
             return g.mean(dim=1, keepdim=True)
-        return (g * self.mean_weights(token_mask, g.dtype)).sum(dim=1, keepdim=True)  # (B, 1, 1)
+        with in_input_dtype(g):  # one product, (B, 1, T) @ (B, T, k), in g's dtype
+            return torch.bmm(self.mean_weights(token_mask, g.dtype), g)  # (B, 1, k)
 
     def mean_weights(self, token_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """m / Σm over the real tokens, (B, T, 1): built once per layer and call, for all its gates."""
-        rows, cached = self.slot.rows, self.slot.weights
+        """m / Σm over the real tokens, (B, 1, T): built once per call for all gates of all layers
+        (they read one token mask, ``attention.token_mask``), per thread."""
+        rows, compiling = self.slot.rows, torch.compiler.is_compiling()
+        cached = None if compiling else getattr(_MEAN_WEIGHTS, "last", None)
         if cached is not None and cached[0] is token_mask and cached[1] is rows and cached[2] == dtype:
             return cached[3]
-        m = (token_mask if rows is None else token_mask[rows]).to(dtype).unsqueeze(-1)  # (B, T, 1)
-        weights = m / m.sum(dim=1, keepdim=True).clamp_min(1.0)
-        self.slot.weights = (token_mask, rows, dtype, weights)
+        m = (token_mask if rows is None else token_mask[rows]).to(dtype).unsqueeze(1)  # (B, 1, T)
+        weights = m / m.sum(dim=-1, keepdim=True).clamp_min(1.0)
+        if not compiling:  # a compiled graph builds them in-graph, where the compiler can share them
+            _MEAN_WEIGHTS.last = (token_mask, rows, dtype, weights)
         return weights
+
+
+_MEAN_WEIGHTS = threading.local()  # per thread: the last (token mask, rows, dtype, weights)
 
 
 class Interpolation(Gate):
@@ -247,14 +287,21 @@ def read_once(block: LowRank, weight: nn.Module, z: torch.Tensor) -> tuple[torch
     if not isinstance(weight, Gate) or block.groups != 1 or dropout:
         return block.bottleneck(z), weight(z)
     r = block.down.shape[-1]
-    w = torch.cat([block.down[0].T, weight.proj.weight])  # a fresh (r + 1, d): see LowRank.down_t
-    if block.down_bias is not None:
-        bias = torch.cat([block.down_bias[0], weight.proj.bias])
-    else:  # the bottleneck has none: zeros before the gate's
-        bias = nn.functional.pad(weight.proj.bias, (r, 0))
+    sources = (block.down, weight.proj.weight, weight.proj.bias)
+    sources += () if block.down_bias is None else (block.down_bias,)
+    w, bias = derived(block, "read_once", sources, lambda: _read_once_weights(block, weight))
     with in_input_dtype(z):
         both = nn.functional.linear(z, w.to(z.dtype), bias.to(z.dtype))  # (..., r + 1)
-    return block.act(both[..., :r]), weight(z, logits=both[..., r:])
+    hid, logits = both.split([r, 1], dim=-1)
+    return block.act(hid), weight(z, logits=logits)
+
+
+def _read_once_weights(block: LowRank, weight: Gate) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[W_down | w_gate]`` as a fresh (r + 1, d) (see LowRank.down_t), and its bias."""
+    w = torch.cat([block.down[0].T, weight.proj.weight])
+    if block.down_bias is not None:
+        return w, torch.cat([block.down_bias[0], weight.proj.bias])
+    return w, nn.functional.pad(weight.proj.bias, (block.down.shape[-1], 0))  # zeros before the gate's
 
 
 class SharedRead(PerCall):
@@ -297,7 +344,8 @@ class SharedRead(PerCall):
         self.blocks[index] = self.gates[index] = None
 
     def read(self, index: int, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Member ``index``'s ``A x`` as (N, r) for N = x's tokens, and its gate's value."""
+        """Member ``index``'s ``A x`` and its gate's value. ``A x`` is (N, r) for N = x's tokens
+        when no member has a gate; with gates it keeps x's shape, (B, T, r), as they need it."""
         last, grad = self.result, torch.is_grad_enabled()
         if last is None or last[0] is not x or last[1] != grad or index in last[2]:
             last = (x, grad, (), *self._compute(x))
@@ -310,24 +358,35 @@ class SharedRead(PerCall):
         blocks = [(i, b) for i, b in enumerate(self.blocks) if b is not None]
         gates = [(i, g) for i, g in enumerate(self.gates) if g is not None]
         r = [b.down.shape[-1] for _, b in blocks]
-        w = torch.cat([b.down[0].T for _, b in blocks] + [g.proj.weight for _, g in gates])  # (Σr + k, d)
-        x2, w = x.reshape(-1, x.shape[-1]), w.to(x.dtype)  # (N, d)
+        sources = tuple(b.down for _, b in blocks) + tuple(p for _, g in gates for p in (g.proj.weight, g.proj.bias))
+        w_t, bias = derived(self, "weights", sources, lambda: self._weights(blocks, gates, sum(r)))
+        x2 = x.reshape(-1, x.shape[-1])  # (N, d)
         with in_input_dtype(x):
-            if gates:
-                bias = nn.functional.pad(torch.cat([g.proj.bias for _, g in gates]), (sum(r), 0))
-                both = torch.addmm(bias.to(x.dtype), x2, w.T)  # (N, Σr + k)
+            if gates:  # the gates pool over tokens: x's shape, (B, T, Σr + k)
+                both = torch.addmm(bias.to(x.dtype), x2, w_t.to(x.dtype)).view(*x.shape[:-1], -1)
             else:
-                both = x2 @ w.T
+                both = x2 @ w_t.to(x.dtype)  # (N, Σr)
         parts = both.split([*r, len(gates)], dim=-1) if gates else both.split(r, dim=-1)
         lows, values = [None] * len(self.blocks), [None] * len(self.gates)
         for (i, _), part in zip(blocks, parts):
             lows[i] = part
         if gates:
-            g = torch.sigmoid(parts[-1]).view(*x.shape[:-1], len(gates))  # (B, T, k)
+            g = torch.sigmoid(parts[-1])  # (B, T, k)
             pooled = gates[0][1].pool(g, x)  # (B, 1, k), or (B, T, k) in causal layers
             for (i, _), value in zip(gates, pooled.split(1, dim=-1)):
                 values[i] = value
         return lows, values
+
+    @staticmethod
+    def _weights(blocks: list, gates: list, r: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``[A_1 | A_2 | ... | w_1 | ...]`` as a (d, Σr + k) view of a fresh (Σr + k, d), the layout
+        MKL wants (LowRank.down_t), and the gates' biases after Σr zeros."""
+        w = torch.cat([b.down[0].T for _, b in blocks] + [g.proj.weight for _, g in gates])  # (Σr + k, d)
+        if not gates:
+            return w.T, None
+        first = gates[0][1].proj.bias
+        zeros = [constant(gates[0][1], f"zeros{r}", first, lambda: first.new_zeros(r))] if r else []
+        return w.T, torch.cat(zeros + [g.proj.bias for _, g in gates])
 
 
 class Scale(nn.Module):

@@ -213,9 +213,10 @@ def unload(model: nn.Module) -> nn.Module:
         raise UniPeltError("this model has no unipelt modules: apply() or load() first")
     while wrapped := next((n for n, m in model.named_modules() if isinstance(m, Wrapper)), None):
         replace_module(model, wrapped, lambda m: m.base_layer)
-    prompt = getattr(model, "pelt_prompt", None)
-    if prompt is not None:
-        prompt.remove()
+    for name in ("pelt_prompt", "pelt_prefix"):  # their hooks on the base model
+        module = getattr(model, name, None)
+        if module is not None and hasattr(module, "remove"):
+            module.remove()
     heads.detach(model)
     for name in ("pelt_prefix", "pelt_prompt", "pelt_config", "pelt_merged"):
         if hasattr(model, name):

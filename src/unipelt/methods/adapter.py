@@ -23,7 +23,7 @@ from torch import nn
 
 from ..arch import locate, width
 from ..attention import features
-from ..blocks import Gate, Interpolation, LowRank, MaskSlot, composition_weight, read_once
+from ..blocks import Gate, Interpolation, LowRank, MaskSlot, composition_weight, derived, read_once
 from ..config import (
     ALL_ATTENTION,
     Activation,
@@ -157,17 +157,32 @@ class Adapter(nn.Module):
         if self.interpolates or self.block.groups != 1 or (autocast and base.dtype != torch.float32):
             return base + self(z, h)
         hid, weight = read_once(self.block, self.composition, z)
-        hid, up = hid * weight, self.block.up[0]  # (..., r), (r, d)
-        if self.block.up_bias is not None:
-            hid = torch.cat([hid, weight.expand(*hid.shape[:-1], 1).to(hid.dtype)], dim=-1)
-            up = torch.cat([up, self.block.up_bias[None]])
         # autocast would round the float32 residual sum to bf16 and cast W_up on every call: this
         # r-deep product is cheap in float32, so it runs there, as without autocast
-        with torch.autocast(base.device.type, enabled=False) if autocast else contextlib.nullcontext():
+        fp32 = torch.autocast(base.device.type, enabled=False) if autocast else contextlib.nullcontext()
+        if base.dim() == 3 and hid.dim() == 3 and weight.dim() == 3 and weight.shape[1] == 1:
+            with fp32:
+                return self._per_example(base, hid, weight)
+        hid, block = hid * weight, self.block  # (..., r)
+        if block.up_bias is not None:
+            hid = torch.cat([hid, weight.expand(*hid.shape[:-1], 1).to(hid.dtype)], dim=-1)
+            up = derived(block, "up", (block.up, block.up_bias), lambda: torch.cat([block.up[0], block.up_bias[None]]))
+        else:
+            up = derived(block, "up", (block.up,), lambda: block.up[0])  # (r, d)
+        with fp32:
             out = torch.addmm(
                 base.reshape(-1, base.shape[-1]), hid.reshape(-1, hid.shape[-1]).to(base.dtype), up.to(base.dtype)
             )
         return out.view(base.shape)
+
+    def _per_example(self, base: torch.Tensor, hid: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``base + w·(hid W_up + b_up)`` with one gate value per example, (B, 1, 1): as
+        ``base + w·b_up + hid (w·W_up)``, one batched product with the (B, r, d) w·W_up and no
+        views around it (UniPELT's gated adapter: fewer ops than weighting hid)."""
+        block, w = self.block, weight.to(base.dtype)
+        if block.up_bias is not None:
+            base = base + w * block.up_bias.to(base.dtype)  # (B, 1, d) added over the tokens
+        return torch.baddbmm(base, hid.to(base.dtype), w * block.up.to(base.dtype))  # (B, T, r) @ (B, r, d)
 
     @torch.no_grad()
     def switch_off(self) -> None:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..arch import locate, name_of, path_of
 from ..attention import features, weight_out_in
-from ..blocks import Gate, LowRank, MaskSlot, SharedRead, composition_weight, read_once
+from ..blocks import Gate, LowRank, MaskSlot, SharedRead, composition_weight, derived, read_once
 from ..config import (
     ALL_ATTENTION,
     AttentionKind,
@@ -121,20 +121,25 @@ class LoRALinear(Wrapper):
         out = self.base_layer(x)  # (..., d_out), contiguous; its backward needs x and W, not out
         if not self.pelt_active:
             return out
-        lora, flat = self.pelt_lora, out.view(-1, out.shape[-1])  # flat: (N, d_out)
+        lora = self.pelt_lora
         # w·(B A x) = (w·A x) B: weight the r-wide bottleneck, not the d-wide output, and let one
         # addmm form out + that. A fixed s is addmm's alpha: no op of its own.
         if self.shared is not None:
-            low, weight = self.shared.read(self.shared_index, x)  # (N, r), (B, 1, 1) or None
+            low, weight = self.shared.read(self.shared_index, x)  # (N, r) or (B, T, r), (B, 1, 1) or None
             alpha = self.fixed_scale if weight is None else 1.0
+            if weight is not None and self.rows is None and x.dim() == 3 and weight.shape[1] == 1:
+                return self._per_example(out, low if low.dim() == 3 else low.view(*x.shape[:-1], -1), weight)
             if weight is not None:
-                low = (low.view(*x.shape[:-1], -1) * weight).view(flat.shape[0], -1)
+                low = low.view(*x.shape[:-1], -1) * weight
+            low = low.reshape(-1, low.shape[-1]) if low.dim() != 2 else low  # (N, r): a view
         elif self.fixed_scale is not None:
             low, alpha = lora.bottleneck(x.reshape(-1, x.shape[-1])), self.fixed_scale  # (N, r)
         else:
             hid, weight = read_once(lora, self.composition, x)  # A x, and the gate from the same GEMM
-            low, alpha = (hid * weight).reshape(flat.shape[0], -1), 1.0
-        low, up = low.to(out.dtype), lora.up[0].to(out.dtype)  # autocast leaves addmm_ alone: cast as for a matmul
+            low, alpha = (hid * weight).reshape(-1, hid.shape[-1]), 1.0
+        flat = out.view(-1, out.shape[-1])  # (N, d_out)
+        up = derived(lora, "up", (lora.up,), lambda: lora.up[0])  # (r, d_out)
+        low, up = low.to(out.dtype), up.to(out.dtype)  # autocast leaves addmm_ alone: cast as for a matmul
         if self.rows is None:  # out of place: an in-place add into out costs autograd a copy of it
             return torch.addmm(flat, low, up, alpha=alpha).view(out.shape)
         flat[:, self.rows[0] : self.rows[1]].addmm_(low, up, alpha=alpha)  # a fused map: its rows only
@@ -144,6 +149,12 @@ class LoRALinear(Wrapper):
         """Mixed batches: the task's ``delta`` added to the shared output (DoRA's too)."""
         with on_rows(self, rows):
             call.h[rows] += self.delta(call.x[rows])
+
+    def _per_example(self, out: torch.Tensor, low: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``out + (A x)(w·B)`` with one gate value per example: w·B is (B, r, d_out), and one
+        batched product adds it to out; fewer ops than weighting A x, which needs views around it."""
+        up = (weight * self.pelt_lora.up).to(out.dtype)  # (B, 1, 1) * (1, r, d_out) -> (B, r, d_out)
+        return torch.baddbmm(out, low.to(out.dtype), up)  # low: (B, T, r)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """w · B A x alone, (..., d_out): zero outside a fused map's rows."""

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ..arch import locate, width
-from ..attention import Prefix
-from ..blocks import Gate, MaskSlot, SharedRead
+from ..attention import Prefix, checkpointing_layers, reentrant_checkpointing
+from ..blocks import Gate, MaskSlot, PerCall, SharedRead
 from ..config import (
     ALL_ATTENTION,
     AttentionKind,
@@ -88,6 +88,12 @@ class _Reparameterization(nn.Module):
         out = nn.functional.linear(hid, self.mlp_out.weight[rows], self.mlp_out.bias[rows])  # (l, 2·d_kv)
         return out[:, :w], out[:, w:]
 
+    def slots(self) -> torch.Tensor:
+        """Every slot's keys and values from one pass of the network: (S, 2, l, d_kv)."""
+        hid = torch.tanh(self.mlp_in(self.embedding.weight))  # (l, mid)
+        out = self.mlp_out(hid)  # (l, 2·S·d_kv)
+        return out.view(out.shape[0], -1, 2, self.kv_dim).permute(1, 2, 0, 3)
+
     def pair(self, slot: int) -> torch.Tensor:
         """``kv(slot)`` as one (2, l, d_kv) view: keys, values."""
         hid = torch.tanh(self.mlp_in(self.embedding.weight))  # (l, mid)
@@ -96,10 +102,43 @@ class _Reparameterization(nn.Module):
         return out.view(out.shape[0], 2, -1).transpose(0, 1)
 
 
+class _Views(PerCall):
+    """The last ``PrefixEncoder.views``, per thread, with the key it was made under.
+
+    A thread that made none reads the last one made under autograd: a layer that gradient
+    checkpointing reruns on an autograd worker thread must read what its forward read (as
+    ``MaskSlot.mask`` does).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._trained: tuple | None = None
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_trained": None}  # copies start with no pass: no graph to copy
+
+    @property
+    def last(self) -> tuple | None:
+        return getattr(self._call, "last", self._trained)
+
+    @last.setter
+    def last(self, value: tuple | None) -> None:
+        self._call.last = value
+        if torch.is_grad_enabled():
+            self._trained = value
+
+
 class PrefixEncoder(nn.Module):
     """All slots' prefixes: the reparameterisation network(s), or after ``fold`` their output.
 
     ``groups`` names each slot's network (one name for all with ``networks="shared"``).
+
+    Every slot's keys and values come from one computation per forward pass (``layer_kv``), not
+    one per layer: without gradients they are kept while no parameter changes (an eval loop
+    computes them once); under autograd the stacks' forward pre-hooks (``hook_stacks``) compute
+    them once per pass, so every layer's backward meets in one graph. Reentrant activation
+    checkpointing would backpropagate through that shared graph once per layer: there each layer
+    computes its own, as it does when a layer is called outside its stack.
     """
 
     def __init__(self, cfg: PrefixConfig, d: int, groups: list[str], kv_dim: int | None = None):
@@ -113,8 +152,60 @@ class PrefixEncoder(nn.Module):
         # where[i] = (network, its own slot index) of slot i
         self.where = [(o, owner[:i].count(o)) for i, o in enumerate(owner)]
         self.nets = nn.ModuleList(_Reparameterization(cfg, d, owner.count(i), self.kv_dim) for i in range(len(names)))
+        self.views_made = _Views()  # (key, every slot's (2, H_kv, l, dh)): see layer_kv
+        self.hooks: list = []  # (stack, its pre-hook's handle)
         if not cfg.reparameterize:
             self.fold()
+
+    def views(self, head_dim: int) -> list[torch.Tensor]:
+        """Every slot's keys and values as (2, H_kv, l, dh), in slot order, from one computation
+        (under autocast in its dtype, cast once for all layers, as the network's output is)."""
+        if self.folded is not None:
+            table, device = self.folded, self.folded.device.type
+            if torch.is_autocast_enabled(device):
+                table = table.to(torch.get_autocast_dtype(device))
+            return list(table.unflatten(-1, (-1, head_dim)).transpose(2, 3).unbind(0))
+        per_net = [net.slots().unflatten(-1, (-1, head_dim)).transpose(2, 3).unbind(0) for net in self.nets]
+        return [per_net[net][local] for net, local in self.where]  # (S_n, 2, H_kv, l, dh) -> slots
+
+    def _key(self, head_dim: int) -> tuple:
+        """What the views depend on: gradient mode, autocast, and every parameter's contents."""
+        device = self.nets[0].embedding.weight.device if self.folded is None else self.folded.device
+        autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        versions = tuple((p._version, p.data_ptr()) for p in self.parameters())
+        return torch.is_grad_enabled(), autocast, head_dim, versions
+
+    def layer_kv(self, slot: int, head_dim: int) -> torch.Tensor:
+        """Slot ``slot``'s keys and values, (2, H_kv, l, dh), from the views of this pass."""
+        if torch.compiler.is_compiling():  # in-graph: the compiler shares what the layers share
+            return self.pair(slot).unflatten(-1, (-1, head_dim)).transpose(1, 2)
+        key, last = self._key(head_dim), self.views_made.last
+        if last is not None and last[0] == key:
+            return last[1][slot]
+        if torch.is_grad_enabled():  # only a stack's hook shares a graph between layers
+            return self.pair(slot).unflatten(-1, (-1, head_dim)).transpose(1, 2)
+        self.views_made.last = (key, self.views(head_dim))
+        return self.views_made.last[1][slot]
+
+    def hook_stack(self, stack: nn.Module, head_dim: int) -> None:
+        """Compute the views once per forward pass of ``stack`` (an encoder, a decoder)."""
+        self.head_dim = head_dim
+        if not any(owner is stack for owner, _ in self.hooks):
+            self.hooks.append((stack, stack.register_forward_pre_hook(self._before_stack)))
+
+    def remove(self) -> None:
+        """Take the hooks off the stacks (``unipelt.unload``)."""
+        for _, hook in self.hooks:
+            hook.remove()
+        self.hooks = []
+
+    def _before_stack(self, stack: nn.Module, _args) -> None:
+        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return  # without gradients the views are made on first use and kept (layer_kv)
+        if any(reentrant_checkpointing(m) for m in checkpointing_layers(stack)):
+            self.views_made.last = None
+            return
+        self.views_made.last = (self._key(self.head_dim), self.views(self.head_dim))
 
     def kv(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of one slot, each (l, d_kv)."""
@@ -177,22 +268,21 @@ class LayerPrefix(nn.Module):
         return self.pelt_gate(h_in)
 
     def forward(self, h_in: torch.Tensor) -> Prefix | None:
-        if hasattr(self.encoder, "pair"):
-            kv = self.encoder.pair(self.slot)  # (2, l, d_kv)
+        if hasattr(self.encoder, "layer_kv"):
+            kv = self.encoder.layer_kv(self.slot, self.head_dim)  # (2, H_kv, l, dh)
         else:  # a decoder's prompt: None during its own pass
             kv = self.encoder.kv(self.slot)
             if kv is None:
                 return None
-            kv = torch.stack(kv)
-        kv = kv.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)  # (2, H_kv, l, dh)
+            kv = torch.stack(kv).unflatten(-1, (-1, self.head_dim)).transpose(1, 2)  # (2, H_kv, l, dh)
         b = h_in.shape[0]
-        g = self.gate(h_in).unsqueeze(1) if self.pelt_gate is not None else None  # (B, 1, 1 or T, 1)
-        if g is not None and g.shape[2] == 1:  # one product scales keys and values
-            k, v = _attention_dtype(g.unsqueeze(1) * kv, h_in).unbind(1)  # (B, H_kv, l, dh) each
+        g = self.gate(h_in) if self.pelt_gate is not None else None  # (B, 1 or T, 1)
+        if g is not None and g.shape[1] == 1:  # one product scales keys and values
+            k, v = _attention_dtype(g.view(b, 1, 1, 1, 1) * kv, h_in).unbind(1)  # (B, H_kv, l, dh) each
             return Prefix(k, v)
         k, v = (t.expand(b, -1, -1, -1) for t in _attention_dtype(kv, h_in).unbind(0))  # (B, H_kv, l, dh)
         if g is not None:  # per query in causal layers
-            return Prefix(k, v, query_gate=g)
+            return Prefix(k, v, query_gate=g.unsqueeze(1))  # (B, 1, T, 1)
         return Prefix(k, v, separate=getattr(self.encoder, "separate", False))
 
 
@@ -219,6 +309,9 @@ def attach(layer: nn.Module, ctx: LayerContext, source: nn.Module, gated: bool) 
             mask_slot=ctx.slot,
         )
         module.pelt_prefix = ctx.labelled(lp, "prefix", att.kind)
+        if isinstance(source, PrefixEncoder):  # the module that holds the layers runs the pass
+            stack = ctx.model.base.get_submodule(ctx.stack.layers.rpartition(".")[0])
+            source.hook_stack(stack, head_dim)
         if att.kind == "self":  # the gate reads x, as LoRA's A on q/k/v does: one GEMM for both
             q_path = locate(layer, att.q, ctx.model.model.config)[0]
             lp.share(getattr(layer.get_submodule(q_path), "shared", None))

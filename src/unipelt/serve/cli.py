@@ -50,6 +50,11 @@ def add_parser(sub) -> None:
         default="local",
         help="one uvicorn process (default), or a Ray Serve deployment",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the shared model under torch.compile (unipelt.compile; pays off on a GPU, --backend local)",
+    )
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (--backend ray)")
     p.add_argument("--cpus-per-replica", type=float, default=1, help="CPUs per Ray replica (default 1)")
     p.add_argument("--ray-address", help="Ray cluster address (default: start a local one)")
@@ -134,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
     if args.backend == "ray":
         from .ray_backend import serve_ray
 
+        if args.compile:
+            raise UniPeltError("--compile is for --backend local")
+
         if args.replicas < 1:
             raise UniPeltError("--replicas must be at least 1")
         return serve_ray(
@@ -149,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         )
     from .server import serve_local
 
-    engine = Engine.from_directory(model, args.max_length)
+    engine = Engine.from_directory(model, args.max_length, compile=args.compile)
     for name, spec in tasks.items():
         try:
             engine.add(name, spec)

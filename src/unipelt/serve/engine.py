@@ -88,8 +88,14 @@ def _preset_of(config) -> str:
 class Engine:
     """``run(rows)`` answers a mixed batch; ``add``/``remove`` change the tasks between batches."""
 
-    def __init__(self, model: MultiTask, tokenizer, max_length: int | None = None):
+    def __init__(self, model: MultiTask, tokenizer, max_length: int | None = None, compile: bool | dict = False):  # noqa: A002
+        """``compile``: run the shared model under ``unipelt.compile`` (True, or its options as a
+        dict, e.g. ``{"backend": "aot_eager"}``); tasks added later recompile it on first use."""
         self.mt, self.tokenizer = model, tokenizer
+        if compile:
+            from ..compiling import compile as compile_model
+
+            compile_model(model.model, **(compile if isinstance(compile, dict) else {}))
         self.limit = model_limit(tokenizer, model.model.config)
         if max_length is not None and not 0 < max_length <= self.limit:
             raise UniPeltError(f"--max-length {max_length} must be between 1 and the model's limit {self.limit}")
@@ -98,7 +104,12 @@ class Engine:
         self.lock = threading.Lock()
 
     @classmethod
-    def from_directory(cls, model_dir: str | Path, max_length: int | None = None) -> "Engine":
+    def from_directory(
+        cls,
+        model_dir: str | Path,
+        max_length: int | None = None,
+        compile: bool | dict = False,  # noqa: A002
+    ) -> "Engine":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from ..offline import quiet_load
@@ -110,7 +121,7 @@ class Engine:
             tokenizer.pad_token = tokenizer.eos_token
         if base.config.pad_token_id is None:
             base.config.pad_token_id = tokenizer.pad_token_id
-        return cls(MultiTask(base), tokenizer, max_length)
+        return cls(MultiTask(base), tokenizer, max_length, compile=compile)
 
     # ---- tasks
     def add(self, name: str, spec: TaskSpec) -> TaskInfo:
