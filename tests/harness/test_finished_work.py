@@ -42,7 +42,7 @@ def _one_line(capsys) -> str:
 def test_a_save_that_fails_in_safetensors_keeps_the_run_finished(capsys, train, tmp_path, monkeypatch):
     seen = {}
 
-    def full_disk(model, directory):
+    def full_disk(model, directory, **recorded):
         with Store(tmp_path / "s.sqlite", readonly=True) as other:  # the score is recorded before the save
             seen["status"] = other.runs().status.tolist()
         raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")

@@ -112,7 +112,7 @@ def test_unwritable_outputs_fail_before_training(capsys, train, tmp_path, monkey
 
 
 def test_a_failed_save_after_training_keeps_the_run_finished(capsys, train, tmp_path, monkeypatch):
-    def disk_full(model, directory):
+    def disk_full(model, directory, **recorded):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(runner, "save", disk_full)
