@@ -290,15 +290,17 @@ def read_once(block: LowRank, weight: nn.Module, z: torch.Tensor) -> tuple[torch
     sources = (block.down, weight.proj.weight, weight.proj.bias)
     sources += () if block.down_bias is None else (block.down_bias,)
     w, bias = derived(block, "read_once", sources, lambda: _read_once_weights(block, weight))
-    with in_input_dtype(z):
-        both = nn.functional.linear(z, w.to(z.dtype), bias.to(z.dtype))  # (..., r + 1)
+    with in_input_dtype(z):  # w is (d, r + 1): addmm takes it as it is, with no transpose
+        both = torch.addmm(bias.to(z.dtype), z.reshape(-1, z.shape[-1]), w.to(z.dtype))
+    both = both.view(*z.shape[:-1], -1)  # (..., r + 1)
     hid, logits = both.split([r, 1], dim=-1)
     return block.act(hid), weight(z, logits=logits)
 
 
 def _read_once_weights(block: LowRank, weight: Gate) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[W_down | w_gate]`` as a fresh (r + 1, d) (see LowRank.down_t), and its bias."""
-    w = torch.cat([block.down[0].T, weight.proj.weight])
+    """``[W_down | w_gate]`` as a fresh (d, r + 1), and its bias. W_down enters as it is stored,
+    (d, r): no transpose of it to build, nor to take back in backward."""
+    w = torch.cat([block.down[0], weight.proj.weight.T], dim=1)
     if block.down_bias is not None:
         return w, torch.cat([block.down_bias[0], weight.proj.bias])
     return w, nn.functional.pad(weight.proj.bias, (block.down.shape[-1], 0))  # zeros before the gate's
@@ -379,14 +381,16 @@ class SharedRead(PerCall):
 
     @staticmethod
     def _weights(blocks: list, gates: list, r: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``[A_1 | A_2 | ... | w_1 | ...]`` as a (d, Σr + k) view of a fresh (Σr + k, d), the layout
-        MKL wants (LowRank.down_t), and the gates' biases after Σr zeros."""
-        w = torch.cat([b.down[0].T for _, b in blocks] + [g.proj.weight for _, g in gates])  # (Σr + k, d)
-        if not gates:
-            return w.T, None
+        """``[A_1 | A_2 | ... | w_1 | ...]`` as a (d, Σr + k), and the gates' biases after Σr zeros."""
+        if not gates:  # each A as it is stored, (d, r): nothing to transpose, forward or backward
+            parts = [b.down[0] for _, b in blocks]
+            return (torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]), None
+        # a gate's row of W is a column of (d, Σr + k), whose gradient is strided: autograd would
+        # copy it before it accumulates. Built as (Σr + k, d), every gate row's gradient is whole.
+        w = torch.cat([b.down[0].T for _, b in blocks] + [g.proj.weight for _, g in gates]).T
         first = gates[0][1].proj.bias
         zeros = [constant(gates[0][1], f"zeros{r}", first, lambda: first.new_zeros(r))] if r else []
-        return w.T, torch.cat(zeros + [g.proj.bias for _, g in gates])
+        return w, torch.cat(zeros + [g.proj.bias for _, g in gates])
 
 
 class Scale(nn.Module):
