@@ -275,21 +275,32 @@ class Interpolation(Gate):
         return torch.sigmoid(self.proj(z) if logits is None else logits)  # (..., T, 1)
 
 
-def read_once(block: LowRank, weight: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fuses(block: LowRank, weight: nn.Module) -> bool:
+    """Whether ``read_once`` computes ``block``'s bottleneck and ``weight`` in one GEMM."""
+    dropout = isinstance(block.dropout, nn.Dropout) and block.dropout.training
+    return isinstance(weight, Gate) and block.groups == 1 and not dropout
+
+
+def read_once(
+    block: LowRank, weight: nn.Module, z: torch.Tensor, ones: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``block.bottleneck(z)`` and the composition weight ``weight(z)``.
 
     A gate reads the same z as the down-projection, so both come from one GEMM with
     ``[W_down | w_gate]``: these skinny maps cost about what reading z costs, and z is read once.
     The gate module is still called (on its logits), so hooks on it (``gate_values``) see it.
     A dropout on the bottleneck's input would give the two different inputs: then two GEMMs.
+    ``ones`` (only where ``fuses`` and the activation keeps 1 at 1, ReLU or none): the bottleneck
+    gets one more column, always 1 (weights 0, bias 1), that carries a bias of the up-projection
+    through the same product as W_up (``Adapter.added``).
     """
-    dropout = isinstance(block.dropout, nn.Dropout) and block.dropout.training
-    if not isinstance(weight, Gate) or block.groups != 1 or dropout:
+    if not fuses(block, weight):
         return block.bottleneck(z), weight(z)
-    r = block.down.shape[-1]
+    r = block.down.shape[-1] + ones
     sources = (block.down, weight.proj.weight, weight.proj.bias)
     sources += () if block.down_bias is None else (block.down_bias,)
-    w, bias = derived(block, "read_once", sources, lambda: _read_once_weights(block, weight))
+    make = lambda: _read_once_weights(block, weight, ones)  # noqa: E731
+    w, bias = derived(block, "read_once_ones" if ones else "read_once", sources, make)
     with in_input_dtype(z):  # w is (d, r + 1): addmm takes it as it is, with no transpose
         both = torch.addmm(bias.to(z.dtype), z.reshape(-1, z.shape[-1]), w.to(z.dtype))
     both = both.view(*z.shape[:-1], -1)  # (..., r + 1)
@@ -297,13 +308,24 @@ def read_once(block: LowRank, weight: nn.Module, z: torch.Tensor) -> tuple[torch
     return block.act(hid), weight(z, logits=logits)
 
 
-def _read_once_weights(block: LowRank, weight: Gate) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_once_weights(block: LowRank, weight: Gate, ones: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``[W_down | w_gate]`` as a fresh (d, r + 1), and its bias. W_down enters as it is stored,
-    (d, r): no transpose of it to build, nor to take back in backward."""
-    w = torch.cat([block.down[0], weight.proj.weight.T], dim=1)
-    if block.down_bias is not None:
-        return w, torch.cat([block.down_bias[0], weight.proj.bias])
-    return w, nn.functional.pad(weight.proj.bias, (block.down.shape[-1], 0))  # zeros before the gate's
+    (d, r): no transpose of it to build, nor to take back in backward. With ``ones``,
+    ``[W_down | 0 | w_gate]`` and ``[b_down, 1, b_gate]``: the bottleneck's column of ones."""
+    gate_w, gate_b = weight.proj.weight, weight.proj.bias
+    d, r = block.down.shape[1:]
+    # the bias as (1, n), the shape b_down (1, r) is stored in: its gradient is addmm's column sum
+    # as it comes, where a (n,) bias would need a view of it
+    down_b = (
+        block.down_bias
+        if block.down_bias is not None
+        else constant(block, "zeros", gate_b, lambda: gate_b.new_zeros(1, r))
+    )
+    if ones:
+        zero = constant(block, "zero_column", gate_w, lambda: gate_w.new_zeros(d, 1))
+        one = constant(block, "one", gate_b, lambda: gate_b.new_ones(1, 1))
+        return torch.cat([block.down[0], zero, gate_w.T], dim=1), torch.cat([down_b, one, gate_b.view(1, 1)], dim=1)
+    return torch.cat([block.down[0], gate_w.T], dim=1), torch.cat([down_b, gate_b.view(1, 1)], dim=1)
 
 
 class SharedRead(PerCall):

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..arch import locate, width
 from ..attention import features
-from ..blocks import Gate, Interpolation, LowRank, MaskSlot, composition_weight, derived, read_once
+from ..blocks import Gate, Interpolation, LowRank, MaskSlot, composition_weight, derived, fuses, read_once
 from ..config import (
     ALL_ATTENTION,
     Activation,
@@ -156,7 +156,16 @@ class Adapter(nn.Module):
         autocast = torch.is_autocast_enabled(base.device.type)
         if self.interpolates or self.block.groups != 1 or (autocast and base.dtype != torch.float32):
             return base + self(z, h)
-        hid, weight = read_once(self.block, self.composition, z)
+        block = self.block
+        ones = (  # b_up rides in the batched product as one more row of W_up (_per_example)
+            base.dim() == 3
+            and z.dim() == 3
+            and block.up_bias is not None
+            and isinstance(block.act, (nn.ReLU, nn.Identity))
+            and fuses(block, self.composition)
+            and not self.composition.slot.causal
+        )
+        hid, weight = read_once(block, self.composition, z, ones=ones)
         # autocast would round the float32 residual sum to bf16 and cast W_up on every call: this
         # r-deep product is cheap in float32, so it runs there, as without autocast
         fp32 = torch.autocast(base.device.type, enabled=False) if autocast else contextlib.nullcontext()
@@ -178,8 +187,13 @@ class Adapter(nn.Module):
     def _per_example(self, base: torch.Tensor, hid: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """``base + w·(hid W_up + b_up)`` with one gate value per example, (B, 1, 1): as
         ``base + w·b_up + hid (w·W_up)``, one batched product with the (B, r, d) w·W_up and no
-        views around it (UniPELT's gated adapter: fewer ops than weighting hid)."""
+        views around it (UniPELT's gated adapter: fewer ops than weighting hid). When hid ends in a
+        column of ones (``read_once(ones=True)``), b_up is W_up's last row: ``base + hid (w·[W_up; b_up])``."""
         block, w = self.block, weight.to(base.dtype)
+        if hid.shape[-1] > block.up.shape[1]:  # a column of ones (read_once): [W_up; b_up] in one product
+            sources = (block.up, block.up_bias)
+            up = derived(block, "up_ones", sources, lambda: torch.cat([block.up, block.up_bias.view(1, 1, -1)], 1))
+            return torch.baddbmm(base, hid.to(base.dtype), w * up.to(base.dtype))
         if block.up_bias is not None:
             base = base + w * block.up_bias.to(base.dtype)  # (B, 1, d) added over the tokens
         return torch.baddbmm(base, hid.to(base.dtype), w * block.up.to(base.dtype))  # (B, T, r) @ (B, r, d)

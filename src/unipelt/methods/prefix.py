@@ -88,11 +88,12 @@ class _Reparameterization(nn.Module):
         out = nn.functional.linear(hid, self.mlp_out.weight[rows], self.mlp_out.bias[rows])  # (l, 2·d_kv)
         return out[:, :w], out[:, w:]
 
-    def slots(self) -> torch.Tensor:
-        """Every slot's keys and values from one pass of the network: (S, 2, l, d_kv)."""
+    def slots(self, head_dim: int) -> torch.Tensor:
+        """Every slot's keys and values from one pass of the network, per head: (S, 2, H_kv, l, dh),
+        as one view and one permute of the output (fewer ops to make and to take back)."""
         hid = torch.tanh(self.mlp_in(self.embedding.weight))  # (l, mid)
         out = self.mlp_out(hid)  # (l, 2·S·d_kv)
-        return out.view(out.shape[0], -1, 2, self.kv_dim).permute(1, 2, 0, 3)
+        return out.view(out.shape[0], -1, 2, self.kv_dim // head_dim, head_dim).permute(1, 2, 3, 0, 4)
 
     def pair(self, slot: int) -> torch.Tensor:
         """``kv(slot)`` as one (2, l, d_kv) view: keys, values."""
@@ -158,14 +159,16 @@ class PrefixEncoder(nn.Module):
             self.fold()
 
     def views(self, head_dim: int) -> list[torch.Tensor]:
-        """Every slot's keys and values as (2, H_kv, l, dh), in slot order, from one computation
-        (under autocast in its dtype, cast once for all layers, as the network's output is)."""
+        """Every slot's keys and values as (1, 2, H_kv, l, dh), in slot order, from one computation
+        (under autocast in its dtype, cast once for all layers, as the network's output is). The
+        leading 1 lets the gradient of a gated layer's ``g·kv`` be summed over the batch straight
+        into this shape, with no view after the sum (``LayerPrefix``)."""
         if self.folded is not None:
             table, device = self.folded, self.folded.device.type
             if torch.is_autocast_enabled(device):
                 table = table.to(torch.get_autocast_dtype(device))
-            return list(table.unflatten(-1, (-1, head_dim)).transpose(2, 3).unbind(0))
-        per_net = [net.slots().unflatten(-1, (-1, head_dim)).transpose(2, 3).unbind(0) for net in self.nets]
+            return list(table.unflatten(-1, (-1, head_dim)).transpose(2, 3).split(1))
+        per_net = [net.slots(head_dim).split(1) for net in self.nets]
         return [per_net[net][local] for net, local in self.where]  # (S_n, 2, H_kv, l, dh) -> slots
 
     def _key(self, head_dim: int) -> tuple:
@@ -176,7 +179,8 @@ class PrefixEncoder(nn.Module):
         return torch.is_grad_enabled(), autocast, head_dim, versions
 
     def layer_kv(self, slot: int, head_dim: int) -> torch.Tensor:
-        """Slot ``slot``'s keys and values, (2, H_kv, l, dh), from the views of this pass."""
+        """Slot ``slot``'s keys and values, (2, H_kv, l, dh), or (1, 2, H_kv, l, dh) from the views
+        of this pass (``views``)."""
         if torch.compiler.is_compiling():  # in-graph: the compiler shares what the layers share
             return self.pair(slot).unflatten(-1, (-1, head_dim)).transpose(1, 2)
         key, last = self._key(head_dim), self.views_made.last
@@ -269,7 +273,7 @@ class LayerPrefix(nn.Module):
 
     def forward(self, h_in: torch.Tensor) -> Prefix | None:
         if hasattr(self.encoder, "layer_kv"):
-            kv = self.encoder.layer_kv(self.slot, self.head_dim)  # (2, H_kv, l, dh)
+            kv = self.encoder.layer_kv(self.slot, self.head_dim)  # ([1,] 2, H_kv, l, dh)
         else:  # a decoder's prompt: None during its own pass
             kv = self.encoder.kv(self.slot)
             if kv is None:
@@ -280,7 +284,7 @@ class LayerPrefix(nn.Module):
         if g is not None and g.shape[1] == 1:  # one product scales keys and values
             k, v = _attention_dtype(g.view(b, 1, 1, 1, 1) * kv, h_in).unbind(1)  # (B, H_kv, l, dh) each
             return Prefix(k, v)
-        k, v = (t.expand(b, -1, -1, -1) for t in _attention_dtype(kv, h_in).unbind(0))  # (B, H_kv, l, dh)
+        k, v = (t.expand(b, -1, -1, -1) for t in _attention_dtype(kv, h_in).unbind(-4))  # (B, H_kv, l, dh)
         if g is not None:  # per query in causal layers
             return Prefix(k, v, query_gate=g.unsqueeze(1))  # (B, 1, T, 1)
         return Prefix(k, v, separate=getattr(self.encoder, "separate", False))
