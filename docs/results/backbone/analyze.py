@@ -9,7 +9,7 @@ patience 10, 1,000 dev rows), SST-2 and STS-B, the protocol's data seeds. Scores
 each task's chance floor (``unipelt.harness.floors``): a mean with runs at the floor is marked
 ⌊a/n⌋ and a (K, task) cell enters the comparisons only where two thirds of its runs are above the
 floor and the head-only baseline (or full fine-tuning) is. Paired differences are per data seed,
-with a bootstrap 95% interval of their mean (scipy); a difference whose interval holds zero is
+with a bootstrap 95% interval of their mean and an exact sign-flip p (scipy); a difference whose interval holds zero is
 not resolved by these seeds, and the text says so instead of reading it.
 A block is the text between ``<!-- analyze: NAME -->`` and ``<!-- /analyze -->``.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import bootstrap
+from scipy.stats import bootstrap, permutation_test
 
 from unipelt.harness import floors
 from unipelt.harness.store import Store
@@ -117,6 +117,15 @@ def interval(diffs: np.ndarray) -> tuple[float, float] | None:
     return float(ci.low), float(ci.high)
 
 
+def sign_flip_p(diffs: np.ndarray) -> float | None:
+    """The exact two-sided p of a sign-flip test on the paired differences (every one of the 2^n
+    sign patterns): with n seeds it cannot fall below 2/2^n (0.0625 at five), which says how much
+    n seeds can resolve whatever the bootstrap interval shows."""
+    if len(diffs) < 3 or np.ptp(diffs) == 0:
+        return None
+    return float(permutation_test((diffs,), np.mean, permutation_type="samples", n_resamples=np.inf).pvalue)
+
+
 def paired(runs: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     """Per read cell: AP and APL minus each single method, minus the per-seed upper bound (the best
     single method on that seed), and AP minus NoGate; mean over seeds with its bootstrap 95% CI."""
@@ -132,7 +141,7 @@ def paired(runs: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
             d = (wide[a] - wide[b]).dropna().to_numpy()
             if len(d) == 0:
                 continue
-            ci = interval(d)
+            ci, p = interval(d), sign_flip_p(d)
             resolved = "yes" if ci and (ci[0] > 0 or ci[1] < 0) else "no"
             rows.append(
                 {
@@ -143,6 +152,8 @@ def paired(runs: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
                     "mean": d.mean(),
                     "95% CI": f"[{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else "too few pairs",
                     "resolved": resolved if ci else "no",
+                    "seeds > 0": f"{(d > 0).sum()}/{len(d)}",
+                    "sign-flip p": p if p is not None else np.nan,
                 }
             )
     return pd.DataFrame(rows)
@@ -153,6 +164,12 @@ def coverage(runs: pd.DataFrame) -> pd.DataFrame:
     return table.reindex(columns=[m for m in METHODS if m in set(runs.method)], fill_value=0)
 
 
+def _agree(row: pd.Series) -> str:
+    """How many seeds share the sign of the mean difference, as "4/5"."""
+    above, n = (int(x) for x in row["seeds > 0"].split("/"))
+    return f"{above if row['mean'] > 0 else n - above}/{n}"
+
+
 def summary(runs: pd.DataFrame, cells: pd.DataFrame, diffs: pd.DataFrame) -> str:
     if runs.empty:
         return "_No run has finished yet._"
@@ -161,7 +178,9 @@ def summary(runs: pd.DataFrame, cells: pd.DataFrame, diffs: pd.DataFrame) -> str
     read = [f"{t} K={k}" for (k, t), c in cells.iterrows() if c.read]
     resolved = diffs[diffs.resolved == "yes"] if not diffs.empty else diffs
     said = (
-        "; ".join(f"{r.difference} on {r.cell}: {r['mean']:+.1f} {r['95% CI']}" for _, r in resolved.iterrows())
+        "; ".join(
+            f"{r.difference} on {r.cell}: {r['mean']:+.1f} {r['95% CI']} ({_agree(r)})" for _, r in resolved.iterrows()
+        )
         if not resolved.empty
         else "none yet: every interval holds zero or has too few pairs"
     )
@@ -169,7 +188,9 @@ def summary(runs: pd.DataFrame, cells: pd.DataFrame, diffs: pd.DataFrame) -> str
     return (
         f"{len(runs)} runs have finished (commit {commits}). {fits} of them fit their training rows and "
         f"{above} score above their task's floor. Cells read in comparisons: {', '.join(read) or 'none yet'}. "
-        f"Paired differences these seeds resolve: {said}."
+        f"Paired differences whose bootstrap 95% interval excludes zero (seeds agreeing in sign): {said}. "
+        f"With five seeds an exact sign-flip test cannot go below p = 0.0625: these are leads to confirm, "
+        f"not findings."
     )
 
 
@@ -183,7 +204,7 @@ def blocks() -> dict[str, str]:
         "scores": md(scores(runs)),
         "fit": md(fit_table(runs)),
         "pilot": md(pilot(runs), disable_numparse=True),
-        "paired": md(diffs, "_no pairs yet_"),
+        "paired": md(diffs, "_no pairs yet_", floatfmt=(".1f",) * 9 + (".3f",)),
     }
 
 
