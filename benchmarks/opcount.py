@@ -3,6 +3,7 @@ measure of the per-layer overhead that sets the time on a GPU (issue 30).
 
     python benchmarks/opcount.py                      # the table, every preset, peft's LoRA and prefix
     python benchmarks/opcount.py --detail unipelt-apl # which ops a preset adds over the plain model
+    python benchmarks/opcount.py --where unipelt-apl  # one layer's train ops, by source line or autograd node
     python benchmarks/opcount.py --bf16               # the same under bf16 autocast, with its casts
 
 The model is MiniLM-L6's shape (hidden 384, 6 layers, 12 heads, FFN 1536) with random weights
@@ -20,6 +21,7 @@ import collections
 import contextlib
 import inspect
 import sys
+import traceback
 import warnings
 
 import torch
@@ -33,19 +35,33 @@ CASTS = {"_to_copy", "to", "copy_"}  # what a dtype conversion dispatches as
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts the ATen ops dispatched while it is active, by name (``aten.mm.default`` -> ``mm``)."""
+    """Counts the ATen ops dispatched while it is active, by name (``aten.mm.default`` -> ``mm``);
+    with ``by_source``, by (where, name): the autograd node running it in backward, else the
+    innermost line of unipelt or transformers that called it."""
 
-    def __init__(self) -> None:
+    def __init__(self, by_source: bool = False) -> None:
         super().__init__()
         self.ops: collections.Counter = collections.Counter()
+        self.by_source = by_source
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.overloadpacket.__name__] += 1
+        name = func.overloadpacket.__name__
+        self.ops[(_source(), name) if self.by_source else name] += 1
         return func(*args, **(kwargs or {}))
 
 
-def count(fn) -> collections.Counter:
-    counter = OpCounter()
+def _source() -> str:
+    node = torch._C._current_autograd_node()
+    if node is not None:
+        return f"backward {node.name()}"
+    for frame in reversed(traceback.extract_stack()):
+        if "/unipelt/" in frame.filename or "/transformers/" in frame.filename:
+            return f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} {frame.name}"
+    return "elsewhere"
+
+
+def count(fn, by_source: bool = False) -> collections.Counter:
+    counter = OpCounter(by_source)
     with counter:
         fn()
     return counter.ops
@@ -201,15 +217,47 @@ def detail(name: str, bf16: bool, part: str) -> str:
     return "\n".join(lines)
 
 
+def where(name: str) -> str:
+    """The train ops one layer adds, (6 layers - 3 layers) / 3, by where they come from."""
+    builders = rows()
+    per = {}
+    for layers in (6, 3):
+        model, _ = builders[name](base_model(layers))
+        batch = inputs()
+        model.train()
+
+        def step():
+            model(**batch).loss.backward()
+
+        step()  # lazy initialisation stays out of the counts
+        model.zero_grad(set_to_none=True)
+        per[layers] = count(step, by_source=True)
+    extra = {key: (per[6][key] - per[3][key]) / 3 for key in set(per[6]) | set(per[3])}
+    places: dict[str, list] = collections.defaultdict(list)
+    for (place, op), n in extra.items():
+        if n:
+            places[place].append((op, n))
+    total = lambda ops: sum(n for _, n in ops)  # noqa: E731
+    lines = [f"{name}: {sum(extra.values()):.0f} train ops per layer", "| where | ops | which |", "|---|---:|---|"]
+    for place, ops in sorted(places.items(), key=lambda item: -total(item[1])):
+        which = ", ".join(f"{op} ×{n:g}" for op, n in sorted(ops, key=lambda o: -o[1]))
+        lines.append(f"| {place} | {total(ops):g} | {which} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", help="comma-separated rows (presets, 'peft lora', 'peft prefix')")
     parser.add_argument("--detail", help="one row: its op histogram against the plain model's")
+    parser.add_argument("--where", help="one row: the train ops one layer adds, by source line or autograd node")
     parser.add_argument("--part", default="train", choices=("train", "eval", "merged"))
     parser.add_argument("--bf16", action="store_true", help="under torch.autocast('cpu', dtype=torch.bfloat16)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renamed keywords
+    if args.where:
+        print(where(args.where))
+        return
     if args.detail:
         print(detail(args.detail, args.bf16, args.part))
         return
