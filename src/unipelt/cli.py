@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import typing
 from dataclasses import MISSING
@@ -37,23 +38,25 @@ def _verbosity(p: argparse.ArgumentParser, default) -> None:
     p.add_argument("-q", "--quiet", action="store_true", default=default, help="warnings only, no progress bars")
 
 
-def _flag(p, f, *, swept: bool) -> None:
-    """The flag of RunSpec field ``f``: its type, help and default come from the field; in a
-    sweep a swept field takes a comma-separated list under its axis name (``--data-seeds``)."""
+def _flag(p, f, *, swept: bool, defaults: dict) -> None:
+    """The flag of RunSpec field ``f``: its type, help and default come from the field (or from
+    ``defaults``, a verb's own, by dest); in a sweep a swept field takes a comma-separated list
+    under its axis name (``--data-seeds``)."""
     from .harness.spec import TYPES
 
     meta, kind = f.metadata, TYPES[f.name]
+    dest = meta["axis"] if swept and meta["axis"] else f.name
     names = [f"--{f.name.replace('_', '-')}"]
     if swept and meta["axis"]:
         names.insert(0, f"--{meta['axis'].replace('_', '-')}")
         kind = str
-    shown = f.default in (MISSING, None, False) or "(default" in meta["help"]
-    text = (
-        ("comma-separated: " if swept and meta["axis"] else "")
-        + meta["help"]
-        + ("" if shown else f" (default {f.default})")
-    )
-    options: dict = dict(default=None, help=text, dest=meta["axis"] if swept and meta["axis"] else f.name)
+    if dest in defaults:
+        text = re.sub(r" \(default[^)]*\)", "", meta["help"]) + f" (default {defaults[dest]})"
+    else:
+        shown = f.default in (MISSING, None, False) or "(default" in meta["help"]
+        text = meta["help"] + ("" if shown else f" (default {f.default})")
+    text = ("comma-separated: " if swept and meta["axis"] else "") + text
+    options: dict = dict(default=None, help=text, dest=dest)
     if kind is bool:
         options["action"] = "store_true"
     elif typing.get_origin(kind) is typing.Literal:
@@ -63,14 +66,15 @@ def _flag(p, f, *, swept: bool) -> None:
     p.add_argument(*dict.fromkeys(names), **options)
 
 
-def _settings(p: argparse.ArgumentParser, *, swept: bool, skip: tuple[str, ...] = ()) -> None:
-    """Every RunSpec setting as a flag (argparse default None: the library's default)."""
+def _settings(p: argparse.ArgumentParser, *, swept: bool, skip: tuple[str, ...] = (), defaults=None) -> None:
+    """Every RunSpec setting as a flag (argparse default None: the library's default, or the
+    verb's own in ``defaults``, which its help then shows)."""
     from .harness.spec import SETTINGS
 
     _verbosity(p, argparse.SUPPRESS)  # also accepted after the subcommand
     for f in SETTINGS:
         if f.name not in skip:
-            _flag(p, f, swept=swept)
+            _flag(p, f, swept=swept, defaults=defaults or {})
 
 
 def _add_train(sub, flags: bool = True) -> None:
@@ -118,8 +122,9 @@ def _add_report_and_demo(sub, demo_flags: bool = True) -> None:
     demo.add_argument("--presets", default=DEMO["presets"], help="comma-separated presets (default %(default)s)")
     demo.add_argument("--store", default=DEMO["store"], help="results store (SQLite; default %(default)s)")
     demo.add_argument("--out", default=DEMO["out"], help="report directory (default %(default)s)")
-    _settings(demo, swept=True)
-    demo.set_defaults(**{k: v for k, v in DEMO.items() if k not in ("presets", "store", "out")})
+    own = {k: v for k, v in DEMO.items() if k not in ("presets", "store", "out")}
+    _settings(demo, swept=True, defaults=own)
+    demo.set_defaults(**own)
 
 
 def _add_merge(sub) -> None:

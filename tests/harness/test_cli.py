@@ -220,3 +220,12 @@ def test_train_bf16_autocasts_the_training_steps(capsys, base, tmp_path, monkeyp
     assert cli.main([a for a in argv if a != "--bf16"]) == 0  # without --bf16: another run
     with Store(tmp_path / "s.sqlite", readonly=True) as store:
         assert sorted(s["bf16"] for s in store.runs().spec) == [False, True]
+
+
+def test_demo_help_shows_the_defaults_it_runs(capsys):
+    assert cli.main(["demo", "--help"]) == 0
+    out = capsys.readouterr().out
+    text = " ".join(out.split())  # argparse wraps help lines, at spaces or after hyphens
+    assert f"maximum epochs (default {cli.DEMO['epochs']})" in text  # the demo's 10, not a sweep's 50
+    assert f"(default {cli.DEMO['tasks']})" in text and f"(default {cli.DEMO['k']})" in text
+    assert cli.DEMO["presets"] in "".join(out.split())
