@@ -88,15 +88,15 @@ def scores(runs: pd.DataFrame) -> pd.DataFrame:
         rows.setdefault((k, task), {})[method] = f"{g.score.mean():.1f}{std}{floors.mark(at, len(g))} (n={len(g)})"
     table = pd.DataFrame(rows).reindex([m for m in METHODS if m in set(runs.method)])
     table.columns = [f"{task} K={k}" for k, task in table.columns]
-    return table
+    return table.fillna("–")  # a method with no finished run in that cell yet
 
 
 def fit_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per method and cell: runs whose lowest training loss is below 0.9× the constant predictor's."""
-    out = runs.groupby(["method", "task", "k"]).fits.apply(lambda s: f"{int(s.eq(True).sum())}/{len(s)}")
-    out = out.unstack(["task", "k"])
-    out.columns = [f"{task} K={k}" for task, k in out.columns]
-    return out.reindex([m for m in METHODS if m in out.index])
+    out = runs.groupby(["method", "k", "task"]).fits.apply(lambda s: f"{int(s.eq(True).sum())}/{len(s)}")
+    out = out.unstack(["k", "task"]).sort_index(axis=1)  # K by K, as the scores table
+    out.columns = [f"{task} K={k}" for k, task in out.columns]
+    return out.reindex([m for m in METHODS if m in out.index]).fillna("–")
 
 
 def pilot(runs: pd.DataFrame) -> pd.DataFrame:
