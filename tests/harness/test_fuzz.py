@@ -14,7 +14,7 @@ from pathlib import Path
 from unittest import mock
 
 import yaml
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 import unipelt
@@ -133,6 +133,9 @@ def _base_grid(tiny_model, glue_dir) -> dict:
     suffix=st.sampled_from([".yaml", ".toml"]),
     raw=st.none() | st.binary(max_size=40),
 )
+@example(changes={"presets": [""]}, dropped=set(), suffix=".yaml", raw=None)  # once a KeyError
+@example(changes={"configs": [None]}, dropped=set(), suffix=".yaml", raw=None)  # once a TypeError
+@example(changes={"tasks": [None]}, dropped=set(), suffix=".toml", raw=None)
 def test_random_grid_files(tiny_model, glue_dir, changes, dropped, suffix, raw):
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -121,8 +121,9 @@ def _parser(name: str):
 
 
 def _list(axis: str, value: Any) -> tuple:
-    what = "a list of names" if _parser(AXES[axis]) is _string else "a list of integers"
-    return tuple(_parser(AXES[axis])(axis, v, what) for v in split_list(value))
+    if _parser(AXES[axis]) is _string:
+        return _list_of_names(axis, value)
+    return tuple(_parser(AXES[axis])(axis, v, "a list of integers") for v in split_list(value))
 
 
 def _lr(value: Any, methods: set[str]) -> float | dict[str, float]:
@@ -165,7 +166,10 @@ def _typed(data: dict) -> Grid:
 
 
 def _list_of_names(key: str, value: Any) -> tuple[str, ...]:
-    return tuple(_string(key, v, "a list of names") for v in split_list(value))
+    names = split_list(value)
+    if bad := [v for v in names if not isinstance(v, str) or not v.strip()]:  # a YAML `- ` is None
+        raise HarnessError(f"grid setting {key!r} must be a list of names, got {bad[0]!r} in it")
+    return names
 
 
 def make_grid(file: str | Path | None = None, **overrides: Any) -> Grid:
