@@ -418,6 +418,40 @@ def test_hot_load_and_unload(served):
     run(go())
 
 
+def test_batches_run_while_a_checkpoint_is_read(served, monkeypatch):
+    """A hot load reads and builds its task outside the engine's lock (MultiTask.prepare): a
+    batch sent while the checkpoint is being read is answered before the load ends."""
+    import unipelt.multitask as multitask
+
+    engine = engine_for(served, tasks=("sst2",))
+    before = engine.run([Row("sst2", "w1 w2")])
+    reading, release = threading.Event(), threading.Event()
+    real_load = multitask.load
+
+    def slow_load(*args, **kwargs):
+        reading.set()
+        assert release.wait(30), "the test never released the load"
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(multitask, "load", slow_load)
+    loader = threading.Thread(target=engine.add, args=("qa", TaskSpec(path=served / "ckpt" / "spare")))
+    loader.start()
+    try:
+        assert reading.wait(30)
+        answered = []
+        batch = threading.Thread(target=lambda: answered.append(engine.run([Row("sst2", "w1 w2")])))
+        batch.start()
+        batch.join(30)  # under the old code it waited for the lock until the load ended
+        assert answered == [before] and "qa" not in engine.info
+    finally:
+        release.set()
+        loader.join(30)
+    assert "qa" in engine.info
+    [answer] = engine.run([Row("qa", "w1 w2")])
+    spare = unipelt.load(task_model(["no", "yes"]), served / "ckpt" / "spare")
+    assert_answer(answer, alone(spare, "w1 w2"), ["no", "yes"])
+
+
 def test_a_checkpoint_that_fails_to_load_leaves_the_running_tasks_untouched(served, tmp_path):
     root = tmp_path / "tasks"
     shutil.copytree(served / "ckpt", root)

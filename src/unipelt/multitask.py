@@ -13,7 +13,8 @@ on its rows. Each row goes through its task's head, logits cut to that task's si
 Inference only (gradients are not defined through the in-place row updates). Calls from several
 threads at once are safe: a call's rows, masks and taps are the calling thread's own
 (blocks.PerCall); ``add`` and ``remove`` rewire shared modules, so callers serialise them with
-calls (the server's engine holds a lock). A method may refuse (full fine-tuning has no shared
+calls (the server's engine holds a lock), all but ``add``'s reading and building of the
+checkpoint, which ``prepare`` does apart from ``commit``. A method may refuse (full fine-tuning has no shared
 backbone), as may a checkpoint whose ``modules_to_save`` train shared modules; merged LoRA cannot
 be mixed with other tasks and is never used here (checkpoints hold LoRA unmerged).
 """
@@ -191,16 +192,30 @@ class MultiTask:
     def add(self, name: str, directory: str | Path, *, pairs: bool | None = None) -> None:
         """Load a ``unipelt.save`` checkpoint as task ``name``; all-or-nothing. ``pairs`` says
         whether its inputs are sentence pairs where the checkpoint does not (None: what it
-        records, else single sentences)."""
+        records, else single sentences). ``prepare`` then ``commit``."""
+        if name in self._tasks:  # before reading anything
+            raise UniPeltError(f"task {name!r} is already loaded; remove it first")
+        self.commit(self.prepare(name, directory, pairs=pairs))
+
+    def prepare(self, name: str, directory: str | Path, *, pairs: bool | None = None) -> Task:
+        """Read and build task ``name`` from a checkpoint without changing the shared model, so
+        other threads may run it meanwhile (a server reads a checkpoint while batches go on);
+        ``commit`` then joins it."""
         if not isinstance(name, str) or not name:
             raise UniPeltError(f"a task needs a non-empty name, got {name!r}")
-        if name in self._tasks:
-            raise UniPeltError(f"task {name!r} is already loaded; remove it first")
         if pairs is not None and not isinstance(pairs, bool):
             raise UniPeltError(f"add(pairs=...) must be True, False or None, got {pairs!r}")
         task = self._build(name, Path(directory))
         if pairs is not None:
             task.pairs = pairs
+        return task
+
+    def commit(self, task: Task) -> None:
+        """Join a prepared task to the shared model; all-or-nothing. It rewires shared modules:
+        serialise it with calls, as ``add`` and ``remove``."""
+        if task.name in self._tasks:  # another task of that name joined since it was prepared
+            raise UniPeltError(f"task {task.name!r} is already loaded; remove it first")
+        name = task.name
         self._graft(task)
         self._tasks[name] = task
         if task.model.config._attn_implementation.startswith("unipelt_"):

@@ -126,14 +126,16 @@ class Engine:
     # ---- tasks
     def add(self, name: str, spec: TaskSpec) -> TaskInfo:
         """Load a checkpoint as task ``name``; on any failure the served tasks are unchanged."""
+        if name in self.info:
+            raise ServeError(409, f"task {name!r} is already loaded; DELETE it first")
         bad = _non_finite(spec.path / WEIGHTS)  # read outside the lock: batches go on meanwhile
         if bad:
             raise ServeError(422, f"checkpoint {spec.path} cannot be served: {bad} holds NaN or infinite values")
+        task = self._served(spec.path, lambda: self.mt.prepare(name, spec.path, pairs=spec.pairs))  # likewise
         with self.lock:
-            if name in self.info:
+            if name in self.info:  # loaded by another request while this one was reading
                 raise ServeError(409, f"task {name!r} is already loaded; DELETE it first")
-            self._load(name, spec)
-            task = self.mt._tasks[name]
+            self._served(spec.path, lambda: self.mt.commit(task))
             prompt = task.prompt_length  # tokens the task inserts: they need positions too
             positions = getattr(self.mt.model.config, "max_position_embeddings", None) or self.limit + prompt
             counts = count_parameters(task.model)
@@ -149,13 +151,13 @@ class Engine:
             self.info[name] = info
             return info
 
-    def _load(self, name: str, spec: TaskSpec) -> None:
-        """``MultiTask.add``, every failure a 422 that says why: a checkpoint comes from outside,
-        and whatever it holds (a malformed task block, JSON nested too deep, a size that cannot be
-        allocated) must not become a 500."""
-        path = spec.path
+    @staticmethod
+    def _served(path, step):
+        """A step of ``MultiTask.add``, every failure a 422 that says why: a checkpoint comes from
+        outside, and whatever it holds (a malformed task block, JSON nested too deep, a size that
+        cannot be allocated) must not become a 500."""
         try:
-            self.mt.add(name, path, pairs=spec.pairs)
+            return step()
         except UniPeltError as e:
             raise ServeError(422, f"checkpoint {path} cannot be served: {e}") from None
         except OSError as e:
