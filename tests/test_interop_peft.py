@@ -113,3 +113,22 @@ def test_peft_prefix_and_other_prompts_are_refused_on_import(tmp_path):
     with pytest.raises(unipelt.UniPeltError, match="LayerNorm"):
         unipelt.from_peft(model, tmp_path / "prompt")
     assert getattr(model, "pelt_config", None) is None
+
+
+def test_a_peft_tensor_of_a_dtype_no_parameter_takes_is_refused_before_the_model_changes(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    ours = unipelt.apply(build("roberta"), LoRAConfig(r=4, alpha=8.0, targets=("q", "v")))
+    unipelt.to_peft(ours, tmp_path)
+    path = tmp_path / "adapter_model.safetensors"
+    tensors = load_file(path)
+    name = sorted(tensors)[-1]
+    tensors[name] = torch.zeros(tensors[name].shape, dtype=torch.int8)
+    save_file(tensors, path)
+    model = build("roberta")
+    before = [(n, p.requires_grad, p.detach().clone()) for n, p in model.named_parameters()]
+    with pytest.raises(unipelt.UniPeltError, match="int8, not one of float32"):
+        unipelt.from_peft(model, tmp_path)
+    after = list(model.named_parameters())
+    assert len(after) == len(before) and getattr(model, "pelt_config", None) is None
+    assert all(n == m and p.requires_grad == g and torch.equal(p, v) for (n, g, v), (m, p) in zip(before, after))

@@ -1,6 +1,8 @@
 """Merging saved checkpoints (unipelt.merge_checkpoints) against peft's ``add_weighted_adapter``
 on the same LoRA weights, linear merging of other methods, and what is refused."""
 
+import json
+
 import pytest
 import torch
 from conftest import batch, build, randomize
@@ -130,3 +132,32 @@ def test_ties_and_dare_need_lora_only(tmp_path):
         unipelt.merge_checkpoints(dirs, [0.5, 0.5], tmp_path / "out", method="ties", density=0.5)
     with pytest.raises(UniPeltError, match="unknown merge method"):
         unipelt.merge_checkpoints(dirs, [0.5, 0.5], tmp_path / "out", method="cat")
+
+
+def test_numpy_weights_merge_and_bad_weights_leave_an_existing_checkpoint_intact(tmp_path):
+    """Writing over a checkpoint: any failure leaves the old pair loadable, byte for byte."""
+    import numpy as np
+
+    dirs = [_saved(tmp_path, "a", "adapter"), _saved(tmp_path, "b", "adapter")]
+    out = unipelt.merge_checkpoints(dirs, [0.5, 0.5], tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for weights, message in (([0.5, float("nan")], "finite"), (["a", 1], "must be numbers"), (0.5, "must be numbers")):
+        with pytest.raises(UniPeltError, match=message):
+            unipelt.merge_checkpoints(dirs, weights, out)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    unipelt.merge_checkpoints(dirs, np.array([0.3, 0.7], dtype=np.float32), out)  # was a TypeError, after the weights
+    assert json.loads((out / "unipelt.json").read_text())["merged_from"]["weights"] == pytest.approx([0.3, 0.7])
+    unipelt.load(build(), out)
+
+
+def test_a_failed_write_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    import unipelt.checkpoint as checkpoint
+
+    model = unipelt.apply(build(), "lora")
+    out = unipelt.save(model, tmp_path / "ckpt")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    randomize(model)
+    monkeypatch.setattr(checkpoint, "_sha256", lambda path: 1 / 0)  # fails between the two files
+    with pytest.raises(ZeroDivisionError):
+        unipelt.save(model, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

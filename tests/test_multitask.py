@@ -1,6 +1,7 @@
 """Mixed-task batches on one backbone: each row equals its task's own model on that row alone."""
 
 import ast
+import json
 import pkgutil
 from pathlib import Path
 
@@ -190,6 +191,49 @@ def test_bad_checkpoints_and_calls_are_refused(tmp_path):
     with pytest.raises(UniPeltError, match="plain base model"):
         MultiTask(unipelt.apply(build(), "lora"))
     assert mt.tasks == ["lora"]
+
+
+def _as_format_1(directory) -> None:
+    """Rewrite a checkpoint's metadata as unipelt 0.1 wrote it (no head, an embedding probe)."""
+    path = directory / "unipelt.json"
+    meta = json.loads(path.read_text())
+    old = {k: v for k, v in meta["config"].items() if k not in ("modules_to_save", "head")}
+    emb = build().get_input_embeddings().weight[:4, :8].detach().flatten().tolist()
+    base = {k: v for k, v in meta["base_model"].items() if k != "base_tensors"} | {"embedding_probe": emb}
+    path.write_text(json.dumps({**meta, "format": 1, "config": old, "base_model": base}))
+
+
+@pytest.mark.parametrize("preset", ["lora", "bitfit"])
+def test_a_format_1_checkpoint_never_writes_into_the_shared_backbone(tmp_path, preset):
+    """Format 1 saved BERT's pooler in every method, and its config does not say so: the pooler
+    loads as modules_to_save (checkpoint._v1_pooler), which a mixed batch cannot serve. Reading
+    such a checkpoint must refuse it before anything is written, not after the shared pooler
+    (or a BitFit bias) was overwritten."""
+    cfg = PeltConfig(methods=unipelt.get_preset(preset).methods, modules_to_save=("pooler",))
+    model = unipelt.apply(build(), cfg)
+    randomize(model, std=0.1)
+    unipelt.save(model, tmp_path / "v1")
+    _as_format_1(tmp_path / "v1")
+    base = build()
+    mt = MultiTask(base)
+    before = {n: (p.detach().clone(), p.requires_grad) for n, p in base.named_parameters()}
+    with pytest.raises(UniPeltError, match="trains base modules"):
+        mt.prepare("v1", tmp_path / "v1")
+    with pytest.raises(UniPeltError, match="trains base modules"):
+        mt.add("v1", tmp_path / "v1")
+    after = dict(base.named_parameters())
+    for name, (value, grad) in before.items():
+        assert torch.equal(after[name], value) and after[name].requires_grad == grad, name
+    assert mt.tasks == []
+
+
+def test_a_task_name_that_is_not_a_string_is_refused_with_the_library_error(tmp_path):
+    trained(tmp_path, "bert", "lora")
+    mt = MultiTask(build())
+    for name in (["a"], None, ""):
+        with pytest.raises(UniPeltError, match="non-empty name"):
+            mt.add(name, tmp_path / "lora")
+    assert mt.tasks == []
 
 
 def _tokenizer():

@@ -216,3 +216,97 @@ def test_predict_with_no_inputs_is_refused():
     mt = MultiTask(build())
     with pytest.raises(UniPeltError, match="predict\\(\\) needs at least one input"):
         mt.predict([], [], tokenizer=None)
+
+
+def _fingerprint(model) -> tuple:
+    """Everything apply() may change: the module tree, parameters and their flags, hooks, config."""
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    params = [(n, p.requires_grad, tuple(p.shape)) for n, p in model.named_parameters()]
+    attrs = sorted(k for k in vars(model) if not k.startswith("_"))
+    return [n for n, _ in model.named_modules()], params, hooks, model.config.to_dict(), attrs
+
+
+@pytest.mark.parametrize(
+    "arch, config, attention, message",
+    [
+        ("llama", PeltConfig(methods=(unipelt.PrefixConfig(), unipelt.PromptConfig())), None, "not offered"),
+        ("bert", PeltConfig(methods=(LoRAConfig(), unipelt.IA3Config())), None, "same projection"),
+        ("bert", PeltConfig(methods=(LoRAConfig(), unipelt.PrefixConfig())), "flex_attention", "sdpa and eager"),
+    ],
+    ids=["prefix-then-prompt", "lora-then-ia3", "attention"],
+)
+def test_a_refused_apply_leaves_no_module_behind(arch, config, attention, message):
+    """A method that refuses after another was set up (or the attention switch after every layer
+    was wrapped) used to leave those modules in the model, trainable, with no pelt_config: a
+    retry wrapped it twice. Now the model is as it was, and a retry with a valid config works."""
+    model = build(arch)
+    if attention:
+        model.config._attn_implementation = attention
+    before = _fingerprint(model)
+    with pytest.raises(UniPeltError, match=message):
+        unipelt.apply(model, config)
+    assert _fingerprint(model) == before
+    model.config._attn_implementation = "sdpa"
+    unipelt.apply(model, "lora")
+    fresh = unipelt.apply(build(arch), "lora")
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in fresh.named_parameters()]
+
+
+def _with_dtype(directory: Path, name: str, dtype) -> None:
+    """Rewrite one tensor of a unipelt checkpoint in another dtype, the checksum made to match."""
+    tensors = load_file(directory / "unipelt.safetensors")
+    tensors[name] = torch.zeros(tensors[name].shape, dtype=torch.uint8).view(dtype)
+    save_file(tensors, directory / "unipelt.safetensors")
+    meta = json.loads((directory / "unipelt.json").read_text())
+    meta["sha256"] = _sha256(directory / "unipelt.safetensors")
+    (directory / "unipelt.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8], ids=str)
+def test_a_tensor_of_a_dtype_no_parameter_takes_is_refused_before_the_model_changes(tmp_path, dtype):
+    trained = unipelt.apply(build(), "lora")
+    randomize(trained)
+    unipelt.save(trained, tmp_path)
+    _with_dtype(tmp_path, "classifier.weight", dtype)
+    for model in (build(), unipelt.apply(build(), "lora")):
+        before = _fingerprint(model), {n: p.detach().clone() for n, p in model.named_parameters()}
+        with pytest.raises(UniPeltError, match=r"classifier\.weight is u?int8, not one of float32"):
+            unipelt.load(model, tmp_path)
+        assert _fingerprint(model) == before[0]
+        assert all(torch.equal(p, before[1][n]) for n, p in model.named_parameters())
+
+
+def test_a_load_that_fails_late_puts_the_model_back(tmp_path, monkeypatch):
+    """Everything load() changed before a late failure (the weights it copied, the head, the
+    label names) is written back, on a fresh model and on one applied before."""
+    import unipelt.checkpoint as checkpoint
+
+    trained = unipelt.apply(build(), "unipelt-apl")
+    randomize(trained)
+    trained.config.id2label = {0: "no", 1: "yes"}
+    unipelt.save(trained, tmp_path)
+
+    def fails(model, after="apply"):
+        raise UniPeltError("the late check failed")
+
+    monkeypatch.setattr(checkpoint, "check_participation", fails)
+    for model in (build(), unipelt.apply(build(), "unipelt-apl")):
+        before = _fingerprint(model), {n: p.detach().clone() for n, p in model.named_parameters()}
+        with pytest.raises(UniPeltError, match="late check"):
+            unipelt.load(model, tmp_path)
+        assert _fingerprint(model) == before[0]
+        assert all(torch.equal(p, before[1][n]) for n, p in model.named_parameters())
+
+
+def test_load_into_a_disabled_model(tmp_path):
+    """Inside ``with unipelt.disable(model):`` the participation check still runs the modules."""
+    trained = unipelt.apply(build(), "lora")
+    randomize(trained)
+    unipelt.save(trained, tmp_path)
+    model = unipelt.apply(build(), "lora")
+    with unipelt.disable(model):
+        unipelt.load(model, tmp_path)
+        off = model(**batch()).logits  # still off: the base model and the loaded head
+    with unipelt.disable(trained):
+        assert torch.allclose(off, trained(**batch()).logits, atol=1e-6)
+    assert torch.allclose(model(**batch()).logits, trained(**batch()).logits, atol=1e-6)

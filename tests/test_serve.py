@@ -452,6 +452,46 @@ def test_batches_run_while_a_checkpoint_is_read(served, monkeypatch):
     assert_answer(answer, alone(spare, "w1 w2"), ["no", "yes"])
 
 
+def test_checkpoints_are_read_one_at_a_time(served, monkeypatch):
+    """Each load may build up to the added-parameter cap before it is folded: concurrent hot
+    loads wait for each other (batches do not), so N requests cannot hold N times that."""
+    import unipelt.multitask as multitask
+
+    engine = engine_for(served, tasks=("sst2",))
+    inside, most, guard = [0], [0], threading.Lock()
+    first_in, release = threading.Event(), threading.Event()
+    real_load = multitask.load
+
+    def counting_load(*args, **kwargs):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        first_in.set()
+        assert release.wait(30), "the test never released the load"
+        try:
+            return real_load(*args, **kwargs)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    monkeypatch.setattr(multitask, "load", counting_load)
+    spare = TaskSpec(path=served / "ckpt" / "spare")
+    loaders = [threading.Thread(target=engine.add, args=(name, spare)) for name in ("qa", "qb")]
+    for t in loaders:
+        t.start()
+    try:
+        assert first_in.wait(30)
+        for t in loaders:  # the second is queued behind the first, not reading beside it
+            t.join(0.5)
+        assert most[0] == 1
+        assert engine.run([Row("sst2", "w1 w2")])  # batches still run meanwhile
+    finally:
+        release.set()
+        for t in loaders:
+            t.join(30)
+    assert most[0] == 1 and {"qa", "qb"} <= set(engine.info)
+
+
 def test_a_checkpoint_that_fails_to_load_leaves_the_running_tasks_untouched(served, tmp_path):
     root = tmp_path / "tasks"
     shutil.copytree(served / "ckpt", root)

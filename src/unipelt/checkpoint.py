@@ -15,15 +15,16 @@ import itertools
 import json
 import os
 from pathlib import Path
+from typing import Iterable
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import PeltConfig
 from .errors import UniPeltError
-from .inject import MARK, apply, fold
+from .inject import MARK, all_or_nothing, apply, enable, fold
 from .participation import check_participation
 from .version import __version__
 
@@ -150,11 +151,22 @@ def save(model: nn.Module, directory: str | Path, *, pairs: bool | None = None, 
         "base_model": _identity(model),
         "task": _task(model, pairs, max_length),
     }
-    # the weights first: until the JSON with their checksum replaces the old one, load refuses the pair
-    _replace(directory, WEIGHTS, lambda p: save_file(tensors, p))
-    meta["sha256"] = _sha256(directory / WEIGHTS)
-    _replace(directory, META, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    write_checkpoint(directory, tensors, meta)
     return directory
+
+
+def write_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Both files, or neither: everything that can fail (the JSON, the weights file) happens
+    beside the old pair, which stays as it was until the two renames at the end."""
+    tmp = directory / f".{WEIGHTS}.tmp-{os.getpid()}"
+    try:
+        save_file(tensors, tmp)
+        text = json.dumps({**meta, "sha256": _sha256(tmp)}, indent=2)
+        # the weights first: until the JSON with their checksum replaces the old one, load refuses the pair
+        os.replace(tmp, directory / WEIGHTS)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _replace(directory, META, lambda p: p.write_text(text))
 
 
 # ---- reading and validating unipelt.json
@@ -237,7 +249,7 @@ def _v1_config(data: dict) -> dict:
     return {**data, "methods": methods}
 
 
-def _v1_pooler(config: PeltConfig, tensors: dict, model: nn.Module) -> PeltConfig:
+def _v1_pooler(config: PeltConfig, tensors: Iterable[str], model: nn.Module) -> PeltConfig:
     """Format 1 trained BERT's pooler in every method and saved it: it loads as modules_to_save."""
     pooler = f"{model.base_model_prefix}.pooler."
     if any(n.startswith(pooler) for n in tensors) and "pooler" not in config.modules_to_save:
@@ -369,14 +381,43 @@ def _check_fits(expected: dict[str, tuple[int, ...]], tensors: dict[str, torch.T
             raise UniPeltError(f"{name}: checkpoint shape {tuple(tensor.shape)} vs model {expected[name]}")
 
 
+def config_of(directory: str | Path, model: nn.Module) -> PeltConfig:
+    """The config ``load`` would apply to ``model`` from the checkpoint in ``directory``, read
+    without its weights: format 1's saved pooler is seen in the file's header."""
+    directory = Path(directory)
+    meta = _read_meta(directory)
+    config = _config(meta, directory / META)
+    if meta["format"] != 1:
+        return config
+    try:
+        with safe_open(directory / WEIGHTS, "pt") as f:
+            names = list(f.keys())
+    except SafetensorError as e:
+        raise UniPeltError(f"{directory / WEIGHTS} is not a readable safetensors file: {e}") from None
+    return _v1_pooler(config, names, model)
+
+
 def _read_tensors(directory: Path, meta: dict) -> dict[str, torch.Tensor]:
     path = directory / WEIGHTS
     if _sha256(path) != meta["sha256"]:
         raise UniPeltError(f"{path} does not match the checksum in {META}: the file was truncated or modified")
     try:
-        return load_file(path)
+        return check_floats(load_file(path), path)
     except SafetensorError as e:
         raise UniPeltError(f"{path} is not a readable safetensors file: {e}") from None
+
+
+FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # what a trained module can hold
+
+
+def check_floats(tensors: dict[str, torch.Tensor], source) -> dict[str, torch.Tensor]:
+    """``tensors``, once each is of a dtype a parameter can take a value from (a float4 or int
+    tensor cannot be copied into one: refused before the model is touched)."""
+    for name, t in tensors.items():
+        if t.dtype not in FLOATS:
+            kinds = ", ".join(str(f).removeprefix("torch.") for f in FLOATS)
+            raise UniPeltError(f"{source}: {name} is {str(t.dtype).removeprefix('torch.')}, not one of {kinds}")
+    return tensors
 
 
 def load(model: nn.Module, directory: str | Path) -> nn.Module:
@@ -392,15 +433,18 @@ def load(model: nn.Module, directory: str | Path) -> nn.Module:
     if getattr(model, "pelt_config", None) not in (None, config):
         raise UniPeltError(f"the model has a different unipelt config than the checkpoint in {directory}")
     _check_fits(_expected_shapes(model, config), tensors, directory)
-    if getattr(model, "pelt_config", None) is None:
-        apply(model, config)
-    fold(model)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            params[name].copy_(tensor)
-    _restore_label_names(model, meta)
-    check_participation(model, after="load")  # the folded prefix, or a model applied before
+    with all_or_nothing(model) as undo:
+        if getattr(model, "pelt_config", None) is None:
+            apply(model, config)
+        fold(model)
+        params = dict(model.named_parameters())
+        undo.keep(params[name] for name in tensors)  # the head's, or a model applied before
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                params[name].copy_(tensor)
+        _restore_label_names(model, meta)
+        with enable(model):  # the check runs the modules, also inside ``with unipelt.disable(model):``
+            check_participation(model, after="load")  # the folded prefix, or a model applied before
     return model
 
 

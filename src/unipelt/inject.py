@@ -6,9 +6,13 @@ architecture spec; it never mutates any of them.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
+from typing import Iterable, Iterator
 
+import torch
 from torch import nn
+from transformers import PretrainedConfig
 
 from . import heads
 from .arch import spec_for
@@ -36,6 +40,73 @@ def _as_config(preset_or_config) -> PeltConfig:
     raise UniPeltError(
         f"apply() takes a preset name, a PeltConfig or a method config, not {type(preset_or_config).__name__}"
     )
+
+
+class Undo:
+    """What ``all_or_nothing`` puts back: every module's attributes (children, parameters,
+    buffers, hooks, flags), every parameter's ``requires_grad``, the configs' attributes (the
+    attention implementation), and the values of the parameters named with ``keep``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules = [(m, _attributes(m)) for m in model.modules()]
+        self.flags = [(p, p.requires_grad) for p in model.parameters()]
+        self.configs = [(c, _attributes(c)) for c in _configs(model)]
+        self.values: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def keep(self, params: Iterable[torch.Tensor]) -> None:
+        """Copy the values of those of ``params`` that the model had when the change began, to
+        write back on failure: call it before overwriting them (parameters added since go anyway)."""
+        known = {id(p) for p, _ in self.flags}
+        self.values += [(p, p.detach().clone()) for p in params if id(p) in known]
+
+    def restore(self) -> None:
+        for owner, saved in self.modules + self.configs:
+            _put_back(owner, saved)
+        for p, flag in self.flags:
+            p.requires_grad_(flag)
+        with torch.no_grad():
+            for p, value in self.values:
+                p.copy_(value)
+
+
+@contextlib.contextmanager
+def all_or_nothing(model: nn.Module) -> Iterator[Undo]:
+    """Run a change to ``model``; if it raises, ``model`` is put back as it was (``Undo``)."""
+    undo = Undo(model)
+    try:
+        yield undo
+    except BaseException:
+        undo.restore()
+        raise
+
+
+def _attributes(owner) -> dict:
+    """``owner``'s attributes, each dict (``_modules``, ``_parameters``, hooks) with its items:
+    a dict is refilled in place on restore, so handles that point at it stay valid."""
+    return {k: (v, dict(v)) if isinstance(v, dict) else (v, None) for k, v in vars(owner).items()}
+
+
+def _put_back(owner, saved: dict) -> None:
+    now = vars(owner)
+    for key in [k for k in now if k not in saved]:
+        del now[key]
+    for key, (value, items) in saved.items():
+        if items is not None:
+            value.clear()
+            value.update(items)
+        now[key] = value
+
+
+def _configs(model: nn.Module) -> list[PretrainedConfig]:
+    """The model's configs and their nested ones (text_config, encoder/decoder configs)."""
+    found: dict[int, PretrainedConfig] = {}
+    todo = [getattr(m, "config", None) for m in model.modules()]
+    while todo:
+        c = todo.pop()
+        if isinstance(c, PretrainedConfig) and id(c) not in found:
+            found[id(c)] = c
+            todo += [v for v in vars(c).values() if isinstance(v, PretrainedConfig)]
+    return list(found.values())
 
 
 def _place_like(model: nn.Module) -> None:
@@ -99,12 +170,18 @@ def apply(model: nn.Module, preset_or_config) -> nn.Module:
     if getattr(model, "pelt_config", None) is not None:
         raise UniPeltError("this model already has unipelt modules; apply() to a fresh model")
     spec = spec_for(model)
-    base = model.base_model
-    _check_modules_to_save(base, cfg)
+    _check_modules_to_save(model.base_model, cfg)
     cfg = replace(cfg, head=heads.resolve(model, cfg.head))  # recorded as it ran, never "auto"
     heads.check(model, cfg.head, spec)
+    with all_or_nothing(model):  # a method refusing halfway leaves no module of the others behind
+        _inject(model, cfg, spec)
+        check_participation(model)  # a module that transformers bypasses is an error (issue 28)
+    return model
+
+
+def _inject(model: nn.Module, cfg: PeltConfig, spec) -> None:
     existing = set(model.modules())
-    ctx = ModelContext(model=model, base=base, spec=spec, cfg=cfg, d=getattr(model.config, spec.hidden_key))
+    ctx = ModelContext(model=model, base=model.base_model, spec=spec, cfg=cfg, d=getattr(model.config, spec.hidden_key))
     for method, configs in configured(cfg):
         if method.setup is not None:
             method.setup(ctx, configs)
@@ -118,8 +195,6 @@ def apply(model: nn.Module, preset_or_config) -> nn.Module:
         if module not in existing:
             module.train(model.training)
     model.pelt_config = cfg
-    check_participation(model)  # a module that transformers bypasses is an error (issue 28)
-    return model
 
 
 def fold(model: nn.Module) -> nn.Module:

@@ -22,15 +22,13 @@ tensors other than LoRA's and the head. DARE draws random masks: pass ``seed`` t
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from pathlib import Path
 from typing import Literal, Sequence, get_args
 
 import torch
-from safetensors.torch import save_file
 
-from .checkpoint import META, WEIGHTS, _config, _read_meta, _read_tensors, _replace, _sha256
+from .checkpoint import META, _config, _read_meta, _read_tensors, write_checkpoint
 from .config import PeltConfig
 from .errors import UniPeltError
 from .methods.dora import DoRAConfig
@@ -114,7 +112,7 @@ def merge_checkpoints(
 ) -> Path:
     """Write to ``out`` one checkpoint combining those in ``dirs`` with ``weights`` (see the
     module docstring for the methods); returns ``out``. It loads with ``unipelt.load``."""
-    dirs = [Path(d) for d in dirs]
+    dirs, weights = [Path(d) for d in dirs], _numbers(weights)
     if len(dirs) < 1 or len(weights) != len(dirs):
         raise UniPeltError(
             f"merge_checkpoints needs one weight per checkpoint: {len(dirs)} dirs, {len(weights)} weights"
@@ -128,8 +126,19 @@ def merge_checkpoints(
     with rng:  # a seed leaves the caller's random state as it was
         if seed is not None:
             torch.manual_seed(seed)
-        merged = _merge(names, tensors, list(map(float, weights)), method, density, majority_sign, config)
+        merged = _merge(names, tensors, weights, method, density, majority_sign, config)
     return _write(Path(out), merged, meta, dirs, weights, method)
+
+
+def _numbers(weights: Sequence[float]) -> list[float]:
+    """The weights as finite Python floats (a NumPy array's float32 would not go into the JSON)."""
+    try:
+        out = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise UniPeltError(f"merge weights must be numbers, got {weights!r}") from None
+    if not all(math.isfinite(w) for w in out):
+        raise UniPeltError(f"merge weights must be finite, got {out}")
+    return out
 
 
 def _read_all(dirs: list[Path], method: str) -> tuple[list[str], list[dict], dict, PeltConfig]:
@@ -167,7 +176,5 @@ def _write(out: Path, tensors: dict, meta: dict, dirs, weights, how) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     meta = {k: v for k, v in meta.items() if k != "sha256"}
     meta["merged_from"] = {"checkpoints": [str(d) for d in dirs], "weights": list(weights), "method": how}
-    _replace(out, WEIGHTS, lambda p: save_file(tensors, p))
-    meta["sha256"] = _sha256(out / WEIGHTS)
-    _replace(out, META, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    write_checkpoint(out, tensors, meta)
     return out

@@ -36,7 +36,7 @@ from . import encoding, heads
 from .arch import spec_for
 from .attention import attend, use_pelt_attention
 from .blocks import PerCall, per_call
-from .checkpoint import META, load
+from .checkpoint import META, config_of, load
 from .config import PeltConfig
 from .errors import UniPeltError
 from .methods import configured
@@ -131,6 +131,11 @@ class Task:
     max_length: int | None = None  # tokens per input it was trained at, where the checkpoint records it
 
 
+def _check_name(name) -> None:
+    if not isinstance(name, str) or not name:
+        raise UniPeltError(f"a task needs a non-empty name, got {name!r}")
+
+
 def check_input(task: Task, row, i: int) -> None:
     """Refuse input ``i`` if it is of the other kind than the task takes: a pair given to a
     single-sentence task (or one sentence to a pair task) would be answered as what it is not."""
@@ -193,6 +198,7 @@ class MultiTask:
         """Load a ``unipelt.save`` checkpoint as task ``name``; all-or-nothing. ``pairs`` says
         whether its inputs are sentence pairs where the checkpoint does not (None: what it
         records, else single sentences). ``prepare`` then ``commit``."""
+        _check_name(name)
         if name in self._tasks:  # before reading anything
             raise UniPeltError(f"task {name!r} is already loaded; remove it first")
         self.commit(self.prepare(name, directory, pairs=pairs))
@@ -201,8 +207,7 @@ class MultiTask:
         """Read and build task ``name`` from a checkpoint without changing the shared model, so
         other threads may run it meanwhile (a server reads a checkpoint while batches go on);
         ``commit`` then joins it."""
-        if not isinstance(name, str) or not name:
-            raise UniPeltError(f"a task needs a non-empty name, got {name!r}")
+        _check_name(name)
         if pairs is not None and not isinstance(pairs, bool):
             raise UniPeltError(f"add(pairs=...) must be True, False or None, got {pairs!r}")
         task = self._build(name, Path(directory))
@@ -259,7 +264,7 @@ class MultiTask:
         for ``load`` to refuse with the precise reason."""
         try:
             meta = json.loads((directory / META).read_text("utf-8"))
-            cfg = PeltConfig.from_dict(meta["config"])
+            cfg = config_of(directory, self.model)  # what load() applies: format 1's pooler too
         except (OSError, ValueError, KeyError, TypeError, AttributeError):  # UniPeltError is a ValueError
             return {}, None
         for method, configs in configured(cfg):

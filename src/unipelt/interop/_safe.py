@@ -19,10 +19,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..checkpoint import _meta_copy
+from ..checkpoint import _meta_copy, check_floats
 from ..config import PeltConfig
 from ..errors import UniPeltError
-from ..inject import MARK, apply
+from ..inject import MARK, all_or_nothing, apply
 
 
 def read_json(path: Path) -> dict:
@@ -77,6 +77,7 @@ def _named(model: nn.Module, assigned: dict[nn.Parameter, torch.Tensor]) -> dict
 
 
 def _check(model: nn.Module, assigned: dict[nn.Parameter, torch.Tensor], source: str) -> None:
+    check_floats(_named(model, assigned), source)
     for p, t in assigned.items():
         if tuple(p.shape) != tuple(t.shape):
             name = _named(model, {p: t})
@@ -100,8 +101,9 @@ def install(model: nn.Module, config: PeltConfig, assign: Assign, source: str) -
         dry = _meta_copy(model)
         apply(dry, config)
         _check(dry, assign(dry), source)
-    apply(model, config)
-    with torch.no_grad():
-        for p, t in assign(model).items():
-            p.copy_(t.to(p.dtype))
+    with all_or_nothing(model):
+        apply(model, config)
+        with torch.no_grad():
+            for p, t in assign(model).items():
+                p.copy_(t.to(p.dtype))
     return model

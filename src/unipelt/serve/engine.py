@@ -102,6 +102,9 @@ class Engine:
         self.max_length = max_length or self.limit
         self.info: dict[str, TaskInfo] = {}
         self.lock = threading.Lock()
+        # one checkpoint is read and built at a time: each may hold up to the added-parameter cap
+        # (checkpoint.ADDED_FLOOR) before it is folded, so concurrent loads must not multiply that
+        self.loading = threading.Lock()
 
     @classmethod
     def from_directory(
@@ -126,15 +129,17 @@ class Engine:
     # ---- tasks
     def add(self, name: str, spec: TaskSpec) -> TaskInfo:
         """Load a checkpoint as task ``name``; on any failure the served tasks are unchanged."""
+        with self.loading:
+            return self._add(name, spec)
+
+    def _add(self, name: str, spec: TaskSpec) -> TaskInfo:
         if name in self.info:
             raise ServeError(409, f"task {name!r} is already loaded; DELETE it first")
         bad = _non_finite(spec.path / WEIGHTS)  # read outside the lock: batches go on meanwhile
         if bad:
             raise ServeError(422, f"checkpoint {spec.path} cannot be served: {bad} holds NaN or infinite values")
         task = self._served(spec.path, lambda: self.mt.prepare(name, spec.path, pairs=spec.pairs))  # likewise
-        with self.lock:
-            if name in self.info:  # loaded by another request while this one was reading
-                raise ServeError(409, f"task {name!r} is already loaded; DELETE it first")
+        with self.lock:  # adds are serialised by self.loading: no other can have taken the name
             self._served(spec.path, lambda: self.mt.commit(task))
             prompt = task.prompt_length  # tokens the task inserts: they need positions too
             positions = getattr(self.mt.model.config, "max_position_embeddings", None) or self.limit + prompt
