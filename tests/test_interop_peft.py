@@ -132,3 +132,24 @@ def test_a_peft_tensor_of_a_dtype_no_parameter_takes_is_refused_before_the_model
     after = list(model.named_parameters())
     assert len(after) == len(before) and getattr(model, "pelt_config", None) is None
     assert all(n == m and p.requires_grad == g and torch.equal(p, v) for (n, g, v), (m, p) in zip(before, after))
+
+
+def test_a_failed_export_leaves_the_previous_one(tmp_path, monkeypatch):
+    import pathlib
+
+    first = unipelt.apply(build("roberta"), LoRAConfig(r=4, targets=("q", "v")))
+    randomize(first, std=0.1)
+    unipelt.to_peft(first, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    second = unipelt.apply(build("roberta"), LoRAConfig(r=8, targets=("q", "v")))
+
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)  # the config, after the weights
+    with pytest.raises(OSError, match="No space"):
+        unipelt.to_peft(second, tmp_path)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    back = unipelt.from_peft(build("roberta"), tmp_path)
+    assert (_logits(back) - _logits(first)).abs().max() < 1e-6

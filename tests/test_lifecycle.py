@@ -95,3 +95,21 @@ def test_ia3_on_a_projection_another_method_wrapped_is_refused():
     cfg = unipelt.PeltConfig(methods=(unipelt.LoRAConfig(targets=("v",)), IA3Config(targets=("v",))))
     with pytest.raises(UniPeltError, match="same projection"):
         unipelt.apply(build(), cfg)
+
+
+def test_unload_after_merge_and_merge_while_disabled_are_refused():
+    """unload() promises the base model: after merge() its weights hold the updates, so it
+    refuses (merge_and_unload keeps them). merge() inside disable() would switch the merged
+    LoRA back on while the other modules stay off."""
+    model = unipelt.apply(build(), "lora")
+    randomize(model, only_pelt=True, std=0.3)
+    adapted = logits(model)
+    with unipelt.disable(model):
+        with pytest.raises(UniPeltError, match="inside disable"):
+            unipelt.merge(model)
+        assert (logits(model) - logits(build())).abs().max() < 1e-5  # still off, still wrapped
+    assert torch.equal(logits(model), adapted)
+    unipelt.merge(model)
+    with pytest.raises(UniPeltError, match="after merge"):
+        unipelt.unload(model)
+    assert (logits(unipelt.merge_and_unload(model)) - adapted).abs().max() < 1e-5

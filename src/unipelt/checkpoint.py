@@ -108,16 +108,6 @@ def _sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _replace(directory: Path, name: str, write) -> None:
-    """Write a file beside its final name, then rename it over: a crash leaves the old file."""
-    tmp = directory / f".{name}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, directory / name)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save(model: nn.Module, directory: str | Path, *, pairs: bool | None = None, max_length: int | None = None) -> Path:
     """Write ``unipelt.safetensors`` and ``unipelt.json`` to ``directory``; returns it.
 
@@ -158,15 +148,26 @@ def save(model: nn.Module, directory: str | Path, *, pairs: bool | None = None, 
 def write_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Both files, or neither: everything that can fail (the JSON, the weights file) happens
     beside the old pair, which stays as it was until the two renames at the end."""
-    tmp = directory / f".{WEIGHTS}.tmp-{os.getpid()}"
+
+    def weights_then_meta(tmp: dict[str, Path]) -> None:
+        save_file(tensors, tmp[WEIGHTS])
+        tmp[META].write_text(json.dumps({**meta, "sha256": _sha256(tmp[WEIGHTS])}, indent=2))
+
+    # the weights first: until the JSON with their checksum replaces the old one, load refuses the pair
+    replace_together(directory, (WEIGHTS, META), weights_then_meta)
+
+
+def replace_together(directory: Path, names: tuple[str, ...], write) -> None:
+    """``write({name: temporary path})`` beside the final names, then rename each over in order:
+    a failure while writing leaves every old file as it was, and no temporary file."""
+    tmp = {name: directory / f".{name}.tmp-{os.getpid()}" for name in names}
     try:
-        save_file(tensors, tmp)
-        text = json.dumps({**meta, "sha256": _sha256(tmp)}, indent=2)
-        # the weights first: until the JSON with their checksum replaces the old one, load refuses the pair
-        os.replace(tmp, directory / WEIGHTS)
+        write(tmp)
+        for name in names:
+            os.replace(tmp[name], directory / name)
     finally:
-        tmp.unlink(missing_ok=True)
-    _replace(directory, META, lambda p: p.write_text(text))
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
 
 
 # ---- reading and validating unipelt.json

@@ -213,6 +213,11 @@ def merge(model: nn.Module) -> nn.Module:
     """Fold every ungated LoRA and every (IA)³ vector into its base weight, and the prefix network
     into its output. Afterwards those wrappers are gone: they cost what the plain model costs."""
     found = _mergeable(model)
+    if any(not m.pelt_active for m in model.modules() if hasattr(type(m), "pelt_active")):
+        raise UniPeltError(
+            "merge() inside disable(): the merged LoRA and (IA)³ would act while the other modules "
+            "stay off; enable() first"
+        )
     gated = [n for n, m in found if getattr(m, "pelt_gate", None) is not None]
     if gated:
         raise UniPeltError(f"gated LoRA cannot be merged (its scale depends on the input): {gated[:3]}...")
@@ -283,9 +288,21 @@ def enable(model: nn.Module) -> _Switch:
 
 def unload(model: nn.Module) -> nn.Module:
     """Remove every unipelt module and return the plain base model, without merging (peft's
-    ``unload``); every parameter trains again, as in a freshly loaded model."""
+    ``unload``); every parameter trains again, as in a freshly loaded model. Weights a method
+    trained in the base model itself (BitFit's biases, full fine-tuning) stay as trained.
+    Refused after ``merge``: the base weights hold the updates and no pretrained copy is kept
+    (peft's ``unload`` returns the merged weights there, silently)."""
     if getattr(model, "pelt_config", None) is None:
         raise UniPeltError("this model has no unipelt modules: apply() or load() first")
+    if getattr(model, "pelt_merged", False):
+        raise UniPeltError(
+            "unload() cannot give the base model back after merge(): its weights hold the LoRA/(IA)³ "
+            "updates; merge_and_unload() keeps them in a plain model, or load the base model afresh"
+        )
+    return _strip(model)
+
+
+def _strip(model: nn.Module) -> nn.Module:
     while wrapped := next((n for n, m in model.named_modules() if isinstance(m, Wrapper)), None):
         replace_module(model, wrapped, lambda m: m.base_layer)
     for name in ("pelt_prompt", "pelt_prefix"):  # their hooks on the base model
@@ -315,7 +332,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
             f"merge_and_unload folds LoRA and (IA)³ only; this model also has {sorted(kept)}, "
             "which would be lost: use merge() to fold what can be folded"
         )
-    return unload(merge(model))
+    return _strip(merge(model))
 
 
 def zero_deltas(model: nn.Module) -> None:

@@ -68,6 +68,16 @@ def test_sweep_from_a_grid_file_then_report(capsys, base, glue_dir, tiny_model, 
     assert cli.main(["-q", "report", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| MRPC (F1) | STS-B" not in md and "STSB (ρ)" in md and "| bitfit |" in md
+    assert len(list((tmp_path / "out" / "runs").glob("*.json"))) == 8
+    # a run that differs only in its learning rate gets a file of its own, not the other's
+    with sqlite3.connect(tmp_path / "s.sqlite") as db:
+        columns = [r[1] for r in db.execute("PRAGMA table_info(runs)")]
+        row = dict(zip(columns, db.execute("SELECT * FROM runs LIMIT 1").fetchone()))
+        row.update(run_key="0" * 20, lr=row["lr"] * 2)
+        db.execute(f"INSERT INTO runs VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    db.close()
+    assert cli.main(["-q", "report", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "out2")]) == 0
+    assert len(list((tmp_path / "out2" / "runs").glob("*.json"))) == 9
 
 
 def test_demo_prints_its_table(capsys, glue_dir, tiny_model, tmp_path):
@@ -108,6 +118,10 @@ def test_demo_prints_its_table(capsys, glue_dir, tiny_model, tmp_path):
         (["--task", "rte", "--preset", "lorax"], "unknown preset 'lorax'; known presets:"),
         (["--task", "rte", "--preset", "lora", "--k", "70"], "K=70 is too large for rte: it has 80 training rows"),
         (["--task", "rte", "--preset", "lora", "--k", "ten"], "K must be a positive integer or 'all'"),
+        (["--task", "rte", "--preset", "lora", "--k", "²"], "K must be a positive integer or 'all'"),  # isdigit()
+        (["--task", "rte", "--preset", "lora", "--k", "9" * 5000], "K must be a positive integer or 'all'"),
+        (["--task", "rte", "--preset", "lora", "--lr", "inf"], "learning rate must be a positive number"),
+        (["--task", "rte", "--preset", "lora", "--head-lr", "0"], "head's learning rate must be a positive number"),
     ],
 )
 def test_bad_train_arguments(capsys, base, flags, message):
@@ -177,6 +191,38 @@ def test_bad_sweep_grids(capsys, base, tmp_path):
     grid.write_text("tasks = [rte\n")
     assert f"grid file {grid} is not valid TOML" in cli_error(capsys, ["sweep", "--grid", str(grid), *base])
     assert "does not exist" in cli_error(capsys, ["report", "--store", str(tmp_path / "none.sqlite")])
+
+
+def test_bad_sweep_values(capsys, base):
+    sweep = ["sweep", "--tasks", "rte", "--presets", "lora", *base]
+    assert "'data_seeds' must be a list of integers, got '²'" in cli_error(capsys, [*sweep, "--data-seeds", "²"])
+    assert "'data_seeds' must be a list of integers" in cli_error(capsys, [*sweep, "--data-seeds", "1" * 5000])
+    assert "grid setting 'k' lists no values" in cli_error(capsys, [*sweep, "--k", ","])
+    assert "grid setting 'data_seeds' lists no values" in cli_error(capsys, [*sweep, "--data-seeds", ""])
+
+
+def test_a_damaged_or_foreign_store_is_refused_and_kept(capsys, base, tmp_path):
+    """A damaged page used to end a sweep in a traceback after the store was switched to WAL."""
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    with store.transaction() as db:  # enough rows for pages beyond the schema's
+        db.executemany("INSERT INTO leases VALUES (?, ?, ?, ?, ?)", [(f"k{i}", "o", "h", 1, 0.0) for i in range(2000)])
+    store.close()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 3000] = b"\xff" * 3000
+    path.write_bytes(bytes(data))
+    train = ["train", "--task", "rte", "--preset", "lora", "--k", "16", *base]
+    assert "is damaged" in cli_error(capsys, train)
+    assert path.read_bytes() == bytes(data)
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER)")
+    db.close()
+    assert "not a unipelt results store (schema version None)" in cli_error(capsys, ["report", "--store", str(other)])
+    with sqlite3.connect(other) as db:
+        db.execute("INSERT INTO schema_version VALUES (2)")
+    db.close()
+    assert "not a unipelt results store (no runs table)" in cli_error(capsys, ["report", "--store", str(other)])
 
 
 def test_argparse_errors_return_instead_of_exiting(capsys):

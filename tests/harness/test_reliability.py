@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -311,12 +310,14 @@ def test_a_huge_learning_rate_fails_as_diverged(glue_dir, tiny_model, tmp_path):
     ), record.reason
 
 
-def test_an_infinite_learning_rate_is_stored_as_strict_json(tmp_path):
+def test_non_finite_numbers_are_stored_as_strict_json_and_an_infinite_lr_is_refused():
+    from unipelt.harness.errors import HarnessError
+    from unipelt.harness.store import _json
+
     def refuse(constant):
         raise ValueError(f"non-standard JSON constant {constant}")
 
-    spec = replace(_spec(), lr=float("inf"))
-    with Store(tmp_path / "s.sqlite") as store:
-        store.write(runner.failed_record(spec, "training loss is nan at epoch 1"))
-    text = sqlite3.connect(tmp_path / "s.sqlite").execute("SELECT spec FROM runs").fetchone()[0]
-    assert json.loads(text, parse_constant=refuse)["lr"] == "inf"
+    text = _json({"loss": float("nan"), "rows": [1.0, float("-inf")], "nested": {"lr": float("inf")}})
+    assert json.loads(text, parse_constant=refuse) == {"loss": "nan", "rows": [1.0, "-inf"], "nested": {"lr": "inf"}}
+    with pytest.raises(HarnessError, match="learning rate must be a positive number"):
+        replace(_spec(), lr=float("inf"))

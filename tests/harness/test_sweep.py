@@ -85,7 +85,7 @@ def test_nan_loss_fails_the_run_with_its_reason(glue_dir, tiny_model):
         preset="lora",
         model=tiny_model,
         k=16,
-        lr=float("inf"),
+        lr=3e38,  # finite, the largest float32: the first step makes the weights inf, the loss nan
         epochs=3,
         dev_size=20,
         glue_dir=str(glue_dir),

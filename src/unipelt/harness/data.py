@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import gzip
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def parse_k(value: str | int) -> int | str:
     if isinstance(value, str) and value.strip().lower() == "all":
         return "all"
     # only whole numbers: int(1.5) would quietly train on 1 example, int(True) on one too
-    k = int(value) if type(value) is int or (isinstance(value, str) and value.strip().isdigit()) else 0
+    whole = type(value) is int or (isinstance(value, str) and re.fullmatch(r"[0-9]{1,30}", value.strip()))
+    k = int(value) if whole else 0  # ASCII digits: str.isdigit() takes '²', which int() refuses
     if k <= 0:
         raise HarnessError(f"K must be a positive integer or 'all', got {value!r}")
     return k

@@ -9,6 +9,7 @@ test score, and ``peft_config`` unipelt's own ``PeltConfig`` (its methods are no
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 from datetime import datetime
@@ -88,15 +89,17 @@ def run_json(row: pd.Series, epochs: pd.DataFrame) -> dict:
 
 
 def write_runs(store: Store, out_dir: str | Path) -> list[Path]:
-    """One ``<task>--<method>--k<K>-seed<seed>.json`` per finished run in ``out_dir``."""
+    """One ``<task>--<method>--k<K>-seed<seed>.json`` per finished run in ``out_dir``; runs that
+    share that name (another lr, model or model seed) each add their run key's first 12 characters."""
     out = Path(out_dir)
     runs, epochs = store.runs("finished"), store.epochs()
+    names = [re.sub(r"[^A-Za-z0-9._=-]+", "_", experiment_name(row).replace("/", "--")) for _, row in runs.iterrows()]
+    shared = {n for n, count in collections.Counter(names).items() if count > 1}
     written = []
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for _, row in runs.iterrows():
-            name = re.sub(r"[^A-Za-z0-9._=-]+", "_", experiment_name(row).replace("/", "--"))
-            path = out / f"{name}.json"
+        for name, (_, row) in zip(names, runs.iterrows()):
+            path = out / (f"{name}--{row.run_key[:12]}.json" if name in shared else f"{name}.json")
             path.write_text(json.dumps(run_json(row, epochs[epochs.run_key == row.run_key]), indent=2) + "\n")
             written.append(path)
     except OSError as e:

@@ -10,6 +10,7 @@ true`` is not 1).
 from __future__ import annotations
 
 import itertools
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,9 +81,13 @@ def _integer(key: str, value: Any, what: str = "an integer") -> int:
     would quietly turn into another number."""
     if type(value) is int:
         return value
-    if isinstance(value, str) and value.strip().removeprefix("-").isdigit():
+    if isinstance(value, str) and INTEGER.fullmatch(value.strip()):
         return int(value)
     raise HarnessError(f"grid setting {key!r} must be {what}, got {value!r}")
+
+
+# ASCII digits only (str.isdigit() also takes '²', which int() refuses), and few enough for int()
+INTEGER = re.compile(r"-?[0-9]{1,30}")
 
 
 def _number(key: str, value: Any, what: str = "a number") -> float:
@@ -122,8 +127,12 @@ def _parser(name: str):
 
 def _list(axis: str, value: Any) -> tuple:
     if _parser(AXES[axis]) is _string:
-        return _list_of_names(axis, value)
-    return tuple(_parser(AXES[axis])(axis, v, "a list of integers") for v in split_list(value))
+        values = _list_of_names(axis, value)
+    else:
+        values = tuple(_parser(AXES[axis])(axis, v, "a list of integers") for v in split_list(value))
+    if not values:  # given but empty ('--k ,'): an error, not the default axis
+        raise HarnessError(f"grid setting {axis!r} lists no values, got {value!r}")
+    return values
 
 
 def _lr(value: Any, methods: set[str]) -> float | dict[str, float]:

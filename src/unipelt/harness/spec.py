@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import typing
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
@@ -108,9 +109,9 @@ class RunSpec:
                 raise HarnessError(f"{flag} must be true or false, got {value!r}")
         for name in ("lr", "head_lr"):
             value = getattr(self, name)
-            if (value is not None or name == "lr") and (type(value) not in (int, float) or not value > 0):
+            if (value is not None or name == "lr") and (type(value) not in (int, float) or not 0 < value < math.inf):
                 what = "the learning rate" if name == "lr" else "the head's learning rate"
-                raise HarnessError(f"{what} must be a positive number, got {value!r}")
+                raise HarnessError(f"{what} must be a positive number (and finite), got {value!r}")
         check_objective(self.objective, get_task(self.task))
 
     @property
@@ -211,6 +212,7 @@ def make_spec(
     model = resolve_model(model)
     lr = _default_lr(method, config) if lr is None else lr
     head = _head(options.pop("head", None) or "auto", config, model)
+    head_lr = options.pop("head_lr", None)
     spec = RunSpec(
         task=task,
         method=method,
@@ -220,7 +222,7 @@ def make_spec(
         lr=lr,
         model_id=model_identity(model),
         head=head,
-        head_lr=options.pop("head_lr", None) or HEAD_LR,
+        head_lr=HEAD_LR if head_lr is None else head_lr,
         **options,
     )
     check_model(spec.model, objective=spec.objective, max_length=spec.max_length)

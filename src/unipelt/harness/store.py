@@ -95,7 +95,7 @@ def _statements(script: str) -> list[str]:
 
 
 def _json(value) -> str:
-    """Strict JSON: a non-finite float (an lr of inf, a diverged loss) is stored as a string."""
+    """Strict JSON: a non-finite float (a diverged loss, an older store's lr of inf) is stored as a string."""
 
     def clean(v):
         if isinstance(v, float) and not math.isfinite(v):
@@ -192,8 +192,10 @@ class Store:
                 self._remove_empty()
             if not isinstance(e, sqlite3.Error):
                 raise
-            if getattr(e, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+            if getattr(e, "sqlite_errorname", "") == "SQLITE_NOTADB":
                 raise HarnessError(f"{self.path} is not a unipelt results store (SQLite): {e}") from None
+            if getattr(e, "sqlite_errorname", "") == "SQLITE_CORRUPT":
+                raise HarnessError(f"results store {self.path} is damaged ({e}); the file was left unchanged") from None
             raise HarnessError(f"cannot open results store {self.path}: {_cause(e)}") from None
 
     def _open_read_only_mount(self) -> None:
@@ -245,6 +247,11 @@ class Store:
                         self.db.execute(statement)
                     self.db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
         self.version = self._version()
+        if "runs" not in self._tables():
+            raise HarnessError(f"{self.path} is not a unipelt results store (no runs table)")
+        # a damaged page would end a sweep hours later, or be rewritten in WAL mode below: look first
+        if (check := self.db.execute("PRAGMA quick_check").fetchone()[0]) != "ok":
+            raise HarnessError(f"results store {self.path} is damaged ({check}); the file was left unchanged")
         if not self.readonly:
             if self.version < SCHEMA_VERSION:
                 self._migrate()
@@ -255,7 +262,9 @@ class Store:
         if "schema_version" not in self._tables():
             raise HarnessError(f"{self.path} is not a unipelt results store (no schema_version table)")
         version = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
+        if not isinstance(version, int) or version < 1:
+            raise HarnessError(f"{self.path} is not a unipelt results store (schema version {version!r})")
+        if version > SCHEMA_VERSION:
             raise HarnessError(
                 f"results store {self.path} has schema version {version}, newer than this unipelt "
                 f"reads ({SCHEMA_VERSION}); upgrade unipelt to use it (the file was left unchanged)"

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..arch import spec_for
 from ..attention import is_conv1d, is_linear
+from ..checkpoint import replace_together
 from ..config import PeltConfig
 from ..errors import UniPeltError
 from ..inject import MARK, head_parameter_names
@@ -327,6 +328,10 @@ def to_peft(model: nn.Module, directory: str | Path) -> Path:
     )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, directory / WEIGHTS)
-    (directory / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+    def write(tmp: dict[str, Path]) -> None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp[WEIGHTS])
+        tmp[CONFIG].write_text(json.dumps(config, indent=2) + "\n")
+
+    replace_together(directory, (WEIGHTS, CONFIG), write)  # a failed export leaves the old one
     return directory
