@@ -382,20 +382,20 @@ def _check_fits(expected: dict[str, tuple[int, ...]], tensors: dict[str, torch.T
             raise UniPeltError(f"{name}: checkpoint shape {tuple(tensor.shape)} vs model {expected[name]}")
 
 
-def config_of(directory: str | Path, model: nn.Module) -> PeltConfig:
-    """The config ``load`` would apply to ``model`` from the checkpoint in ``directory``, read
-    without its weights: format 1's saved pooler is seen in the file's header."""
+def read_config(directory: str | Path, model: nn.Module) -> tuple[dict, PeltConfig]:
+    """The checkpoint's metadata and the config ``load`` would apply to ``model``, read without
+    its weights: format 1's saved pooler is seen in the file's header."""
     directory = Path(directory)
     meta = _read_meta(directory)
     config = _config(meta, directory / META)
     if meta["format"] != 1:
-        return config
+        return meta, config
     try:
         with safe_open(directory / WEIGHTS, "pt") as f:
             names = list(f.keys())
     except SafetensorError as e:
         raise UniPeltError(f"{directory / WEIGHTS} is not a readable safetensors file: {e}") from None
-    return _v1_pooler(config, names, model)
+    return meta, _v1_pooler(config, names, model)
 
 
 def _read_tensors(directory: Path, meta: dict) -> dict[str, torch.Tensor]:

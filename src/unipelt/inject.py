@@ -213,7 +213,7 @@ def merge(model: nn.Module) -> nn.Module:
     """Fold every ungated LoRA and every (IA)³ vector into its base weight, and the prefix network
     into its output. Afterwards those wrappers are gone: they cost what the plain model costs."""
     found = _mergeable(model)
-    if any(not m.pelt_active for m in model.modules() if hasattr(type(m), "pelt_active")):
+    if any(not m.pelt_active for m in _switches(model)):
         raise UniPeltError(
             "merge() inside disable(): the merged LoRA and (IA)³ would act while the other modules "
             "stay off; enable() first"
@@ -243,10 +243,15 @@ class _Switch:
             module.pelt_active = state
 
 
+def _switches(model: nn.Module) -> list[nn.Module]:
+    """The modules ``disable``/``enable`` turn off and on."""
+    return [m for m in model.modules() if hasattr(type(m), "pelt_active")]
+
+
 def _set_active(model: nn.Module, active: bool) -> list[tuple[nn.Module, bool]]:
     if getattr(model, "pelt_config", None) is None:
         raise UniPeltError("this model has no unipelt modules: apply() or load() first")
-    switches = [m for m in model.modules() if hasattr(type(m), "pelt_active")]
+    switches = _switches(model)
     previous = [(m, m.pelt_active) for m in switches]
     for m in switches:
         m.pelt_active = active

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -36,7 +35,7 @@ from . import encoding, heads
 from .arch import spec_for
 from .attention import attend, use_pelt_attention
 from .blocks import PerCall, per_call
-from .checkpoint import META, config_of, load
+from .checkpoint import load, read_config
 from .config import PeltConfig
 from .errors import UniPeltError
 from .methods import configured
@@ -263,8 +262,7 @@ class MultiTask:
         """The checkpoint's ``task`` block and config, read once; ``(..., None)`` when unreadable,
         for ``load`` to refuse with the precise reason."""
         try:
-            meta = json.loads((directory / META).read_text("utf-8"))
-            cfg = config_of(directory, self.model)  # what load() applies: format 1's pooler too
+            meta, cfg = read_config(directory, self.model)  # what load() applies: format 1's pooler too
         except (OSError, ValueError, KeyError, TypeError, AttributeError):  # UniPeltError is a ValueError
             return {}, None
         for method, configs in configured(cfg):

@@ -43,13 +43,17 @@ class Splits:
     test_source: str  # where the test rows came from, recorded with the run
 
 
+# ASCII digits only (str.isdigit() also takes '²', which int() refuses), and few enough for int()
+DIGITS = re.compile(r"[0-9]{1,30}")
+
+
 def parse_k(value: str | int) -> int | str:
     """``"all"`` or a positive int: the train-set sizes the protocol allows."""
     if isinstance(value, str) and value.strip().lower() == "all":
         return "all"
     # only whole numbers: int(1.5) would quietly train on 1 example, int(True) on one too
-    whole = type(value) is int or (isinstance(value, str) and re.fullmatch(r"[0-9]{1,30}", value.strip()))
-    k = int(value) if whole else 0  # ASCII digits: str.isdigit() takes '²', which int() refuses
+    whole = type(value) is int or (isinstance(value, str) and DIGITS.fullmatch(value.strip()))
+    k = int(value) if whole else 0
     if k <= 0:
         raise HarnessError(f"K must be a positive integer or 'all', got {value!r}")
     return k

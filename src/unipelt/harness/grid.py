@@ -10,7 +10,6 @@ true`` is not 1).
 from __future__ import annotations
 
 import itertools
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import tomllib
 import yaml
 
-from .data import parse_k
+from .data import DIGITS, parse_k
 from .errors import HarnessError
 from .spec import DEFAULTS, SETTINGS, TYPES, RunSpec, make_spec
 from .tasks import get_task
@@ -81,13 +80,9 @@ def _integer(key: str, value: Any, what: str = "an integer") -> int:
     would quietly turn into another number."""
     if type(value) is int:
         return value
-    if isinstance(value, str) and INTEGER.fullmatch(value.strip()):
+    if isinstance(value, str) and DIGITS.fullmatch(value.strip().removeprefix("-")):
         return int(value)
     raise HarnessError(f"grid setting {key!r} must be {what}, got {value!r}")
-
-
-# ASCII digits only (str.isdigit() also takes '²', which int() refuses), and few enough for int()
-INTEGER = re.compile(r"-?[0-9]{1,30}")
 
 
 def _number(key: str, value: Any, what: str = "a number") -> float:
