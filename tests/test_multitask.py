@@ -193,6 +193,33 @@ def test_bad_checkpoints_and_calls_are_refused(tmp_path):
     assert mt.tasks == ["lora"]
 
 
+def test_a_commit_that_fails_leaves_the_shared_model_as_it_was(tmp_path, monkeypatch):
+    """A task refused at its last check (its rows disagree with its own model) takes with it
+    the sites it wrapped around shared modules and the attention it switched, not only its
+    entries: the shared model is the one it was, and serves the next task as a fresh one would."""
+    for p in ("unipelt-apl", "lora"):
+        trained(tmp_path, "bert", p)
+    mt = MultiTask(build())
+    shape = lambda: [(n, type(m)) for n, m in mt.model.named_modules()]  # noqa: E731
+    before, attention = shape(), mt.model.config._attn_implementation
+
+    def refuse(self, task):
+        raise UniPeltError("refused at the last check")
+
+    with monkeypatch.context() as m:
+        m.setattr(MultiTask, "_check_served", refuse)
+        with pytest.raises(UniPeltError, match="last check"):
+            mt.add("unipelt-apl", tmp_path / "unipelt-apl")
+    assert shape() == before and mt.model.config._attn_implementation == attention
+    assert mt.tasks == [] and mt._summary.heads == {}
+    mt.add("lora", tmp_path / "lora")
+    fresh = MultiTask(build())
+    fresh.add("lora", tmp_path / "lora")
+    batch = rows(3, seed=2)
+    assert torch.equal(torch.stack(mt(**batch, tasks=["lora"] * 3)), torch.stack(fresh(**batch, tasks=["lora"] * 3)))
+    assert shape() == [(n, type(m)) for n, m in fresh.model.named_modules()]
+
+
 def _as_format_1(directory) -> None:
     """Rewrite a checkpoint's metadata as unipelt 0.1 wrote it (no head, an embedding probe)."""
     path = directory / "unipelt.json"

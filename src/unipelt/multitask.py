@@ -38,6 +38,7 @@ from .blocks import PerCall, per_call
 from .checkpoint import load, read_config
 from .config import PeltConfig
 from .errors import UniPeltError
+from .inject import all_or_nothing
 from .methods import configured
 from .participation import probe_inputs
 from .wrappers import RowsCall, Wrapper, insert, plain_path
@@ -219,16 +220,18 @@ class MultiTask:
         serialise it with calls, as ``add`` and ``remove``."""
         if task.name in self._tasks:  # another task of that name joined since it was prepared
             raise UniPeltError(f"task {task.name!r} is already loaded; remove it first")
-        name = task.name
-        self._graft(task)
-        self._tasks[name] = task
-        if task.model.config._attn_implementation.startswith("unipelt_"):
-            use_pelt_attention(self.model)
-        try:
-            self._check_served(task)
-        except Exception:
-            self.remove(name)
-            raise
+        # a failure puts back the sites it created and the attention it switched, not only its entries
+        with all_or_nothing(self.model):
+            try:
+                self._graft(task)
+                self._tasks[task.name] = task
+                if task.model.config._attn_implementation.startswith("unipelt_"):
+                    use_pelt_attention(self.model)
+                self._check_served(task)
+            except BaseException:
+                self._tasks.pop(task.name, None)
+                self._summary.heads.pop(task.name, None)
+                raise
 
     def _check_served(self, task: Task) -> None:
         """The task's model alone and its rows in the shared model agree on a 2-token probe: a
