@@ -393,3 +393,191 @@ def test_random_flag_values_end_in_one_error_line(served, capsys, flag, value): 
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err, err
     assert "error:" in err.splitlines()[-1]
+
+
+# ---- 6. races with loading, paths and names that cannot be resolved, the task limit, metrics
+def test_a_row_is_not_answered_by_a_task_loaded_since_under_its_name(served):  # noqa: F811
+    """A row queued for 'qa' (single sentences, labels no/yes), then 'qa' unloaded and another
+    checkpoint (sentence pairs, other labels) loaded under that name before the batch runs: the
+    row gets a 404, as rows of an unloaded task do, not an answer from a task it was never
+    checked against."""
+    from unipelt.serve import TaskSpec
+
+    engine = engine_for(served, tasks=("sst2",))
+    engine.add("qa", TaskSpec(path=served / "ckpt" / "spare"))
+    checked = engine.check("qa", ["w1 w2"])
+    engine.remove("qa")
+    engine.add("qa", TaskSpec(path=served / "ckpt" / "rte", pairs=True))
+    [answer] = engine.run([Row("qa", "w1 w2", checked)])
+    assert isinstance(answer, ServeError) and answer.status == 404
+    [ok] = engine.run([Row("qa", ("w1", "w2"), engine.check("qa", [("w1", "w2")]))])
+    assert ok["label"] in ("entailment", "not_entailment")
+
+
+def test_a_request_checked_while_its_task_is_removed_gets_a_404(served, monkeypatch):  # noqa: F811
+    """check() runs on the event loop without the engine's lock, beside a DELETE in a worker
+    thread: in every state of the removal it answers 404 (or passes), never a KeyError (500)."""
+    engine = engine_for(served, tasks=("sst2", "rte"))
+    seen = []
+    real_remove = MultiTask.remove
+
+    def remove_and_check(self, name):
+        for step in ("before", "after"):
+            try:
+                engine.check(name, [("w1", "w2")])
+                seen.append((step, "passed"))
+            except Exception as e:  # noqa: BLE001 - the test records which
+                seen.append((step, type(e).__name__, getattr(e, "status", None)))
+            if step == "before":
+                real_remove(self, name)
+
+    monkeypatch.setattr(MultiTask, "remove", remove_and_check)
+    engine.remove("rte")
+    assert seen == [("before", "ServeError", 404), ("after", "ServeError", 404)]
+    assert [t["name"] for t in engine.tasks()] == ["sst2"]
+
+
+def test_load_paths_that_cannot_be_resolved_get_a_400(served, tmp_path):  # noqa: F811
+    from test_serve import TOKEN, auth
+
+    root = tmp_path / "tasks"
+    root.mkdir()
+    (root / "loop").symlink_to(root / "loop")
+    engine = engine_for(served, tasks=("sst2",))
+
+    async def go():
+        async with client(engine, admin_token=TOKEN, tasks_dir=root) as c:
+            out = []
+            for path in ("\udfff", "a" * 300, "x/" * 3000, "loop"):
+                body = json.dumps({"path": path}).encode()  # a lone surrogate as JSON spells it: \\udfff
+                r = await c.post("/v1/tasks/t", content=body, headers={**auth(), "Content-Type": "application/json"})
+                out.append((r.status_code, r.headers["content-type"], r.json()["error"]))
+            return out
+
+    for status, kind, error in run(go()):
+        assert status == 400 and kind == "application/json", error
+    assert list(engine.info) == ["sst2"]
+
+
+def test_weights_are_scanned_for_nan_only_after_the_checksum_and_sizes_pass(served, tmp_path):  # noqa: F811
+    """A file that fails its checksum is refused for that, before its values are read: the scan
+    reads every tensor, so a file with a large foreign tensor would cost memory first."""
+    from safetensors.torch import load_file, save_file
+
+    from unipelt.serve import TaskSpec
+
+    directory = _copy(served, tmp_path, "junk")
+    tensors = load_file(directory / "unipelt.safetensors")
+    tensors["junk"] = __import__("torch").full((1000,), float("nan"))
+    save_file(tensors, directory / "unipelt.safetensors")  # checksum not updated
+    engine = engine_for(served, tasks=("sst2",))
+    with pytest.raises(ServeError, match="does not match the checksum") as refused:
+        engine.add("junk", TaskSpec(path=directory))
+    assert refused.value.status == 422 and list(engine.info) == ["sst2"]
+
+
+def test_the_server_holds_at_most_max_tasks(served, capsys):  # noqa: F811
+    from unipelt.cli import main
+    from unipelt.serve import Engine, TaskSpec
+
+    engine = engine_for(served, tasks=("sst2", "rte"), max_tasks=2)
+    with pytest.raises(ServeError, match=r"limit of 2 tasks \(--max-tasks\)") as refused:
+        engine.add("qa", TaskSpec(path=served / "ckpt" / "spare"))
+    assert refused.value.status == 409 and list(engine.info) == ["sst2", "rte"]
+    engine.remove("rte")
+    engine.add("qa", TaskSpec(path=served / "ckpt" / "spare"))
+    with pytest.raises(Exception, match="--max-tasks must be a whole number"):
+        Engine(engine.mt, engine.tokenizer, max_tasks=0)
+    task = f"sst2={served / 'ckpt' / 'sst2'}"
+    assert main(["serve", "--model", str(served / "base"), "--task", task, "--max-tasks", "0"]) == 2
+    assert "--max-tasks must be from 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--task", "a=~nosuchuser-xyz/x"], "--task 'a=~nosuchuser-xyz/x':"),
+        (["--tasks-dir", "~nosuchuser-xyz"], "--tasks-dir ~nosuchuser-xyz:"),
+        (["--task", "a=" + "x" * 5000], "File name too long"),
+        (["--task", "../a b=DIR"], "a task name is 1-64 letters"),
+        (["--task", "a=BASE"], "--task a: "),  # the base model's directory is not a checkpoint
+        (["--task", "a=BASE", "--backend", "ray"], "is not a unipelt checkpoint"),  # before Ray starts
+        (["--admin-token", "pässwörd-0123456789-abcdef"], "printable ASCII"),
+    ],
+)
+def test_paths_names_and_tokens_the_server_cannot_use_are_one_error_line(served, capsys, flags, message):  # noqa: F811
+    from unipelt.cli import main
+
+    flags = [f.replace("BASE", str(served / "base")) for f in flags]
+    task = (
+        []
+        if any(f.startswith("a=") or f.startswith("../") for f in flags)
+        else ["--task", f"sst2={served / 'ckpt' / 'sst2'}"]
+    )
+    code = main(["serve", "--model", str(served / "base"), *task, *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("unipelt: error: ") and message in err, err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_metrics_count_a_client_that_left_as_499_and_a_413_under_its_route(served):  # noqa: F811
+    from unipelt.serve.app import LocalService, ServeSettings, create_app
+
+    settings = ServeSettings(max_body_bytes=100)
+    app = create_app(LocalService(engine_for(served, tasks=("sst2",)), settings), settings)
+
+    async def call(messages):
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/v1/predict", "raw_path": b"/v1/predict", "root_path": "",
+            "query_string": b"", "headers": [(b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+        }  # fmt: skip
+        queue, sent = list(messages), []
+
+        async def receive():
+            return queue.pop(0) if queue else {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        await app(scope, receive, send)
+        return sent
+
+    async def go():
+        async with app.router.lifespan_context(app):
+            left = await call([{"type": "http.request", "body": b'{"task": ', "more_body": True}])
+            big = await call([{"type": "http.request", "body": b"x" * 200, "more_body": False}])
+            return left, big, (await _get_metrics(app))
+
+    left, big, text = run(go())
+    assert left == [] and big[0]["status"] == 413
+    assert 'unipelt_requests_total{route="/v1/predict",status="499"} 1.0' in text
+    assert 'unipelt_requests_total{route="/v1/predict",status="413"} 1.0' in text
+    assert 'status="500"' not in text
+
+
+async def _get_metrics(app) -> str:
+    import httpx
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://serve") as c:
+        return (await c.get("/metrics")).text
+
+
+def test_a_json_body_sent_as_application_plus_json_is_validated_as_json(served):  # noqa: F811
+    """FastAPI reads application/*+json bodies as JSON: their errors are JSON's (400, 422), not a 415."""
+    kind = {"Content-Type": "application/merge-patch+json"}
+
+    async def go():
+        async with client(engine_for(served, tasks=("sst2",))) as c:
+            ok = await c.post("/v1/predict", json={"task": "sst2", "inputs": ["w1"]}, headers=kind)
+            missing = await c.post("/v1/predict", json={"task": "sst2"}, headers=kind)
+            broken = await c.post("/v1/predict", content=b'{"task": ', headers=kind)
+            text = await c.post("/v1/predict", content=b"task=sst2", headers={"Content-Type": "text/plain"})
+            return ok, missing, broken, text
+
+    ok, missing, broken, text = run(go())
+    assert ok.status_code == 200
+    assert missing.status_code == 422 and "inputs" in missing.json()["error"]
+    assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]
+    assert text.status_code == 415

@@ -382,12 +382,18 @@ def _check_fits(expected: dict[str, tuple[int, ...]], tensors: dict[str, torch.T
             raise UniPeltError(f"{name}: checkpoint shape {tuple(tensor.shape)} vs model {expected[name]}")
 
 
+def read_metadata(directory: str | Path) -> tuple[dict, PeltConfig]:
+    """The checkpoint's metadata and its config as saved, checked without a model or the weights."""
+    directory = Path(directory)
+    meta = _read_meta(directory)
+    return meta, _config(meta, directory / META)
+
+
 def read_config(directory: str | Path, model: nn.Module) -> tuple[dict, PeltConfig]:
     """The checkpoint's metadata and the config ``load`` would apply to ``model``, read without
     its weights: format 1's saved pooler is seen in the file's header."""
     directory = Path(directory)
-    meta = _read_meta(directory)
-    config = _config(meta, directory / META)
+    meta, config = read_metadata(directory)
     if meta["format"] != 1:
         return meta, config
     try:
@@ -413,11 +419,14 @@ FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # what a
 
 def check_floats(tensors: dict[str, torch.Tensor], source) -> dict[str, torch.Tensor]:
     """``tensors``, once each is of a dtype a parameter can take a value from (a float4 or int
-    tensor cannot be copied into one: refused before the model is touched)."""
+    tensor cannot be copied into one) and holds finite numbers (NaN weights answer NaN, or, where
+    sdpa drops them, answer wrongly without a sign): refused before the model is touched."""
     for name, t in tensors.items():
         if t.dtype not in FLOATS:
             kinds = ", ".join(str(f).removeprefix("torch.") for f in FLOATS)
             raise UniPeltError(f"{source}: {name} is {str(t.dtype).removeprefix('torch.')}, not one of {kinds}")
+        if not bool(t.isfinite().all()):
+            raise UniPeltError(f"{source}: {name} holds NaN or infinite values")
     return tensors
 
 

@@ -22,12 +22,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from .batcher import Batcher
-from .engine import Engine, Row, ServeError, TaskSpec
+from .engine import TASK_NAME, Engine, Row, ServeError, TaskSpec
 from .metrics import Metrics
 
-TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 ADMIN_OFF = "admin endpoints are off: start the server with --admin-token or $UNIPELT_ADMIN_TOKEN"
 
 
@@ -53,6 +53,9 @@ class ServeSettings:
         _within("--max-wait-ms", self.max_wait_ms, 0, wait_limit, " (and under --request-timeout)")
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise ValueError("the admin token must have at least 16 characters")
+        if self.admin_token is not None and not (self.admin_token.isascii() and self.admin_token.isprintable()):
+            # HTTP headers arrive as latin-1 bytes: another character could never be matched
+            raise ValueError("the admin token must be printable ASCII characters")
 
 
 MAX_WAIT_MS = 10_000.0  # a batch that waits longer to fill is a stalled server
@@ -160,7 +163,7 @@ def create_app(service: Service, settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="unipelt", lifespan=lifespan)
     _errors(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.add_middleware(Observe, metrics=metrics)
+    app.add_middleware(Observe, metrics=metrics, routes=app.router.routes)
     _predict_routes(app, service, settings, metrics)
     _task_routes(app, service, settings)
     return app
@@ -175,8 +178,8 @@ def _predict_routes(app: FastAPI, service: Service, settings: ServeSettings, met
                 f"{len(body.inputs)} inputs in one request; at most {settings.max_inputs}: "
                 "split it into several requests",
             )
-        service.engine.check(body.task, body.inputs)
-        rows = [Row(body.task, t) for t in body.inputs]
+        checked = service.engine.check(body.task, body.inputs)
+        rows = [Row(body.task, t, checked) for t in body.inputs]
         try:
             outputs = await asyncio.wait_for(service.predict(rows), settings.request_timeout_s)
         except asyncio.TimeoutError:
@@ -240,17 +243,32 @@ def _inside(root: Path | None, relative: str) -> Path:
         )
     if "\x00" in relative:  # no file name holds one, and the path functions raise on it
         raise ServeError(400, "path holds a NUL character")
+    try:
+        relative.encode("utf-8")  # JSON can spell a lone surrogate, which no file system takes
+    except UnicodeEncodeError as e:
+        raise ServeError(400, f"path is not valid Unicode text: {e.reason} at position {e.start}") from None
     base = root.resolve()
-    path = (base / relative).resolve()
+    try:
+        path = (base / relative).resolve()
+        found = path.is_dir()
+    except (OSError, RuntimeError) as e:  # a name too long, a symlink loop
+        raise ServeError(400, f"path {relative[:80]!r} cannot be resolved: {e}") from None
     where = f"the server's tasks directory {base}"
     if not path.is_relative_to(base):
         raise ServeError(400, f"path {relative!r} is outside {where}; give it relative to it")
     if Path(relative).is_absolute():  # inside, but a client should not depend on where the server keeps it
         inside = str(path.relative_to(base))
         raise ServeError(400, f"path {relative!r} is absolute; give it relative to {where}: {inside!r}")
-    if not path.is_dir():
+    if not found:
         raise ServeError(404, f"no checkpoint directory {relative!r} in the server's tasks directory")
     return path
+
+
+def _parsed_as_json(content_type: str) -> bool:
+    """Whether FastAPI read a body with this Content-Type as JSON: application/json or
+    application/*+json (its rule; with none given it does not, its strict_content_type)."""
+    major, _, minor = content_type.split(";")[0].strip().lower().partition("/")
+    return major == "application" and (minor == "json" or minor.endswith("+json"))
 
 
 def _errors(app: FastAPI) -> None:
@@ -264,8 +282,7 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         errors = e.errors()
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if request.method == "POST" and kind != "application/json":  # FastAPI parses only JSON bodies as JSON
+        if request.method == "POST" and not _parsed_as_json(request.headers.get("content-type", "")):
             return JSONResponse(
                 {"error": "send the body as JSON, with the header 'Content-Type: application/json'"}, status_code=415
             )
@@ -338,15 +355,16 @@ async def _too_large(scope, receive, send, limit: int, close: bool) -> None:
 
 
 class Observe:
-    """Count every response by route and status, and time it."""
+    """Count every response by route and status, and time it. A request whose client left before
+    any answer counts as status 499 (nginx's "client closed request"), not as a server error."""
 
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app, metrics: Metrics, routes: list):
+        self.app, self.metrics, self.routes = app, metrics, routes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), 500
+        start, status = time.perf_counter(), None
 
         async def sending(message):
             nonlocal status
@@ -357,7 +375,17 @@ class Observe:
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, sending)
+        except BaseException:
+            status = status or 500
+            raise
         finally:
             self.metrics.in_flight.dec()
-            route = getattr(scope.get("route"), "path", None) or "unmatched"  # no label per unknown URL
-            self.metrics.observe_request(route, status, time.perf_counter() - start)
+            self.metrics.observe_request(self._route(scope), status or 499, time.perf_counter() - start)
+
+    def _route(self, scope) -> str:
+        """The route's template; a request refused before routing (BodyLimit's 413) is matched
+        here. No label per unknown URL: those are "unmatched"."""
+        route = scope.get("route")
+        if route is None:
+            route = next((r for r in self.routes if r.matches(scope)[0] == Match.FULL), None)
+        return getattr(route, "path", None) or "unmatched"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from pathlib import Path
 
 from ..errors import UniPeltError
@@ -37,6 +38,9 @@ def add_parser(sub) -> None:
         "--max-length", type=int, help="tokens per input; longer ones are truncated (default: the model's limit)"
     )
     p.add_argument("--max-inputs", type=int, default=256, help="inputs per request (default 256)")
+    p.add_argument(
+        "--max-tasks", type=int, default=64, help="tasks served at once, --task and loaded ones together (default 64)"
+    )
     p.add_argument("--max-body-kb", type=int, default=1024, help="request body limit in KiB (default 1024)")
     p.add_argument("--request-timeout", type=float, default=60.0, help="seconds a request may wait (default 60)")
     p.add_argument(
@@ -76,6 +80,7 @@ def check_flags(args: argparse.Namespace) -> None:
     _whole("--max-length", args.max_length, 1, 1 << 20)  # the model's own limit is checked on load
     _whole("--max-body-kb", args.max_body_kb, 1, MAX_BODY_KB)
     _whole("--replicas", args.replicas, 1, 1024)
+    _whole("--max-tasks", args.max_tasks, max(1, len(args.task)), 1 << 16)
     cpus = args.cpus_per_replica
     if not (math.isfinite(cpus) and 0 < cpus <= 1024):
         raise UniPeltError(f"--cpus-per-replica must be a number above 0 and at most 1024, got {cpus}")
@@ -83,24 +88,49 @@ def check_flags(args: argparse.Namespace) -> None:
 
 def parse_task(value: str):
     """``NAME=DIR`` or ``NAME=DIR:pairs`` -> (name, TaskSpec)."""
-    from .engine import TaskSpec
+    from .engine import TASK_NAME, TaskSpec
 
     name, sep, rest = value.partition("=")
     if not sep or not name or not rest:
         raise UniPeltError(f"--task {value!r}: expected NAME=DIR or NAME=DIR:pairs")
+    if not re.match(TASK_NAME, name):  # the name a client sends in JSON and in DELETE's URL
+        what = "1-64 letters, digits, '_', '.' or '-', the first a letter or digit"
+        raise UniPeltError(f"--task {value!r}: a task name is {what}")
     pairs = rest.endswith(":pairs")
-    path = Path(rest.removesuffix(":pairs")).expanduser()
-    if not path.is_dir():
-        raise UniPeltError(f"--task {value!r}: {path} is not a directory")
-    return name, TaskSpec(path=path.resolve(), pairs=True if pairs else None)
+    path = _directory(f"--task {_short(value)!r}:", rest.removesuffix(":pairs"))
+    return name, TaskSpec(path=path, pairs=True if pairs else None)
+
+
+def _short(text: str, most: int = 80) -> str:
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def _directory(flag: str, value: str) -> Path:
+    """``value`` as an existing directory, resolved; a path that cannot be is one error line."""
+    try:
+        path = Path(value).expanduser()
+        if path.is_dir():
+            return path.resolve()
+    except (OSError, RuntimeError) as e:  # '~nosuchuser', a name too long, a symlink loop
+        raise UniPeltError(f"{flag} {_short(value)}: {getattr(e, 'strerror', None) or e}") from None
+    raise UniPeltError(f"{flag} {_short(str(path))} is not a directory")
+
+
+def _check_checkpoints(tasks: dict) -> None:
+    """Each --task is a readable unipelt checkpoint, checked before a backend starts (Ray's
+    replicas load them in other processes, where a refusal would become a failed deployment)."""
+    from ..checkpoint import read_metadata
+
+    for name, spec in tasks.items():
+        try:
+            read_metadata(spec.path)
+        except UniPeltError as e:
+            raise UniPeltError(f"--task {name}: {e}") from None
 
 
 def _tasks_dir(args, tasks: dict) -> Path | None:
     if args.tasks_dir:
-        path = Path(args.tasks_dir).expanduser()
-        if not path.is_dir():
-            raise UniPeltError(f"--tasks-dir {path} is not a directory")
-        return path.resolve()
+        return _directory("--tasks-dir", args.tasks_dir)
     parents = {spec.path.parent for spec in tasks.values()}
     return parents.pop() if len(parents) == 1 else None
 
@@ -119,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     tasks = dict(parse_task(t) for t in args.task)
     if len(tasks) != len(args.task):
         raise UniPeltError("two --task flags give the same task name")
+    _check_checkpoints(tasks)
     try:
         settings = ServeSettings(
             max_batch=args.max_batch,
@@ -157,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         )
     from .server import serve_local
 
-    engine = Engine.from_directory(model, args.max_length, compile=args.compile)
+    engine = Engine.from_directory(model, args.max_length, compile=args.compile, max_tasks=args.max_tasks)
     for name, spec in tasks.items():
         try:
             engine.add(name, spec)

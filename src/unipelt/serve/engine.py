@@ -11,21 +11,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from safetensors import safe_open
-
 from .. import encoding
-from ..checkpoint import WEIGHTS
 from ..encoding import Text
 from ..errors import UniPeltError
 from ..introspect import count_parameters
-from ..multitask import MultiTask, check_input
+from ..multitask import MultiTask, Task, check_input
 from ..presets import PRESETS
 
 log = logging.getLogger(__name__)
+
+TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # what a URL path segment and a metrics label can carry
+MAX_TASKS = 64
 
 
 class ServeError(Exception):
@@ -71,6 +71,9 @@ class TaskInfo:
 class Row:
     task: str
     text: Text
+    # the task ``Engine.check`` checked it against: a task of the same name loaded since (DELETE,
+    # then POST) may take other inputs, so the row is refused rather than answered by it
+    checked: Task | None = field(default=None, compare=False, repr=False)
 
 
 def model_limit(tokenizer, config) -> int:
@@ -88,10 +91,20 @@ def _preset_of(config) -> str:
 class Engine:
     """``run(rows)`` answers a mixed batch; ``add``/``remove`` change the tasks between batches."""
 
-    def __init__(self, model: MultiTask, tokenizer, max_length: int | None = None, compile: bool | dict = False):  # noqa: A002
+    def __init__(
+        self,
+        model: MultiTask,
+        tokenizer,
+        max_length: int | None = None,
+        compile: bool | dict = False,  # noqa: A002
+        max_tasks: int = MAX_TASKS,
+    ):
         """``compile``: run the shared model under ``unipelt.compile`` (True, or its options as a
-        dict, e.g. ``{"backend": "aot_eager"}``); tasks added later recompile it on first use."""
-        self.mt, self.tokenizer = model, tokenizer
+        dict, e.g. ``{"backend": "aot_eager"}``); tasks added later recompile it on first use.
+        ``max_tasks``: how many tasks it holds at once (each holds its modules and head in memory)."""
+        if type(max_tasks) is not int or max_tasks < 1:
+            raise UniPeltError(f"--max-tasks must be a whole number of at least 1, got {max_tasks!r}")
+        self.mt, self.tokenizer, self.max_tasks = model, tokenizer, max_tasks
         if compile:
             from ..compiling import compile as compile_model
 
@@ -112,6 +125,7 @@ class Engine:
         model_dir: str | Path,
         max_length: int | None = None,
         compile: bool | dict = False,  # noqa: A002
+        max_tasks: int = MAX_TASKS,
     ) -> "Engine":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -124,7 +138,7 @@ class Engine:
             tokenizer.pad_token = tokenizer.eos_token
         if base.config.pad_token_id is None:
             base.config.pad_token_id = tokenizer.pad_token_id
-        return cls(MultiTask(base), tokenizer, max_length, compile=compile)
+        return cls(MultiTask(base), tokenizer, max_length, compile=compile, max_tasks=max_tasks)
 
     # ---- tasks
     def add(self, name: str, spec: TaskSpec) -> TaskInfo:
@@ -135,26 +149,30 @@ class Engine:
     def _add(self, name: str, spec: TaskSpec) -> TaskInfo:
         if name in self.info:
             raise ServeError(409, f"task {name!r} is already loaded; DELETE it first")
-        bad = _non_finite(spec.path / WEIGHTS)  # read outside the lock: batches go on meanwhile
-        if bad:
-            raise ServeError(422, f"checkpoint {spec.path} cannot be served: {bad} holds NaN or infinite values")
-        task = self._served(spec.path, lambda: self.mt.prepare(name, spec.path, pairs=spec.pairs))  # likewise
+        if len(self.info) >= self.max_tasks:
+            limit = f"its limit of {self.max_tasks} tasks (--max-tasks)"
+            raise ServeError(409, f"the server holds {limit}; DELETE one first")
+        # read and checked outside the lock (its values last: load refuses NaN), batches go on meanwhile
+        task = self._served(spec.path, lambda: self.mt.prepare(name, spec.path, pairs=spec.pairs))
+        info = self._served(spec.path, lambda: self._info(name, spec, task))
         with self.lock:  # adds are serialised by self.loading: no other can have taken the name
             self._served(spec.path, lambda: self.mt.commit(task))
-            prompt = task.prompt_length  # tokens the task inserts: they need positions too
-            positions = getattr(self.mt.model.config, "max_position_embeddings", None) or self.limit + prompt
-            counts = count_parameters(task.model)
-            info = TaskInfo(
-                name=name,
-                path=str(spec.path),
-                preset=_preset_of(task.config),
-                labels=None if task.regression else list(task.labels),
-                pairs=task.pairs,
-                max_length=min(self.max_length, positions - prompt, task.max_length or self.max_length),
-                parameters=counts["inference"] + counts["head"],
-            )
             self.info[name] = info
             return info
+
+    def _info(self, name: str, spec: TaskSpec, task: Task) -> TaskInfo:
+        prompt = task.prompt_length  # tokens the task inserts: they need positions too
+        positions = getattr(self.mt.model.config, "max_position_embeddings", None) or self.limit + prompt
+        counts = count_parameters(task.model)
+        return TaskInfo(
+            name=name,
+            path=str(spec.path),
+            preset=_preset_of(task.config),
+            labels=None if task.regression else list(task.labels),
+            pairs=task.pairs,
+            max_length=min(self.max_length, positions - prompt, task.max_length or self.max_length),
+            parameters=counts["inference"] + counts["head"],
+        )
 
     @staticmethod
     def _served(path, step):
@@ -175,33 +193,39 @@ class Engine:
         with self.lock:
             if name not in self.info:
                 raise ServeError(404, f"unknown task {name!r}; loaded: {', '.join(self.info) or 'none'}")
+            del self.info[name]  # first: check() runs without the lock, and reads info first
             self.mt.remove(name)
-            del self.info[name]
 
     def tasks(self) -> list[dict]:
-        return [i.as_json() for i in self.info.values()]
+        return [i.as_json() for i in list(self.info.values())]  # a copy: tasks change on other threads
 
-    def check(self, task: str, inputs: Sequence[Text]) -> None:
-        """Refuse a request the model cannot answer as asked, before it joins a batch."""
-        info = self.info.get(task)
-        if info is None:
-            raise ServeError(404, f"unknown task {task!r}; loaded: {', '.join(self.info) or 'none'}")
+    def check(self, task: str, inputs: Sequence[Text]) -> Task:
+        """Refuse a request the model cannot answer as asked, before it joins a batch; the task
+        it was checked against (``Row.checked``). Runs without the lock, beside add and remove."""
+        served = self.mt._tasks.get(task) if task in self.info else None
+        if served is None:
+            raise ServeError(404, f"unknown task {task!r}; loaded: {', '.join(list(self.info)) or 'none'}")
         for i, text in enumerate(inputs):
             try:
-                check_input(self.mt._tasks[task], text, i)
+                check_input(served, text, i)
             except UniPeltError as e:
                 raise ServeError(422, str(e)) from None
+        return served
 
     # ---- answering a batch
     def run(self, rows: Sequence[Row]) -> list[dict | ServeError]:
         """One mixed batch; a row whose task was unloaded since it was checked gets a 404."""
         with self.lock:
-            live = [i for i, r in enumerate(rows) if r.task in self.info]
+            live = [i for i, r in enumerate(rows) if self._live(r)]
             out: list[dict | ServeError] = [ServeError(404, f"task {r.task!r} was unloaded") for r in rows]
             if live:
                 for i, answer in zip(live, self._answer([rows[i] for i in live])):
                     out[i] = answer
             return out
+
+    def _live(self, row: Row) -> bool:
+        """Whether the row's task is loaded, and is the one it was checked against (under the lock)."""
+        return row.task in self.info and (row.checked is None or row.checked is self.mt._tasks[row.task])
 
     def _answer(self, rows: list[Row]) -> list[dict | ServeError]:
         """Every row's answer from one forward; if that forward fails, each row's alone, so that
@@ -290,21 +314,6 @@ class Engine:
             return dict(call())
         except Exception as e:  # noqa: BLE001 - the tokenizer's refusals have no common type
             return ServeError(422, f"an input cannot be tokenized ({type(e).__name__}: {e}): {str(text)[:60]!r}")
-
-
-def _non_finite(weights: Path) -> str | None:
-    """The first tensor in a checkpoint's weights file holding NaN or inf; None when all are
-    finite, or when the file cannot be read (``MultiTask.add`` then says why). Read before
-    loading: every answer from such weights would be NaN, and JSON has no NaN."""
-    try:
-        with safe_open(weights, framework="pt") as f:
-            for key in f.keys():
-                t = f.get_tensor(key)
-                if t.is_floating_point() and not bool(t.isfinite().all()):
-                    return key
-    except Exception:  # noqa: BLE001 - unreadable: the load that follows refuses it with the reason
-        return None
-    return None
 
 
 def _sides(text: Text) -> tuple:

@@ -12,12 +12,14 @@ each replica from disk, as safetensors and JSON.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import threading
 
 from ray import serve
 
+from ..errors import UniPeltError
 from .app import ServeSettings, create_app
 from .engine import Engine, Row, ServeError, TaskSpec
 from .metrics import Metrics
@@ -69,7 +71,10 @@ class UniPeltReplica:
         self.settings, self.metrics = settings, None
         self.engine = Engine.from_directory(model_dir, max_length)
         for name, spec in tasks.items():
-            self.engine.add(name, spec)
+            try:
+                self.engine.add(name, spec)
+            except ServeError as e:  # reaches the driver inside Ray's deployment error (serve_ray)
+                raise UniPeltError(f"--task {name}: {e.message}") from None
         self.rows.set_max_batch_size(settings.max_batch)
         self.rows.set_batch_wait_timeout_s(settings.max_wait_ms / 1000)
 
@@ -115,7 +120,11 @@ def serve_ray(
             graceful_shutdown_timeout_s=settings.request_timeout_s,
             ray_actor_options={"num_cpus": cpus_per_replica},
         ).bind(model_dir, tasks, max_length, settings, max(1, int(cpus_per_replica)))
-        serve.run(app, name="unipelt", route_prefix="/")
+        try:
+            serve.run(app, name="unipelt", route_prefix="/")
+        except RuntimeError as e:  # a replica's refusal, wrapped in Ray's report of the failed deployment
+            found = re.search(r"UniPeltError: (.+)", str(e))
+            raise UniPeltError(f"Ray Serve: {found[1] if found else str(e).splitlines()[0]}") from None
         print(f"unipelt serve: listening on http://{host}:{port} (Ray Serve, {replicas} replica(s))", flush=True)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
