@@ -3,6 +3,7 @@
 
 import hashlib
 import json
+import re
 import shutil
 import tracemalloc
 from pathlib import Path
@@ -310,3 +311,57 @@ def test_load_into_a_disabled_model(tmp_path):
     with unipelt.disable(trained):
         assert torch.allclose(off, trained(**batch()).logits, atol=1e-6)
     assert torch.allclose(model(**batch()).logits, trained(**batch()).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_a_checkpoint_holding_non_finite_values_is_refused_before_the_model_changes(tmp_path, value):
+    """NaN weights answer NaN, or, where sdpa drops a NaN query, answer wrongly with no sign of
+    it: refused by load (and by merge, which reads through the same check)."""
+    trained = unipelt.apply(build(), "lora")
+    randomize(trained)
+    unipelt.save(trained, tmp_path / "ckpt")
+    tensors = load_file(tmp_path / "ckpt" / "unipelt.safetensors")
+    name = next(n for n in tensors if n.endswith("pelt_lora.up"))
+    tensors[name].view(-1)[0] = value
+    save_file(tensors, tmp_path / "ckpt" / "unipelt.safetensors")
+    meta = json.loads((tmp_path / "ckpt" / "unipelt.json").read_text())
+    meta["sha256"] = _sha256(tmp_path / "ckpt" / "unipelt.safetensors")
+    (tmp_path / "ckpt" / "unipelt.json").write_text(json.dumps(meta))
+    model = unipelt.apply(build(), "lora")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(UniPeltError, match=rf"{re.escape(name)} holds NaN or infinite values"):
+        unipelt.load(model, tmp_path / "ckpt")
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    with pytest.raises(UniPeltError, match="holds NaN or infinite values"):
+        unipelt.merge_checkpoints([tmp_path / "ckpt"], [1.0], tmp_path / "merged", method="svd")
+    assert not (tmp_path / "merged").exists()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        lambda: unipelt.LoRAConfig(alpha=float("inf")),
+        lambda: unipelt.AdapterConfig(scale=float("-inf")),
+        lambda: unipelt.DoRAConfig(alpha=float("inf")),
+    ],
+    ids=["lora-alpha", "adapter-scale", "dora-alpha"],
+)
+def test_infinite_numbers_in_a_config_are_refused(config):
+    with pytest.raises(UniPeltError, match="must be a finite number, got -?inf"):
+        config()
+
+
+def test_merge_never_writes_over_or_into_an_input_and_refuses_a_seed_torch_cannot_take(tmp_path, capsys):
+    from unipelt.cli import main
+
+    dirs = [unipelt.save(unipelt.apply(build(), "lora"), tmp_path / n) for n in ("a", "b")]
+    before = {p: p.read_bytes() for d in dirs for p in d.iterdir()}
+    for out, message in ((dirs[0], "is the input"), (dirs[1] / "inner", "is inside the input")):
+        with pytest.raises(UniPeltError, match=message):
+            unipelt.merge_checkpoints(dirs, [0.5, 0.5], out)
+    assert {p: p.read_bytes() for d in dirs for p in d.iterdir()} == before and not (dirs[1] / "inner").exists()
+    seed = ["--method", "dare_linear", "--density", "0.5", "--seed", "9" * 23, "--out", str(tmp_path / "o")]
+    assert main(["merge", *map(str, dirs), "--weights", "0.5,0.5", *seed]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unipelt: error: seed must be a whole number") and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()

@@ -140,11 +140,19 @@ def _add_merge(sub) -> None:
     _verbosity(merge, argparse.SUPPRESS)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, its refusals one line as every other (the usage is one --help away);
+    subcommands' parsers are of the same class."""
+
+    def error(self, message: str):
+        self.exit(2, f"unipelt: error: {message} (see: {self.prog} --help)\n")
+
+
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every subcommand with its flags; given ``command``, the others only by name and help: the
     RunSpec settings' flags import RunSpec, and with it torch, which `unipelt --help` and a
     mistyped command need not wait for."""
-    parser = argparse.ArgumentParser(prog="unipelt", description="Parameter-efficient tuning experiments on GLUE.")
+    parser = _Parser(prog="unipelt", description="Parameter-efficient tuning experiments on GLUE.")
     _verbosity(parser, False)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub, command in (None, "train"))
@@ -171,14 +179,14 @@ def _given(args: argparse.Namespace) -> dict:
 
 def _train(args: argparse.Namespace) -> int:
     from .harness import Store, make_spec, runner
-    from .harness.paths import check_output_dir, check_store_path
+    from .harness.paths import check_output_dir, check_store_path, inputs_of
     from .harness.sweep import preflight
 
     # every input and output is checked before the store is opened: a mistake changes nothing
     spec = make_spec(preset=args.preset, config_file=args.config, **_given(args))
     check_store_path(Path(args.store), exists=False, writable=True)
     if args.save:
-        check_output_dir(args.save, "--save directory")
+        check_output_dir(args.save, "--save directory", inputs_of([spec]))
     names = _label_names(args, spec)
     preflight([spec])
     with Store(args.store) as store:
@@ -289,7 +297,7 @@ def _train_outcome(spec, record, written, kept, store_path: str, save_dir: str |
 def _sweep(args: argparse.Namespace, grid_file: str | None = None) -> int:
     from .harness import Store, make_grid, run_sweep
     from .harness.grid import describe
-    from .harness.paths import check_output_dir, check_store_path
+    from .harness.paths import check_output_dir, check_store_path, inputs_of
     from .harness.sweep import check_execution, preflight
 
     grid = make_grid(grid_file, presets=args.presets, configs=getattr(args, "configs", None), **_given(args))
@@ -298,7 +306,7 @@ def _sweep(args: argparse.Namespace, grid_file: str | None = None) -> int:
     check_execution(getattr(args, "workers", 1), getattr(args, "backend", "local"))
     check_store_path(Path(args.store), exists=False, writable=True)
     if getattr(args, "out", None):  # the demo reports afterwards
-        check_output_dir(args.out, "--out directory")
+        check_output_dir(args.out, "--out directory", inputs_of(specs))
     preflight(specs)
     with Store(args.store) as store:
         summary = run_sweep(

@@ -12,6 +12,7 @@ is logged is what ran.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
@@ -63,9 +64,9 @@ def check_positive(owner: str, name: str, value: Any) -> None:
 
 
 def check_number(owner: str, name: str, value: Any, low: float | None = None, high: float | None = None) -> None:
-    """A real number (not a bool, not a string) in [low, high)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
-        raise UniPeltError(f"{owner}.{name} must be a number, got {value!r}")
+    """A finite real number (not a bool, not a string) in [low, high)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise UniPeltError(f"{owner}.{name} must be a finite number, got {value!r}")
     if (low is not None and value < low) or (high is not None and value >= high):
         raise UniPeltError(f"{owner}.{name} must be in [{low}, {high}), got {value}")
 

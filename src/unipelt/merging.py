@@ -121,6 +121,9 @@ def merge_checkpoints(
         raise UniPeltError(f"unknown merge method {method!r}; known: {list(get_args(Combination))}")
     if not 0 < density <= 1:
         raise UniPeltError(f"density must be in (0, 1], got {density}")
+    if seed is not None and not (type(seed) is int and 0 <= seed < 2**63):  # what torch.manual_seed takes
+        raise UniPeltError(f"seed must be a whole number from 0 to 2**63 - 1, got {seed!r}")
+    _check_out(Path(out), dirs)
     names, tensors, meta, config = _read_all(dirs, method)
     rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
     with rng:  # a seed leaves the caller's random state as it was
@@ -128,6 +131,13 @@ def merge_checkpoints(
             torch.manual_seed(seed)
         merged = _merge(names, tensors, weights, method, density, majority_sign, config)
     return _write(Path(out), merged, meta, dirs, weights, method)
+
+
+def _check_out(out: Path, dirs: list[Path]) -> None:
+    """The merge is written beside the checkpoints it reads, never over or inside one of them."""
+    for d in dirs:
+        if out.resolve() == d.resolve() or out.resolve().is_relative_to(d.resolve()):
+            raise UniPeltError(f"--out {out} is {'' if out.resolve() == d.resolve() else 'inside '}the input {d}")
 
 
 def _numbers(weights: Sequence[float]) -> list[float]:

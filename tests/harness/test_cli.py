@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 import torch
@@ -226,8 +227,30 @@ def test_a_damaged_or_foreign_store_is_refused_and_kept(capsys, base, tmp_path):
 
 
 def test_argparse_errors_return_instead_of_exiting(capsys):
-    assert cli.main(["train", "--task", "rte"]) == 2  # neither --preset nor --config
-    assert "one of the arguments --preset --config is required" in capsys.readouterr().err
+    """argparse's refusals are one line too, as every other: the usage is one --help away."""
+    for argv, message in (
+        (["train", "--task", "rte"], "one of the arguments --preset --config is required"),  # neither
+        (["merge", "a", "b", "--weights", "1,1", "--out", "o", "--density", "abc"], "invalid float value: 'abc'"),
+        (["demo", "--epochs", "nan"], "invalid int value: 'nan'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("unipelt: error: ") and message in err and err.count("\n") == 1, err
+        assert "--help)" in err
+
+
+def test_a_checkpoint_or_report_is_never_written_into_the_model_or_the_data(capsys, base, tiny_model, glue_dir):
+    """A checkpoint saved inside the model directory would change the model's identity (a hash of
+    its files), and every later run's key with it; one inside the GLUE directory mixes outputs with data."""
+    before = sorted(p for p in Path(tiny_model).rglob("*"))
+    train = ["train", "--task", "rte", "--preset", "lora", "--k", "16", *base]
+    assert "inside the --model directory" in cli_error(capsys, [*train, "--save", str(tiny_model)])
+    assert "inside the --model directory" in cli_error(capsys, [*train, "--save", str(Path(tiny_model) / "ck")])
+    assert "inside the --glue-dir directory" in cli_error(capsys, [*train, "--save", str(Path(glue_dir) / "ck")])
+    demo = ["demo", "--glue-dir", str(glue_dir), "--store", base[-1], "--out", str(Path(glue_dir) / "report")]
+    assert "inside the --glue-dir directory" in cli_error(capsys, demo)
+    assert sorted(p for p in Path(tiny_model).rglob("*")) == before and not (Path(glue_dir) / "report").exists()
 
 
 def test_non_positive_settings_are_refused(capsys, base):

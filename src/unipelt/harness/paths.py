@@ -35,9 +35,28 @@ def check_store_path(path: Path, *, exists: bool, writable: bool) -> None:
         raise HarnessError(f"results store {path} is not readable")
 
 
-def check_output_dir(path: str | Path, what: str) -> None:
-    """A directory that exists and is writable, or that can be created."""
+def inputs_of(specs) -> dict[Path, str]:
+    """The directories runs read (their models, their GLUE data): an output must not be written
+    into one. A model directory's identity is a hash of its files: a checkpoint saved inside it
+    would change every later run's key."""
+    from ..offline import DEFAULT_MODEL, model_path
+
+    found: dict[Path, str] = {}
+    for spec in specs:
+        model = model_path(DEFAULT_MODEL) if spec.model == DEFAULT_MODEL else spec.model
+        glue = spec.glue_dir or os.environ.get("GLUE_DIR")
+        for flag, where in (("--model", model), ("--glue-dir", glue)):
+            if where and Path(where).expanduser().is_dir():
+                found.setdefault(Path(where).expanduser().resolve(), flag)
+    return found
+
+
+def check_output_dir(path: str | Path, what: str, inputs: dict[Path, str] | None = None) -> None:
+    """A directory that exists and is writable, or that can be created, outside ``inputs``."""
     path = Path(path)
+    for source, flag in (inputs or {}).items():
+        if path.expanduser().resolve().is_relative_to(source):
+            raise HarnessError(f"{what} {path} is inside the {flag} directory {source}: write it elsewhere")
     if path.exists() and not path.is_dir():
         raise HarnessError(f"{what} {path} is a file, not a directory")
     if not path.exists():
