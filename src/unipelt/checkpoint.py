@@ -341,12 +341,12 @@ def _meta_copy(model: nn.Module) -> nn.Module:
 
 def _expected_shapes(model: nn.Module, config: PeltConfig) -> dict[str, tuple[int, ...]]:
     # the dry run's initialisation must not move the user's RNG; the modules it adds are created
-    # on the meta device too, so a config asking for huge ones costs nothing here (_check_size)
+    # on the meta device too, so a config asking for huge ones costs nothing here (check_size)
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         target = _meta_copy(model)
         if getattr(target, "pelt_config", None) is None:
             apply(target, config)
-            _check_size(target, model)
+            check_size(target, sum(p.numel() for p in model.parameters()))
         fold(target)
     params = dict(target.named_parameters())
     names = _saved_names(target) + (["pelt_prefix.folded"] if "pelt_prefix.folded" in params else [])
@@ -357,15 +357,15 @@ ADDED_FLOOR = 1 << 27  # added parameters any base model may get (512 MB in floa
 # models' prefix networks outnumber their base, real ones' (9.4M on BERT-base) do not
 
 
-def _check_size(applied: nn.Module, model: nn.Module) -> None:
+def check_size(applied: nn.Module, base: int, what: str = "the checkpoint's config") -> None:
     """Refuse a config whose modules, before folding, outnumber both the base model's parameters
     and ``ADDED_FLOOR``: a few-KB checkpoint (its prefix is stored folded) must not make ``load``
     allocate gigabytes for a reparameterisation network it asks for (a prefix ``mid_dim`` of 3e6)."""
     added = sum(p.numel() for n, p in applied.named_parameters() if MARK in n)
-    limit = max(sum(p.numel() for p in model.parameters()), ADDED_FLOOR)
+    limit = max(base, ADDED_FLOOR)
     if added > limit:
         raise UniPeltError(
-            f"the checkpoint's config asks for {added:,} added parameters, more than the {limit:,} "
+            f"{what} asks for {added:,} added parameters, more than the {limit:,} "
             "allowed for this base model: refused before allocating them"
         )
 

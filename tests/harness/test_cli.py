@@ -260,6 +260,9 @@ def test_non_positive_settings_are_refused(capsys, base):
     assert "learning rate must be a positive number" in cli_error(
         capsys, ["train", "--task", "rte", "--preset", "lora", *base, "--lr", "-1"]
     )
+    assert "batch-size must be below 2**31" in cli_error(  # was islice's ValueError, a failed run
+        capsys, ["train", "--task", "rte", "--preset", "lora", *base, "--batch-size", "9" * 20]
+    )
 
 
 def test_train_bf16_autocasts_the_training_steps(capsys, base, tmp_path, monkeypatch):

@@ -130,3 +130,31 @@ def test_unmatched_answers_count_as_wrong():
     assert score_predictions("accuracy", pred, gold) == 0.5
     assert score_predictions("f1", pred, gold) == pytest.approx(2 / 3)  # the unmatched positive is a miss
     assert score_predictions("matthews", [UNMATCHED] * 4, gold) == 0.0
+
+
+@pytest.mark.parametrize(
+    "model, flags, message",
+    [
+        ("tiny_llama", ["--objective", "generate", "--preset", "head-only"], "the config trains no parameter"),
+        ("tiny_llama", ["--objective", "generate", "--preset", "lora", "--head", "mean"], "head 'mean'"),
+        ("tiny_llama", ["--preset", "lora", "--head", "pooler"], "has no pooler"),
+        ("tiny_model", ["--config", "HUGE", "--lr", "1e-3"], "added parameters, more than"),
+    ],
+    ids=["nothing-trained", "generate-with-a-head", "no-pooler", "huge-prefix"],
+)
+def test_a_model_or_config_that_cannot_train_is_refused_before_the_store_opens(
+    capsys, request, glue_dir, tmp_path, model, flags, message
+):
+    """apply() on the model's skeleton on the meta device (runner.dry_run): these used to end as
+    failed runs, recorded in the store after loading the model, or after allocating gigabytes."""
+    huge = tmp_path / "huge.json"
+    huge.write_text('{"methods": [{"method": "prefix", "length": 100000000}]}')
+    flags = [str(huge) if f == "HUGE" else f for f in flags]
+    task = "sst2" if "generate" in flags else "rte"
+    store = tmp_path / "s.sqlite"
+    argv = ["train", "--task", task, "--k", "16", "--dev-size", "20", "--model", request.getfixturevalue(model)]
+    capsys.readouterr()  # the fixture's own output (saving the model)
+    assert cli.main([*argv, *flags, "--glue-dir", str(glue_dir), "--store", str(store)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("unipelt: error: ") and "\n" not in err and message in err, err
+    assert not store.exists()

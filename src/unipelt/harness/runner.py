@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -31,11 +32,14 @@ from transformers import (
 )
 
 from .. import apply, count_parameters, fold, gate_values, save
+from ..checkpoint import check_size
 from ..compiling import compile as compile_model
+from ..errors import UniPeltError
 from ..inject import head_parameter_names  # the head count_parameters reports: one definition
 from ..offline import quiet_transformers  # noqa: F401  (sweep workers and Ray tasks call runner.quiet_transformers)
 from .callbacks import BestOnDev, RunFailed, RunProgress, StepTimer
 from .data import Splits, load_splits
+from .errors import HarnessError
 from .generative import Generate
 from .models import model_path
 from .objective import Classify, Objective
@@ -72,33 +76,60 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _model_class(spec: RunSpec, task: Task) -> tuple[type, dict]:
+    """The model class a run trains and the config settings it gives it. The generate objective
+    keeps the model's LM head."""
+    if spec.objective == "generate":
+        return AutoModelForCausalLM, {}
+    labels = (
+        {}
+        if task.is_regression
+        else {"id2label": dict(enumerate(task.label_names)), "label2id": _label2id(task.label_names)}
+    )
+    problem = "regression" if task.is_regression else "single_label_classification"
+    return AutoModelForSequenceClassification, {"num_labels": task.num_labels, "problem_type": problem, **labels}
+
+
 def load_model(spec: RunSpec, task: Task):
     """Tokenizer and model with the spec's PELT config applied; seeded so the head and the PELT
-    modules start the same for every method. The generate objective keeps the model's LM head."""
+    modules start the same for every method."""
     path = model_path(spec.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     set_seed(spec.model_seed)
-    if spec.objective == "generate":
-        model = AutoModelForCausalLM.from_pretrained(path)
-    else:
-        labels = (
-            {}
-            if task.is_regression
-            else {"id2label": dict(enumerate(task.label_names)), "label2id": _label2id(task.label_names)}
-        )
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=task.num_labels,
-            problem_type="regression" if task.is_regression else "single_label_classification",
-            ignore_mismatched_sizes=True,  # a checkpoint with another task's head: that head is re-initialised
-            **labels,
-        )
+    cls, settings = _model_class(spec, task)
+    # a checkpoint with another task's head: that head is re-initialised
+    model = cls.from_pretrained(path, **settings, **({"ignore_mismatched_sizes": True} if settings else {}))
     if tokenizer.pad_token is None:  # decoder tokenizers: pad with eos, as HF's examples do
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # the head finds each sequence's last token
     model = apply(model, spec.config)
     return tokenizer, compile_model(model) if spec.compile else model
+
+
+def dry_run(spec: RunSpec, task: Task) -> None:
+    """``load_model``'s model built from its config on the meta device, and the spec's config
+    applied: what ``apply`` refuses (a head the model lacks, one the objective contradicts), a
+    config too large for any memory, or a run that would train nothing, is found before any run
+    starts and costs no memory. A model that cannot be built on the meta device is left to the run."""
+    cls, settings = _model_class(spec, task)
+    try:
+        config = AutoConfig.from_pretrained(model_path(spec.model), **settings)
+        with torch.device("meta"):
+            model = cls.from_config(config)
+    except Exception:  # noqa: BLE001 - see above: the run itself says what is wrong
+        log.debug("%s: no dry run on the meta device", spec.label(), exc_info=True)
+        return
+    base = sum(p.numel() for p in model.parameters())
+    try:
+        applied = apply(model, spec.config)
+        check_size(applied, base, "the config")
+    except UniPeltError as e:
+        raise HarnessError(f"{spec.label()}: {e}") from None
+    if not any(p.requires_grad for p in applied.parameters()):
+        raise HarnessError(
+            f"{spec.label()}: the config trains no parameter of this model with --objective {spec.objective}"
+        )
 
 
 def _arguments(spec: RunSpec, output_dir: str) -> TrainingArguments:

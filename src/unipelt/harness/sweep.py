@@ -42,11 +42,17 @@ class SweepSummary:
 
 
 def preflight(specs: Iterable[RunSpec]) -> None:
-    """Check that every (task, K) can be split before any run starts, so a bad grid fails in
-    seconds rather than after hours of training. The data seed cannot change the outcome."""
+    """Check that every (task, K) can be split, and that every model and config can be built
+    (``runner.dry_run``), before any run starts, so a bad grid fails in seconds rather than
+    after hours of training, and records nothing. The seeds cannot change the outcome."""
+    specs = list(specs)
     cases = {(s.task, str(s.k), s.dev_size, s.glue_dir): s for s in specs}
     for s in cases.values():
         load_splits(get_task(s.task), s.k, 0, dev_size=s.dev_size, glue_dir=s.glue_dir)
+    task = lambda s: get_task(s.task)  # noqa: E731
+    models = {(s.model, s.objective, task(s).num_labels, task(s).is_regression, s.config): s for s in specs}
+    for s in models.values():
+        runner.dry_run(s, task(s))
 
 
 def check_execution(workers: int, backend: str) -> None:
