@@ -135,9 +135,10 @@ def merge_checkpoints(
 
 def _check_out(out: Path, dirs: list[Path]) -> None:
     """The merge is written beside the checkpoints it reads, never over or inside one of them."""
+    target = out.resolve()
     for d in dirs:
-        if out.resolve() == d.resolve() or out.resolve().is_relative_to(d.resolve()):
-            raise UniPeltError(f"--out {out} is {'' if out.resolve() == d.resolve() else 'inside '}the input {d}")
+        if target.is_relative_to(d.resolve()):  # the input itself included
+            raise UniPeltError(f"--out {out} is {'' if target == d.resolve() else 'inside '}the input {d}")
 
 
 def _numbers(weights: Sequence[float]) -> list[float]:

@@ -103,10 +103,11 @@ class RunSpec:
             value, flag = getattr(self, name), name.replace("_", "-")
             if kind is int and name.endswith("seed") and (type(value) is not int or not 0 <= value < 2**32):
                 raise HarnessError(f"{flag} must be an integer from 0 to 2**32 - 1, got {value!r}")
-            if kind is int and not name.endswith("seed") and (type(value) is not int or value < 1):
-                raise HarnessError(f"{flag} must be a positive integer, got {value!r}")
-            if kind is int and not name.endswith("seed") and value >= 2**31:  # torch and numpy index with int64
-                raise HarnessError(f"{flag} must be below 2**31, got {value!r}")
+            if kind is int and not name.endswith("seed"):
+                if type(value) is not int or value < 1:
+                    raise HarnessError(f"{flag} must be a positive integer, got {value!r}")
+                if value >= 2**31:  # torch and numpy index with int64
+                    raise HarnessError(f"{flag} must be below 2**31, got {value!r}")
             if kind is bool and type(value) is not bool:
                 raise HarnessError(f"{flag} must be true or false, got {value!r}")
         for name in ("lr", "head_lr"):
