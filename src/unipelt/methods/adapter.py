@@ -61,6 +61,8 @@ class AdapterConfig(MethodConfig):
     composition "interpolate" replaces h by (1 - λ)·h + λ·Δh, so it needs h itself: parallel
     adapters and Houlsby's placement have it, Pfeiffer's modifies the residual sum instead.
     attention: which attention sublayers an "attn"/"head" adapter goes to in encoder-decoders.
+    scale: s of composition "scaled" (1 unless given). He et al.'s scaled parallel adapter is
+    s = 4 with ``init="lora"``: the preset "scaled-parallel-adapter" (``presets.SCALED_PA``).
     """
 
     method: ClassVar[str] = "adapter"
