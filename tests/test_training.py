@@ -1,6 +1,8 @@
+import copy
+
 import pytest
 import torch
-from conftest import batch, build, build_lm
+from conftest import batch, build, build_lm, randomize
 from datasets import Dataset
 from transformers import GPTNeoXConfig, GPTNeoXForSequenceClassification, Trainer, TrainingArguments
 
@@ -39,6 +41,25 @@ def test_a_training_step_changes_only_pelt_parameters_and_the_head(arch, preset)
     else:  # one name prefix selects exactly what trains
         assert trainable == head | {n for n in before if "pelt_" in n}
         assert any("pelt_" in n for n in changed)
+
+
+@pytest.mark.parametrize("kind", ["fused", "foreach", "for-loop"])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_eval_after_an_optimizer_step_reads_the_new_weights(preset, kind):
+    """An eval keeps the fused weights it built until a parameter changes; a fused optimizer
+    (Trainer's default) writes parameters without bumping their version counters."""
+    model, b = unipelt.apply(build(), preset), batch()
+    randomize(model, std=0.2)  # LoRA's and the scaled adapter's B away from zero
+    with torch.no_grad():
+        model(**b)  # builds and keeps every cached weight
+    options = {"fused": dict(fused=True), "foreach": dict(foreach=True), "for-loop": dict(foreach=False)}[kind]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05, **options)
+    model.train()
+    model(**b, labels=torch.tensor([0, 1, 2])).loss.backward()
+    opt.step()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**b).logits, copy.deepcopy(model)(**b).logits, rtol=0, atol=1e-6)
 
 
 def test_trainer_trains_every_preset_with_a_finite_loss(tmp_path):

@@ -14,6 +14,7 @@ import weakref
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "identity": nn.Identity}
 
@@ -30,19 +31,35 @@ def in_input_dtype(x: torch.Tensor):
 
 
 _DERIVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # owner -> {name: (key, value)}
+_STEPS = [0]  # optimizer steps taken in this process
+
+
+def _stepped(_optimizer, _args, _kwargs) -> None:
+    _STEPS[0] += 1
+
+
+# Fused optimizers (AdamW(fused=True): Trainer's default "adamw_torch_fused" since torch 2.8)
+# write the parameters in place without bumping their version counters: every step must count.
+register_optimizer_step_post_hook(_stepped)
+
+
+def parameters_key(params) -> tuple:
+    """What a tensor computed from ``params`` depends on: their contents as version counters,
+    storage and dtype show them, and the optimizer steps taken since (a fused step shows in none)."""
+    return _STEPS[0], tuple((p._version, p.data_ptr(), p.dtype) for p in params)
 
 
 def derived(owner: object, name: str, sources: tuple[torch.Tensor, ...], make):
     """``make()``: tensors computed from parameters alone (fused weights), kept for the next call
     while no gradient is recorded for them and no source has changed (in place, ``.data``, device
-    or dtype). An eval loop then builds a layer's fused weights once, not on every forward pass;
-    under autograd they are built per call, so that gradients reach the parameters. A change is
-    seen through the parameter's version counter, as autograd sees one: writes through ``.data``
-    bypass it (assign a new ``.data``, or write under ``torch.no_grad()``, as optimizers and
-    ``load_state_dict`` do)."""
+    or dtype) and no optimizer has stepped. An eval loop then builds a layer's fused weights once,
+    not on every forward pass; under autograd they are built per call, so that gradients reach the
+    parameters. An in-place change is seen through the parameter's version counter, as autograd
+    sees one: writes through ``.data`` bypass it (assign a new ``.data``, or write under
+    ``torch.no_grad()``, as ``load_state_dict`` does)."""
     if (torch.is_grad_enabled() and any(p.requires_grad for p in sources)) or torch.compiler.is_compiling():
         return make()
-    key = tuple((p._version, p.data_ptr(), p.dtype) for p in sources)
+    key = parameters_key(sources)
     store = _DERIVED.setdefault(owner, {})
     hit = store.get(name)
     if hit is None or hit[0] != key:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..arch import locate, width
 from ..attention import Prefix, checkpointing_layers, reentrant_checkpointing
-from ..blocks import Gate, MaskSlot, PerCall, SharedRead
+from ..blocks import Gate, MaskSlot, PerCall, SharedRead, parameters_key
 from ..config import (
     ALL_ATTENTION,
     AttentionKind,
@@ -175,8 +175,7 @@ class PrefixEncoder(nn.Module):
         """What the views depend on: gradient mode, autocast, and every parameter's contents."""
         device = self.nets[0].embedding.weight.device if self.folded is None else self.folded.device
         autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-        versions = tuple((p._version, p.data_ptr()) for p in self.parameters())
-        return torch.is_grad_enabled(), autocast, head_dim, versions
+        return torch.is_grad_enabled(), autocast, head_dim, parameters_key(self.parameters())
 
     def layer_kv(self, slot: int, head_dim: int) -> torch.Tensor:
         """Slot ``slot``'s keys and values, (2, H_kv, l, dh), or (1, 2, H_kv, l, dh) from the views
