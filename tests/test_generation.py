@@ -72,6 +72,24 @@ def test_cached_greedy_generation_matches_uncached_decoding(lm_arch, preset):
     assert max((a - b).abs().max() for a, b in zip(cached.scores, uncached.scores)) < 1e-4
 
 
+@pytest.mark.parametrize("preset", [*PREFIXED, "prompt"])
+@pytest.mark.parametrize("arch", sorted(set(LMS) - set(DECODER_LMS)))
+def test_a_decoder_longer_than_its_padded_encoder_input(arch, preset):
+    """Targets longer than their sources (and uncached generation past the source's length):
+    each row is what it is alone, without the padding. The cross-attention's mask is the
+    encoder's, whatever the decoder's length."""
+    model, b = _trained(arch, preset), batch(t=4)  # rows of 4, 1 and 3 real tokens
+    decoder = torch.arange(5, 30).repeat(3, 1)  # 25 > 4 + any prompt's 10
+    with torch.no_grad():
+        out = model(**b, decoder_input_ids=decoder).logits
+        for i, n in enumerate(b["attention_mask"].sum(1).tolist()):
+            alone = model(input_ids=b["input_ids"][i : i + 1, :n], decoder_input_ids=decoder[i : i + 1]).logits
+            torch.testing.assert_close(out[i : i + 1], alone, rtol=1e-4, atol=1e-5)
+    uncached = model.generate(**b, max_new_tokens=8, min_new_tokens=8, do_sample=False, use_cache=False)
+    cached = model.generate(**b, max_new_tokens=8, min_new_tokens=8, do_sample=False, use_cache=True)
+    assert torch.equal(cached, uncached)
+
+
 @pytest.mark.parametrize("preset", PREFIXED)
 def test_cached_beam_search_matches_uncached(lm_arch, preset):
     model = _trained(lm_arch, preset)

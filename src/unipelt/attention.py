@@ -278,10 +278,13 @@ def _make_mask(base_fn, prompt_at: int):
     def mask(*args, attention_mask=None, q_length=None, kv_length=None, **kwargs):
         # Prompt tuning lengthens the sequence after the user built the 2-D padding mask: the
         # prompt sits after the first ``prompt_at`` tokens (methods/prompt.py): insert ones there.
+        # Only in self-attention over the whole input (queries are the keys): a cross-attention's
+        # queries are the decoder's, and the attention function widens its mask (_make_attention).
         if (
             attention_mask is not None
             and attention_mask.ndim == 2
             and q_length is not None
+            and kv_length in (None, q_length)
             and attention_mask.shape[-1] < q_length
         ):
             extra, at = q_length - attention_mask.shape[-1], prompt_at
