@@ -91,6 +91,18 @@ def test_merge_and_unload_refuses_to_drop_modules_it_cannot_fold():
         unipelt.disable(build())
 
 
+@pytest.mark.parametrize("head", ["mean", "last"])
+def test_merge_and_unload_refuses_to_drop_a_summary_head(head):
+    """A plain BERT's classifier reads its pooler: the masked mean or last token would be lost
+    and the outputs would change without a word. The model is left as it was."""
+    model = unipelt.apply(build(), unipelt.PeltConfig(methods=(unipelt.LoRAConfig(r=4),), head=head))
+    randomize(model, std=0.3)
+    before = logits(model)
+    with pytest.raises(UniPeltError, match=f"merge_and_unload: the task head reads the '{head}' summary"):
+        unipelt.merge_and_unload(model)
+    assert torch.equal(logits(model), before) and not getattr(model, "pelt_merged", False)
+
+
 def test_ia3_on_a_projection_another_method_wrapped_is_refused():
     cfg = unipelt.PeltConfig(methods=(unipelt.LoRAConfig(targets=("v",)), IA3Config(targets=("v",))))
     with pytest.raises(UniPeltError, match="same projection"):

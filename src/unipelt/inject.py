@@ -337,6 +337,12 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
             f"merge_and_unload folds LoRA and (IA)³ only; this model also has {sorted(kept)}, "
             "which would be lost: use merge() to fold what can be folded"
         )
+    head = getattr(model.pelt_config, "head", None) if getattr(model, "pelt_config", None) else None
+    if head in heads.SUMMARIES:
+        raise UniPeltError(
+            f"merge_and_unload: the task head reads the {head!r} summary, which a plain transformers "
+            "model does not compute (its own head would read another): use merge() to fold LoRA and (IA)³"
+        )
     return _strip(merge(model))
 
 
