@@ -126,6 +126,38 @@ def test_what_is_not_meaningful_is_refused(tmp_path, case, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_one_base_loaded_from_two_paths_merges_and_other_weights_do_not(tmp_path):
+    """The base is judged as load judges it, by its weights: not by where it was loaded from."""
+    dirs = []
+    for name, path in (("a", "/models/minilm"), ("b", "./minilm")):
+        model = build()
+        model.config._name_or_path = path
+        dirs.append(unipelt.save(unipelt.apply(model, "lora"), tmp_path / name))
+    unipelt.load(build(), unipelt.merge_checkpoints(dirs, [0.5, 0.5], tmp_path / "out"))
+    other = _saved(tmp_path, "c", "lora", seed=1)  # the same shapes and config, other weights
+    with pytest.raises(UniPeltError, match="another base model"):
+        unipelt.merge_checkpoints([dirs[0], other], [0.5, 0.5], tmp_path / "refused")
+
+
+def test_svd_merge_with_r_above_a_layers_rank_keeps_the_configs_shapes(tmp_path):
+    """Llama's v_proj maps 32 to 16 (two key/value heads): ΔW has rank 16 at most, below r = 24.
+    The merge loads, and its s·B A is the weighted sum of the ΔWs exactly."""
+    cfg = unipelt.PeltConfig(methods=(LoRAConfig(r=24, alpha=24.0, targets=("q", "v")),))
+    dirs = []
+    for seed in (2, 3):
+        model = unipelt.apply(build("llama"), cfg)
+        randomize(model, std=0.3, seed=seed)
+        dirs.append(unipelt.save(model, tmp_path / str(seed)))
+    out = unipelt.merge_checkpoints(dirs, [0.7, 0.3], tmp_path / "out", method="svd")
+    merged, first, second = (unipelt.load(build("llama"), d) for d in (out, *dirs))
+
+    def delta(model):  # B A as (d_out, d_in); s = alpha / r = 1
+        lora = model.get_submodule("model.layers.0.self_attn.v_proj").pelt_lora
+        return lora.up[0].T @ lora.down[0].T
+
+    torch.testing.assert_close(delta(merged), 0.7 * delta(first) + 0.3 * delta(second))
+
+
 def test_ties_and_dare_need_lora_only(tmp_path):
     dirs = [_saved(tmp_path, "a", "adapter"), _saved(tmp_path, "b", "adapter")]
     with pytest.raises(UniPeltError, match="LoRA's low-rank matrices only"):

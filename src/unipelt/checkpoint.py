@@ -283,6 +283,22 @@ def _same(saved: dict, current: dict) -> bool:
     )
 
 
+def same_base(a: dict, b: dict) -> bool:
+    """Whether two checkpoints' ``base_model`` entries hold the same base weights, as ``load``
+    judges a model: the identity keys and every base tensor (another dtype compares by value).
+    Where each was loaded from (``name_or_path``) does not count."""
+    if any(a.get(k) != b.get(k) for k in _IDENTITY_KEYS):
+        return False
+    probes = [x.get("embedding_probe") for x in (a, b)]  # format 1
+    if probes[0] is not None or probes[1] is not None:
+        if None in probes or len(probes[0]) != len(probes[1]):
+            return False
+        if not torch.allclose(torch.tensor(probes[0]).float(), torch.tensor(probes[1]).float(), atol=1e-2):
+            return False
+    ta, tb = a.get("base_tensors", {}), b.get("base_tensors", {})
+    return ta.keys() == tb.keys() and all(ta[n]["shape"] == tb[n]["shape"] and _same(ta[n], tb[n]) for n in ta)
+
+
 def _differing_tensor(saved: dict, model: nn.Module) -> str | None:
     """The first base tensor of the checkpoint that this model lacks or holds differently."""
     params = {_base_name(n): p for n, p in model.named_parameters()}

@@ -28,7 +28,7 @@ from typing import Literal, Sequence, get_args
 
 import torch
 
-from .checkpoint import META, _config, _read_meta, _read_tensors, write_checkpoint
+from .checkpoint import META, _config, _read_meta, _read_tensors, same_base, write_checkpoint
 from .config import PeltConfig
 from .errors import UniPeltError
 from .methods.dora import DoRAConfig
@@ -83,7 +83,10 @@ def _merge_lora(a: list, b: list, weights: list[float], how: str, density: float
     plain = "linear" if how == "svd" else how.removesuffix("_svd")
     u, s, vh = torch.linalg.svd(_combine(deltas, torch.tensor(weights), plain, density, sign), full_matrices=True)
     r = a[0].shape[0]
-    return vh[:r], (u[:, :r] * s[:r]) / scale  # A (r, d_in), B (d_out, r): s·B A = the rank-r ΔW
+    k = min(r, len(s))  # a layer narrower than r: ΔW has rank k at most
+    low, up = vh[:k], (u[:, :k] * s[:k]) / scale  # A (k, d_in), B (d_out, k): s·B A = the rank-k ΔW
+    # zero rows of A and columns of B beyond k: the checkpoint keeps the config's shapes
+    return torch.nn.functional.pad(low, (0, 0, 0, r - k)), torch.nn.functional.pad(up, (0, r - k))
 
 
 def _check(metas: list[dict], configs: list[PeltConfig], how: str, dirs: list[Path]) -> None:
@@ -91,7 +94,7 @@ def _check(metas: list[dict], configs: list[PeltConfig], how: str, dirs: list[Pa
     for d, meta, cfg in zip(dirs[1:], metas[1:], configs[1:]):
         if cfg != first:
             raise UniPeltError(f"{d} has another config than {dirs[0]}: only checkpoints of one config merge")
-        if meta["base_model"] != metas[0]["base_model"]:
+        if not same_base(meta["base_model"], metas[0]["base_model"]):
             raise UniPeltError(f"{d} was saved from another base model than {dirs[0]}")
     if first.gated:
         raise UniPeltError("gated (UniPELT) modules do not merge: a gate scales its module by a function of the input")
