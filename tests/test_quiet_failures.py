@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 import unipelt
 from unipelt import LoRAConfig, MultiTask, PeltConfig, UniPeltError
 from unipelt.checkpoint import _sha256
+from unipelt.cli import main
 
 ADAPTERS = Path(__file__).parent / "fixtures" / "adapters"
 
@@ -153,6 +154,29 @@ def test_deeply_nested_json_is_refused(tmp_path):
     (directory / "adapter_config.json").write_text('{"r": ' + "[" * 100_000 + "]" * 100_000 + "}")
     with pytest.raises(UniPeltError, match="nests its JSON too deeply"):
         unipelt.from_peft(build(), directory)
+
+
+def test_deeply_nested_checkpoint_metadata_is_one_error_line_for_load_and_merge(tmp_path, capsys):
+    directory = unipelt.save(unipelt.apply(build(), "lora"), tmp_path / "ckpt")
+    (directory / "unipelt.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(UniPeltError, match="nests its JSON too deeply"):
+        unipelt.load(build(), directory)
+    assert main(["merge", str(directory), "--weights", "1", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("unipelt: error: ") and not (tmp_path / "out").exists()
+
+
+def test_merge_refuses_lora_tensors_under_a_config_without_lora(tmp_path):
+    directory = unipelt.save(unipelt.apply(build(), "lora"), tmp_path / "ckpt")
+    meta = json.loads((directory / "unipelt.json").read_text())
+    meta["config"]["methods"] = [{"method": "prefix", "length": 4}]
+    (directory / "unipelt.json").write_text(json.dumps(meta))
+    with pytest.raises(UniPeltError, match="hold LoRA tensors but their config has no LoRA"):
+        unipelt.merge_checkpoints([directory], [1.0], tmp_path / "out")
+
+
+def test_a_size_no_tensor_can_take_is_refused_by_the_config():
+    with pytest.raises(UniPeltError, match="LoRAConfig.r must be a positive integer below 2\\*\\*63, got 10{30}"):
+        LoRAConfig(r=10**30)
 
 
 def _adapters_copy(tmp_path, name: str = "lora") -> Path:
@@ -352,8 +376,6 @@ def test_infinite_numbers_in_a_config_are_refused(config):
 
 
 def test_merge_never_writes_over_or_into_an_input_and_refuses_a_seed_torch_cannot_take(tmp_path, capsys):
-    from unipelt.cli import main
-
     dirs = [unipelt.save(unipelt.apply(build(), "lora"), tmp_path / n) for n in ("a", "b")]
     before = {p: p.read_bytes() for d in dirs for p in d.iterdir()}
     for out, message in ((dirs[0], "is the input"), (dirs[1] / "inner", "is inside the input")):

@@ -217,6 +217,8 @@ def _read_meta(directory: Path) -> dict:
         raise UniPeltError(f"{path} is not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise UniPeltError(f"{path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise UniPeltError(f"{path} nests its JSON too deeply to be a checkpoint's metadata") from None
     _need(meta, dict, "(top level)", path)
     version = meta.get("format")
     if type(version) is not int or version not in (1, FORMAT):

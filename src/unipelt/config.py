@@ -59,8 +59,9 @@ def check_attention(owner: str, cfg: Any, applies: bool) -> None:
 
 
 def check_positive(owner: str, name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise UniPeltError(f"{owner}.{name} must be a positive integer, got {value!r}")
+    """A positive integer that a tensor's size can take (torch's sizes are 64-bit)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**63:
+        raise UniPeltError(f"{owner}.{name} must be a positive integer below 2**63, got {value!r}")
 
 
 def check_number(owner: str, name: str, value: Any, low: float | None = None, high: float | None = None) -> None:

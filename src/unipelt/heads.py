@@ -38,7 +38,7 @@ def declared(path: str | Path) -> str | None:
     file = Path(path) / POOLING
     try:
         data = json.loads(file.read_text("utf-8")) if file.is_file() else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(data, dict):
         return None

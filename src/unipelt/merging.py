@@ -67,6 +67,8 @@ def _combine(tensors: list[torch.Tensor], weights: torch.Tensor, how: str, densi
 
 def _lora_scale(config: PeltConfig) -> float:
     scales = {m.scale for m in config.of(LoRAConfig)}
+    if not scales:
+        raise UniPeltError("the checkpoints hold LoRA tensors but their config has no LoRA: not as unipelt saved them")
     if len(scales) > 1:
         raise UniPeltError(f"the checkpoints' LoRA configs have different scales {sorted(scales)}: merge them apart")
     return scales.pop()

@@ -222,7 +222,7 @@ def check_supported(model_type_or_path: str | os.PathLike) -> str:
     if config.is_file():
         try:
             model_type = json.loads(config.read_text()).get("model_type")
-        except (OSError, ValueError, AttributeError) as e:
+        except (OSError, ValueError, AttributeError, RecursionError) as e:
             raise UniPeltError(f"{config} is not a readable model config.json: {e}") from None
     else:
         model_type = str(model_type_or_path)
