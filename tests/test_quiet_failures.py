@@ -104,6 +104,16 @@ def test_from_peft_refuses_a_tensor_that_would_replace_a_frozen_base_weight(tmp_
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
+def test_from_peft_refuses_a_prompt_tensor_beside_a_lora(tmp_path):
+    directory = _peft_checkpoint(tmp_path)
+    tensors = load_file(directory / "adapter_model.safetensors")
+    save_file({**tensors, "prompt_embeddings": torch.zeros(4, 32)}, directory / "adapter_model.safetensors")
+    model = build()
+    with pytest.raises(UniPeltError, match="tensor 'prompt_embeddings' is a prompt's, and this config has no prompt"):
+        unipelt.from_peft(model, directory)
+    assert getattr(model, "pelt_config", None) is None
+
+
 def test_from_peft_loads_the_modules_its_modules_to_save_declares(tmp_path):
     ours = unipelt.apply(build(), PeltConfig(methods=(LoRAConfig(r=4, alpha=8.0),), modules_to_save=("pooler",)))
     randomize(ours, std=0.1)

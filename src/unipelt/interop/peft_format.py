@@ -149,7 +149,10 @@ def _assign(tensors: dict[str, torch.Tensor], source: Path):
         for key, tensor in tensors.items():
             name = key.removeprefix(ROOT)
             if key == "prompt_embeddings":
-                out[model.pelt_prompt.embeddings] = tensor
+                prompt = getattr(model, "pelt_prompt", None)
+                if prompt is None:
+                    raise UniPeltError(f"{source}: tensor {key!r} is a prompt's, and this config has no prompt")
+                out[prompt.embeddings] = tensor
             elif ".lora_A." in name or ".lora_B." in name:
                 owner, _, part = name.partition(".lora_")
                 block = getattr(modules.get(owner), "pelt_lora", None)
