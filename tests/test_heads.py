@@ -51,6 +51,33 @@ def test_a_summary_head_computes_its_formula(arch, head):
     assert model.pelt_config.head == head
 
 
+@pytest.mark.parametrize("head", ["mean", "last"])
+@torch.no_grad()
+def test_a_decoder_reads_the_summary_when_pad_is_eos(head):
+    """transformers' decoder heads read the last token that is not the pad id: with pad = eos and
+    rows ending in eos, not the mask's last real token. The head still reads the summary."""
+    plain, model = build("llama", pad_token_id=2), build("llama", pad_token_id=2)
+    unipelt.apply(model, PeltConfig(methods=(LoRAConfig(),), head=head))
+    inputs = batch()
+    inputs["input_ids"] = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, 2)
+    summary = pooled(plain.base_model(**inputs).last_hidden_state, inputs["attention_mask"], head)
+    torch.testing.assert_close(model(**inputs).logits, plain.score(summary))
+
+
+@pytest.mark.parametrize("how", ["argument", "config"])
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])
+@torch.no_grad()
+def test_a_summary_head_under_return_dict_false(arch, how):
+    """The base model then returns a tuple: the summary goes where its ModelOutput would hold it."""
+    model = unipelt.apply(build(arch), PeltConfig(methods=(LoRAConfig(),), head="mean"))
+    randomize(model)
+    expected = model(**batch()).logits
+    if how == "config":
+        model.config.return_dict = False
+    got = model(**batch(), **({"return_dict": False} if how == "argument" else {}))[0]
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 @torch.no_grad()
 def test_the_mean_head_ignores_padding():
     model = unipelt.apply(build(), PeltConfig(methods=(LoRAConfig(),), head="mean"))

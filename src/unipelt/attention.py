@@ -274,21 +274,18 @@ def attend(module: nn.Module, args: tuple, kwargs: dict, prefix: Prefix | None):
     return module(*args, **{**kwargs, PREFIX_KWARG: prefix})
 
 
-def _make_mask(base_fn, prompt_at: int):
+ANY_PROMPT = (0, 0)  # prompts of any length, in front: a shared model's rows carry several
+
+
+def _make_mask(base_fn, prompt: tuple[int, int] | None):
     def mask(*args, attention_mask=None, q_length=None, kv_length=None, **kwargs):
-        # Prompt tuning lengthens the sequence after the user built the 2-D padding mask: the
-        # prompt sits after the first ``prompt_at`` tokens (methods/prompt.py): insert ones there.
-        # Only in self-attention over the whole input (queries are the keys): a cross-attention's
-        # queries are the decoder's, and the attention function widens its mask (_make_attention).
-        if (
-            attention_mask is not None
-            and attention_mask.ndim == 2
-            and q_length is not None
-            and kv_length in (None, q_length)
-            and attention_mask.shape[-1] < q_length
-        ):
-            extra, at = q_length - attention_mask.shape[-1], prompt_at
-            ones = attention_mask.new_ones(attention_mask.shape[0], extra)
+        # Prompt tuning lengthens the sequence by l after the user built the 2-D padding mask: the
+        # prompt sits after the first ``at`` tokens (methods/prompt.py): insert ones there, in
+        # self-attention over the lengthened input. A cross-attention's queries are the decoder's,
+        # whatever their number: the attention function widens its mask (_make_attention).
+        if attention_mask is not None and attention_mask.ndim == 2 and _lengthened(attention_mask, q_length, prompt):
+            at = prompt[1]
+            ones = attention_mask.new_ones(attention_mask.shape[0], q_length - attention_mask.shape[-1])
             attention_mask = torch.cat([attention_mask[:, :at], ones, attention_mask[:, at:]], dim=-1)
             kv_length = max(kv_length or 0, attention_mask.shape[-1])
         return base_fn(*args, attention_mask=attention_mask, q_length=q_length, kv_length=kv_length, **kwargs)
@@ -296,33 +293,40 @@ def _make_mask(base_fn, prompt_at: int):
     return mask
 
 
+def _lengthened(mask: torch.Tensor, q_length: int | None, prompt: tuple[int, int] | None) -> bool:
+    if prompt is None or q_length is None:
+        return False
+    return mask.shape[-1] < q_length if prompt == ANY_PROMPT else mask.shape[-1] + prompt[0] == q_length
+
+
 # eager: None = the model's own eager function, looked up per call
 _BASES = {"sdpa": (sdpa_attention_forward, sdpa_mask, False), "eager": (None, eager_mask, True)}
 
 
-def _register(base: str, prompt_at: int) -> str:
-    """The registered name of the unipelt variant of ``base`` whose prompt (if any) follows
-    ``prompt_at`` tokens; the mask function is called without the model, so the name carries it."""
-    name = f"unipelt_{base}" + (f"_prompt_at_{prompt_at}" if prompt_at else "")
+def _register(base: str, prompt: tuple[int, int] | None) -> str:
+    """The registered name of the unipelt variant of ``base`` for a prompt of l tokens inserted
+    after ``at`` (``prompt`` = (l, at); None: nothing lengthens the input). The mask function is
+    called without the model, so the name carries them."""
+    name = f"unipelt_{base}" + ("" if prompt is None else f"_prompt_{prompt[0] or 'any'}_at_{prompt[1]}")
     attn, mask, additive = _BASES[base]
-    AttentionInterface.register(name, _make_attention(attn, additive, prompt_at))
-    AttentionMaskInterface.register(name, _make_mask(mask, prompt_at))
+    AttentionInterface.register(name, _make_attention(attn, additive, 0 if prompt is None else prompt[1]))
+    AttentionMaskInterface.register(name, _make_mask(mask, prompt))
     return name
 
 
 for _name in _BASES:
-    for _at in (0, 1):  # the positions the architecture files use
-        _register(_name, _at)
+    _register(_name, None)
 
 
 def pelt_attention_base(name: str | None) -> str:
-    """The stock implementation behind a unipelt one: "unipelt_sdpa_prompt_at_1" -> "sdpa"."""
+    """The stock implementation behind a unipelt one: "unipelt_sdpa_prompt_10_at_1" -> "sdpa"."""
     name = name or "eager"
-    return name.removeprefix("unipelt_").split("_prompt_at_")[0] if name.startswith("unipelt_") else name
+    return name.removeprefix("unipelt_").split("_prompt_")[0] if name.startswith("unipelt_") else name
 
 
-def use_pelt_attention(model: nn.Module, prompt_at: int = 0) -> None:
-    """Switch ``model`` to the unipelt variant of the attention it uses now (sdpa or eager)."""
+def use_pelt_attention(model: nn.Module, prompt: tuple[int, int] | None = None) -> None:
+    """Switch ``model`` to the unipelt variant of the attention it uses now (sdpa or eager);
+    ``prompt``: (l, at) where a prompt of l tokens inserted after ``at`` lengthens the input."""
     if any(type(m) in _OWN_ATTENTION for m in model.modules()):
         return  # its attention takes the prefix through _OWN_ATTENTION: no function to switch to
     current = model.config._attn_implementation or "eager"
@@ -334,7 +338,7 @@ def use_pelt_attention(model: nn.Module, prompt_at: int = 0) -> None:
             f"prefix and prompt tuning support sdpa and eager attention, not {current!r}; "
             "load the model with attn_implementation='sdpa'"
         )
-    set_attention(model, _register(current, prompt_at))
+    set_attention(model, _register(current, prompt))
 
 
 def set_attention(model: nn.Module, name: str) -> None:

@@ -14,7 +14,8 @@ masked mean; its BERT pooler was never trained, SPEC §5), a decoder's is its la
 
 "mean" and "last" go where the model's own head reads its summary: BERT's ``pooler_output``,
 else the token ``ArchSpec.summary`` names (RoBERTa's <s>, whose head's dense layer then trains as
-part of the head; a decoder's last real token). A forward hook on the base model puts it there,
+part of the head); a decoder's head reads the last token that is not padding by its own rule, so
+there every position holds the summary. A forward hook on the base model puts it there,
 reading the padding mask from the call's own arguments: concurrent calls share no state.
 """
 
@@ -114,17 +115,35 @@ def summarize(hidden: torch.Tensor, mask: torch.Tensor, head: str) -> torch.Tens
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index(mask)]
 
 
+# where a base model's tuple output (return_dict=False) holds what its ModelOutput names
+_POSITIONS = {"last_hidden_state": 0, "pooler_output": 1}
+
+
+def field(out, name: str) -> torch.Tensor:
+    return out[_POSITIONS[name]] if isinstance(out, tuple) else out[name]
+
+
+def _replace(out, name: str, value: torch.Tensor):
+    if isinstance(out, tuple):
+        i = _POSITIONS[name]
+        return (*out[:i], value, *out[i + 1 :])
+    out[name] = value
+    return out
+
+
 def put(out, summary: torch.Tensor, mask: torch.Tensor, place: str, rows: torch.Tensor | None = None):
     """``out`` with ``summary`` where the head reads it, on ``rows`` (all rows when None)."""
     if place == "pooler":
-        old = out["pooler_output"]
-        out["pooler_output"] = summary if rows is None else old.index_put((rows,), summary)
-        return out
-    hidden = out["last_hidden_state"]
+        old = field(out, "pooler_output")
+        return _replace(out, "pooler_output", summary if rows is None else old.index_put((rows,), summary))
+    hidden = field(out, "last_hidden_state")
     rows = torch.arange(hidden.shape[0], device=hidden.device) if rows is None else rows
-    at = torch.zeros_like(rows) if place == "first" else last_index(mask[rows])
-    out["last_hidden_state"] = hidden.index_put((rows, at), summary)
-    return out
+    if place == "first":
+        return _replace(out, "last_hidden_state", hidden.index_put((rows, torch.zeros_like(rows)), summary))
+    # a decoder's head reads the last token that is not the pad id (transformers' rule, not the
+    # mask's: pad = eos, or no mask given, puts it elsewhere): every position holds the summary
+    every = summary[:, None, :].expand(-1, hidden.shape[1], -1)
+    return _replace(out, "last_hidden_state", hidden.index_put((rows,), every))
 
 
 def mask_argument(args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -143,7 +162,7 @@ class Summary:
     prompt_at: int = 0
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict, out):
-        hidden = out["last_hidden_state"]
+        hidden = field(out, "last_hidden_state")
         mask = real_tokens(mask_argument(args, kwargs), hidden, self.prompt_at)
         return put(out, summarize(hidden, mask, self.head), mask, self.place)
 

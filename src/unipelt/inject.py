@@ -187,7 +187,7 @@ def _inject(model: nn.Module, cfg: PeltConfig, spec) -> None:
             method.setup(ctx, configs)
     inject_layers(ctx)
     if ctx.attention_hook:
-        use_pelt_attention(model, prompt_at=ctx.prompt_at)
+        use_pelt_attention(model, (ctx.prompt_length, ctx.prompt_at) if ctx.prompt_length else None)
     heads.attach(model, cfg.head, spec, prompt_at=ctx.prompt_at)
     _place_like(model)
     _set_trainable(model, cfg)

@@ -33,7 +33,7 @@ from torch import nn
 
 from . import encoding, heads
 from .arch import spec_for
-from .attention import attend, use_pelt_attention
+from .attention import ANY_PROMPT, attend, use_pelt_attention
 from .blocks import PerCall, per_call
 from .checkpoint import load, read_config
 from .config import PeltConfig
@@ -108,7 +108,7 @@ class SummarySite:
         self.heads: dict[str, str] = {}  # task -> its head
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict, out):
-        hidden = out["last_hidden_state"]
+        hidden = heads.field(out, "last_hidden_state")
         mask = heads.real_tokens(heads.mask_argument(args, kwargs), hidden, 0)  # the mask has the prompts' ones
         for task, rows in self.router.rows.items():
             head = self.heads.get(task)
@@ -226,7 +226,7 @@ class MultiTask:
                 self._graft(task)
                 self._tasks[task.name] = task
                 if task.model.config._attn_implementation.startswith("unipelt_"):
-                    use_pelt_attention(self.model)
+                    use_pelt_attention(self.model, ANY_PROMPT)
                 self._check_served(task)
             except BaseException:
                 self._tasks.pop(task.name, None)

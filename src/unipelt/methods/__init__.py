@@ -34,6 +34,7 @@ class ModelContext:
     prefix_slots: Iterator[int] = field(default_factory=itertools.count)  # shared across layers and stacks
     attention_hook: bool = False  # prefixes or prompts need unipelt's attention functions
     prompt_at: int = 0  # tokens in front of an inserted prompt (attention.py widens masks there)
+    prompt_length: int = 0  # its length: 0 where nothing lengthens the input
 
 
 @dataclass
