@@ -11,7 +11,7 @@ import threading
 
 import pytest
 import torch
-from conftest import batch, build, randomize
+from conftest import batch, build, build_lm, randomize
 from test_multitask import SERVED, rows, trained
 
 import unipelt
@@ -94,3 +94,45 @@ def test_multitask_called_from_threads_answers_as_alone(tmp_path):
     for k, answers in enumerate(_concurrently(call, inputs)):
         wrong = sum(not all(torch.equal(x, y) for x, y in zip(a, alone[k])) for a in answers)
         assert wrong == 0, f"{wrong} of {len(answers)} mixed batches {k} differ from a lone call"
+
+
+def test_a_decoder_prompt_step_keeps_its_gradient_beside_a_no_grad_call():
+    """A decoder's prompt is served as keys and values computed once per call: a no-grad call on
+    another thread (a server beside training) while a training step is inside its layers must
+    not hand the step its own table, which carries no gradient. The threads interleave by events."""
+    model = unipelt.apply(build_lm("llama"), "prompt").train()
+    inputs = batch()
+
+    def step() -> torch.Tensor:
+        model.zero_grad()
+        model(**inputs, labels=inputs["input_ids"]).loss.backward()
+        return model.pelt_prompt.embeddings.grad.clone()
+
+    alone = step()
+    inside, served = threading.Event(), threading.Event()
+    calls = []
+
+    def pause(module, args, kwargs):
+        if threading.current_thread().name == "train":
+            calls.append(1)
+            if len(calls) == 2:  # the real tokens' pass (the first is the prompt's own)
+                inside.set()
+                served.wait(10)
+
+    def serve():
+        inside.wait(10)
+        with torch.no_grad():
+            model(**inputs)
+        served.set()
+
+    hook = model.model.layers[0].register_forward_pre_hook(pause, with_kwargs=True)
+    result = {}
+    threads = [threading.Thread(target=lambda: result.update(g=step()), name="train"), threading.Thread(target=serve)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(result["g"], alone)

@@ -117,9 +117,12 @@ class PeltPositions(Wrapper):
 
 
 class _PromptPass(PerCall):
-    """Whether this thread is running the prompt's own pass (``CausalPrompt.refresh``)."""
+    """Whether this thread is running the prompt's own pass (``CausalPrompt.refresh``), and the
+    keys and values its last pass gave: a no-grad call on another thread must not replace the
+    table a training forward's layers read."""
 
     running = per_call("running")
+    table = per_call("table")
 
 
 class CausalPrompt(nn.Module):
@@ -145,7 +148,9 @@ class CausalPrompt(nn.Module):
         self.embeddings = nn.Parameter(vocab.detach()[picks].clone())
         self.length = cfg.length
         self.first_position = 0 if absolute_positions else -cfg.length  # rotary: right before the input
-        self._table: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        # the last table of any thread: for a thread that ran no pass of its own (the autograd
+        # worker rerunning a checkpointed layer on a GPU)
+        self._last: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._pass = _PromptPass()  # per thread: another thread's prompt pass must not hide the prompt
         self._hook = base.register_forward_pre_hook(self._refresh)
 
@@ -180,17 +185,18 @@ class CausalPrompt(nn.Module):
             self._pass.running = False
             for m in checkpointed:
                 m.gradient_checkpointing = True
-        self._table = [(k[0], v[0]) for k, v in cached_kv(output_cache(out))]
+        self._pass.table = self._last = [(k[0], v[0]) for k, v in cached_kv(output_cache(out))]
 
     def kv(self, slot: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Layer ``slot``'s prompt keys and values, each (l, d_kv); None during the prompt's own pass."""
         if self._pass.running:
             return None
-        if self._table is None:
+        table = self._pass.table or self._last
+        if table is None:
             raise UniPeltError(
                 "the prompt's keys and values are computed when the base model runs; call the model, not a single layer"
             )
-        k, v = self._table[slot]  # (H_kv, l, dh), rotated at positions -l..-1 (or at 0..l-1)
+        k, v = table[slot]  # (H_kv, l, dh), rotated at positions -l..-1 (or at 0..l-1)
         return k.transpose(0, 1).flatten(1), v.transpose(0, 1).flatten(1)
 
 
@@ -202,7 +208,7 @@ def setup(ctx: ModelContext, configs: list) -> None:
         replace_module(ctx.base, spec.embeddings, lambda e: PeltEmbeddings(e, cfg, ctx.d, spec.prompt_at))
         if spec.rotary is not None:
             replace_module(ctx.base, spec.rotary, lambda r: PeltPositions(r, spec.prompt_at))
-        ctx.prompt_at = spec.prompt_at
+        ctx.prompt_at, ctx.prompt_length = spec.prompt_at, cfg.length
         return
     # decoder-only: the prompt is served as a prefix
     if ctx.cfg.of(PrefixConfig):
