@@ -352,3 +352,28 @@ def test_load_gives_the_model_the_checkpoints_label_names(tmp_path):
     unipelt.load(fresh, tmp_path / "sst2")
     assert fresh.config.id2label == {0: "negative", 1: "positive"}
     assert fresh.config.label2id == {"negative": 0, "positive": 1}
+
+
+HEAD_ADAPTER = unipelt.AdapterConfig(target="head", insertion="parallel", r=8)
+
+
+@pytest.mark.parametrize(
+    "methods",
+    [
+        (HEAD_ADAPTER, unipelt.LoRAConfig(targets=("q", "v"), composition="gated")),
+        (HEAD_ADAPTER, unipelt.LoRAConfig(targets=("q", "v")), unipelt.PrefixConfig(length=4, composition="gated")),
+    ],
+    ids=["gated-lora-on-q", "q-reads-the-prefix-gate"],
+)
+def test_a_head_adapter_over_a_gated_query_projection_in_a_mixed_batch(tmp_path, methods):
+    """The multi-head adapter calls the query projection it does not own: that projection's
+    gates (its own, or the prefix gate its shared read computes) pool over the task's rows."""
+    model = unipelt.apply(build(), unipelt.PeltConfig(methods=methods))
+    randomize(model, std=0.1, seed=1)
+    unipelt.save(model, tmp_path / "mix")
+    singles = {"mix": unipelt.load(build(), tmp_path / "mix")}
+    singles["lora"] = trained(tmp_path, "bert", "lora", labels=3, seed=2)
+    mt = MultiTask(build())
+    for name in singles:
+        mt.add(name, tmp_path / name)
+    assert_rows_match(mt, singles, rows(4, seed=3), ["mix", "lora", "mix", "lora"])

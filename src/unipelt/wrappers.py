@@ -74,7 +74,11 @@ class RowsCall:
 def on_rows(module: nn.Module, rows: torch.Tensor, taps: tuple = ()):
     """For a while, ``module``'s gates pool over the task's rows of the mask (``MaskSlot.rows``)
     and each tap holds only those rows' value."""
-    slots = {g.slot for g in module.modules() if isinstance(g, Gate)}
+    called = (module, *getattr(module, "called", ()))  # and what it calls but does not own
+    # with the gates a shared read computes beside a module's own (another method's: the prefix's)
+    subs = [sub for m in called for sub in m.modules()]
+    gates = [*subs, *(g for sub in subs for g in getattr(getattr(sub, "shared", None), "gates", ()))]
+    slots = {g.slot for g in gates if isinstance(g, Gate)}
     taps = [t for t in taps if t is not None]
     saved = [t.value for t in taps]
     for s in slots:
@@ -324,10 +328,16 @@ class PeltHeadOutput(Wrapper):
         self.query = query
         self.rows = rows  # q's output rows when the query projection is fused ([q; k; v]), else None
 
+    @property
+    def called(self) -> tuple[nn.Module]:
+        """The query projection it calls, with its own gates (a gated LoRA on q) to restrict to
+        a mixed batch's rows (``on_rows``)."""
+        return (getattr(self.owner, self.query),)
+
     def forward(self, heads: torch.Tensor) -> torch.Tensor:
         if not self.pelt_active:
             return self.base_layer(heads)
-        q = getattr(self.owner, self.query)(self.tap.value)  # (B, T, H·dh), or fused (B, T, ...)
+        q = self.called[0](self.tap.value)  # (B, T, H·dh), or fused (B, T, ...)
         if self.rows is not None:
             q = q[..., self.rows[0] : self.rows[1]]  # (B, T, H·dh)
         return self.base_layer(heads + self.pelt_adapter_head(q, heads))
