@@ -287,6 +287,15 @@ def test_a_refused_apply_leaves_no_module_behind(arch, config, attention, messag
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in fresh.named_parameters()]
 
 
+def test_a_prompt_under_a_head_that_averages_over_the_callers_mask_is_refused():
+    model = build("modernbert", classifier_pooling="mean")
+    before = _fingerprint(model)
+    with pytest.raises(UniPeltError, match="classifier_pooling='mean' is not offered"):
+        unipelt.apply(model, "prompt")
+    assert _fingerprint(model) == before
+    unipelt.apply(build("modernbert"), "prompt")  # classifier_pooling='cls', ModernBERT's default
+
+
 def _with_dtype(directory: Path, name: str, dtype) -> None:
     """Rewrite one tensor of a unipelt checkpoint in another dtype, the checksum made to match."""
     tensors = load_file(directory / "unipelt.safetensors")
