@@ -86,6 +86,18 @@ def test_unipelt_compile_compiles_in_place_and_matches_eager():
     assert all((g - r).abs().max() < 1e-5 for g, r in zip(got, ref))
 
 
+def test_load_into_and_apply_onto_a_compiled_model(tmp_path):
+    """The participation check runs the forward eagerly: traced, its hooks' outputs lose their
+    graph and every module looked idle ("transformers bypasses unipelt's hook")."""
+    trained = unipelt.apply(build(), "lora")
+    randomize(trained)
+    unipelt.save(trained, tmp_path / "lora")
+    loaded = unipelt.load(unipelt.compile(unipelt.apply(build(), "lora"), backend="aot_eager"), tmp_path / "lora")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch()).logits, trained(**batch()).logits)
+    unipelt.apply(unipelt.compile(build(), backend="aot_eager"), "unipelt-apl")
+
+
 def test_compile_is_not_part_of_a_run():
     from unipelt.harness.spec import RunSpec
 

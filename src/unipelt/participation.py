@@ -62,7 +62,8 @@ def _probing(model: nn.Module, params: list[nn.Parameter]):
     flags = [(p, p.requires_grad) for p in params]
     model.eval()
     try:
-        with torch.inference_mode(False), torch.enable_grad():
+        # eagerly: a compiled forward's graph hides the hooks' outputs from autograd.grad
+        with torch.inference_mode(False), torch.enable_grad(), torch.compiler.set_stance("force_eager"):
             for p in params:
                 p.requires_grad_(True)
             yield
