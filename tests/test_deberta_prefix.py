@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 import transformers
-from conftest import TINY, batch, randomize
+from conftest import TINY, batch, build, randomize
 
 import unipelt
 from unipelt import PeltConfig, PrefixConfig
@@ -109,3 +109,18 @@ def test_without_its_prefix_the_model_is_the_plain_model():
     out = unipelt.attention.attend(att, args, kwargs, hidden)[0]
     real = b["attention_mask"].bool()  # a padded query sees no key: uniform over l + T instead of T
     assert (out - att(*args, **kwargs)[0])[real].abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("t", [15, 16, 17])
+def test_gated_lora_on_a_shared_key_projection_at_every_length(t):
+    """With share_att_key, DeBERTa runs its relative-position embeddings (one row of 2·buckets)
+    through the LoRA-wrapped q and k projections: their gate never reads the token mask, also
+    when the batch's length happens to be 2·buckets. Each row is what it is alone."""
+    model = unipelt.apply(build("deberta-v2", share_att_key=True), "unipelt-apl")  # buckets 8: 16 rows
+    randomize(model, std=0.2)
+    b = batch(t=t)
+    with torch.no_grad():
+        out = model(**b).logits
+        for i, n in enumerate(b["attention_mask"].sum(1).tolist()):
+            alone = model(input_ids=b["input_ids"][i : i + 1, :n], attention_mask=b["attention_mask"][i : i + 1, :n])
+            torch.testing.assert_close(out[i : i + 1], alone.logits, rtol=1e-4, atol=1e-5)

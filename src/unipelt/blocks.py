@@ -251,8 +251,12 @@ class Gate(nn.Module):
         """Per-token values g, (B, T, k), to this gate's: (B, 1, k), or g itself in a causal layer."""
         if self.slot.causal:
             return g
-        token_mask = self.slot.mask
+        token_mask, rows = self.slot.mask, self.slot.rows
         if self.pooling == "mean" or token_mask is None or token_mask.shape[1] != z.shape[1]:
+            return g.mean(dim=1, keepdim=True)
+        if z.shape[0] != (token_mask.shape[0] if rows is None else len(rows)):
+            # not the layer's tokens (DeBERTa's relative-position embeddings through a shared q/k
+            # projection, one row), even where their number matches: as for any other length
             return g.mean(dim=1, keepdim=True)
         with in_input_dtype(g):  # one product, (B, 1, T) @ (B, T, k), in g's dtype
             return torch.bmm(self.mean_weights(token_mask, g.dtype), g)  # (B, 1, k)
