@@ -134,6 +134,14 @@ def test_configs_unipelt_cannot_express_exactly_are_refused_and_the_model_is_unt
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
+def test_a_lora_config_without_attn_matrices_takes_adapters_default(tmp_path):
+    """adapters' LoRAConfig adapts q and v unless attn_matrices says otherwise."""
+    io = load_file(FIXTURES / "bert" / "lora" / "io.safetensors")
+    model = unipelt.from_adapters(_base("bert"), _edited(tmp_path, "lora", lambda m: m["config"].pop("attn_matrices")))
+    assert model.pelt_config.methods == EXPECTED["lora"]
+    assert (_logits(model, io) - io["logits"]).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize(
     "change,reason",
     [(dict(layers=1), "layers=1"), (dict(activation_function="relu"), "relu"), (dict(num_labels=2), "num_labels=2")],

@@ -60,8 +60,8 @@ def _float(cfg: dict, key: str, default: float, what: str) -> float:
     return float(value)
 
 
-def _names(cfg: dict, key: str, what: str) -> list[str]:
-    value = cfg.get(key, [])
+def _names(cfg: dict, key: str, what: str, default: tuple[str, ...] = ()) -> list[str]:
+    value = cfg.get(key, list(default))
     if not isinstance(value, (list, str)) or not all(isinstance(v, str) for v in value):
         _refuse(what, f"field {key!r} must be a list of names, got {reprlib.repr(value)}")
     return list(value)
@@ -274,7 +274,7 @@ def lora(cfg: dict) -> LoRAConfig:
     )
     if cfg.get("init_weights", "lora") not in ("lora", "bert"):
         _refuse(what, f"init_weights={cfg['init_weights']!r} belongs to another method")
-    matrices = _names(cfg, "attn_matrices", what)
+    matrices = _names(cfg, "attn_matrices", what, default=("q", "v"))  # adapters' LoRAConfig default
     targets = [m for m in ("q", "k", "v") if cfg.get("selfattn_lora", True) and m in matrices]
     targets += [t for t, key in (("ffn_in", "intermediate_lora"), ("ffn_out", "output_lora")) if cfg.get(key)]
     if unknown := set(matrices) - {"q", "k", "v"}:
