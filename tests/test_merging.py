@@ -193,3 +193,15 @@ def test_a_failed_write_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(ZeroDivisionError):
         unipelt.save(model, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_failed_save_or_merge_into_a_new_directory_leaves_none(tmp_path, monkeypatch):
+    import unipelt.checkpoint as checkpoint
+
+    dirs = [_saved(tmp_path, n, "lora") for n in ("a", "b")]
+    monkeypatch.setattr(checkpoint, "_sha256", lambda path: 1 / 0)  # fails between the two files
+    with pytest.raises(ZeroDivisionError):
+        unipelt.merge_checkpoints(dirs, [0.5, 0.5], tmp_path / "merged")
+    with pytest.raises(ZeroDivisionError):
+        unipelt.save(unipelt.apply(build(), "lora"), tmp_path / "saved")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]

@@ -8,6 +8,7 @@ checkpoint leaves the model exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -125,7 +126,6 @@ def save(model: nn.Module, directory: str | Path, *, pairs: bool | None = None, 
             "the merged model whole with save_pretrained after merge_and_unload()"
         )
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     params = dict(model.named_parameters())
     tensors = {n: params[n].detach().contiguous().cpu() for n in _saved_names(model)}
     prefix = getattr(model, "pelt_prefix", None)
@@ -153,8 +153,15 @@ def write_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], meta: di
         save_file(tensors, tmp[WEIGHTS])
         tmp[META].write_text(json.dumps({**meta, "sha256": _sha256(tmp[WEIGHTS])}, indent=2))
 
-    # the weights first: until the JSON with their checksum replaces the old one, load refuses the pair
-    replace_together(directory, (WEIGHTS, META), weights_then_meta)
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    try:  # the weights first: until the JSON with their checksum replaces the old one, load refuses the pair
+        replace_together(directory, (WEIGHTS, META), weights_then_meta)
+    except BaseException:
+        if created:  # nor an empty directory where there was none
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
 
 
 def replace_together(directory: Path, names: tuple[str, ...], write) -> None:

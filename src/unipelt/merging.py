@@ -189,7 +189,6 @@ def _merge(names, tensors, weights, how, density, sign, config) -> dict[str, tor
 
 
 def _write(out: Path, tensors: dict, meta: dict, dirs, weights, how) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
     meta = {k: v for k, v in meta.items() if k != "sha256"}
     meta["merged_from"] = {"checkpoints": [str(d) for d in dirs], "weights": list(weights), "method": how}
     write_checkpoint(out, tensors, meta)
