@@ -151,6 +151,8 @@ class ArchSpec:
     prompt_at: int = 0
     # Why prompt tuning cannot run on this architecture, or None where it can.
     no_prompt: str | None = None
+    # A model setting under which it cannot: (config attribute, its value, why), or None.
+    no_prompt_if: tuple[str, object, str] | None = None
     # Positions are learned absolute embeddings (GPT-2's wpe), not rotary: a decoder's prompt pass
     # (methods/prompt.py) then takes positions 0..l-1, as rotary positions -l..-1 do not exist there.
     absolute_positions: bool = False
@@ -162,10 +164,16 @@ class ArchSpec:
     # where the head reads something else (BART's and T5's eos state, ModernBERT's own pooling).
     summary: str | None = "first"
 
-    def check_prompt(self) -> None:
-        """Refuse prompt tuning where ``no_prompt`` says why it cannot run."""
+    def check_prompt(self, config) -> None:
+        """Refuse prompt tuning where ``no_prompt`` or, for this model's ``config``,
+        ``no_prompt_if`` says why it cannot run."""
+        kinds = "/".join(self.model_types)
         if self.no_prompt is not None:
-            raise UniPeltError(f"prompt tuning is not available on {'/'.join(self.model_types)}: {self.no_prompt}")
+            raise UniPeltError(f"prompt tuning is not available on {kinds}: {self.no_prompt}")
+        if self.no_prompt_if is not None:
+            key, value, why = self.no_prompt_if
+            if getattr(config, key, None) == value:
+                raise UniPeltError(f"prompt tuning on {kinds} with {key}={value!r} is not offered: {why}")
 
     def present_stacks(self, base: nn.Module) -> tuple[Stack, ...]:
         """The stacks this model has: ``T5EncoderModel`` is T5 without its decoder."""

@@ -27,6 +27,12 @@ MODERNBERT = register(
         ),
         embeddings="embeddings",
         prompt_at=1,
+        no_prompt_if=(
+            "classifier_pooling",
+            "mean",
+            "its head averages over the caller's mask, which the prompt lengthens; classifier_pooling='cls' "
+            "reads the first token",
+        ),
         rotary="rotary_emb",
         summary=None,
     )

@@ -202,14 +202,8 @@ class CausalPrompt(nn.Module):
 
 def setup(ctx: ModelContext, configs: list) -> None:
     cfg, spec = configs[0], ctx.spec
-    spec.check_prompt()
+    spec.check_prompt(ctx.model.config)
     ctx.attention_hook = True
-    if getattr(ctx.model.config, "classifier_pooling", None) == "mean" and ctx.cfg.head == "model":
-        raise UniPeltError(  # ModernBERT's head: its mean reads the caller's mask, shorter than the prompted input
-            f"prompt tuning on {type(ctx.model).__name__} with classifier_pooling='mean' is not offered: its head "
-            "averages over the caller's mask, which the prompt lengthens; classifier_pooling='cls' "
-            "reads the first token"
-        )
     if spec.embeddings is not None:
         replace_module(ctx.base, spec.embeddings, lambda e: PeltEmbeddings(e, cfg, ctx.d, spec.prompt_at))
         if spec.rotary is not None:
