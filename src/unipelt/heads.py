@@ -131,7 +131,7 @@ def _replace(out, name: str, value: torch.Tensor):
     return out
 
 
-def put(out, summary: torch.Tensor, mask: torch.Tensor, place: str, rows: torch.Tensor | None = None):
+def put(out, summary: torch.Tensor, place: str, rows: torch.Tensor | None = None):
     """``out`` with ``summary`` where the head reads it, on ``rows`` (all rows when None)."""
     if place == "pooler":
         old = field(out, "pooler_output")
@@ -164,7 +164,7 @@ class Summary:
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict, out):
         hidden = field(out, "last_hidden_state")
         mask = real_tokens(mask_argument(args, kwargs), hidden, self.prompt_at)
-        return put(out, summarize(hidden, mask, self.head), mask, self.place)
+        return put(out, summarize(hidden, mask, self.head), self.place)
 
 
 def attach(model: nn.Module, head: str, spec, prompt_at: int = 0) -> None:

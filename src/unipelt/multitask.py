@@ -113,7 +113,7 @@ class SummarySite:
         for task, rows in self.router.rows.items():
             head = self.heads.get(task)
             if head in heads.SUMMARIES:
-                out = heads.put(out, heads.summarize(hidden[rows], mask[rows], head), mask, self.place, rows)
+                out = heads.put(out, heads.summarize(hidden[rows], mask[rows], head), self.place, rows)
         return out
 
 
