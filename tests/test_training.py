@@ -159,6 +159,29 @@ def test_gradient_checkpointing_gives_the_same_gradients(arch):
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
 
 
+def test_gradient_checkpointing_with_two_forwards_before_one_backward(arch):
+    """Two forwards with different padding, then one backward (gradient accumulation done as a sum
+    of losses): each recomputed layer must pool its gates over its own forward's mask."""
+    first, second = batch(seed=1), batch(seed=3)
+    second["attention_mask"][0, -4:] = 0  # another padding than the first batch's
+    second["input_ids"][0, -4:] = 1
+    second["input_ids"][0, -5] = 2
+    grads = []
+    for checkpointing in (False, True):
+        model = unipelt.apply(build(arch), "unipelt-apl")
+        randomize(model, only_pelt=True)
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        torch.manual_seed(0)
+        one = model(**first, labels=torch.tensor([0, 1, 2])).loss
+        (one + model(**second, labels=torch.tensor([2, 1, 0])).loss).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if "pelt_" in n and p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-9, msg=name)
+
+
 def test_attention_fields_pick_the_sublayers_of_an_encoder_decoder():
     cfg = unipelt.PeltConfig(
         methods=(

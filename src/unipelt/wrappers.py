@@ -22,6 +22,7 @@ so that a new method's wrapper brings its mixed-batch behaviour with it.
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 from typing import Callable
 
 import torch
@@ -186,6 +187,10 @@ class PeltLayer(Wrapper):
     gradient checkpointing runs the layer again during backward, outside this wrapper (the slot
     says which mask such a rerun reads). ``mask_position``: where the mask is among the layer's
     positional arguments (the architecture file says).
+
+    Under gradient checkpointing the gradient of the layer's output puts its call's mask back in
+    the slot before the layer's backward reruns it: after two forwards and one backward (losses
+    summed), the slot would otherwise hold the second call's mask when the first is rerun.
     """
 
     def __init__(self, base_layer: nn.Module, slot: MaskSlot, mask_position: int = 1):
@@ -193,19 +198,28 @@ class PeltLayer(Wrapper):
         self.slot, self.mask_position = slot, mask_position
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        self._keep_mask((hidden_states, *args), kwargs)
-        return self.base_layer(hidden_states, *args, **kwargs)
+        mask = self._keep_mask((hidden_states, *args), kwargs)
+        out = self.base_layer(hidden_states, *args, **kwargs)
+        h = out[0] if isinstance(out, tuple) else out
+        if getattr(self.base_layer, "gradient_checkpointing", False) and h.requires_grad:
+            h.register_hook(partial(_put_mask, self.slot, mask))
+        return out
 
-    def _keep_mask(self, args: tuple, kwargs: dict) -> None:
+    def _keep_mask(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """args: the layer's positional arguments, hidden states first (or in kwargs)."""
         mask = args[self.mask_position] if len(args) > self.mask_position else kwargs.get("attention_mask")
         self.slot.mask = token_mask(mask, _first_input(args, kwargs).shape[1])
+        return self.slot.mask
 
     def rows_before(self, call: RowsCall, rows: torch.Tensor) -> None:
         self._keep_mask(call.args, call.kwargs)
 
     def rows_after(self, call: RowsCall, rows: torch.Tensor) -> None:
         pass  # the layer's output is its modules' business
+
+
+def _put_mask(slot: MaskSlot, mask: torch.Tensor | None, grad: torch.Tensor) -> None:
+    slot.mask = mask  # on the thread that runs this backward, where the rerun reads it
 
 
 def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
