@@ -137,6 +137,26 @@ def test_a_model_replaced_at_the_same_path_gets_its_own_rows(tmp_path):
     assert _row(md, "Table 1 — tiny, K=100", "lora model\\_id=bbbb")[1] == "**80.0**"
 
 
+@pytest.mark.parametrize(
+    "field, values",
+    [("head_lr", (None, 1e-3)), ("head", ("pooler", "mean"))],  # an unset head_lr is a setting of its own
+)
+def test_runs_that_differ_in_a_head_setting_are_never_averaged(tmp_path, field, values):
+    with Store(tmp_path / "s.sqlite") as store:
+        for value, score in zip(values, (0.5, 0.7)):
+            for seed in (111, 222):
+                record = _record("lora", "rte", seed, score)
+                changes = {field: value}
+                if field == "head":  # as the harness records it: in the config too, so in the key
+                    changes["config"] = replace(record.spec.config, head=value)
+                store.write(replace(record, spec=replace(record.spec, **changes)))
+        md = report.markdown(report.build(store))
+    title = "Table 1 — tiny, K=100"
+    shown = [f"lora {field.replace('_', chr(92) + '_')}={v if v is not None else 'none'}" for v in values]
+    assert _row(md, title, shown[0])[1] == "<u>50.0 ± 0.0 ⌊2/2⌋</u>"  # two seeds each, not four
+    assert _row(md, title, shown[1])[1] == "**70.0 ± 0.0**"
+
+
 def test_epochs_that_differ_per_k_split_no_row_and_one_line_joins_them(tmp_path):
     from unipelt.harness import plots, tables
 
@@ -252,3 +272,28 @@ def test_each_finished_run_as_json_in_peft_method_comparison_layout(tmp_path):
         {"best_epoch": 2, "test_accuracy": 0.69},
     ]
     assert data["meta_info"]["package_info"]["unipelt-version"] == "0.1.0"
+
+
+def test_a_report_written_again_into_its_folder_leaves_no_file_of_the_earlier_one(tmp_path):
+    """A second run that shares the first's JSON name renames both; the first name must go, as
+    must a figure the new report no longer draws, or the folder shows runs the store lacks."""
+    from unipelt.harness import export
+
+    out, record = tmp_path / "out", _record("lora", "rte", 111, 0.6)
+    with Store(tmp_path / "gated.sqlite") as store:  # a UniPELT run: a figure of its gates
+        store.write(record)
+        store.write(_record("unipelt-apl", "rte", 111, 0.6))
+        report.write(report.build(store), out)
+    figures = {p.name for p in out.glob("*.png")}
+    (out / "notes.png").write_bytes(b"not ours")  # a file no report wrote stays
+    with Store(tmp_path / "s.sqlite") as store:
+        store.write(record)
+        first = export.write_runs(store, out / "runs")
+        store.write(replace(record, spec=replace(record.spec, lr=1e-3)))  # the same JSON name as the first
+        second = export.write_runs(store, out / "runs")
+        report.write(report.build(store), out)
+    assert [p.name for p in first] == ["rte--lora--k100-seed111.json"] and len(second) == 2
+    assert sorted(p.name for p in (out / "runs").glob("*.json")) == sorted(p.name for p in second)
+    assert "gates_0.png" in figures and not (out / "gates_0.png").exists()
+    assert (out / "metric_vs_k_0.png").exists()
+    assert (out / "notes.png").exists()

@@ -90,7 +90,9 @@ def run_json(row: pd.Series, epochs: pd.DataFrame) -> dict:
 
 def write_runs(store: Store, out_dir: str | Path) -> list[Path]:
     """One ``<task>--<method>--k<K>-seed<seed>.json`` per finished run in ``out_dir``; runs that
-    share that name (another lr, model or model seed) each add their run key's first 12 characters."""
+    share that name (another lr, model or model seed) each add their run key's first 12 characters.
+    Other JSON files there (an earlier export's, under names since changed) are removed: the folder
+    is read as the store's runs, one file each."""
     out = Path(out_dir)
     runs, epochs = store.runs("finished"), store.epochs()
     names = [re.sub(r"[^A-Za-z0-9._=-]+", "_", experiment_name(row).replace("/", "--")) for _, row in runs.iterrows()]
@@ -102,6 +104,8 @@ def write_runs(store: Store, out_dir: str | Path) -> list[Path]:
             path = out / (f"{name}--{row.run_key[:12]}.json" if name in shared else f"{name}.json")
             path.write_text(json.dumps(run_json(row, epochs[epochs.run_key == row.run_key]), indent=2) + "\n")
             written.append(path)
+        for stale in set(out.glob("*.json")) - set(written):
+            stale.unlink()
     except OSError as e:
         raise HarnessError(f"cannot write the runs' JSON to {out}: {e}") from None
     return written

@@ -189,13 +189,23 @@ def build(store: Store) -> Report:
     return Report(tuple(found), tuple(_figures(runs, gates)), _summary(all_runs, store.attempts()))
 
 
+def _figures_of(md: Path) -> set[str]:
+    """The PNG files an earlier report.md in the same folder shows (its own, beside it)."""
+    if not md.is_file():
+        return set()
+    return set(re.findall(r"\]\(([A-Za-z0-9_.-]+\.png)\)", md.read_text(encoding="utf-8", errors="replace")))
+
+
 def write(report: Report, out_dir: str | Path) -> Path:
     """Write report.md (+ its PNGs) and report.html into ``out_dir``; returns the directory."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        old = _figures_of(out / "report.md")
         for figure in report.figures:
             (out / f"{figure.name}.png").write_bytes(figure.png)
+        for stale in old - {f"{f.name}.png" for f in report.figures}:  # a figure an earlier report drew
+            (out / stale).unlink(missing_ok=True)
         (out / "report.md").write_text(markdown(report), encoding="utf-8")
         (out / "report.html").write_text(html_page(report), encoding="utf-8")
     except OSError as e:

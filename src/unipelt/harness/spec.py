@@ -79,7 +79,6 @@ class RunSpec:
         help="the summary the task head reads: auto (the backbone's own: mean for a sentence-transformers "
         "model that declares it), model, pooler, mean or last",
         compare=False,
-        variant=False,
     )
     head_lr: float | None = setting(
         None, help=f"learning rate of the task head, its own optimizer group (default {HEAD_LR})", since=None

@@ -82,6 +82,8 @@ def model_name(model: str) -> str:
 
 
 def _shown(value) -> str:
+    if value is None or value != value:  # unset (None; NaN in a column of floats)
+        return "none"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -92,7 +94,8 @@ def with_variants(runs: pd.DataFrame, scope: tuple[str, ...] = BLOCK) -> pd.Data
     runs = runs.copy()
     for name in VARIANT_FIELDS:
         runs[name] = runs["spec"].map(lambda s, name=name: s.get(name, SPEC_DEFAULTS[name]))
-    varying = runs.groupby([*scope, "method"])[VARIANT_FIELDS].transform("nunique") > 1
+    # dropna=False: a field one run leaves unset (None) and another sets is two settings
+    varying = runs.groupby([*scope, "method"])[VARIANT_FIELDS].transform("nunique", dropna=False) > 1
     labels = runs[VARIANT_FIELDS].apply(lambda col: " " + col.name + "=" + col.map(_shown)).where(varying, "")
     runs["row"] = runs["method"] + labels.sum(axis=1)
     return runs
@@ -103,7 +106,7 @@ def settings_per_k(runs: pd.DataFrame) -> dict[str, pd.Series]:
     K -> value (K ascending): the settings a line across K joins."""
     per_k = runs.groupby("k")
     ks = sorted(runs.k.unique(), key=k_sort_key)
-    one = per_k[VARIANT_FIELDS].nunique().eq(1).all() & runs[VARIANT_FIELDS].nunique().gt(1)
+    one = per_k[VARIANT_FIELDS].nunique(dropna=False).eq(1).all() & runs[VARIANT_FIELDS].nunique(dropna=False).gt(1)
     return {name: per_k[name].first().reindex(ks) for name in one[one].index}
 
 
