@@ -9,8 +9,9 @@ patience 10, 1,000 dev rows), SST-2 and STS-B, the protocol's data seeds. Scores
 each task's chance floor (``unipelt.harness.floors``): a mean with runs at the floor is marked
 ⌊a/n⌋ and a (K, task) cell enters the comparisons only where two thirds of its runs are above the
 floor and the head-only baseline (or full fine-tuning) is. Paired differences are per data seed,
-with a bootstrap 95% interval of their mean and an exact sign-flip p (scipy); a difference whose interval holds zero is
-not resolved by these seeds, and the text says so instead of reading it.
+with a bootstrap 95% interval of their mean (BCa, scipy's default) and an exact sign-flip p (scipy);
+a difference whose interval holds zero is not resolved by these seeds, and the text says so
+instead of reading it.
 A block is the text between ``<!-- analyze: NAME -->`` and ``<!-- /analyze -->``.
 """
 
@@ -123,6 +124,9 @@ def sign_flip_p(diffs: np.ndarray) -> float | None:
     n seeds can resolve whatever the bootstrap interval shows."""
     if len(diffs) < 3 or np.ptp(diffs) == 0:
         return None
+    # rounded: a difference of two scores carries float error (84.3 - 85.1), and sign patterns whose
+    # means tie exactly must tie here too, or the p counts fewer patterns than it should
+    diffs = np.round(diffs, 6)
     return float(permutation_test((diffs,), np.mean, permutation_type="samples", n_resamples=np.inf).pvalue)
 
 
