@@ -452,6 +452,38 @@ def test_batches_run_while_a_checkpoint_is_read(served, monkeypatch):
     assert_answer(answer, alone(spare, "w1 w2"), ["no", "yes"])
 
 
+def test_batches_run_while_more_loads_wait_than_the_event_loop_has_threads(served, monkeypatch):
+    """Loads wait their turn on a thread each (Engine.loading); in the loop's shared pool (6 threads
+    on 2 cores) ten of them left no thread to a batch until they ended."""
+    import unipelt.multitask as multitask
+
+    engine = engine_for(served, tasks=("sst2",))
+    before = engine.run([Row("sst2", "w1 w2")])
+    release, real_load = threading.Event(), multitask.load
+
+    def slow_load(*args, **kwargs):
+        assert release.wait(60), "the test never released the loads"
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(multitask, "load", slow_load)
+
+    async def go():
+        async with client(engine, admin_token=TOKEN) as c:
+            loads = [
+                asyncio.ensure_future(c.post(f"/v1/tasks/qa{i}", json={"path": "spare"}, headers=auth()))
+                for i in range(12)
+            ]
+            await asyncio.sleep(0.5)  # every load is on its thread by now
+            try:
+                r = await asyncio.wait_for(c.post("/v1/predict", json={"task": "sst2", "inputs": ["w1 w2"]}), 20)
+                assert r.status_code == 200 and r.json()["outputs"] == before
+            finally:
+                release.set()
+            assert [r.status_code for r in await asyncio.gather(*loads)].count(201) == 12
+
+    run(go())
+
+
 def test_checkpoints_are_read_one_at_a_time(served, monkeypatch):
     """Each load may build up to the added-parameter cap before it is folded: concurrent hot
     loads wait for each other (batches do not), so N requests cannot hold N times that."""

@@ -25,18 +25,34 @@ Text = Union[str, tuple[str, str]]
 CHARS_PER_TOKEN = 32  # real text averages about 4-6 characters per token
 
 
+def position_limit(config) -> int | None:
+    """How many token positions the model's position table holds (None: no table, rotary)."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit and config.model_type in ("roberta", "xlm-roberta"):
+        limit -= (config.pad_token_id or 0) + 1  # their positions start after the padding index
+    return limit
+
+
+def pad(tokenizer, encoded: list[dict]) -> dict:
+    """A batch of encodings padded on the right, whatever side the tokenizer pads (Llama's and
+    Gemma's pad left): a left-padded row's tokens move by its number of pads, and prefix keys,
+    which have no position, would then score against other positions in another batch."""
+    return tokenizer.pad(encoded, padding_side="right", return_tensors="pt")
+
+
 def char_budget(max_length: int) -> int:
     """The characters per side a tokenizer ever sees for inputs truncated to ``max_length`` tokens."""
     return max_length * CHARS_PER_TOKEN
 
 
-def bounded(text: Text, max_length: int) -> tuple[Text, bool]:
-    """``text`` with each side cut to ``char_budget(max_length)`` characters, and whether any was."""
+def bounded(text: Text, max_length: int, from_end: bool = False) -> tuple[Text, bool]:
+    """``text`` with each side cut to ``char_budget(max_length)`` characters, and whether any was;
+    ``from_end``: the last ones are kept (a tokenizer that truncates on the left keeps the end)."""
     budget = char_budget(max_length)
     sides = text if isinstance(text, tuple) else (text,)
     if all(len(s) <= budget for s in sides):
         return text, False
-    cut = tuple(s[:budget] for s in sides)
+    cut = tuple(s[-budget:] if from_end else s[:budget] for s in sides)
     return (cut if isinstance(text, tuple) else cut[0]), True
 
 
@@ -50,7 +66,8 @@ def _order(counts: list[int]) -> list[bool]:
 
 
 def _shortened(tokenizer, sides: tuple[str, ...], keep: int) -> tuple[str, ...]:
-    """Each side cut after its first ``keep`` tokens, a pair's longer side after ``keep + 1``.
+    """Each side cut after its first ``keep`` tokens, a pair's longer side after ``keep + 1`` (its
+    last ones where the tokenizer truncates on the left).
 
     Longest-first truncation of a pair reads only which side is longer and, up to
     ``max_length``, the shorter one's length: with ``keep`` over ``max_length`` and the order
@@ -59,8 +76,9 @@ def _shortened(tokenizer, sides: tuple[str, ...], keep: int) -> tuple[str, ...]:
     """
     spans = [_tokens(tokenizer, s) for s in sides]
     counts = [len(t) for t in spans]
+    left = from_end(tokenizer)
     cut = tuple(
-        s if n <= keep + longer else s[: t[keep + longer - 1][1]]
+        s if n <= keep + longer else (s[t[n - keep - longer][0] :] if left else s[: t[keep + longer - 1][1]])
         for s, t, n, longer in zip(sides, spans, counts, _order(counts))
     )
     if cut == sides or _order([len(_tokens(tokenizer, s)) for s in cut]) == _order(counts):
@@ -79,6 +97,11 @@ def truncated(tokenizer, text: Text, max_length: int) -> dict:
     return dict(tokenizer(*sides, truncation=True, max_length=max_length))
 
 
+def from_end(tokenizer) -> bool:
+    """Whether the tokenizer's truncation keeps a text's end."""
+    return getattr(tokenizer, "truncation_side", "right") == "left"
+
+
 def encode(tokenizer, text: Text, max_length: int) -> dict:
     """One input's encoding truncated to ``max_length`` tokens, both bounds applied."""
-    return truncated(tokenizer, bounded(text, max_length)[0], max_length)
+    return truncated(tokenizer, bounded(text, max_length, from_end(tokenizer))[0], max_length)

@@ -150,9 +150,12 @@ def _encode_input(tokenizer, row, limit: int, i: int) -> dict:
     (a lone surrogate such as "\\udfff" cannot be encoded)."""
     text = tuple(row) if isinstance(row, (list, tuple)) else row
     try:
-        return encoding.encode(tokenizer, text, limit)
+        encoded = encoding.encode(tokenizer, text, limit)
     except (TypeError, ValueError, UnicodeError) as e:
         raise UniPeltError(f"inputs[{i}] cannot be tokenized: {e}") from None
+    if not encoded["input_ids"]:  # a decoder's tokenizer adds no token to an empty text
+        raise UniPeltError(f"inputs[{i}] has no tokens once tokenized")
+    return encoded
 
 
 class MultiTask:
@@ -404,12 +407,12 @@ class MultiTask:
             raise UniPeltError(f"unknown task {unknown[0]!r}; loaded: {', '.join(self._tasks) or 'none'}")
         for i, (row, name) in enumerate(zip(inputs, tasks)):
             check_input(self._tasks[name], row, i)
-        model_limit = min(tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", 512))
+        model_limit = min(tokenizer.model_max_length, encoding.position_limit(self.model.config) or 512)
         encoded = [
             _encode_input(tokenizer, row, max_length or self._tasks[name].max_length or model_limit, i)
             for i, (row, name) in enumerate(zip(inputs, tasks))
         ]
-        batch = tokenizer.pad(encoded, return_tensors="pt")
+        batch = encoding.pad(tokenizer, encoded)
         logits = self(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],

@@ -11,6 +11,7 @@ from pathlib import Path
 from transformers import AutoConfig
 
 from ..arch import check_supported, supported
+from ..encoding import position_limit
 from ..errors import UniPeltError
 from ..offline import DEFAULT_MODEL
 from ..offline import model_path as _library_model_path
@@ -80,13 +81,6 @@ def model_identity(model: str) -> str:
     return _identity(folder, tuple((p.name, _stamp(p)) for p in sorted(folder.iterdir()) if p.is_file()))
 
 
-def _position_limit(config) -> int | None:
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if limit and config.model_type in ("roberta", "xlm-roberta"):
-        limit -= (config.pad_token_id or 0) + 1  # their positions start after the padding index
-    return limit
-
-
 def _stamp(path: Path) -> tuple | None:
     """What tells a changed file from the one cached: its size and modification time."""
     return (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
@@ -117,7 +111,7 @@ def check_model(model: str, *, objective: str, max_length: int) -> None:
             f"model {path} is a {config.model_type!r} model, which unipelt does not support; "
             f"supported: {', '.join(supported())}"
         )
-    limit = _position_limit(config)
+    limit = position_limit(config)
     if limit and max_length > limit:
         raise HarnessError(f"--max-length {max_length} is above what model {path} can take ({limit} positions)")
     if objective == "generate":

@@ -40,6 +40,7 @@ class Classify:
 
     def __init__(self, task: Task, tokenizer, max_length: int):
         self.task, self.tokenizer, self.max_length = task, tokenizer, max_length
+        tokenizer.padding_side = "right"  # as the server pads (encoding.pad): Llama's tokenizer pads left
         self.pad = DataCollatorWithPadding(tokenizer)
 
     def encode(self, frame: pd.DataFrame, *, train: bool) -> list[dict]:

@@ -10,6 +10,7 @@ finish everything already queued (graceful shutdown).
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 from .engine import Row, ServeError
@@ -37,6 +38,9 @@ class Batcher:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.closed = False
         self.worker: asyncio.Task | None = None
+        # batches run on a thread of their own: in the loop's shared pool, hot loads waiting
+        # their turn (Engine.loading) could take every thread and stall the batches behind them
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unipelt-batch")
 
     def start(self) -> None:
         self.worker = asyncio.get_running_loop().create_task(self._work())
@@ -75,6 +79,7 @@ class Batcher:
         if self.worker is not None and not self.worker.done():  # a dead worker has nothing to drain
             self.queue.put_nowait(_STOP)
             await self.worker
+        self.thread.shutdown(wait=False)
 
     async def _work(self) -> None:
         stop = False
@@ -85,7 +90,7 @@ class Batcher:
                 continue
             self.on_batch(len(live))
             try:
-                answers = await asyncio.to_thread(self.run, [r for r, _ in live])
+                answers = await asyncio.get_running_loop().run_in_executor(self.thread, self.run, [r for r, _ in live])
             except Exception as e:  # a bug, not a bad request: fail this batch, keep serving
                 answers = [ServeError(500, f"internal error: {type(e).__name__}: {e}")] * len(live)
             for (_, future), answer in zip(live, answers):

@@ -78,8 +78,7 @@ class Row:
 
 def model_limit(tokenizer, config) -> int:
     """The longest input the model takes: the tokenizer's limit and its position table's size."""
-    positions = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
-    return int(min(tokenizer.model_max_length, positions))
+    return int(min(tokenizer.model_max_length, encoding.position_limit(config) or tokenizer.model_max_length))
 
 
 def _preset_of(config) -> str:
@@ -162,7 +161,10 @@ class Engine:
 
     def _info(self, name: str, spec: TaskSpec, task: Task) -> TaskInfo:
         prompt = task.prompt_length  # tokens the task inserts: they need positions too
-        positions = getattr(self.mt.model.config, "max_position_embeddings", None) or self.limit + prompt
+        positions = encoding.position_limit(self.mt.model.config) or self.limit + prompt
+        max_length = min(self.max_length, positions - prompt, task.max_length or self.max_length)
+        if max_length < 1:
+            raise UniPeltError(f"its prompt of {prompt} tokens leaves no position for an input ({positions} in all)")
         counts = count_parameters(task.model)
         return TaskInfo(
             name=name,
@@ -170,7 +172,7 @@ class Engine:
             preset=_preset_of(task.config),
             labels=None if task.regression else list(task.labels),
             pairs=task.pairs,
-            max_length=min(self.max_length, positions - prompt, task.max_length or self.max_length),
+            max_length=max_length,
             parameters=counts["inference"] + counts["head"],
         )
 
@@ -250,7 +252,7 @@ class Engine:
             return ServeError(500, f"internal error on this input of task {row.task!r}: {type(e).__name__}: {e}")
 
     def _forward(self, rows: list[Row], encoded: list[tuple[dict, bool]]) -> list[dict | ServeError]:
-        batch = self.tokenizer.pad([e for e, _ in encoded], return_tensors="pt")
+        batch = encoding.pad(self.tokenizer, [e for e, _ in encoded])
         logits = self.mt(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -282,7 +284,8 @@ class Engine:
         for pairs in (False, True):
             idx = [i for i, r in enumerate(rows) if isinstance(r.text, tuple) == pairs]
             limits = [self.info[rows[i].task].max_length for i in idx]
-            texts = [encoding.bounded(rows[i].text, n) for i, n in zip(idx, limits)]  # (text, cut)
+            end = encoding.from_end(self.tokenizer)
+            texts = [encoding.bounded(rows[i].text, n, end) for i, n in zip(idx, limits)]  # (text, cut)
             full = self._tokenize([t for t, _ in texts], pairs)
             for i, (text, cut), encoded, limit in zip(idx, texts, full, limits):
                 out[i] = self._within(limit, text, cut, encoded)
@@ -292,6 +295,8 @@ class Engine:
         """``encoded`` when it fits in ``limit`` tokens, else ``text`` tokenized again with truncation."""
         if isinstance(encoded, ServeError):
             return encoded
+        if not encoded["input_ids"]:  # a decoder's tokenizer adds no token to an empty text
+            return ServeError(422, f"an input has no tokens once tokenized: {str(text)[:60]!r}")
         if len(encoded["input_ids"]) <= limit:
             return encoded, cut
         encoded = self._tokenize_one(lambda: encoding.truncated(self.tokenizer, text, limit), text)
