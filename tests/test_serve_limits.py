@@ -156,6 +156,13 @@ def test_a_row_the_model_fails_on_fails_alone(served, monkeypatch):  # noqa: F81
     out = engine.run([Row("sst2", "w1"), Row("sst2", "w9"), Row("sst2", "w2")])
     assert isinstance(out[1], ServeError) and out[1].status == 500 and "w9 breaks the model" in out[1].message
     assert all(isinstance(a, dict) and "label" in a for a in (out[0], out[2]))
+    calls = []
+    monkeypatch.setattr(
+        type(engine.mt), "__call__", lambda mt, input_ids, **kw: calls.append(1) or fails_on_w9(mt, input_ids, **kw)
+    )
+    out = engine.run([Row("sst2", f"w{i % 8}") for i in range(63)] + [Row("sst2", "w9")])
+    assert [isinstance(a, ServeError) for a in out] == [False] * 63 + [True]
+    assert len(calls) <= 1 + 2 * 6  # halves down to the bad row, not each of the 64 alone
 
 
 # ---- 3. every flag checked; a dead batcher is reported
