@@ -185,6 +185,10 @@ FLAGS = [
     (["--replicas", "0"], "--replicas must be from 1"),
     (["--cpus-per-replica", "nan"], "--cpus-per-replica must be a number above 0"),
     (["--admin-token", "short"], "at least 16 characters"),
+    (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    (["--device", "meta"], "--device must be auto, cpu, cuda or cuda:N"),
+    (["--device", "cuda:99"], "CUDA device(s) here"),
+    (["--device", "cuda", "--backend", "ray"], "--device is for --backend local"),
 ]
 
 

@@ -412,7 +412,7 @@ class MultiTask:
             _encode_input(tokenizer, row, max_length or self._tasks[name].max_length or model_limit, i)
             for i, (row, name) in enumerate(zip(inputs, tasks))
         ]
-        batch = encoding.pad(tokenizer, encoded)
+        batch = encoding.pad(tokenizer, encoded).to(self.model.device)
         logits = self(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],

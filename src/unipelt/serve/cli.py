@@ -59,6 +59,12 @@ def add_parser(sub) -> None:
         action="store_true",
         help="run the shared model under torch.compile (unipelt.compile; pays off on a GPU, --backend local)",
     )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the model runs: auto (the GPU when torch sees one, else the CPU), cpu, cuda, cuda:1... "
+        "(--backend local)",
+    )
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (--backend ray)")
     p.add_argument("--cpus-per-replica", type=float, default=1, help="CPUs per Ray replica (default 1)")
     p.add_argument("--ray-address", help="Ray cluster address (default: start a local one)")
@@ -84,6 +90,25 @@ def check_flags(args: argparse.Namespace) -> None:
     cpus = args.cpus_per_replica
     if not (math.isfinite(cpus) and 0 < cpus <= 1024):
         raise UniPeltError(f"--cpus-per-replica must be a number above 0 and at most 1024, got {cpus}")
+    if args.backend == "ray" and args.device not in ("auto", "cpu"):
+        raise UniPeltError("--device is for --backend local (Ray replicas run on CPUs)")
+
+
+def device(flag: str):
+    """The torch device ``--device`` names, one that this machine has."""
+    import torch
+
+    if flag == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(flag)
+    except RuntimeError:
+        raise UniPeltError(f"--device must be auto, cpu, cuda or cuda:N, got {_short(flag)!r}") from None
+    if chosen.type not in ("cpu", "cuda"):
+        raise UniPeltError(f"--device must be auto, cpu, cuda or cuda:N, got {_short(flag)!r}")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise UniPeltError(f"--device {flag}: torch sees {torch.cuda.device_count()} CUDA device(s) here")
+    return chosen
 
 
 def parse_task(value: str):
@@ -188,7 +213,9 @@ def run(args: argparse.Namespace) -> int:
         )
     from .server import serve_local
 
-    engine = Engine.from_directory(model, args.max_length, compile=args.compile, max_tasks=args.max_tasks)
+    engine = Engine.from_directory(
+        model, args.max_length, compile=args.compile, max_tasks=args.max_tasks, device=device(args.device)
+    )
     for name, spec in tasks.items():
         try:
             engine.add(name, spec)

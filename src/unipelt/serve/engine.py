@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from .. import encoding
 from ..encoding import Text
 from ..errors import UniPeltError
@@ -125,7 +127,9 @@ class Engine:
         max_length: int | None = None,
         compile: bool | dict = False,  # noqa: A002
         max_tasks: int = MAX_TASKS,
+        device: str | torch.device = "cpu",
     ) -> "Engine":
+        """The model at ``model_dir`` on ``device``; tasks added later join it there."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from ..offline import quiet_load
@@ -137,7 +141,7 @@ class Engine:
             tokenizer.pad_token = tokenizer.eos_token
         if base.config.pad_token_id is None:
             base.config.pad_token_id = tokenizer.pad_token_id
-        return cls(MultiTask(base), tokenizer, max_length, compile=compile, max_tasks=max_tasks)
+        return cls(MultiTask(base.to(device)), tokenizer, max_length, compile=compile, max_tasks=max_tasks)
 
     # ---- tasks
     def add(self, name: str, spec: TaskSpec) -> TaskInfo:
@@ -256,7 +260,7 @@ class Engine:
         return self._halves(rows[:half], encoded[:half]) + self._halves(rows[half:], encoded[half:])
 
     def _forward(self, rows: list[Row], encoded: list[tuple[dict, bool]]) -> list[dict | ServeError]:
-        batch = encoding.pad(self.tokenizer, [e for e, _ in encoded])
+        batch = encoding.pad(self.tokenizer, [e for e, _ in encoded]).to(self.mt.model.device)
         logits = self.mt(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -264,7 +268,7 @@ class Engine:
             token_type_ids=batch.get("token_type_ids"),  # BERT's segment ids of pairs, as in training
         )
         answers: list[dict | ServeError] = []
-        for row, z, (_, was_cut) in zip(rows, logits, encoded):
+        for row, z, (_, was_cut) in zip(rows, [z.cpu() for z in logits], encoded):
             if not bool(z.isfinite().all()):  # JSON has no NaN: say why instead of a 500 text/plain
                 answers.append(ServeError(500, f"task {row.task!r} computed non-finite scores for this input"))
                 continue
