@@ -34,6 +34,9 @@ try:  # the property tests: random examples by default, a fixed set where HYPOTH
 except ImportError:
     pass
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N processes share the cores, one thread each
+    torch.set_num_threads(1)
+
 TINY = dict(
     vocab_size=120,
     hidden_size=32,

@@ -64,3 +64,19 @@ def test_a_regression_head_starts_at_the_label_mean(tiny_model):
     _, model = runner.load_model(spec, get_task("stsb"))
     runner.start_at_label_mean(model, pd.Series([1.0, 2.0, 4.5]))
     assert torch.allclose(model.classifier.bias, torch.tensor([2.5]))
+
+
+def test_a_pair_task_row_without_its_second_sentence_keeps_the_others_pairs(tiny_model):
+    """One missing second sentence (the hub has such rows) read the whole frame as single sentences."""
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from unipelt.harness.objective import Classify
+    from unipelt.harness.tasks import get_task
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    frame = pd.DataFrame({"a": ["a cat sat", "it rains"], "b": ["a cat is sitting", None], "label": [0, 1]})
+    features = Classify(get_task("rte"), tokenizer, 64).encode(frame, train=True)
+    assert features[0]["input_ids"] == tokenizer("a cat sat", "a cat is sitting")["input_ids"]
+    assert features[1]["input_ids"] == tokenizer(["it rains"], [""])["input_ids"][0]  # a pair, its second empty
+    assert sum(features[0]["token_type_ids"]) > 0  # the second segment

@@ -44,7 +44,9 @@ class Classify:
         self.pad = DataCollatorWithPadding(tokenizer)
 
     def encode(self, frame: pd.DataFrame, *, train: bool) -> list[dict]:
-        pairs = list(frame["b"]) if frame["b"].notna().all() else None
+        # a pair task's row without a second sentence keeps an empty one: a whole column read as
+        # single sentences because one row lacks it would train and score another task
+        pairs = list(frame["b"].fillna("")) if self.task.text_b is not None else None
         enc = self.tokenizer(list(frame["a"]), pairs, truncation=True, max_length=self.max_length)
         features = [
             {**dict(zip(enc.keys(), values)), "labels": label}
