@@ -9,7 +9,7 @@ Decoder-only models generate after left padding. Architecture-specific generatio
 
 import pytest
 import torch
-from conftest import DECODER_LMS, LMS, batch, build_lm, randomize
+from conftest import DECODER_LMS, LMS, batch, build, build_lm, randomize
 from transformers import DynamicCache
 
 import unipelt
@@ -173,6 +173,30 @@ def test_causal_prompt_equals_the_prompt_in_front_of_the_input(arch):
     keep = inputs["attention_mask"].bool()
     assert (ours - theirs)[keep].abs().max() < 1e-5
     assert (ours - plain(**inputs, position_ids=positions[:, length:]).logits)[keep].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["mistral", "gemma2"])
+def test_a_causal_prompt_keeps_every_position_on_sliding_window_layers(arch):
+    """The prompt pass's own cache would keep a sliding-window layer's last window - 1 positions
+    (3 of 10 here): the prompt's other keys and values would be lost."""
+    model = unipelt.apply(build_lm(arch), unipelt.PromptConfig(length=10))
+    with torch.no_grad():
+        model(**_inputs(arch))
+    assert [k.shape[1] for k, _ in model.pelt_prompt._last] == [10] * model.config.num_hidden_layers
+
+
+@pytest.mark.parametrize("arch", ["t5", "bart", "bert"])
+def test_an_inserted_prompt_refuses_left_padded_inputs(arch):
+    """The prompt sits at a fixed column: a left-padded row would have its padding between the
+    prompt and its tokens (on T5 its output would depend on the batch's longest row)."""
+    model = unipelt.apply(build_lm(arch) if arch != "bert" else build(arch), "prompt")
+    b = batch()
+    left = {"input_ids": b["input_ids"].flip(1), "attention_mask": b["attention_mask"].flip(1)}
+    extra = {"decoder_input_ids": b["input_ids"][:, :3]} if arch != "bert" else {}
+    with torch.no_grad():
+        model(**b, **extra)  # right padded: fine
+        with pytest.raises(UniPeltError, match="must be padded on the right"):
+            model(**left, **extra)
 
 
 def _prompt_gradient(**checkpointing) -> torch.Tensor:

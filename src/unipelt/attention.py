@@ -38,13 +38,14 @@ The transformers internals this file relies on, and the releases they were check
 
 from __future__ import annotations
 
+import inspect
 import sys
 import threading
 from typing import NamedTuple
 
 import torch
 from torch import nn
-from transformers import AttentionInterface, PreTrainedModel
+from transformers import AttentionInterface, DynamicCache, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from transformers.models.deberta_v2.modeling_deberta_v2 import DisentangledSelfAttention
@@ -284,6 +285,7 @@ def _make_mask(base_fn, prompt: tuple[int, int] | None):
         # self-attention over the lengthened input. A cross-attention's queries are the decoder's,
         # whatever their number: the attention function widens its mask (_make_attention).
         if attention_mask is not None and attention_mask.ndim == 2 and _lengthened(attention_mask, q_length, prompt):
+            _check_right_padded(attention_mask)
             at = prompt[1]
             ones = attention_mask.new_ones(attention_mask.shape[0], q_length - attention_mask.shape[-1])
             attention_mask = torch.cat([attention_mask[:, :at], ones, attention_mask[:, at:]], dim=-1)
@@ -291,6 +293,17 @@ def _make_mask(base_fn, prompt: tuple[int, int] | None):
         return base_fn(*args, attention_mask=attention_mask, q_length=q_length, kv_length=kv_length, **kwargs)
 
     return mask
+
+
+def _check_right_padded(mask: torch.Tensor) -> None:
+    """The prompt sits at a fixed column: a row padded on the left would have its padding between
+    the prompt and its tokens, and relative positions (T5's) would make its output depend on the
+    rows it is batched with. (Not checked inside a compiled graph: it would break the graph.)"""
+    if not torch.compiler.is_compiling() and bool((mask[:, 1:] > mask[:, :-1]).any()):
+        raise UniPeltError(
+            "prompt tuning inserts the prompt at a fixed column, so inputs must be padded on the "
+            "right: set tokenizer.padding_side = 'right' (this batch has padding before real tokens)"
+        )
 
 
 def _lengthened(mask: torch.Tensor, q_length: int | None, prompt: tuple[int, int] | None) -> bool:
@@ -400,6 +413,13 @@ def output_cache(output):
     ``past_key_values`` warns), ``past_key_values`` in earlier ones."""
     cache = output.get("cache")
     return cache if cache is not None else output.past_key_values
+
+
+def run_keeping_every_position(model: nn.Module, **kwargs):
+    """``model(**kwargs)`` with a cache that keeps every position of every layer: a sliding-window
+    model's own cache (Mistral, Gemma-2) keeps only a layer's last window - 1 positions."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return model(**kwargs, use_cache=True, **{name: DynamicCache()})
 
 
 def cached_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:

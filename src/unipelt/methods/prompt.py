@@ -15,7 +15,13 @@ Positions only enter through rotary embeddings, which depend on distances, so th
 positions 0.. and the cache, masks and labels never see the prompt. With learned absolute
 positions (GPT-2) the prompt's pass takes positions 0..l-1 and the input keeps its own 0..
 (ours): every row has the plain model's positions, where Lester et al.'s prompt in front would
-shift them by l.
+shift them by l. On a sliding-window layer (Mistral, Gemma-2) the pass keeps every prompt
+position, and, as a prefix's, the prompt stays visible to every token (ours): a prompt in front
+would leave the window of tokens more than the window's width after it.
+
+An encoder-decoder's prompt sits at a fixed column, so its inputs must be padded on the right (a
+left-padded row would put its padding between the prompt and its tokens; T5's relative positions
+would see it): a left-padded batch is refused.
 
 An encoder whose rotary positions are computed apart from its embeddings (ModernBERT) gets
 ``PeltPositions`` around that module: the prompt's tokens take ordinary positions after the
@@ -34,7 +40,13 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..attention import cached_kv, checkpointing_layers, output_cache, reentrant_checkpointing
+from ..attention import (
+    cached_kv,
+    checkpointing_layers,
+    output_cache,
+    reentrant_checkpointing,
+    run_keeping_every_position,
+)
 from ..blocks import PerCall, per_call
 from ..config import MethodConfig, check_positive
 from ..errors import UniPeltError
@@ -180,7 +192,8 @@ class CausalPrompt(nn.Module):
                 m.gradient_checkpointing = False  # transformers' per-layer switch
             start = self.first_position
             positions = torch.arange(start, start + self.length, device=self.embeddings.device)[None]
-            out = self.base(inputs_embeds=self.embeddings[None], position_ids=positions, use_cache=True)
+            # every prompt position in every layer, a sliding-window one's too: the input sees them all
+            out = run_keeping_every_position(self.base, inputs_embeds=self.embeddings[None], position_ids=positions)
         finally:
             self._pass.running = False
             for m in checkpointed:
