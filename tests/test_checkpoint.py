@@ -302,3 +302,19 @@ def test_a_format_1_checkpoint_loads_as_it_ran(tmp_path):
     restored = unipelt.load(build(), tmp_path)
     assert restored.pelt_config == model.pelt_config == dataclasses.replace(cfg, head="model")
     assert (logits(restored) - logits(model)).abs().max() < 1e-6
+
+
+def test_a_base_tensor_probe_of_another_length_is_another_base_not_a_crash(tmp_path):
+    """unipelt.json is outside the weights' checksum: a probe of 3 values against the model's 8
+    (compared where the dtypes differ) made torch.allclose raise in load and in merge."""
+    from unipelt.checkpoint import same_base
+
+    unipelt.save(unipelt.apply(build("bert"), "lora"), tmp_path / "a")
+    meta = json.loads((tmp_path / "a" / "unipelt.json").read_text())
+    edited = json.loads(json.dumps(meta))
+    entry = next(iter(edited["base_model"]["base_tensors"].values()))
+    entry["dtype"], entry["probe"] = "float16", [0.0, 0.0, 0.0]
+    (tmp_path / "a" / "unipelt.json").write_text(json.dumps(edited))
+    with pytest.raises(UniPeltError, match="another base model"):
+        unipelt.load(build("bert"), tmp_path / "a")
+    assert not same_base(edited["base_model"], meta["base_model"])

@@ -185,5 +185,51 @@ def test_a_tensor_without_a_place_is_refused(tmp_path):
         unipelt.from_adapters(_base("bert"), target)
 
 
+@pytest.mark.parametrize("garbage", [b".", b"\x80\x02X\x02\x00\x00\x00\xff\xfe."])  # empty stack; bad UTF-8
+def test_a_malformed_bin_is_one_clear_error(tmp_path, garbage):
+    target = tmp_path / "adapter"
+    shutil.copytree(FIXTURES / "bert" / "lora_bin_nohead" / "adapter", target)
+    (target / "pytorch_adapter.bin").write_bytes(garbage)
+    with pytest.raises(unipelt.UniPeltError, match="not a plain tensor state dict"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        unipelt.from_adapters(_base("bert"), target)
+
+
+@pytest.mark.parametrize(
+    "fixture, ending, message",
+    [
+        ("seq_bn", "adapter_up.weight", "has no tensor"),
+        ("lora", "lora_A", "has no tensor"),
+        ("unipelt", "gate.bias", "has no tensor"),
+        ("prefix_tuning_flat", "control_trans", "cannot take|incomplete"),
+    ],
+)
+def test_a_missing_or_misshapen_tensor_is_one_clear_error_and_the_model_is_untouched(
+    tmp_path, fixture, ending, message
+):
+    from safetensors.torch import save_file
+
+    from unipelt.interop._safe import first_file, read_tensors
+
+    target = tmp_path / "adapter"
+    shutil.copytree(FIXTURES / "bert" / fixture / "adapter", target)
+    source = first_file(target, ("adapter.safetensors", "pytorch_adapter.bin"))
+    tensors = {k: v.clone() for k, v in read_tensors(source).items()}
+    source.unlink()
+    if fixture == "prefix_tuning_flat":  # every layer's copy one value short of its shape
+        for name in [k for k in tensors if k.endswith(ending)]:
+            tensors[name] = tensors[name].flatten()[:-1].contiguous()
+    else:
+        del tensors[next(k for k in sorted(tensors) if k.endswith(ending))]
+    save_file(tensors, target / "adapter.safetensors")
+    model = _base("bert")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(unipelt.UniPeltError, match=message), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        unipelt.from_adapters(model, target)
+    assert getattr(model, "pelt_config", None) is None
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
 def test_fixtures_stay_small():
     assert sum(p.stat().st_size for p in FIXTURES.rglob("*") if p.is_file()) < 700 * 1024

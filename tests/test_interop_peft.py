@@ -153,3 +153,86 @@ def test_a_failed_export_leaves_the_previous_one(tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     back = unipelt.from_peft(build("roberta"), tmp_path)
     assert (_logits(back) - _logits(first)).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("field, value", [("lora_bias", True), ("alora_invocation_tokens", [5]), ("use_qalora", True)])
+def test_a_peft_option_that_changes_the_forward_is_refused(tmp_path, field, value):
+    """lora_bias adds B's bias, aLoRA acts from its invocation tokens on: imported as plain LoRA,
+    either would give other logits than peft's without a word."""
+    unipelt.to_peft(unipelt.apply(build("roberta"), LoRAConfig(r=4, targets=("q", "v"))), tmp_path)
+    path = tmp_path / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    with pytest.raises(unipelt.UniPeltError, match=f"uses {field}"):
+        unipelt.from_peft(build("roberta"), tmp_path)
+
+
+def test_a_lora_b_bias_tensor_has_no_place(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    unipelt.to_peft(unipelt.apply(build("roberta"), LoRAConfig(r=4, targets=("q", "v"))), tmp_path)
+    tensors = load_file(tmp_path / "adapter_model.safetensors")
+    weight = next(k for k in tensors if k.endswith("lora_B.weight"))
+    tensors[weight.replace(".weight", ".bias")] = torch.ones(tensors[weight].shape[0])
+    save_file(tensors, tmp_path / "adapter_model.safetensors")
+    with pytest.raises(unipelt.UniPeltError, match="lora_B.bias"):
+        unipelt.from_peft(build("roberta"), tmp_path)
+
+
+@pytest.mark.parametrize("arch, saved", [("llama", ("norm",)), ("bert", ("embeddings",))])
+def test_modules_to_save_are_written_as_paths_peft_takes_no_more_than(tmp_path, arch, saved):
+    """peft takes every module whose name ends with an entry: "norm" named every layer norm of
+    Llama's layers too, and peft failed to load the export."""
+    ours = unipelt.apply(build(arch), PeltConfig(methods=(LoRAConfig(r=4, targets=("q", "v")),), modules_to_save=saved))
+    randomize(ours, std=0.1)
+    unipelt.to_peft(ours, tmp_path)
+    ref = peft.PeftModel.from_pretrained(build(arch), tmp_path).eval()
+    assert (_logits(ours) - _logits(ref)).abs().max() < 1e-5
+    assert unipelt.from_peft(build(arch), tmp_path).pelt_config.modules_to_save == saved
+
+
+def test_a_module_to_save_holding_lora_layers_is_refused_and_writes_nothing(tmp_path):
+    ours = unipelt.apply(
+        build("bert"), PeltConfig(methods=(LoRAConfig(),), modules_to_save=("encoder.layer.1.attention",))
+    )
+    with pytest.raises(unipelt.UniPeltError, match="holds LoRA layers"):
+        unipelt.to_peft(ours, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_modules_to_save_of_a_bare_base_model_go_to_peft_and_back(tmp_path):
+    from conftest import CONFIGS
+    from transformers import BertModel
+
+    def bare():
+        torch.manual_seed(0)
+        return BertModel(CONFIGS["bert"]()).eval()
+
+    ours = unipelt.apply(bare(), PeltConfig(methods=(LoRAConfig(r=4),), modules_to_save=("pooler",)))
+    randomize(ours, std=0.1)
+    unipelt.to_peft(ours, tmp_path)
+    ref = peft.PeftModel.from_pretrained(bare(), tmp_path).eval()
+    with torch.no_grad():
+        assert (ours(**batch()).pooler_output - ref(**batch()).pooler_output).abs().max() < 1e-6
+    back = unipelt.from_peft(bare(), tmp_path)
+    with torch.no_grad():
+        assert (back(**batch()).pooler_output - ours(**batch()).pooler_output).abs().max() < 1e-6
+
+
+def test_a_failed_export_into_a_new_directory_leaves_no_directory(tmp_path, monkeypatch):
+    import pathlib
+
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    with pytest.raises(OSError, match="No space"):
+        unipelt.to_peft(unipelt.apply(build("roberta"), LoRAConfig(r=4, targets=("q", "v"))), tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_config_asking_for_huge_modules_is_refused_before_allocating_them(tmp_path):
+    unipelt.to_peft(unipelt.apply(build("roberta"), LoRAConfig(r=4, targets=("q", "v"))), tmp_path)
+    path = tmp_path / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "r": 2**40}))
+    with pytest.raises(unipelt.UniPeltError, match="added parameters"):
+        unipelt.from_peft(build("roberta"), tmp_path)

@@ -153,28 +153,30 @@ def write_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], meta: di
         save_file(tensors, tmp[WEIGHTS])
         tmp[META].write_text(json.dumps({**meta, "sha256": _sha256(tmp[WEIGHTS])}, indent=2))
 
-    created = not directory.exists()
-    directory.mkdir(parents=True, exist_ok=True)
-    try:  # the weights first: until the JSON with their checksum replaces the old one, load refuses the pair
-        replace_together(directory, (WEIGHTS, META), weights_then_meta)
-    except BaseException:
-        if created:  # nor an empty directory where there was none
-            with contextlib.suppress(OSError):
-                directory.rmdir()
-        raise
+    # the weights first: until the JSON with their checksum replaces the old one, load refuses the pair
+    replace_together(directory, (WEIGHTS, META), weights_then_meta)
 
 
 def replace_together(directory: Path, names: tuple[str, ...], write) -> None:
     """``write({name: temporary path})`` beside the final names, then rename each over in order:
-    a failure while writing leaves every old file as it was, and no temporary file."""
+    a failure while writing leaves every old file as it was, and no temporary file; nor the
+    directory, when this call created it."""
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
     tmp = {name: directory / f".{name}.tmp-{os.getpid()}" for name in names}
     try:
-        write(tmp)
-        for name in names:
-            os.replace(tmp[name], directory / name)
-    finally:
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
+        try:
+            write(tmp)
+            for name in names:
+                os.replace(tmp[name], directory / name)
+        finally:
+            for path in tmp.values():
+                path.unlink(missing_ok=True)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
 
 
 # ---- reading and validating unipelt.json
@@ -284,6 +286,8 @@ def _same(saved: dict, current: dict) -> bool:
     if saved["dtype"] == current["dtype"]:
         return saved["sha256"] == current["sha256"]
     # another precision of the same weights hashes differently: compare the probe values instead
+    if len(saved["probe"]) != len(current["probe"]):  # the JSON is outside the weights' checksum
+        return False
     return torch.allclose(
         torch.tensor(saved["probe"], dtype=torch.float32),
         torch.tensor(current["probe"], dtype=torch.float32),

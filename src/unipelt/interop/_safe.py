@@ -10,7 +10,6 @@ the real model changed, so a refused checkpoint leaves the model as it was.
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..checkpoint import _meta_copy, check_floats
+from ..checkpoint import _meta_copy, check_floats, check_size
 from ..config import PeltConfig
 from ..errors import UniPeltError
 from ..inject import MARK, all_or_nothing, apply
@@ -48,7 +47,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
             raise UniPeltError(f"{path} is not a readable safetensors file: {e}") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+    except Exception as e:  # noqa: BLE001 - malformed bytes raise anything (IndexError, UnicodeDecodeError...)
         # weights_only refuses every global but tensors and plain containers: a file that needs
         # more is not a plain state dict, and unpickling it fully could run its code
         why = next(iter(str(e).splitlines()), "") or f"{type(e).__name__} (an empty or truncated file)"
@@ -97,10 +96,20 @@ def install(model: nn.Module, config: PeltConfig, assign: Assign, source: str) -
     {parameter: value} and raises UniPeltError for a tensor that has no place."""
     if getattr(model, "pelt_config", None) is not None:
         raise UniPeltError("this model already has unipelt modules; import into a fresh base model")
-    with torch.random.fork_rng(devices=[]):  # the dry run's initialisation must not move the user's RNG
+    # the dry run's initialisation must not move the user's RNG; its modules are made on the meta
+    # device, so a config asking for huge ones (r = 2**40) costs nothing before check_size refuses it
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
         dry = _meta_copy(model)
         apply(dry, config)
-        _check(dry, assign(dry), source)
+        check_size(dry, sum(p.numel() for p in model.parameters()), f"{source}'s config")
+        try:
+            _check(dry, assign(dry), source)
+        except UniPeltError:
+            raise
+        except KeyError as e:  # the converters pop the tensors a module needs
+            raise UniPeltError(f"{source} has no tensor {e} that its config needs") from None
+        except (RuntimeError, IndexError, ValueError) as e:  # a tensor of a size its module cannot take
+            raise UniPeltError(f"{source} holds a tensor its config cannot take: {e}") from None
     with all_or_nothing(model):
         apply(model, config)
         with torch.no_grad():

@@ -44,7 +44,21 @@ from ..methods.prompt import PromptConfig
 from ._safe import install, read_json, read_tensors
 
 CONFIG, WEIGHTS, ROOT = "adapter_config.json", "adapter_model.safetensors", "base_model.model."
-_UNSUPPORTED = {"fan_in_fan_out": "fan_in_fan_out"}
+# peft LoRA options that change what a layer computes: a checkpoint that sets one is refused, where
+# importing it as plain LoRA would silently give other outputs (lora_bias's B bias, aLoRA's tokens)
+_UNSUPPORTED = (
+    "fan_in_fan_out",
+    "lora_bias",
+    "alora_invocation_tokens",
+    "use_qalora",
+    "use_bdlora",
+    "arrow_config",
+    "kasa_config",
+    "monteclora_config",
+    "target_parameters",
+    "layer_replication",
+    "trainable_token_indices",
+)
 
 
 def _lora_config(cfg: dict, model: nn.Module) -> LoRAConfig | DoRAConfig:
@@ -54,9 +68,9 @@ def _lora_config(cfg: dict, model: nn.Module) -> LoRAConfig | DoRAConfig:
             f"peft LoRA on {type(model).__name__} cannot be imported: peft adapts the fused {attention.q.path} "
             "(q, k and v) with one A and B, where unipelt's LoRA on q or v owns its rows of that map"
         )
-    for key, name in _UNSUPPORTED.items():
+    for key in _UNSUPPORTED:
         if cfg.get(key):
-            raise UniPeltError(f"the peft checkpoint uses {name}, which unipelt does not implement")
+            raise UniPeltError(f"the peft checkpoint uses {key}, which unipelt does not implement")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("bias", "none") != "none":
         raise UniPeltError("peft checkpoints with rank/alpha patterns or trained biases are not supported")
     leaf_to_target = {getattr(attention, t).rpartition(".")[2]: t for t in ("q", "k", "v")}
@@ -153,7 +167,7 @@ def _assign(tensors: dict[str, torch.Tensor], source: Path):
                 if prompt is None:
                     raise UniPeltError(f"{source}: tensor {key!r} is a prompt's, and this config has no prompt")
                 out[prompt.embeddings] = tensor
-            elif ".lora_A." in name or ".lora_B." in name:
+            elif name.endswith((".lora_A.weight", ".lora_B.weight")):  # a lora_B.bias has no place here
                 owner, _, part = name.partition(".lora_")
                 block = getattr(modules.get(owner), "pelt_lora", None)
                 if block is None:
@@ -211,7 +225,7 @@ def _modules_to_save(cfg: dict, model: nn.Module, path: Path) -> tuple[str, ...]
     declared = [declared] if isinstance(declared, str) else declared
     if not isinstance(declared, list) or not all(isinstance(m, str) for m in declared):
         raise UniPeltError(f"{path}: field 'modules_to_save' must be a list of module names, got {declared!r}")
-    inside = dict(model.base_model.named_modules()) if model.base_model is not model else {}
+    inside = dict(model.base_model.named_modules())  # a bare base model (BertModel) is its own
     names = (m.removeprefix(f"{model.base_model_prefix}.") for m in declared)
     return tuple(dict.fromkeys(m for m in names if m and m in inside))
 
@@ -315,12 +329,21 @@ def to_peft(model: nn.Module, directory: str | Path) -> Path:
     lora = isinstance(cfg.methods[0], (LoRAConfig, DoRAConfig))
     config, tensors = _lora_export(model, cfg) if lora else _prompt_export(model)
     params = dict(model.named_parameters())
-    base = model.base_model_prefix
+    # full paths: peft takes a module when its name ends with an entry ("norm" would take every
+    # layer's input_layernorm too); a bare base model (BertModel) has no prefix
+    base = f"{model.base_model_prefix}." if model.base_model is not model else ""
+    for m in cfg.modules_to_save:
+        if any(isinstance(inner, (LoRALinear, DoRALinear)) for inner in model.base_model.get_submodule(m).modules()):
+            raise UniPeltError(
+                f"to_peft: modules_to_save {m!r} holds LoRA layers, which peft would replace by the saved copy"
+            )
     saved = sorted(head_parameter_names(model)) + [
-        n for n in params if any(_plain(n).startswith(f"{base}.{m}.") for m in cfg.modules_to_save)
+        n for n in params if any(_plain(n).startswith(f"{base}{m}.") for m in cfg.modules_to_save)
     ]
     tensors.update({f"{ROOT}{_plain(n)}": params[n] for n in saved})
-    modules = sorted({n.split(".")[0] for n in head_parameter_names(model)}) + list(cfg.modules_to_save)
+    modules = sorted({n.split(".")[0] for n in head_parameter_names(model)}) + [
+        f"{base}{m}" for m in cfg.modules_to_save
+    ]
     config.update(
         {
             "task_type": _task_type(model),
@@ -330,7 +353,6 @@ def to_peft(model: nn.Module, directory: str | Path) -> Path:
         }
     )
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
 
     def write(tmp: dict[str, Path]) -> None:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp[WEIGHTS])
