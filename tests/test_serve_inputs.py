@@ -114,3 +114,35 @@ def test_long_inputs_keep_the_tokens_training_keeps_on_either_truncation_side(tm
     engine.info["lora"] = dataclasses.replace(engine.info["lora"], max_length=16)
     [(kept, cut)] = engine._encode([Row("lora", text)])
     assert kept["input_ids"] == trained and cut
+
+
+def test_a_long_context_model_cuts_inputs_at_the_default_length_where_no_one_says(tmp_path):
+    """Llama 3's own limit (131,072 here too) would let one request of long texts fill the memory."""
+    tok = decoder_tokenizer(bos=True, padding_side="right")
+    tok.model_max_length = 131_072
+    engine = served(tmp_path, "llama", tok, ("lora",), {"max_position_embeddings": 131_072})
+    assert engine.limit == 131_072 and engine.info["lora"].max_length == 2048
+    text = " ".join(f"w{i % 40}" for i in range(3000))
+    [(encoded, cut)] = engine._encode([Row("lora", text)])
+    assert len(encoded["input_ids"]) == 2048 and cut
+
+
+def test_a_batch_runs_in_parts_of_at_most_the_token_budget_with_the_same_answers(tmp_path, monkeypatch):
+    specials = {"[PAD]": 0, "<pad>": 1, "[CLS]": 2, "[SEP]": 3, "<unk>": 4}
+    tok = tokenizer(specials, "[CLS] $A [SEP]", model_max_length=64)
+    engine = served(tmp_path, "bert", tok, ("lora", "adapter"))
+    rows = [Row(("lora", "adapter")[i % 2], " ".join(f"w{j}" for j in range(1 + 3 * i))) for i in range(12)]
+    whole = engine.run(rows)
+    shapes, forward = [], type(engine.mt).__call__
+
+    def counted(mt, input_ids, **kw):
+        shapes.append(tuple(input_ids.shape))
+        return forward(mt, input_ids, **kw)
+
+    monkeypatch.setattr(type(engine.mt), "__call__", counted)
+    engine.max_batch_tokens = 80
+    parts = engine.run(rows)
+    assert len(shapes) > 1 and all(b * t <= 80 or b == 1 for b, t in shapes)
+    assert sum(b for b, _ in shapes) == len(rows)
+    for a, b in zip(whole, parts):
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-6)

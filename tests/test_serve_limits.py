@@ -185,6 +185,7 @@ FLAGS = [
     (["--replicas", "0"], "--replicas must be from 1"),
     (["--cpus-per-replica", "nan"], "--cpus-per-replica must be a number above 0"),
     (["--admin-token", "short"], "at least 16 characters"),
+    (["--max-batch-tokens", "0"], "--max-batch-tokens must be from 1"),
     (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
     (["--device", "meta"], "--device must be auto, cpu, cuda or cuda:N"),
     (["--device", "cuda:99"], "CUDA device(s) here"),

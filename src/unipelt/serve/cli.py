@@ -35,7 +35,10 @@ def add_parser(sub) -> None:
     p.add_argument("--max-batch", type=int, default=64, help="rows per model batch, all tasks together (default 64)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")
     p.add_argument(
-        "--max-length", type=int, help="tokens per input; longer ones are truncated (default: the model's limit)"
+        "--max-length",
+        type=int,
+        help="tokens per input, at most; longer ones are truncated (default: the length each checkpoint "
+        "was trained at, else the model's limit up to 2048)",
     )
     p.add_argument("--max-inputs", type=int, default=256, help="inputs per request (default 256)")
     p.add_argument(
@@ -58,6 +61,12 @@ def add_parser(sub) -> None:
         "--compile",
         action="store_true",
         help="run the shared model under torch.compile (unipelt.compile; pays off on a GPU, --backend local)",
+    )
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=None,
+        help="padded tokens per model forward, rows × the longest (default 65536); longer batches run in parts",
     )
     p.add_argument(
         "--device",
@@ -84,6 +93,7 @@ def check_flags(args: argparse.Namespace) -> None:
 
     _whole("--port", args.port, 0, 65535)
     _whole("--max-length", args.max_length, 1, 1 << 20)  # the model's own limit is checked on load
+    _whole("--max-batch-tokens", args.max_batch_tokens, 1, 1 << 30)
     _whole("--max-body-kb", args.max_body_kb, 1, MAX_BODY_KB)
     _whole("--replicas", args.replicas, 1, 1024)
     _whole("--max-tasks", args.max_tasks, max(1, len(args.task)), 1 << 16)
@@ -168,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         from .server import loopback
     except ImportError as e:
         raise UniPeltError(f"unipelt serve needs the serve extra (pip install 'unipelt[serve]'): {e}") from None
-    from .engine import Engine, ServeError
+    from .engine import BATCH_TOKENS, Engine, ServeError
 
     check_flags(args)
     tasks = dict(parse_task(t) for t in args.task)
@@ -214,7 +224,12 @@ def run(args: argparse.Namespace) -> int:
     from .server import serve_local
 
     engine = Engine.from_directory(
-        model, args.max_length, compile=args.compile, max_tasks=args.max_tasks, device=device(args.device)
+        model,
+        args.max_length,
+        compile=args.compile,
+        max_tasks=args.max_tasks,
+        device=device(args.device),
+        max_batch_tokens=args.max_batch_tokens or BATCH_TOKENS,
     )
     for name, spec in tasks.items():
         try:

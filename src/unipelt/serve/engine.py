@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 
 TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # what a URL path segment and a metrics label can carry
 MAX_TASKS = 64
+# Tokens per input where neither --max-length nor the checkpoint says: a long-context model's own
+# limit (131,072 for Llama 3) would let one request of long texts fill the memory.
+DEFAULT_LENGTH = 2048
+# Padded tokens per forward (rows × the longest row): a batch of long rows runs in parts.
+BATCH_TOKENS = 1 << 16
 
 
 class ServeError(Exception):
@@ -99,13 +104,17 @@ class Engine:
         max_length: int | None = None,
         compile: bool | dict = False,  # noqa: A002
         max_tasks: int = MAX_TASKS,
+        max_batch_tokens: int = BATCH_TOKENS,
     ):
         """``compile``: run the shared model under ``unipelt.compile`` (True, or its options as a
         dict, e.g. ``{"backend": "aot_eager"}``); tasks added later recompile it on first use.
-        ``max_tasks``: how many tasks it holds at once (each holds its modules and head in memory)."""
+        ``max_tasks``: how many tasks it holds at once (each holds its modules and head in memory).
+        ``max_batch_tokens``: padded tokens per forward; a longer batch runs in parts."""
         if type(max_tasks) is not int or max_tasks < 1:
             raise UniPeltError(f"--max-tasks must be a whole number of at least 1, got {max_tasks!r}")
-        self.mt, self.tokenizer, self.max_tasks = model, tokenizer, max_tasks
+        if type(max_batch_tokens) is not int or max_batch_tokens < 1:
+            raise UniPeltError(f"--max-batch-tokens must be a whole number of at least 1, got {max_batch_tokens!r}")
+        self.mt, self.tokenizer, self.max_tasks, self.max_batch_tokens = model, tokenizer, max_tasks, max_batch_tokens
         if compile:
             from ..compiling import compile as compile_model
 
@@ -114,6 +123,8 @@ class Engine:
         if max_length is not None and not 0 < max_length <= self.limit:
             raise UniPeltError(f"--max-length {max_length} must be between 1 and the model's limit {self.limit}")
         self.max_length = max_length or self.limit
+        # a task whose checkpoint records no length: the flag's, else the model's capped
+        self.untold = max_length or min(self.limit, DEFAULT_LENGTH)
         self.info: dict[str, TaskInfo] = {}
         self.lock = threading.Lock()
         # one checkpoint is read and built at a time: each may hold up to the added-parameter cap
@@ -128,6 +139,7 @@ class Engine:
         compile: bool | dict = False,  # noqa: A002
         max_tasks: int = MAX_TASKS,
         device: str | torch.device = "cpu",
+        max_batch_tokens: int = BATCH_TOKENS,
     ) -> "Engine":
         """The model at ``model_dir`` on ``device``; tasks added later join it there."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -141,7 +153,14 @@ class Engine:
             tokenizer.pad_token = tokenizer.eos_token
         if base.config.pad_token_id is None:
             base.config.pad_token_id = tokenizer.pad_token_id
-        return cls(MultiTask(base.to(device)), tokenizer, max_length, compile=compile, max_tasks=max_tasks)
+        return cls(
+            MultiTask(base.to(device)),
+            tokenizer,
+            max_length,
+            compile=compile,
+            max_tasks=max_tasks,
+            max_batch_tokens=max_batch_tokens,
+        )
 
     # ---- tasks
     def add(self, name: str, spec: TaskSpec) -> TaskInfo:
@@ -166,7 +185,7 @@ class Engine:
     def _info(self, name: str, spec: TaskSpec, task: Task) -> TaskInfo:
         prompt = task.prompt_length  # tokens the task inserts: they need positions too
         positions = encoding.position_limit(self.mt.model.config) or self.limit + prompt
-        max_length = min(self.max_length, positions - prompt, task.max_length or self.max_length)
+        max_length = min(self.max_length, positions - prompt, task.max_length or self.untold)
         if max_length < 1:
             raise UniPeltError(f"its prompt of {prompt} tokens leaves no position for an input ({positions} in all)")
         counts = count_parameters(task.model)
@@ -240,9 +259,22 @@ class Engine:
         ok = [i for i, e in enumerate(out) if not isinstance(e, ServeError)]
         if not ok:
             return out
-        for i, answer in zip(ok, self._halves([rows[i] for i in ok], [out[i] for i in ok])):
-            out[i] = answer
+        for part in self._parts(ok, out):
+            for i, answer in zip(part, self._halves([rows[i] for i in part], [out[i] for i in part])):
+                out[i] = answer
         return out
+
+    def _parts(self, ok: list[int], encoded: list) -> list[list[int]]:
+        """The rows ``ok`` in forwards of at most ``max_batch_tokens`` padded tokens each, longest
+        first (rows of like length pad least together); a row longer than that runs alone."""
+        order = sorted(ok, key=lambda i: -len(encoded[i][0]["input_ids"]))
+        parts: list[list[int]] = []
+        for i in order:
+            if parts and (len(parts[-1]) + 1) * len(encoded[parts[-1][0]][0]["input_ids"]) <= self.max_batch_tokens:
+                parts[-1].append(i)
+            else:
+                parts.append([i])
+        return parts
 
     def _halves(self, rows: list[Row], encoded: list[tuple[dict, bool]]) -> list[dict | ServeError]:
         """The rows' answers; if their forward fails, each half's, down to the failing rows' 500s:
