@@ -57,6 +57,15 @@ def test_the_head_trains_in_its_own_group_at_head_lr(tiny_model, tmp_path):
     head = {id(p) for n, p in model.named_parameters() if n.startswith("classifier.")}
     by_lr = {g["lr"]: {id(p) for p in g["params"]} for g in groups}
     assert by_lr[0.01] == head and by_lr[0.002] and not by_lr[0.002] & head
+    # the decay every stored run trained with, said in the groups, not left to AdamW's default
+    assert [g["weight_decay"] for g in groups] == [runner.PROTOCOL_DECAY] * 2 == [0.01, 0.01]
+
+
+def test_compile_is_in_the_run_key_and_eager_keys_stay_as_they_were(tiny_model):
+    """Inductor draws its own dropout masks: a compiled run is another run, never a resumed one."""
+    eager = make_spec(task="sst2", preset="lora", model=tiny_model)
+    compiled = make_spec(task="sst2", preset="lora", model=tiny_model, compile=True)
+    assert compiled.key != eager.key
 
 
 def test_a_regression_head_starts_at_the_label_mean(tiny_model):

@@ -154,6 +154,9 @@ def _arguments(spec: RunSpec, output_dir: str) -> TrainingArguments:
     )  # True would add PrinterCallback; the bar is replaced below instead
 
 
+PROTOCOL_DECAY = 0.01  # AdamW's default, on every trainable parameter (see create_optimizer)
+
+
 class ProtocolTrainer(Trainer):
     """``Trainer`` whose evaluation is the objective's score; it reaches the callbacks
     (``BestOnDev``) as ``eval_score``. The objective pads the training batches too."""
@@ -168,9 +171,11 @@ class ProtocolTrainer(Trainer):
             target = self.model if model is None else model
             named = [(n, p) for n, p in target.named_parameters() if p.requires_grad]
             head = head_parameter_names(target)
+            # weight decay 0.01 on every group, said here: it is what torch's AdamW does when the
+            # groups name none, and every stored run of the protocol trained with it
             groups = [
-                {"params": [p for n, p in named if n not in head]},
-                {"params": [p for n, p in named if n in head], "lr": self.head_lr},
+                {"params": [p for n, p in named if n not in head], "weight_decay": PROTOCOL_DECAY},
+                {"params": [p for n, p in named if n in head], "lr": self.head_lr, "weight_decay": PROTOCOL_DECAY},
             ]
             kind, options = self.get_optimizer_cls_and_kwargs(self.args, target)
             self.optimizer = kind([g for g in groups if g["params"]], **options)

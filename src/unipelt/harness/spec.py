@@ -66,12 +66,12 @@ class RunSpec:
         "classify", help="classify with a head, or generate the label word with a causal LM", since="classify"
     )
     bf16: bool = setting(False, help="train under bf16 autocast (CPU or GPU)", since=False)
-    # How the run executes, not what it computes: outside the run's key.
+    # In the key: inductor draws its own dropout masks, so a compiled run trains to other weights
+    # than an eager one; False (every run stored before) leaves the key as it was
     compile: bool = setting(
         False,
         help="run the model under torch.compile (unipelt.compile; pays off on a GPU)",
-        variant=False,
-        compare=False,
+        since=False,
     )
     # The head: chosen here, recorded in the config (so in the key); None in runs stored before it.
     head: Head = setting(
