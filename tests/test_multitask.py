@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NOT_SUPPORTED, TINY, build, randomize
+from conftest import NOT_SUPPORTED, TINY, batch, build, randomize
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
@@ -377,3 +377,26 @@ def test_a_head_adapter_over_a_gated_query_projection_in_a_mixed_batch(tmp_path,
     for name in singles:
         mt.add(name, tmp_path / name)
     assert_rows_match(mt, singles, rows(4, seed=3), ["mix", "lora", "mix", "lora"])
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_a_bfloat16_base_serves_its_tasks(tmp_path, arch):
+    """The task's head was made in float32 beside bf16 hidden states: add failed with a dtype error."""
+
+    def bf16():
+        model = build(arch).to(torch.bfloat16)
+        model.config.dtype = torch.bfloat16  # as from_pretrained(dtype=torch.bfloat16) records it
+        return model
+
+    model = unipelt.apply(bf16(), "lora")
+    randomize(model, std=0.1)
+    unipelt.save(model, tmp_path / "lora")
+    mt = unipelt.MultiTask(bf16())
+    mt.add("lora", tmp_path / "lora")
+    single, b = unipelt.load(bf16(), tmp_path / "lora"), batch()
+    out = mt(**b, tasks=["lora"] * 3)
+    with torch.no_grad():
+        for i in range(3):
+            row = {k: v[i : i + 1, : int(b["attention_mask"][i].sum())] for k, v in b.items()}
+            assert out[i].dtype == torch.bfloat16
+            assert (out[i].float() - single(**row).logits[0].float()).abs().max() < 2e-2

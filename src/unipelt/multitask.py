@@ -294,10 +294,10 @@ class MultiTask:
             skeleton = type(self.model)(cfg)
         base = copy.deepcopy(self._pristine, dict(self._shared))
         setattr(skeleton, self.model.base_model_prefix, base)
-        device = next(self.model.parameters()).device
+        ref = next(self.model.parameters())
         for name, child in skeleton.named_children():
-            if child is not base:
-                child.to_empty(device=device)  # the checkpoint fills the head
+            if child is not base:  # the checkpoint fills the head; in the base's dtype (a bf16 base)
+                child.to_empty(device=ref.device).to(ref.dtype)
         rules = [m.trains for m, _ in configured(config)] if config is not None else []
         for name, p in list(base.named_parameters()):
             if any(rule is not None and rule(f"{self.model.base_model_prefix}.{name}") for rule in rules):
