@@ -98,13 +98,6 @@ def test_load_into_and_apply_onto_a_compiled_model(tmp_path):
     unipelt.apply(unipelt.compile(build(), backend="aot_eager"), "unipelt-apl")
 
 
-def test_compile_is_not_part_of_a_run():
-    from unipelt.harness.spec import RunSpec
-
-    spec = RunSpec(task="rte", method="lora", config=unipelt.get_preset("lora"), model="/m", k=16, lr=1e-3)
-    assert spec.key == RunSpec(**{**spec.__dict__, "compile": True}).key
-
-
 def _word_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
