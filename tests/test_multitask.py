@@ -77,6 +77,17 @@ def test_a_per_task_change_to_an_input_shared_by_the_batch_is_refused(tmp_path):
         mt(**rows(2), tasks=["bitfit", "lora"])
 
 
+def test_a_per_task_change_to_a_shared_input_serves_a_batch_of_its_task_alone(tmp_path):
+    """In a batch of one task, BitFit on DeBERTa's relative-position projections changes the
+    input every row shares, as the task's own model does: every row is answered, not only one."""
+    singles = {p: trained(tmp_path, "deberta-v2", p, labels=2 + i, seed=i) for i, p in enumerate(("bitfit", "lora"))}
+    mt = MultiTask(build("deberta-v2"))
+    for preset in singles:
+        mt.add(preset, tmp_path / preset)
+    for preset in singles:
+        assert_rows_match(mt, singles, rows(4, seed=5), [preset] * 4)
+
+
 @pytest.mark.parametrize("preset", SERVED)
 def test_each_preset_beside_another_task(tmp_path, preset):
     singles = {preset: trained(tmp_path, "bert", preset, labels=3), "lora": trained(tmp_path, "bert", "lora", seed=1)}

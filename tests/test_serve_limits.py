@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from test_serve import TASKS, alone, assert_answer, client, engine_for, run, served, single, tokenizer  # noqa: F401
 
 from unipelt import MultiTask, encoding
+from unipelt.errors import UniPeltError
 from unipelt.offline import DEFAULT_MODEL, model_path
 from unipelt.serve import Row, ServeError
 
@@ -163,6 +164,27 @@ def test_a_row_the_model_fails_on_fails_alone(served, monkeypatch):  # noqa: F81
     out = engine.run([Row("sst2", f"w{i % 8}") for i in range(63)] + [Row("sst2", "w9")])
     assert [isinstance(a, ServeError) for a in out] == [False] * 63 + [True]
     assert len(calls) <= 1 + 2 * 6  # halves down to the bad row, not each of the 64 alone
+
+
+def test_a_task_that_cannot_share_a_batch_is_answered_in_a_batch_of_its_own(served, monkeypatch):  # noqa: F811
+    """As BitFit on DeBERTa's relative positions (MultiTask refuses it mixed): a failed mixed batch
+    is answered task by task, one forward each, not halved down to single rows."""
+    engine = engine_for(served)
+    forward, calls = engine.mt.__class__.__call__, []
+
+    def refuses_mixed(mt, input_ids, tasks, **kw):
+        calls.append(tasks)
+        if len(set(tasks)) > 1:
+            raise UniPeltError("a Linear with per-task changes receives one input for the whole batch")
+        return forward(mt, input_ids, tasks=tasks, **kw)
+
+    # of one length (5 tokens), so that the batch stays interleaved: halves would each hold both tasks
+    rows = [Row("sst2", f"w{i} w2 w3") if i % 2 else Row("rte", (f"w{i}", "w1")) for i in range(16)]
+    answers = {t: iter(engine.run([r for r in rows if r.task == t])) for t in ("sst2", "rte")}
+    expected = [next(answers[r.task]) for r in rows]
+    monkeypatch.setattr(type(engine.mt), "__call__", refuses_mixed)
+    assert engine.run(rows) == expected
+    assert sorted(map(tuple, calls[1:])) == [("rte",) * 8, ("sst2",) * 8]
 
 
 # ---- 3. every flag checked; a dead batcher is reported

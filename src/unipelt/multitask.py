@@ -65,7 +65,10 @@ class Site(Wrapper):
         if not active:
             return self.base_layer(*args, **kwargs)
         x, batch = args[0] if args else kwargs.get("hidden_states"), sum(len(r) for r in rows.values())
-        if x is not None and x.shape[0] != batch:  # else h[rows] would index the wrong dimension
+        if x is not None and x.shape[0] != batch and len(rows) == 1:
+            # one task owns the batch: its change applies to the input every row shares
+            active = [(e, torch.arange(x.shape[0], device=x.device)) for e, _ in active]
+        elif x is not None and x.shape[0] != batch:  # else h[rows] would index the wrong dimension
             raise UniPeltError(
                 f"a {type(self.base_layer).__name__} with per-task changes receives one input for the whole "
                 f"batch ({x.shape[0]} rows, the batch has {batch}), as DeBERTa's relative-position projections "

@@ -277,8 +277,9 @@ class Engine:
         return parts
 
     def _halves(self, rows: list[Row], encoded: list[tuple[dict, bool]]) -> list[dict | ServeError]:
-        """The rows' answers; if their forward fails, each half's, down to the failing rows' 500s:
-        one bad row in n costs about 2·log2(n) forwards where rerunning every row alone costs n."""
+        """The rows' answers; if their forward fails, each task's (a task that cannot share a batch,
+        as BitFit on DeBERTa's relative positions, answers in batches of its own), then each half's,
+        down to the failing rows' 500s: one bad row in n costs about 2·log2(n) forwards."""
         try:
             return self._forward(rows, encoded)
         except Exception as e:  # noqa: BLE001 - a bug or a broken task: its rows' 500, the others go on
@@ -287,7 +288,15 @@ class Engine:
                 return [
                     ServeError(500, f"internal error on this input of task {rows[0].task!r}: {type(e).__name__}: {e}")
                 ]
-            log.warning("a batch of %d rows failed (%s: %s); answering it in halves", len(rows), type(e).__name__, e)
+            log.warning("a batch of %d rows failed (%s: %s); answering it in parts", len(rows), type(e).__name__, e)
+        tasks = list(dict.fromkeys(r.task for r in rows))
+        if len(tasks) > 1:
+            out: list = [None] * len(rows)
+            for task in tasks:
+                mine = [i for i, r in enumerate(rows) if r.task == task]
+                for i, answer in zip(mine, self._halves([rows[i] for i in mine], [encoded[i] for i in mine])):
+                    out[i] = answer
+            return out
         half = len(rows) // 2
         return self._halves(rows[:half], encoded[:half]) + self._halves(rows[half:], encoded[half:])
 
