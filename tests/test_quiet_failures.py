@@ -79,6 +79,18 @@ def test_save_refuses_a_merged_model(tmp_path):
     assert not (tmp_path / "ckpt" / "unipelt.json").exists()
 
 
+def test_load_refuses_a_merged_model_and_leaves_it_as_it_was(tmp_path):
+    """Said as what it is, not as a checkpoint that "does not fit": the merged weights hold a LoRA."""
+    trained = unipelt.apply(build(), "lora")
+    randomize(trained, std=0.1)
+    unipelt.save(trained, tmp_path / "lora")
+    merged = unipelt.merge(trained)
+    before = {n: p.clone() for n, p in merged.state_dict().items()}
+    with pytest.raises(UniPeltError, match="load\\(\\) refuses a merged model: merge\\(\\) folded its LoRA"):
+        unipelt.load(merged, tmp_path / "lora")
+    assert all(torch.equal(p, before[n]) for n, p in merged.state_dict().items())
+
+
 # ---- item 11: from_peft loads the adapter's tensors, never a frozen base weight
 def _peft_checkpoint(tmp_path, modules_to_save=None) -> Path:
     cfg = PeltConfig(methods=(LoRAConfig(r=4, alpha=8.0, targets=("q", "v")),), modules_to_save=modules_to_save or ())

@@ -322,7 +322,10 @@ def _differing_tensor(saved: dict, model: nn.Module) -> str | None:
         if list(have.shape) != want["shape"]:
             return f"base tensor {name}: checkpoint shape {tuple(want['shape'])} vs model {tuple(have.shape)}"
         if not _same(want, _fingerprint(have)):
-            return f"base tensor {name} differs (the base model's weights differ: a different pretrained checkpoint)"
+            return (
+                f"base tensor {name} differs (the base model's weights differ: a different pretrained "
+                "checkpoint, or one with LoRA merged in)"
+            )
     return None
 
 
@@ -468,6 +471,11 @@ def load(model: nn.Module, directory: str | Path) -> nn.Module:
     tensors = _read_tensors(directory, meta)
     if meta["format"] == 1:
         config = _v1_pooler(config, tensors, model)
+    if getattr(model, "pelt_merged", False):
+        raise UniPeltError(
+            f"load() refuses a merged model: merge() folded its LoRA/(IA)³ into the base weights, where "
+            f"the checkpoint in {directory} would add to them; load into a fresh base model"
+        )
     _check_identity(meta["base_model"], model)
     if getattr(model, "pelt_config", None) not in (None, config):
         raise UniPeltError(f"the model has a different unipelt config than the checkpoint in {directory}")
