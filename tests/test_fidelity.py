@@ -301,3 +301,15 @@ def test_t5_encoder_model_takes_every_preset(preset):
         zero_deltas(model)
         with torch.no_grad():
             assert (model(**batch()).last_hidden_state - ref).abs().max() < 1e-5
+
+
+def test_a_pooler_the_summary_head_replaces_is_not_trained_as_if_it_were_read():
+    """With head 'mean' BERT's pooler output is replaced: a pooler in modules_to_save would get no
+    gradient and still be counted, saved and served as trained."""
+    for head in ("mean", "last"):
+        cfg = PeltConfig(methods=(LoRAConfig(),), modules_to_save=("pooler",), head=head)
+        model = build()
+        with pytest.raises(UniPeltError, match=f"modules_to_save names \\['pooler'\\], which the '{head}' head"):
+            unipelt.apply(model, cfg)
+        assert getattr(model, "pelt_config", None) is None
+    unipelt.apply(build(), PeltConfig(methods=(LoRAConfig(),), modules_to_save=("pooler",), head="pooler"))

@@ -156,6 +156,19 @@ def _check_modules_to_save(base: nn.Module, cfg: PeltConfig) -> None:
             ) from None
 
 
+def _check_saved_modules_are_read(model: nn.Module, cfg: PeltConfig, spec) -> None:
+    """A summary head replaces the pooler's output, so a pooler in ``modules_to_save`` would get
+    no gradient and be counted, saved and served as trained while it stays as it was."""
+    if cfg.head not in heads.SUMMARIES or heads.place_of(model, spec) != "pooler":
+        return
+    unread = [m for m in cfg.modules_to_save if m == "pooler" or m.startswith("pooler.")]
+    if unread:
+        raise UniPeltError(
+            f"modules_to_save names {unread}, which the {cfg.head!r} head does not read (it replaces the "
+            "pooler's output): drop them, or use head='pooler' to train the pooler"
+        )
+
+
 def _set_trainable(model: nn.Module, cfg: PeltConfig) -> None:
     rules = [m.trains for m, _ in configured(cfg) if m.trains is not None]
     train = head_parameter_names(model) | saved_module_names(model, cfg)
@@ -173,6 +186,7 @@ def apply(model: nn.Module, preset_or_config) -> nn.Module:
     _check_modules_to_save(model.base_model, cfg)
     cfg = replace(cfg, head=heads.resolve(model, cfg.head))  # recorded as it ran, never "auto"
     heads.check(model, cfg.head, spec)
+    _check_saved_modules_are_read(model, cfg, spec)
     with all_or_nothing(model):  # a method refusing halfway leaves no module of the others behind
         _inject(model, cfg, spec)
         check_participation(model)  # a module that transformers bypasses is an error (issue 28)
