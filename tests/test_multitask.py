@@ -411,3 +411,13 @@ def test_a_bfloat16_base_serves_its_tasks(tmp_path, arch):
             row = {k: v[i : i + 1, : int(b["attention_mask"][i].sum())] for k, v in b.items()}
             assert out[i].dtype == torch.bfloat16
             assert (out[i].float() - single(**row).logits[0].float()).abs().max() < 2e-2
+
+
+def test_a_decoder_prompt_pass_keeps_no_graph(tmp_path):
+    """The prompt's own pass before a mixed batch runs without autograd, as the batch does."""
+    trained(tmp_path, "llama", "prompt")
+    mt = MultiTask(build("llama"))
+    mt.add("prompt", tmp_path / "prompt")
+    mt(**rows(2), tasks=["prompt", "prompt"])
+    k, v = mt._tasks["prompt"].model.pelt_prompt._last[0]
+    assert k.grad_fn is None and v.grad_fn is None

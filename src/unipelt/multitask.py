@@ -378,15 +378,15 @@ class MultiTask:
         device = input_ids.device
         names = list(dict.fromkeys(tasks))
         rows = {t: torch.tensor([i for i, x in enumerate(tasks) if x == t], device=device) for t in names}
-        self.router.rows = rows
-        for t in names:
-            for prepare in self._tasks[t].prepare:
-                prepare(self._tasks[t].model)
         inserted = torch.tensor([self._tasks[t].prompt_length for t in tasks], device=device)
         if inserted.any():  # the layout of the inserted tokens: [first tokens, ones for them, rest, zeros]
             attention_mask = insert(attention_mask, self.spec.prompt_at, inserted, fill=1)
+        self.router.rows = rows
         try:
-            with torch.no_grad():
+            with torch.no_grad():  # a decoder prompt's pass too: no graph kept for a backward that never comes
+                for t in names:
+                    for prepare in self._tasks[t].prepare:
+                        prepare(self._tasks[t].model)
                 # segment ids stay as long as input_ids: BERT adds them before the prompt is inserted
                 extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
                 logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
