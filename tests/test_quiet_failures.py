@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import CONFIGS, batch, build, randomize
+from conftest import CONFIGS, batch, build, build_lm, randomize
 from safetensors.torch import load_file, save_file
 
 import unipelt
@@ -145,6 +145,17 @@ def test_multitask_refuses_a_bare_backbone_and_leaves_it_whole():
         MultiTask(backbone)
     assert dict(backbone.named_children()) == children and backbone.training
     assert all(p.requires_grad for p in backbone.parameters())
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_multitask_refuses_a_language_model_and_leaves_it_whole(arch):
+    """Said as what it is: its checkpoints' LM head is the base's, not a task's own."""
+    lm = build_lm(arch).train()
+    children = dict(lm.named_children())
+    with pytest.raises(UniPeltError, match="is a language model: MultiTask serves classifiers"):
+        MultiTask(lm)
+    assert dict(lm.named_children()) == children and lm.training
+    assert all(p.requires_grad for p in lm.parameters())
 
 
 # ---- item 14: malformed configs and files are UniPeltErrors naming the field

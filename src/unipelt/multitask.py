@@ -168,6 +168,11 @@ class MultiTask:
     def __init__(self, base_model: nn.Module):
         if getattr(base_model, "pelt_config", None) is not None:
             raise UniPeltError("MultiTask takes the plain base model; its tasks come from checkpoints (add)")
+        if getattr(base_model, "get_output_embeddings", lambda: None)() is not None:  # no task's own head
+            raise UniPeltError(
+                f"{type(base_model).__name__} is a language model: MultiTask serves classifiers "
+                "(AutoModelForSequenceClassification); generate with each task's own model (unipelt.load)"
+            )
         if getattr(base_model, "base_model", base_model) is base_model:  # checked before anything is changed
             raise UniPeltError(
                 f"{type(base_model).__name__} has no task head: MultiTask serves classifiers "
