@@ -134,11 +134,19 @@ def test_two_local_workers(tmp_path, glue_dir, tiny_model):
 
 
 def test_ray_backend_on_a_local_instance(tmp_path, glue_dir, tiny_model):
+    """Runs go to Ray as it has room for them (one CPU here: one at a time), so a sweep claims
+    a run only when it can start it."""
     import ray  # in the test extra, as CI installs it: a missing ray fails here, it is not skipped
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from unipelt.harness.ray_backend import run_on_ray
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         specs = _grid(glue_dir, tiny_model, tasks="rte", data_seeds="111").specs()
+        drawn = []
+        counted = (drawn.append(s) or s for s in specs)
+        for done, record in enumerate(run_on_ray(counted), start=1):
+            assert record.status == "finished" and len(drawn) == done, (done, len(drawn))
         with Store(tmp_path / "s.sqlite") as store:
             summary = run_sweep(specs, store, backend="ray", progress=False)
             assert (summary.finished, summary.failed) == (2, 0)

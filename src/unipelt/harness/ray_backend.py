@@ -8,7 +8,7 @@ file system), or GLUE_DIR set on them; records come back to the driver, which wr
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from . import runner
 from .errors import HarnessError
@@ -39,17 +39,31 @@ def _connect(ray, address: str | None) -> None:
         ray.init()
 
 
-def run_on_ray(specs: list[RunSpec], *, threads_per_run: int = 1, address: str | None = None) -> Iterator[RunRecord]:
-    """Yield records as Ray tasks finish; a task that dies (worker crash) becomes a failed run."""
+def _slots(ray, threads_per_run: int) -> int:
+    """Runs the cluster can train at once now (an autoscaled cluster's grow as it does)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // threads_per_run)
+
+
+def run_on_ray(
+    specs: Iterable[RunSpec], *, threads_per_run: int = 1, address: str | None = None
+) -> Iterator[RunRecord]:
+    """Yield records as Ray tasks finish; a task that dies (worker crash) becomes a failed run.
+    Only as many runs as the cluster has room for are submitted: the next spec is drawn (and so
+    claimed in the store) when one finishes, so a run queued in Ray is never claimed from another
+    sweep that could train it now."""
     try:
         import ray
     except ImportError:
         raise HarnessError("--backend ray needs Ray: pip install 'unipelt[ray]'") from None
     _connect(ray, address)
     remote = ray.remote(num_cpus=threads_per_run)(_run_remote)
-    pending = {remote.remote(spec, threads_per_run): spec for spec in specs}
+    specs, pending = iter(specs), {}
     try:
-        while pending:
+        while True:
+            while len(pending) < _slots(ray, threads_per_run) and (spec := next(specs, None)) is not None:
+                pending[remote.remote(spec, threads_per_run)] = spec
+            if not pending:
+                return
             ready, _ = ray.wait(list(pending), num_returns=1)
             spec = pending.pop(ready[0])
             try:
