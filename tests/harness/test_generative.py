@@ -139,8 +139,9 @@ def test_unmatched_answers_count_as_wrong():
         ("tiny_llama", ["--objective", "generate", "--preset", "lora", "--head", "mean"], "head 'mean'"),
         ("tiny_llama", ["--preset", "lora", "--head", "pooler"], "has no pooler"),
         ("tiny_model", ["--config", "HUGE", "--lr", "1e-3"], "added parameters, more than"),
+        ("tiny_model", ["--config", "HUGE_LORA", "--lr", "1e-3"], "added parameters, more than"),
     ],
-    ids=["nothing-trained", "generate-with-a-head", "no-pooler", "huge-prefix"],
+    ids=["nothing-trained", "generate-with-a-head", "no-pooler", "huge-prefix", "huge-lora"],
 )
 def test_a_model_or_config_that_cannot_train_is_refused_before_the_store_opens(
     capsys, request, glue_dir, tmp_path, model, flags, message
@@ -149,7 +150,9 @@ def test_a_model_or_config_that_cannot_train_is_refused_before_the_store_opens(
     failed runs, recorded in the store after loading the model, or after allocating gigabytes."""
     huge = tmp_path / "huge.json"
     huge.write_text('{"methods": [{"method": "prefix", "length": 100000000}]}')
-    flags = [str(huge) if f == "HUGE" else f for f in flags]
+    huge_lora = tmp_path / "huge_lora.json"  # its modules are made at apply(): on the meta device too
+    huge_lora.write_text('{"methods": [{"method": "lora", "r": 1099511627776}]}')
+    flags = [{"HUGE": str(huge), "HUGE_LORA": str(huge_lora)}.get(f, f) for f in flags]
     task = "sst2" if "generate" in flags else "rte"
     store = tmp_path / "s.sqlite"
     argv = ["train", "--task", task, "--k", "16", "--dev-size", "20", "--model", request.getfixturevalue(model)]

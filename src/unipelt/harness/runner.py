@@ -122,7 +122,9 @@ def dry_run(spec: RunSpec, task: Task) -> None:
         return
     base = sum(p.numel() for p in model.parameters())
     try:
-        applied = apply(model, spec.config)
+        # its modules on the meta device too: a config asking for huge ones (r = 1e8) costs nothing
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            applied = apply(model, spec.config)
         check_size(applied, base, "the config")
     except UniPeltError as e:
         raise HarnessError(f"{spec.label()}: {e}") from None
