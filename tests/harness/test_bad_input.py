@@ -78,6 +78,8 @@ def test_grid_settings_are_never_coerced(capsys, tiny_model, glue_dir, tmp_path,
         ),
         ("g.yaml", b"- rte\n- lora\n", "must hold a table of settings"),
         ("g.toml", b"presets = ['lora']", "the grid has no tasks"),
+        ("g.toml", b"tasks = " + b"[" * 2000, "nests its values too deeply"),
+        ("g.yaml", b"tasks: " + b"[" * 20000, "nests its values too deeply"),
     ],
 )
 def test_bad_grid_files(capsys, tmp_path, store, name, content, message):
@@ -149,6 +151,14 @@ def test_tsv_encoding_and_blank_lines(capsys, tiny_model, own_glue, store):
     )
     path.write_bytes(text.encode() + b"a sentence\t\xe9t\xe9\tentailment\n")
     assert f"{path} is not UTF-8 text" in _error(capsys, train_argv(tiny_model, own_glue, store, "--force"), store)
+
+
+def test_a_config_file_nested_too_deeply(capsys, tiny_model, glue_dir, tmp_path, store):
+    config = tmp_path / "deep.json"
+    config.write_text("[" * 100_000)
+    train = train_argv(tiny_model, glue_dir, store)
+    argv = [*train[:4], "--config", str(config), "--lr", "1e-3", *train[6:]]
+    assert "nests its values too deeply to be a PELT config" in _error(capsys, argv, store)
 
 
 @pytest.mark.parametrize("name", ["$\\frac{$", "<svg onload=alert(1)>", "a_b*c*[x](y)|z"])

@@ -149,6 +149,8 @@ def _read(path: Path) -> dict:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except UnicodeDecodeError as e:
         raise HarnessError(f"grid file {path} is not UTF-8 text (byte {e.start})") from None
+    except RecursionError:  # the parsers recurse per nesting level
+        raise HarnessError(f"grid file {path} nests its values too deeply to be a grid") from None
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
         raise HarnessError(
             f"grid file {path} is not valid {path.suffix.lstrip('.').upper() or 'YAML'}: {str(e).splitlines()[0]}"

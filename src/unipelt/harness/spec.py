@@ -163,6 +163,8 @@ def read_config_file(path: str | Path) -> PeltConfig:
         data = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
         raise HarnessError(f"config file {path} is not UTF-8 text (byte {e.start})") from None
+    except RecursionError:  # the parser recurses per nesting level
+        raise HarnessError(f"config file {path} nests its values too deeply to be a PELT config") from None
     except yaml.YAMLError as e:
         raise HarnessError(f"{path} is not valid JSON/YAML: {str(e).splitlines()[0]}") from None
     try:
