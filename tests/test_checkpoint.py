@@ -183,6 +183,10 @@ def _set(*path_and_value):
         (_set("task", "pairs", "yes"), "'task.pairs' must be bool, got 'yes'"),
         (_set("task", "max_length", 12.5), "'task.max_length' must be int"),
         (_set("task", "max_length", 0), "'task.max_length' must be at least 1, got 0"),
+        (_set("task", "num_labels", 0), "'task.num_labels' must be at least 1, got 0"),
+        (_set("task", "num_labels", "3"), "'task.num_labels' must be int"),
+        (_set("task", "id2label", ["a", "b"]), "'task.id2label' must map label ids"),
+        (_set("task", "num_labels", 1000), "'task.id2label' names 3 labels, 'task.num_labels' is 1000"),
         (_set("format", True), "checkpoint format True"),
     ],
 )

@@ -182,6 +182,40 @@ def test_numpy_weights_merge_and_bad_weights_leave_an_existing_checkpoint_intact
     unipelt.load(build(), out)
 
 
+def _without(directory, suffix):
+    """The checkpoint with its tensors ending ``suffix`` removed, its checksum made to match."""
+    from safetensors.torch import save_file
+
+    from unipelt.checkpoint import _sha256
+
+    tensors = {n: t for n, t in load_file(directory / WEIGHTS).items() if not n.endswith(suffix)}
+    save_file(tensors, directory / WEIGHTS)
+    meta = json.loads((directory / "unipelt.json").read_text())
+    (directory / "unipelt.json").write_text(json.dumps({**meta, "sha256": _sha256(directory / WEIGHTS)}))
+    return directory
+
+
+@pytest.mark.parametrize("suffix", [".pelt_lora.up", ".pelt_lora.down"])
+def test_a_checkpoint_without_one_half_of_its_lora_is_one_error_line(tmp_path, capsys, suffix):
+    dirs = [_without(_saved(tmp_path, n, "lora"), suffix) for n in "ab"]
+    argv = ["merge", *map(str, dirs), "--weights", "0.5,0.5", "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unipelt: error: ") and err.count("\n") == 1 and "pair at" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_weights_whose_merge_overflows_write_nothing(tmp_path):
+    dirs = []
+    for i, n in enumerate("ab"):
+        model = unipelt.apply(build(), "lora")
+        randomize(model, std=0.5, seed=i, only_pelt=True)
+        dirs.append(unipelt.save(model, tmp_path / n))
+    with pytest.raises(UniPeltError, match="the merge is not finite in torch.float32"):
+        unipelt.merge_checkpoints(dirs, [1e308, 1e308], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_failed_write_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     import unipelt.checkpoint as checkpoint
 

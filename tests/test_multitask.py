@@ -421,3 +421,19 @@ def test_a_decoder_prompt_pass_keeps_no_graph(tmp_path):
     mt(**rows(2), tasks=["prompt", "prompt"])
     k, v = mt._tasks["prompt"].model.pelt_prompt._last[0]
     assert k.grad_fn is None and v.grad_fn is None
+
+
+def test_a_checkpoint_that_names_no_labels_gets_the_default_names(tmp_path):
+    """A task block with num_labels but no id2label (written by hand, or by another tool): the
+    head is made at its size with transformers' LABEL_i names, not of size None."""
+    import json
+
+    trained(tmp_path, "bert", "lora", labels=3)
+    meta_path = tmp_path / "lora" / "unipelt.json"
+    meta = json.loads(meta_path.read_text())
+    meta["task"]["id2label"] = {}
+    meta_path.write_text(json.dumps(meta))
+    mt = MultiTask(build())
+    mt.add("t", tmp_path / "lora")
+    assert mt(**rows(2), tasks=["t", "t"])[0].shape == (3,)
+    assert mt._tasks["t"].model.config.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}

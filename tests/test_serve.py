@@ -3,6 +3,7 @@ server as a subprocess for graceful shutdown. Every answer is checked against th
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -604,6 +605,33 @@ def test_serve_command_refuses_bad_flags_before_loading(served, capsys):
     assert "loopback addresses only" in capsys.readouterr().err
     assert main(["serve", "--model", base, "--task", f"a={ckpt / 'sst2'}", "--task", f"a={ckpt / 'rte'}"]) == 2
     assert "same task name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        (lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 7), "SafetensorError"),
+        (lambda d: _edit_config(d, model_type="zzz"), "ValueError"),
+        (lambda d: _edit_config(d, hidden_size="abc"), "hidden_size"),
+        (lambda d: _edit_config(d, max_position_embeddings=-5), "RuntimeError"),
+    ],
+    ids=["cut-weights", "unknown-type", "mistyped-config", "negative-size"],
+)
+def test_a_broken_model_directory_is_one_error_line(served, tmp_path, capsys, broken, message):
+    from unipelt.cli import main
+
+    base = tmp_path / "base"
+    shutil.copytree(served / "base", base)
+    broken(base)
+    assert main(["serve", "--model", str(base), "--task", f"sst2={served / 'ckpt' / 'sst2'}", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"unipelt: error: --model {base} cannot be loaded: ") and err.count("\n") == 1, err
+    assert message in err
+
+
+def _edit_config(directory: Path, **fields) -> None:
+    path = directory / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
 
 
 def _start(served: Path, *flags: str) -> tuple[subprocess.Popen, str]:

@@ -247,6 +247,17 @@ def _check_task_block(task, path: Path) -> None:
         _need(task["pairs"], bool, "task.pairs", path)
     if "max_length" in task and _need(task["max_length"], int, "task.max_length", path) < 1:
         raise UniPeltError(f"{path}: field 'task.max_length' must be at least 1, got {task['max_length']}")
+    if task.get("num_labels") is not None and _need(task["num_labels"], int, "task.num_labels", path) < 1:
+        raise UniPeltError(f"{path}: field 'task.num_labels' must be at least 1, got {task['num_labels']}")
+    labels = task.get("id2label")
+    if labels is not None and not (
+        isinstance(labels, dict) and all(k.isdigit() and isinstance(v, str) for k, v in labels.items())
+    ):
+        raise UniPeltError(f'{path}: field \'task.id2label\' must map label ids ("0", "1", ...) to names')
+    if labels and isinstance(task.get("num_labels"), int) and len(labels) != task["num_labels"]:
+        raise UniPeltError(
+            f"{path}: field 'task.id2label' names {len(labels)} labels, 'task.num_labels' is {task['num_labels']}"
+        )
 
 
 def _v1_config(data: dict) -> dict:

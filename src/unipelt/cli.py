@@ -15,6 +15,8 @@ import typing
 from dataclasses import MISSING
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from .errors import UniPeltError
 from .serve.cli import add_parser as _add_serve
 from .serve.cli import run as _serve
@@ -398,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return commands[args.command](args)
-    except (UniPeltError, OSError) as e:  # OSError: a file that vanished or filled a disk after the checks
+    except (UniPeltError, OSError, SafetensorError) as e:  # a file that vanished, filled a disk or is cut short
         print(f"unipelt: error: {str(e).replace(chr(10), ' ')}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:

@@ -171,7 +171,23 @@ def _read_all(dirs: list[Path], method: str) -> tuple[list[str], list[dict], dic
             raise UniPeltError(
                 f"{d} holds other tensors or shapes than {dirs[0]} (heads of different sizes?): {wrong[:3]}"
             )
+    _check_lora_layout(names, tensors, dirs[0])
     return names, tensors, metas[0], configs[0]
+
+
+def _check_lora_layout(names: list[str], tensors: list[dict], d: Path) -> None:
+    """Each LoRA as a pair (1, d_in, r), (1, r, d_out): a checkpoint whose JSON checks out can still
+    hold others (edited by hand), which would fail inside the merge or merge into one load refuses."""
+    if not names:
+        raise UniPeltError(f"{d} holds no tensors: nothing to merge")
+    t = tensors[0]
+    for n in names:
+        if not n.endswith((LORA_A, LORA_B)):
+            continue
+        pair = n.removesuffix(LORA_A) + LORA_B if n.endswith(LORA_A) else n.removesuffix(LORA_B) + LORA_A
+        down, up = (t[n], t.get(pair)) if n.endswith(LORA_A) else (t.get(pair), t[n])
+        if down is None or up is None or down.dim() != 3 or up.dim() != 3 or down.shape[2] != up.shape[1]:
+            raise UniPeltError(f"{d} does not hold LoRA's (1, d_in, r) and (1, r, d_out) pair at {n}")
 
 
 def _merge(names, tensors, weights, how, density, sign, config) -> dict[str, torch.Tensor]:
@@ -185,7 +201,12 @@ def _merge(names, tensors, weights, how, density, sign, config) -> dict[str, tor
     for n in names:
         if n not in merged:  # every other tensor (head, other methods): linear
             merged[n] = sum(w * t[n].float() for w, t in zip(weights, tensors))
-    return {n: merged[n].to(tensors[0][n].dtype).contiguous() for n in names}
+    out = {n: merged[n].to(tensors[0][n].dtype).contiguous() for n in names}
+    if bad := [n for n, t in out.items() if t.is_floating_point() and not bool(t.isfinite().all())]:
+        raise UniPeltError(
+            f"the merge is not finite in {out[bad[0]].dtype} at {bad[0]}: are the weights {weights} too large?"
+        )
+    return out
 
 
 def _write(out: Path, tensors: dict, meta: dict, dirs, weights, how) -> Path:

@@ -297,7 +297,10 @@ class MultiTask:
             cfg.num_labels = task_meta["num_labels"]
             cfg.problem_type = task_meta.get("problem_type")
             labels = task_meta.get("id2label") or {}
-            cfg.id2label = {int(k): v for k, v in labels.items()} if len(labels) == cfg.num_labels else None
+            n = cfg.num_labels  # transformers reads it off id2label: set both, never None
+            cfg.id2label = (
+                {int(k): v for k, v in labels.items()} if len(labels) == n else {i: f"LABEL_{i}" for i in range(n)}
+            )
         with torch.device("meta"):
             skeleton = type(self.model)(cfg)
         base = copy.deepcopy(self._pristine, dict(self._shared))

@@ -223,14 +223,20 @@ def run(args: argparse.Namespace) -> int:
         )
     from .server import serve_local
 
-    engine = Engine.from_directory(
-        model,
-        args.max_length,
-        compile=args.compile,
-        max_tasks=args.max_tasks,
-        device=device(args.device),
-        max_batch_tokens=args.max_batch_tokens or BATCH_TOKENS,
-    )
+    try:
+        engine = Engine.from_directory(
+            model,
+            args.max_length,
+            compile=args.compile,
+            max_tasks=args.max_tasks,
+            device=device(args.device),
+            max_batch_tokens=args.max_batch_tokens or BATCH_TOKENS,
+        )
+    except UniPeltError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the directory comes from outside: transformers' refusals vary
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UniPeltError(f"--model {model} cannot be loaded: {type(e).__name__}: {first}") from None
     for name, spec in tasks.items():
         try:
             engine.add(name, spec)
