@@ -188,7 +188,7 @@ def _train(args: argparse.Namespace) -> int:
     spec = make_spec(preset=args.preset, config_file=args.config, **_given(args))
     check_store_path(Path(args.store), exists=False, writable=True)
     if args.save:
-        check_output_dir(args.save, "--save directory", inputs_of([spec]))
+        check_output_dir(args.save, "--save directory", inputs_of([spec]), store=args.store)
     names = _label_names(args, spec)
     preflight([spec])
     with Store(args.store) as store:
@@ -308,7 +308,7 @@ def _sweep(args: argparse.Namespace, grid_file: str | None = None) -> int:
     check_execution(getattr(args, "workers", 1), getattr(args, "backend", "local"))
     check_store_path(Path(args.store), exists=False, writable=True)
     if getattr(args, "out", None):  # the demo reports afterwards
-        check_output_dir(args.out, "--out directory", inputs_of(specs))
+        check_output_dir(args.out, "--out directory", inputs_of(specs), store=args.store)
     preflight(specs)
     with Store(args.store) as store:
         summary = run_sweep(

@@ -139,6 +139,13 @@ def test_bad_stores_are_refused_and_left_alone(capsys, tmp_path, store):
     assert "is a directory" in _error(capsys, ["report", "--store", str(tmp_path), "--out", str(tmp_path / "o")], store)
 
 
+def test_a_test_file_without_rows_is_refused_before_training(capsys, tiny_model, own_glue, store):
+    path = own_glue / "RTE" / "dev.tsv"
+    path.write_text(path.read_text(encoding="utf-8").splitlines(keepends=True)[0], encoding="utf-8")
+    assert f"{path} has no rows" in _error(capsys, train_argv(tiny_model, own_glue, store), store)
+    assert not store.exists()
+
+
 def test_tsv_encoding_and_blank_lines(capsys, tiny_model, own_glue, store):
     path = own_glue / "RTE" / "train.tsv"
     text = path.read_text(encoding="utf-8")

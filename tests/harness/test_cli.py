@@ -253,6 +253,14 @@ def test_a_checkpoint_or_report_is_never_written_into_the_model_or_the_data(caps
     assert sorted(p for p in Path(tiny_model).rglob("*")) == before and not (Path(glue_dir) / "report").exists()
 
 
+def test_a_checkpoint_or_report_is_never_written_where_the_store_will_be(capsys, base, tmp_path):
+    """Both checked before training: the store was created, then the checkpoint failed after it."""
+    store = base[-1]
+    train = ["train", "--task", "rte", "--preset", "lora", "--k", "16", *base]
+    assert "is the results store's path" in cli_error(capsys, [*train, "--save", store])
+    assert not Path(store).exists()
+
+
 def test_non_positive_settings_are_refused(capsys, base):
     assert "epochs must be a positive integer, got 0" in cli_error(
         capsys, ["train", "--task", "rte", "--preset", "lora", *base, "--epochs", "0"]

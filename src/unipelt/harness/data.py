@@ -139,7 +139,10 @@ def _from_directory(task: Task, source: GlueSource) -> tuple[pd.DataFrame, pd.Da
     pool = read_tsv(train_path, task)
     test_path = _test_file(task, folder)
     if test_path is not None:
-        return pool, read_tsv(test_path, task), f"GLUE dev ({task.directory}/{test_path.name.removesuffix('.gz')})"
+        test = read_tsv(test_path, task)
+        if len(test) == 0:  # else every run would train, then fail on an empty evaluation
+            raise HarnessError(f"{test_path} has no rows: the test split needs at least one")
+        return pool, test, f"GLUE dev ({task.directory}/{test_path.name.removesuffix('.gz')})"
     if not task.carve_test:
         wanted = " or ".join(str(folder / n) for n in task.test_files)
         raise HarnessError(f"missing GLUE file {wanted} (GLUE dir {source.path}, {source.how})")

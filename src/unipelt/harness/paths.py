@@ -51,9 +51,14 @@ def inputs_of(specs) -> dict[Path, str]:
     return found
 
 
-def check_output_dir(path: str | Path, what: str, inputs: dict[Path, str] | None = None) -> None:
-    """A directory that exists and is writable, or that can be created, outside ``inputs``."""
+def check_output_dir(
+    path: str | Path, what: str, inputs: dict[Path, str] | None = None, store: str | Path | None = None
+) -> None:
+    """A directory that exists and is writable, or that can be created, outside ``inputs``, and
+    not where the results ``store`` (a file, perhaps not yet created) will be."""
     path = Path(path)
+    if store is not None and path.expanduser().resolve() == Path(store).expanduser().resolve():
+        raise HarnessError(f"{what} {path} is the results store's path: give them different paths")
     for source, flag in (inputs or {}).items():
         if path.expanduser().resolve().is_relative_to(source):
             raise HarnessError(f"{what} {path} is inside the {flag} directory {source}: write it elsewhere")
