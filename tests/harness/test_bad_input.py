@@ -78,12 +78,16 @@ def test_grid_settings_are_never_coerced(capsys, tiny_model, glue_dir, tmp_path,
         ),
         ("g.yaml", b"- rte\n- lora\n", "must hold a table of settings"),
         ("g.toml", b"presets = ['lora']", "the grid has no tasks"),
+        ("g.toml/", b"", "is a directory"),
         ("g.toml", b"tasks = " + b"[" * 2000, "nests its values too deeply"),
         ("g.yaml", b"tasks: " + b"[" * 20000, "nests its values too deeply"),
     ],
 )
 def test_bad_grid_files(capsys, tmp_path, store, name, content, message):
-    (tmp_path / name).write_bytes(content)
+    if name.endswith("/"):
+        (tmp_path / name).mkdir()
+    else:
+        (tmp_path / name).write_bytes(content)
     assert message in _error(capsys, ["sweep", "--grid", str(tmp_path / name), "--store", str(store)], store)
 
 

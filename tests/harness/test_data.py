@@ -131,6 +131,9 @@ def test_a_given_glue_dir_wins_over_the_embedded_copy(glue_dir, monkeypatch):
 def test_explicit_glue_dir_must_exist(tmp_path, monkeypatch):
     with pytest.raises(UniPeltError, match=r"GLUE directory .*nope \(from --glue-dir\) does not exist"):
         load_splits(get_task("rte"), 16, 111, glue_dir=tmp_path / "nope")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(UniPeltError, match=r"GLUE directory .*afile \(from --glue-dir\) is a file"):
+        load_splits(get_task("rte"), 16, 111, glue_dir=tmp_path / "afile")
     monkeypatch.setenv("GLUE_DIR", str(tmp_path / "gone"))
     with pytest.raises(UniPeltError, match=r"from \$GLUE_DIR"):
         load_splits(get_task("rte"), 16, 111)

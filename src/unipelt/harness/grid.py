@@ -143,7 +143,7 @@ def _lr(value: Any, methods: set[str]) -> float | dict[str, float]:
 
 def _read(path: Path) -> dict:
     if not path.is_file():
-        raise HarnessError(f"grid file {path} does not exist")
+        raise HarnessError(f"grid file {path} {'is a directory' if path.exists() else 'does not exist'}")
     try:
         text = path.read_bytes().decode("utf-8")
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)

@@ -24,7 +24,7 @@ class GlueSource:
 def _explicit(value: str | Path, how: str) -> GlueSource:
     path = Path(value).expanduser()
     if not path.is_dir():
-        raise HarnessError(f"GLUE directory {path} ({how}) does not exist")
+        raise HarnessError(f"GLUE directory {path} ({how}) {'is a file' if path.exists() else 'does not exist'}")
     return GlueSource(path.resolve(), how, (str(path),))
 
 

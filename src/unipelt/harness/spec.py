@@ -158,7 +158,7 @@ def read_config_file(path: str | Path) -> PeltConfig:
     """A PeltConfig from JSON or YAML (YAML is a superset of JSON, so one parser reads both)."""
     path = Path(path)
     if not path.is_file():
-        raise HarnessError(f"config file {path} does not exist")
+        raise HarnessError(f"config file {path} {'is a directory' if path.exists() else 'does not exist'}")
     try:
         data = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
