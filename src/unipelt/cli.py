@@ -304,12 +304,12 @@ def _sweep(args: argparse.Namespace, grid_file: str | None = None) -> int:
 
     grid = make_grid(grid_file, presets=args.presets, configs=getattr(args, "configs", None), **_given(args))
     specs = grid.specs()
-    log.info("grid: %s = %d runs", describe(grid), len(specs))
     check_execution(getattr(args, "workers", 1), getattr(args, "backend", "local"))
     check_store_path(Path(args.store), exists=False, writable=True)
     if getattr(args, "out", None):  # the demo reports afterwards
         check_output_dir(args.out, "--out directory", inputs_of(specs), store=args.store)
     preflight(specs)
+    log.info("grid: %s = %d runs", describe(grid), len(specs))  # after the checks: an error is the only line
     with Store(args.store) as store:
         summary = run_sweep(
             specs,
