@@ -313,3 +313,15 @@ def test_a_pooler_the_summary_head_replaces_is_not_trained_as_if_it_were_read():
             unipelt.apply(model, cfg)
         assert getattr(model, "pelt_config", None) is None
     unipelt.apply(build(), PeltConfig(methods=(LoRAConfig(),), modules_to_save=("pooler",), head="pooler"))
+
+
+def test_a_checkpoint_saved_before_that_refusal_still_loads(tmp_path):
+    """load() applies the saved config as it was saved: the refusal is for new configs only."""
+    from unipelt.inject import applied
+
+    cfg = PeltConfig(methods=(LoRAConfig(),), modules_to_save=("pooler",), head="mean")
+    old = applied(build(), cfg, new=False)
+    randomize(old, std=0.1)
+    unipelt.save(old, tmp_path / "old")
+    loaded = unipelt.load(build(), tmp_path / "old")
+    assert loaded.pelt_config == old.pelt_config

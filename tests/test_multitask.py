@@ -77,6 +77,21 @@ def test_a_per_task_change_to_an_input_shared_by_the_batch_is_refused(tmp_path):
         mt(**rows(2), tasks=["bitfit", "lora"])
 
 
+def test_a_gated_change_to_a_shared_input_is_refused_even_in_a_batch_of_its_task(tmp_path):
+    """With share_att_key DeBERTa's relative positions go through query_proj, where UniPELT's gated
+    LoRA sits: the gate would pool over one row's mask there, where the task's own model pools
+    over none; refused (the server then answers those rows in halves), not answered otherwise."""
+    from unipelt.errors import SharedInputError
+
+    model = unipelt.apply(build("deberta-v2", share_att_key=True), "unipelt-apl")
+    randomize(model, std=0.1)
+    unipelt.save(model, tmp_path / "apl")
+    mt = MultiTask(build("deberta-v2", share_att_key=True))
+    mt.add("apl", tmp_path / "apl")
+    with pytest.raises(SharedInputError, match="one input for the whole batch"):
+        mt(**rows(3), tasks=["apl"] * 3)
+
+
 def test_a_per_task_change_to_a_shared_input_serves_a_batch_of_its_task_alone(tmp_path):
     """In a batch of one task, BitFit on DeBERTa's relative-position projections changes the
     input every row shares, as the task's own model does: every row is answered, not only one."""

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from test_serve import TASKS, alone, assert_answer, client, engine_for, run, served, single, tokenizer  # noqa: F401
 
 from unipelt import MultiTask, encoding
-from unipelt.errors import UniPeltError
+from unipelt.errors import SharedInputError
 from unipelt.offline import DEFAULT_MODEL, model_path
 from unipelt.serve import Row, ServeError
 
@@ -175,7 +175,7 @@ def test_a_task_that_cannot_share_a_batch_is_answered_in_a_batch_of_its_own(serv
     def refuses_mixed(mt, input_ids, tasks, **kw):
         calls.append(tasks)
         if len(set(tasks)) > 1:
-            raise UniPeltError("a Linear with per-task changes receives one input for the whole batch")
+            raise SharedInputError("a Linear with per-task changes receives one input for the whole batch")
         return forward(mt, input_ids, tasks=tasks, **kw)
 
     # of one length (5 tokens), so that the batch stays interleaved: halves would each hold both tasks

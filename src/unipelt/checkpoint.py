@@ -25,7 +25,7 @@ from torch import nn
 
 from .config import PeltConfig
 from .errors import UniPeltError
-from .inject import MARK, all_or_nothing, apply, enable, fold
+from .inject import MARK, all_or_nothing, applied, enable, fold
 from .participation import check_participation
 from .version import __version__
 
@@ -247,11 +247,11 @@ def _check_task_block(task, path: Path) -> None:
         _need(task["pairs"], bool, "task.pairs", path)
     if "max_length" in task and _need(task["max_length"], int, "task.max_length", path) < 1:
         raise UniPeltError(f"{path}: field 'task.max_length' must be at least 1, got {task['max_length']}")
-    if task.get("num_labels") is not None and _need(task["num_labels"], int, "task.num_labels", path) < 1:
-        raise UniPeltError(f"{path}: field 'task.num_labels' must be at least 1, got {task['num_labels']}")
+    if task.get("num_labels") is not None and _need(task["num_labels"], int, "task.num_labels", path) < 0:
+        raise UniPeltError(f"{path}: field 'task.num_labels' must be at least 0, got {task['num_labels']}")
     labels = task.get("id2label")
     if labels is not None and not (
-        isinstance(labels, dict) and all(k.isdigit() and isinstance(v, str) for k, v in labels.items())
+        isinstance(labels, dict) and all(k.isascii() and k.isdigit() and isinstance(v, str) for k, v in labels.items())
     ):
         raise UniPeltError(f'{path}: field \'task.id2label\' must map label ids ("0", "1", ...) to names')
     if labels and isinstance(task.get("num_labels"), int) and len(labels) != task["num_labels"]:
@@ -388,7 +388,7 @@ def _expected_shapes(model: nn.Module, config: PeltConfig) -> dict[str, tuple[in
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         target = _meta_copy(model)
         if getattr(target, "pelt_config", None) is None:
-            apply(target, config)
+            applied(target, config, new=False)
             check_size(target, sum(p.numel() for p in model.parameters()))
         fold(target)
     params = dict(target.named_parameters())
@@ -493,7 +493,7 @@ def load(model: nn.Module, directory: str | Path) -> nn.Module:
     _check_fits(_expected_shapes(model, config), tensors, directory)
     with all_or_nothing(model) as undo:
         if getattr(model, "pelt_config", None) is None:
-            apply(model, config)
+            applied(model, config, new=False)
         fold(model)
         params = dict(model.named_parameters())
         undo.keep(params[name] for name in tensors)  # the head's, or a model applied before

@@ -179,6 +179,12 @@ def _set_trainable(model: nn.Module, cfg: PeltConfig) -> None:
 def apply(model: nn.Module, preset_or_config) -> nn.Module:
     """Inject the configured modules into ``model``, freeze its base weights, keep the head
     trainable; returns ``model``. ``preset_or_config``: a name in ``PRESETS`` or a config."""
+    return applied(model, preset_or_config, new=True)
+
+
+def applied(model: nn.Module, preset_or_config, *, new: bool) -> nn.Module:
+    """``apply``; with ``new=False`` (a saved config, ``load``) what a new config is refused for
+    but a checkpoint from before that refusal may hold is let through."""
     cfg = _as_config(preset_or_config)
     if getattr(model, "pelt_config", None) is not None:
         raise UniPeltError("this model already has unipelt modules; apply() to a fresh model")
@@ -186,7 +192,8 @@ def apply(model: nn.Module, preset_or_config) -> nn.Module:
     _check_modules_to_save(model.base_model, cfg)
     cfg = replace(cfg, head=heads.resolve(model, cfg.head))  # recorded as it ran, never "auto"
     heads.check(model, cfg.head, spec)
-    _check_saved_modules_are_read(model, cfg, spec)
+    if new:
+        _check_saved_modules_are_read(model, cfg, spec)
     with all_or_nothing(model):  # a method refusing halfway leaves no module of the others behind
         _inject(model, cfg, spec)
         check_participation(model)  # a module that transformers bypasses is an error (issue 28)

@@ -34,10 +34,10 @@ from torch import nn
 from . import encoding, heads
 from .arch import spec_for
 from .attention import ANY_PROMPT, attend, use_pelt_attention
-from .blocks import PerCall, per_call
+from .blocks import Gate, PerCall, per_call
 from .checkpoint import load, read_config
 from .config import PeltConfig
-from .errors import UniPeltError
+from .errors import SharedInputError, UniPeltError
 from .inject import all_or_nothing
 from .methods import configured
 from .participation import probe_inputs
@@ -65,11 +65,13 @@ class Site(Wrapper):
         if not active:
             return self.base_layer(*args, **kwargs)
         x, batch = args[0] if args else kwargs.get("hidden_states"), sum(len(r) for r in rows.values())
-        if x is not None and x.shape[0] != batch and len(rows) == 1:
-            # one task owns the batch: its change applies to the input every row shares
+        shared = x is not None and x.shape[0] != batch  # else h[rows] would index the wrong dimension
+        if shared and len(rows) == 1 and not any(_gated(e) for e, _ in active):
+            # one task owns the batch: its change applies to the input every row shares (a gate
+            # would pool over one row's mask there, where the task's own model pools over none)
             active = [(e, torch.arange(x.shape[0], device=x.device)) for e, _ in active]
-        elif x is not None and x.shape[0] != batch:  # else h[rows] would index the wrong dimension
-            raise UniPeltError(
+        elif shared:
+            raise SharedInputError(
                 f"a {type(self.base_layer).__name__} with per-task changes receives one input for the whole "
                 f"batch ({x.shape[0]} rows, the batch has {batch}), as DeBERTa's relative-position projections "
                 "do (BitFit on their biases): it cannot differ per row; serve such a task in batches of its own"
@@ -83,6 +85,10 @@ class Site(Wrapper):
             entry.rows_after(call, r)
         call.combine()
         return call.out
+
+
+def _gated(entry) -> bool:
+    return isinstance(entry, nn.Module) and any(isinstance(m, Gate) for m in entry.modules())
 
 
 class HeadSite(nn.Module):

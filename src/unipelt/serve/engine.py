@@ -19,7 +19,7 @@ import torch
 
 from .. import encoding
 from ..encoding import Text
-from ..errors import UniPeltError
+from ..errors import SharedInputError, UniPeltError
 from ..introspect import count_parameters
 from ..multitask import MultiTask, Task, check_input
 from ..presets import PRESETS
@@ -277,12 +277,13 @@ class Engine:
         return parts
 
     def _halves(self, rows: list[Row], encoded: list[tuple[dict, bool]]) -> list[dict | ServeError]:
-        """The rows' answers; if their forward fails, each task's (a task that cannot share a batch,
-        as BitFit on DeBERTa's relative positions, answers in batches of its own), then each half's,
-        down to the failing rows' 500s: one bad row in n costs about 2·log2(n) forwards."""
+        """The rows' answers; if their forward fails, each half's, down to the failing rows' 500s:
+        one bad row in n costs about 2·log2(n) forwards. A task that cannot share a batch (BitFit
+        on DeBERTa's relative positions: ``SharedInputError``) is answered in batches of its own."""
         try:
             return self._forward(rows, encoded)
         except Exception as e:  # noqa: BLE001 - a bug or a broken task: its rows' 500, the others go on
+            by_task = isinstance(e, SharedInputError)
             if len(rows) == 1:
                 log.exception("task %r failed on one input", rows[0].task)
                 return [
@@ -290,7 +291,7 @@ class Engine:
                 ]
             log.warning("a batch of %d rows failed (%s: %s); answering it in parts", len(rows), type(e).__name__, e)
         tasks = list(dict.fromkeys(r.task for r in rows))
-        if len(tasks) > 1:
+        if by_task and len(tasks) > 1:
             out: list = [None] * len(rows)
             for task in tasks:
                 mine = [i for i, r in enumerate(rows) if r.task == task]
