@@ -187,7 +187,7 @@ def _train(args: argparse.Namespace) -> int:
     # every input and output is checked before the store is opened: a mistake changes nothing
     spec = make_spec(preset=args.preset, config_file=args.config, **_given(args))
     check_store_path(Path(args.store), exists=False, writable=True)
-    if args.save:
+    if args.save is not None:
         check_output_dir(args.save, "--save directory", inputs_of([spec]), store=args.store)
     names = _label_names(args, spec)
     preflight([spec])
@@ -306,7 +306,7 @@ def _sweep(args: argparse.Namespace, grid_file: str | None = None) -> int:
     specs = grid.specs()
     check_execution(getattr(args, "workers", 1), getattr(args, "backend", "local"))
     check_store_path(Path(args.store), exists=False, writable=True)
-    if getattr(args, "out", None):  # the demo reports afterwards
+    if getattr(args, "out", None) is not None:  # the demo reports afterwards
         check_output_dir(args.out, "--out directory", inputs_of(specs), store=args.store)
     preflight(specs)
     log.info("grid: %s = %d runs", describe(grid), len(specs))  # after the checks: an error is the only line
@@ -356,6 +356,8 @@ def _merge(args: argparse.Namespace) -> int:
         weights = [float(w) for w in args.weights.split(",")]
     except ValueError:
         raise UniPeltError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
+    if not args.out.strip():  # Path("") is the current directory
+        raise UniPeltError("--out is empty: give a directory")
     out = merge_checkpoints(
         args.checkpoints,
         weights,

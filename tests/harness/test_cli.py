@@ -269,6 +269,9 @@ def test_a_checkpoint_or_report_is_never_written_where_the_store_will_be(capsys,
     store = base[-1]
     train = ["train", "--task", "rte", "--preset", "lora", "--k", "16", *base]
     assert "is the results store's path" in cli_error(capsys, [*train, "--save", store])
+    assert "--save directory is empty" in cli_error(capsys, [*train, "--save", ""])
+    assert "--out directory is empty" in cli_error(capsys, ["report", "--store", store, "--out", " "])
+    assert "--out is empty" in cli_error(capsys, ["merge", str(tmp_path), "--weights", "1", "--out", ""])
     assert not Path(store).exists()
 
 

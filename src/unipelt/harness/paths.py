@@ -56,6 +56,8 @@ def check_output_dir(
 ) -> None:
     """A directory that exists and is writable, or that can be created, outside ``inputs``, and
     not where the results ``store`` (a file, perhaps not yet created) will be."""
+    if not str(path).strip():  # Path("") is the current directory: an unset variable, not a choice
+        raise HarnessError(f"{what} is empty: give a directory")
     path = Path(path)
     if store is not None and path.expanduser().resolve() == Path(store).expanduser().resolve():
         raise HarnessError(f"{what} {path} is the results store's path: give them different paths")
