@@ -205,6 +205,16 @@ def test_a_checkpoint_without_one_half_of_its_lora_is_one_error_line(tmp_path, c
     assert not (tmp_path / "out").exists()
 
 
+def test_a_merge_is_never_written_into_a_model_directory(tmp_path):
+    dirs = [_saved(tmp_path, n, "lora") for n in "ab"]
+    model_dir = tmp_path / "model"
+    build().save_pretrained(model_dir)
+    before = sorted(p.name for p in model_dir.iterdir())
+    with pytest.raises(UniPeltError, match="holds a model \\(config.json\\)"):
+        unipelt.merge_checkpoints(dirs, [0.5, 0.5], model_dir)
+    assert sorted(p.name for p in model_dir.iterdir()) == before
+
+
 def test_weights_whose_merge_overflows_write_nothing(tmp_path):
     dirs = []
     for i, n in enumerate("ab"):

@@ -141,6 +141,8 @@ def merge_checkpoints(
 def _check_out(out: Path, dirs: list[Path]) -> None:
     """The merge is written beside the checkpoints it reads, never over or inside one of them."""
     target = out.resolve()
+    if (target / "config.json").is_file():  # a model's identity is a hash of its files (the run keys)
+        raise UniPeltError(f"--out {out} holds a model (config.json): write the merged checkpoint elsewhere")
     for d in dirs:
         if target.is_relative_to(d.resolve()):  # the input itself included
             raise UniPeltError(f"--out {out} is {'' if target == d.resolve() else 'inside '}the input {d}")
