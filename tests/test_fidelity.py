@@ -325,3 +325,24 @@ def test_a_checkpoint_saved_before_that_refusal_still_loads(tmp_path):
     unipelt.save(old, tmp_path / "old")
     loaded = unipelt.load(build(), tmp_path / "old")
     assert loaded.pelt_config == old.pelt_config
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        LoRAConfig(attention=("cross",)),
+        unipelt.DoRAConfig(attention=("cross",)),
+        unipelt.IA3Config(targets=("k",), attention=("cross",)),
+        PrefixConfig(attention=("cross",)),
+    ],
+    ids=["lora", "dora", "ia3", "prefix"],
+)
+def test_a_config_that_matches_no_module_is_refused(method):
+    """BERT has no cross-attention: such a config would train the head alone, silently."""
+    model = build()
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    with pytest.raises(UniPeltError, match="matches no"):
+        unipelt.apply(model, PeltConfig(methods=(method,)))
+    assert getattr(model, "pelt_config", None) is None
+    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
+    unipelt.apply(build("t5"), PeltConfig(methods=(method,)))  # T5's decoder has one

@@ -7,6 +7,7 @@ architecture spec; it never mutates any of them.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from dataclasses import replace
 from typing import Iterable, Iterator
 
@@ -203,10 +204,20 @@ def applied(model: nn.Module, preset_or_config, *, new: bool) -> nn.Module:
 def _inject(model: nn.Module, cfg: PeltConfig, spec) -> None:
     existing = set(model.modules())
     ctx = ModelContext(model=model, base=model.base_model, spec=spec, cfg=cfg, d=getattr(model.config, spec.hidden_key))
+    modules = lambda: sum(1 for _ in model.modules())  # noqa: E731
+    added: Counter = Counter()
     for method, configs in configured(cfg):
         if method.setup is not None:
+            before = modules()
             method.setup(ctx, configs)
-    inject_layers(ctx)
+            added[method.kind] += modules() - before
+    added.update(inject_layers(ctx))
+    if idle := [configs for method, configs in configured(cfg) if method.modules and not added[method.kind]]:
+        # a target or sublayer the model does not have: it would train nothing of that method
+        raise UniPeltError(
+            f"{', '.join(map(repr, idle[0]))} matches no module of {type(model).__name__}: "
+            "check its targets and the sublayers it names (attention, ffn, cross)"
+        )
     if ctx.attention_hook:
         use_pelt_attention(model, (ctx.prompt_length, ctx.prompt_at) if ctx.prompt_length else None)
     heads.attach(model, cfg.head, spec, prompt_at=ctx.prompt_at)

@@ -5,6 +5,8 @@ architecture: methods say where they go (methods/), architectures where things a
 
 from __future__ import annotations
 
+from collections import Counter
+
 from torch import nn
 
 from .blocks import MaskSlot
@@ -12,18 +14,23 @@ from .methods import LayerContext, ModelContext, configured
 from .wrappers import PeltLayer
 
 
-def inject_layers(ctx: ModelContext) -> None:
+def inject_layers(ctx: ModelContext) -> Counter:
+    """Place every method in every layer; returns the modules each method (by kind) added there."""
     stacks = ctx.spec.present_stacks(ctx.base)
     placing = [(m, configs) for m, configs in configured(ctx.cfg) if m.place is not None]
+    placed: Counter = Counter()  # modules each method added, over every layer
     for stack in stacks:
         label = f"{stack.name}." if len(stacks) > 1 else ""
         layers = ctx.base.get_submodule(stack.layers)
         for i in range(len(layers)):
             lctx = LayerContext(index=i, stack=stack, label=label, model=ctx, slot=MaskSlot(causal=stack.causal))
-            layers[i] = _inject_layer(layers[i], lctx, placing)
+            layers[i] = _inject_layer(layers[i], lctx, placing, placed)
+    return placed
 
 
-def _inject_layer(layer: nn.Module, ctx: LayerContext, placing: list) -> nn.Module:
+def _inject_layer(layer: nn.Module, ctx: LayerContext, placing: list, placed: Counter) -> nn.Module:
     for method, configs in placing:
+        before = sum(1 for _ in layer.modules())
         method.place(layer, ctx, configs)
+        placed[method.kind] += sum(1 for _ in layer.modules()) - before
     return PeltLayer(layer, ctx.slot, ctx.stack.mask_position) if ctx.cfg.gated else layer
