@@ -346,3 +346,11 @@ def test_a_config_that_matches_no_module_is_refused(method):
     assert getattr(model, "pelt_config", None) is None
     assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
     unipelt.apply(build("t5"), PeltConfig(methods=(method,)))  # T5's decoder has one
+
+
+def test_a_checkpoint_saved_before_the_no_match_refusal_still_loads(tmp_path):
+    from unipelt.inject import applied
+
+    cfg = PeltConfig(methods=(LoRAConfig(attention=("cross",)),), head="model")
+    unipelt.save(applied(build(), cfg, new=False), tmp_path / "old")
+    assert unipelt.load(build(), tmp_path / "old").pelt_config == cfg

@@ -196,24 +196,31 @@ def applied(model: nn.Module, preset_or_config, *, new: bool) -> nn.Module:
     if new:
         _check_saved_modules_are_read(model, cfg, spec)
     with all_or_nothing(model):  # a method refusing halfway leaves no module of the others behind
-        _inject(model, cfg, spec)
+        _inject(model, cfg, spec, new)
         check_participation(model)  # a module that transformers bypasses is an error (issue 28)
     return model
 
 
-def _inject(model: nn.Module, cfg: PeltConfig, spec) -> None:
-    existing = set(model.modules())
-    ctx = ModelContext(model=model, base=model.base_model, spec=spec, cfg=cfg, d=getattr(model.config, spec.hidden_key))
-    modules = lambda: sum(1 for _ in model.modules())  # noqa: E731
+def _setup_and_place(ctx: ModelContext) -> Counter:
+    """Every method's model-wide ``setup``, then its modules in every layer; returns the modules
+    each method (by kind) added."""
+    modules = lambda: sum(1 for _ in ctx.model.modules())  # noqa: E731
     added: Counter = Counter()
-    for method, configs in configured(cfg):
+    for method, configs in configured(ctx.cfg):
         if method.setup is not None:
             before = modules()
             method.setup(ctx, configs)
             added[method.kind] += modules() - before
     added.update(inject_layers(ctx))
-    if idle := [configs for method, configs in configured(cfg) if method.modules and not added[method.kind]]:
-        # a target or sublayer the model does not have: it would train nothing of that method
+    return added
+
+
+def _inject(model: nn.Module, cfg: PeltConfig, spec, new: bool) -> None:
+    existing = set(model.modules())
+    ctx = ModelContext(model=model, base=model.base_model, spec=spec, cfg=cfg, d=getattr(model.config, spec.hidden_key))
+    added = _setup_and_place(ctx)
+    idle = [configs for method, configs in configured(cfg) if method.modules and not added[method.kind]]
+    if new and idle:  # a target or sublayer the model does not have: it would train nothing of it
         raise UniPeltError(
             f"{', '.join(map(repr, idle[0]))} matches no module of {type(model).__name__}: "
             "check its targets and the sublayers it names (attention, ffn, cross)"
