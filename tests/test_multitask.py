@@ -368,6 +368,34 @@ def test_each_task_takes_the_kind_of_input_and_the_length_it_was_trained_on(tmp_
     cut = " ".join(f"w{i}" for i in range(3))  # 5 tokens with [CLS] and [SEP]
     assert mt.predict(long, "single", tok) == mt.predict(cut, "single", tok)
     assert mt.predict(long, "single", tok, max_length=14) != mt.predict(cut, "single", tok)
+    for pair in (("w1", "w2", "w9"), ("w1",)):  # a third sentence was dropped, a lone one read as single
+        with pytest.raises(UniPeltError, match=r"inputs\[0\]: task 'pairs' takes sentence pairs"):
+            mt.predict([pair], "pairs", tok)
+    for bad in (-1, 0, 10**6, 2.5):  # an IndexError, the default, a shape error, ...
+        with pytest.raises(UniPeltError, match="max_length must be a whole number from 1"):
+            mt.predict(long, "single", tok, max_length=bad)
+
+
+def test_a_batch_that_is_not_rows_of_token_ids_is_one_clear_error(tmp_path):
+    trained(tmp_path, "bert", "lora")
+    mt = MultiTask(build())
+    mt.add("t", tmp_path / "lora")
+    b = batch()
+    cases = [
+        (dict(input_ids=b["input_ids"], attention_mask=b["attention_mask"][:, :5]), "attention_mask must be"),
+        (dict(input_ids=b["input_ids"], attention_mask=b["attention_mask"][:2]), "attention_mask must be"),
+        (dict(input_ids=b["input_ids"].float()), "input_ids must be a 2-D tensor of token ids"),
+        (dict(input_ids=b["input_ids"][0]), "input_ids must be a 2-D tensor"),
+        (dict(input_ids=b["input_ids"][:0]), "at least one row of one token"),
+    ]
+    for inputs, message in cases:
+        with pytest.raises(UniPeltError, match=message):
+            mt(**inputs, tasks=["t"] * 3)
+    with pytest.raises(UniPeltError, match="tasks must be task names"):
+        mt(**b, tasks=[["t"]] * 3)
+    with pytest.raises(UniPeltError, match="tasks names 0 rows"):
+        mt(**b, tasks=None)
+    assert [torch.equal(x, y) for x, y in zip(mt(**b, tasks="t"), mt(**b, tasks=["t"] * 3))] == [True] * 3
 
 
 def test_load_gives_the_model_the_checkpoints_label_names(tmp_path):

@@ -148,9 +148,25 @@ def _check_name(name) -> None:
 def check_input(task: Task, row, i: int) -> None:
     """Refuse input ``i`` if it is of the other kind than the task takes: a pair given to a
     single-sentence task (or one sentence to a pair task) would be answered as what it is not."""
-    if isinstance(row, (list, tuple)) != task.pairs:
+    pair = isinstance(row, (list, tuple))
+    if pair != task.pairs or (pair and len(row) != 2):
         kind = "sentence pairs [a, b]" if task.pairs else "single strings, not pairs"
         raise UniPeltError(f"inputs[{i}]: task {task.name!r} takes {kind}")
+
+
+def _check_batch(input_ids, attention_mask, tasks: list) -> None:
+    """What ``MultiTask.__call__`` is given, as one line each: rows of token ids, a mask like them,
+    one task name per row (a wrong shape or dtype failed deep inside the model)."""
+    if not (isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and not input_ids.is_floating_point()):
+        raise UniPeltError("input_ids must be a 2-D tensor of token ids (batch, tokens)")
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise UniPeltError(f"input_ids has shape {tuple(input_ids.shape)}: at least one row of one token")
+    if attention_mask is not None and (
+        not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape
+    ):
+        raise UniPeltError(f"attention_mask must be a tensor of input_ids' shape {tuple(input_ids.shape)}")
+    if not all(isinstance(t, str) for t in tasks):
+        raise UniPeltError("tasks must be task names, one per row (or one name for every row)")
 
 
 def _encode_input(tokenizer, row, limit: int, i: int) -> dict:
@@ -382,7 +398,8 @@ class MultiTask:
         tasks: Sequence[str] = (),
         token_type_ids: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        tasks = list(tasks)
+        tasks = [tasks] * len(input_ids) if isinstance(tasks, str) else list(tasks or ())  # one name: every row
+        _check_batch(input_ids, attention_mask, tasks)
         if len(tasks) != input_ids.shape[0]:
             raise UniPeltError(f"tasks names {len(tasks)} rows, the batch has {input_ids.shape[0]}")
         if unknown := sorted(set(tasks) - self._tasks.keys()):
@@ -425,6 +442,10 @@ class MultiTask:
         for i, (row, name) in enumerate(zip(inputs, tasks)):
             check_input(self._tasks[name], row, i)
         model_limit = min(tokenizer.model_max_length, encoding.position_limit(self.model.config) or 512)
+        if max_length is not None and not (type(max_length) is int and 1 <= max_length <= model_limit):
+            raise UniPeltError(
+                f"max_length must be a whole number from 1 to the model's {model_limit}, got {max_length!r}"
+            )
         encoded = [
             _encode_input(tokenizer, row, max_length or self._tasks[name].max_length or model_limit, i)
             for i, (row, name) in enumerate(zip(inputs, tasks))
