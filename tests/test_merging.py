@@ -164,6 +164,13 @@ def test_ties_and_dare_need_lora_only(tmp_path):
         unipelt.merge_checkpoints(dirs, [0.5, 0.5], tmp_path / "out", method="ties", density=0.5)
     with pytest.raises(UniPeltError, match="unknown merge method"):
         unipelt.merge_checkpoints(dirs, [0.5, 0.5], tmp_path / "out", method="cat")
+    for options, message in (
+        (dict(method="ties", majority_sign="bogus"), "majority_sign must be 'total' or 'frequency'"),  # was frequency
+        (dict(method="dare_linear", density="x"), "density must be a number in"),  # a TypeError
+        (dict(method="dare_linear", density=None), "density must be a number in"),
+    ):
+        with pytest.raises(UniPeltError, match=message):
+            unipelt.merge_checkpoints(dirs, [0.5, 0.5], tmp_path / "out", **options)
 
 
 def test_numpy_weights_merge_and_bad_weights_leave_an_existing_checkpoint_intact(tmp_path):

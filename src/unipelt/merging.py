@@ -124,8 +124,10 @@ def merge_checkpoints(
         )
     if method not in get_args(Combination):
         raise UniPeltError(f"unknown merge method {method!r}; known: {list(get_args(Combination))}")
-    if not 0 < density <= 1:
-        raise UniPeltError(f"density must be in (0, 1], got {density}")
+    if not (isinstance(density, (int, float)) and not isinstance(density, bool) and 0 < density <= 1):
+        raise UniPeltError(f"density must be a number in (0, 1], got {density!r}")
+    if majority_sign not in ("total", "frequency"):
+        raise UniPeltError(f"majority_sign must be 'total' or 'frequency', got {majority_sign!r}")
     if seed is not None and not (type(seed) is int and 0 <= seed < 2**63):  # what torch.manual_seed takes
         raise UniPeltError(f"seed must be a whole number from 0 to 2**63 - 1, got {seed!r}")
     _check_out(Path(out), dirs)
