@@ -185,13 +185,12 @@ def _check_lora_layout(names: list[str], tensors: list[dict], d: Path) -> None:
     if not names:
         raise UniPeltError(f"{d} holds no tensors: nothing to merge")
     t = tensors[0]
-    for n in names:
-        if not n.endswith((LORA_A, LORA_B)):
-            continue
-        pair = n.removesuffix(LORA_A) + LORA_B if n.endswith(LORA_A) else n.removesuffix(LORA_B) + LORA_A
-        down, up = (t[n], t.get(pair)) if n.endswith(LORA_A) else (t.get(pair), t[n])
+    downs = {n.removesuffix(LORA_A) for n in names if n.endswith(LORA_A)}
+    ups = {n.removesuffix(LORA_B) for n in names if n.endswith(LORA_B)}
+    for path in sorted(downs | ups):
+        down, up = t.get(path + LORA_A), t.get(path + LORA_B)
         if down is None or up is None or down.dim() != 3 or up.dim() != 3 or down.shape[2] != up.shape[1]:
-            raise UniPeltError(f"{d} does not hold LoRA's (1, d_in, r) and (1, r, d_out) pair at {n}")
+            raise UniPeltError(f"{d} does not hold LoRA's (1, d_in, r) and (1, r, d_out) pair at {path}")
 
 
 def _merge(names, tensors, weights, how, density, sign, config) -> dict[str, torch.Tensor]:
