@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import batch, build, randomize
+from conftest import batch, build, randomize, write_tensors
 
 import unipelt
 from unipelt import LoRAConfig, UniPeltError
@@ -191,14 +191,7 @@ def test_numpy_weights_merge_and_bad_weights_leave_an_existing_checkpoint_intact
 
 def _without(directory, suffix):
     """The checkpoint with its tensors ending ``suffix`` removed, its checksum made to match."""
-    from safetensors.torch import save_file
-
-    from unipelt.checkpoint import _sha256
-
-    tensors = {n: t for n, t in load_file(directory / WEIGHTS).items() if not n.endswith(suffix)}
-    save_file(tensors, directory / WEIGHTS)
-    meta = json.loads((directory / "unipelt.json").read_text())
-    (directory / "unipelt.json").write_text(json.dumps({**meta, "sha256": _sha256(directory / WEIGHTS)}))
+    write_tensors(directory, {n: t for n, t in load_file(directory / WEIGHTS).items() if not n.endswith(suffix)})
     return directory
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import CONFIGS, batch, build, build_lm, randomize
+from conftest import CONFIGS, batch, build, build_lm, randomize, write_tensors
 from safetensors.torch import load_file, save_file
 
 import unipelt
@@ -323,10 +323,7 @@ def _with_dtype(directory: Path, name: str, dtype) -> None:
     """Rewrite one tensor of a unipelt checkpoint in another dtype, the checksum made to match."""
     tensors = load_file(directory / "unipelt.safetensors")
     tensors[name] = torch.zeros(tensors[name].shape, dtype=torch.uint8).view(dtype)
-    save_file(tensors, directory / "unipelt.safetensors")
-    meta = json.loads((directory / "unipelt.json").read_text())
-    meta["sha256"] = _sha256(directory / "unipelt.safetensors")
-    (directory / "unipelt.json").write_text(json.dumps(meta))
+    write_tensors(directory, tensors)
 
 
 @pytest.mark.parametrize("dtype", [torch.int8, torch.uint8], ids=str)
@@ -389,10 +386,7 @@ def test_a_checkpoint_holding_non_finite_values_is_refused_before_the_model_chan
     tensors = load_file(tmp_path / "ckpt" / "unipelt.safetensors")
     name = next(n for n in tensors if n.endswith("pelt_lora.up"))
     tensors[name].view(-1)[0] = value
-    save_file(tensors, tmp_path / "ckpt" / "unipelt.safetensors")
-    meta = json.loads((tmp_path / "ckpt" / "unipelt.json").read_text())
-    meta["sha256"] = _sha256(tmp_path / "ckpt" / "unipelt.safetensors")
-    (tmp_path / "ckpt" / "unipelt.json").write_text(json.dumps(meta))
+    write_tensors(tmp_path / "ckpt", tensors)
     model = unipelt.apply(build(), "lora")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with pytest.raises(UniPeltError, match=rf"{re.escape(name)} holds NaN or infinite values"):
