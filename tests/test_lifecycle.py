@@ -125,3 +125,36 @@ def test_unload_after_merge_and_merge_while_disabled_are_refused():
     with pytest.raises(UniPeltError, match="after merge"):
         unipelt.unload(model)
     assert (logits(unipelt.merge_and_unload(model)) - adapted).abs().max() < 1e-5
+
+
+MODEL_FUNCTIONS = ["apply", "compile", "count_parameters", "disable", "enable", "fold", "gate_values", "merge",
+                   "merge_and_unload", "unload"]  # fmt: skip
+NEEDS_MODULES = ["disable", "enable", "fold", "gate_values", "merge", "merge_and_unload", "unload"]
+
+
+def _call(name: str, model):
+    extra = {"apply": ("lora",), "gate_values": (batch(),)}.get(name, ())
+    return getattr(unipelt, name)(model, *extra)
+
+
+@pytest.mark.parametrize("name", MODEL_FUNCTIONS)
+@pytest.mark.parametrize("given", [None, "bert-base-uncased"], ids=["None", "str"])
+def test_what_is_not_a_model_is_refused_in_one_line(name, given):
+    """These used to raise AttributeError ('NoneType' object has no attribute 'modules')."""
+    with pytest.raises(UniPeltError, match="expected a transformers model"):
+        _call(name, given)
+
+
+def test_apply_to_a_torch_module_that_is_no_transformers_model_says_so():
+    with pytest.raises(UniPeltError, match="expected a transformers model .*got Linear"):
+        unipelt.apply(torch.nn.Linear(4, 4), "lora")
+
+
+@pytest.mark.parametrize("name", NEEDS_MODULES)
+def test_a_model_without_unipelt_modules_is_refused_and_left_as_it_was(name):
+    """merge and fold on a plain model used to return it unchanged, as if they had done something."""
+    model = build()
+    before = logits(model)
+    with pytest.raises(UniPeltError, match="has no unipelt modules"):
+        _call(name, model)
+    assert torch.equal(logits(model), before)

@@ -238,6 +238,7 @@ def _inject(model: nn.Module, cfg: PeltConfig, spec, new: bool) -> None:
 
 def fold(model: nn.Module) -> nn.Module:
     """Replace the prefix reparameterisation network by the prefixes it produces."""
+    require_pelt(model)
     prefix = getattr(model, "pelt_prefix", None)
     if prefix is not None:
         prefix.fold()
@@ -251,6 +252,7 @@ def _mergeable(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def merge(model: nn.Module) -> nn.Module:
     """Fold every ungated LoRA and every (IA)³ vector into its base weight, and the prefix network
     into its output. Afterwards those wrappers are gone: they cost what the plain model costs."""
+    require_pelt(model)
     found = _mergeable(model)
     if any(not m.pelt_active for m in _switches(model)):
         raise UniPeltError(
@@ -287,9 +289,20 @@ def _switches(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if hasattr(type(m), "pelt_active")]
 
 
-def _set_active(model: nn.Module, active: bool) -> list[tuple[nn.Module, bool]]:
+def require_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise UniPeltError(f"expected a transformers model, got {type(model).__name__}")
+
+
+def require_pelt(model) -> None:
+    """Refuse what is not a model with unipelt modules, saying which of the two it is not."""
+    require_model(model)
     if getattr(model, "pelt_config", None) is None:
         raise UniPeltError("this model has no unipelt modules: apply() or load() first")
+
+
+def _set_active(model: nn.Module, active: bool) -> list[tuple[nn.Module, bool]]:
+    require_pelt(model)
     switches = _switches(model)
     previous = [(m, m.pelt_active) for m in switches]
     for m in switches:
@@ -336,8 +349,7 @@ def unload(model: nn.Module) -> nn.Module:
     trained in the base model itself (BitFit's biases, full fine-tuning) stay as trained.
     Refused after ``merge``: the base weights hold the updates and no pretrained copy is kept
     (peft's ``unload`` returns the merged weights there, silently)."""
-    if getattr(model, "pelt_config", None) is None:
-        raise UniPeltError("this model has no unipelt modules: apply() or load() first")
+    require_pelt(model)
     if getattr(model, "pelt_merged", False):
         raise UniPeltError(
             "unload() cannot give the base model back after merge(): its weights hold the LoRA/(IA)³ "
@@ -366,6 +378,7 @@ def _strip(model: nn.Module) -> nn.Module:
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """``merge``, then ``unload``: the plain model with LoRA and (IA)³ folded in (peft's name).
     Refused when other modules (adapters, prefixes, prompts, gates) would be lost."""
+    require_pelt(model)
     kept = {
         type(m).__name__
         for m in model.modules()

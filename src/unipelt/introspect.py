@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .blocks import Gate
-from .inject import head_parameter_names, saved_module_names
+from .inject import head_parameter_names, require_model, require_pelt, saved_module_names
 from .methods import configured, kind_of_module
 from .methods.prefix import PrefixEncoder
 
@@ -41,6 +41,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     inference: what ``total`` becomes once the prefix is folded;
     trainable: everything that trains now, head included.
     """
+    require_model(model)
     head = head_parameter_names(model) if hasattr(model, "base_model") else set()
     config = getattr(model, "pelt_config", None)
     saved = saved_module_names(model, config) if config is not None else set()
@@ -71,6 +72,7 @@ def gate_values(model: nn.Module, batch: dict) -> dict[int, dict[str, float]]:
 
     Hooks are attached only for this call, so a model that is not asked costs nothing extra.
     """
+    require_pelt(model)
     found: dict[int, dict[str, float]] = defaultdict(dict)
     handles = []
     for name, module in model.named_modules():

@@ -213,6 +213,8 @@ def _unsupported(model_type) -> UniPeltError:
 
 
 def spec_for(model: nn.Module) -> ArchSpec:
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise UniPeltError(f"expected a transformers model (a PreTrainedModel), got {type(model).__name__}")
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in _SPECS:
         raise _unsupported(model_type)
