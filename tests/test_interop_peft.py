@@ -236,3 +236,54 @@ def test_a_config_asking_for_huge_modules_is_refused_before_allocating_them(tmp_
     path.write_text(json.dumps({**json.loads(path.read_text()), "r": 2**40}))
     with pytest.raises(unipelt.UniPeltError, match="added parameters"):
         unipelt.from_peft(build("roberta"), tmp_path)
+
+
+ROUND_TRIPS = {
+    "bart-self-q": ("bart", (LoRAConfig(targets=("q",), attention=("self",)), LoRAConfig(targets=("v", "ffn_out")))),
+    "t5-o-ffn_in": ("t5", (LoRAConfig(targets=("o", "ffn_in")),)),
+    "llama-ffn_in": ("llama", (LoRAConfig(targets=("q", "ffn_in")),)),  # gate_proj and up_proj
+    "gpt2-conv1d": ("gpt2", (LoRAConfig(targets=("ffn_in", "ffn_out")),)),  # fan_in_fan_out
+    "bert-dora": ("bert", (unipelt.DoRAConfig(targets=("v", "ffn_out")),)),
+    "deberta-all": ("deberta-v2", (LoRAConfig(targets=("q", "k", "v", "o", "ffn_in", "ffn_out")),)),
+}
+
+
+@pytest.mark.parametrize("case", ROUND_TRIPS)
+def test_every_lora_target_goes_to_peft_and_back(tmp_path, case):
+    """from_peft used to read only q, k and v by their leaf names: to_peft's full paths, o and
+    the FFN's maps were refused, as was GPT-2's fan_in_fan_out."""
+    arch, methods = ROUND_TRIPS[case]
+    ours = unipelt.apply(build(arch), PeltConfig(methods=methods))
+    randomize(ours, only_pelt=True, std=0.3)
+    unipelt.to_peft(ours, tmp_path)
+    ref = peft.PeftModel.from_pretrained(build(arch), tmp_path).eval()
+    back = unipelt.from_peft(build(arch), tmp_path)
+    assert back.pelt_config.methods == methods
+    assert (_logits(back) - _logits(ours)).abs().max() < 1e-6
+    assert (_logits(ref) - _logits(ours)).abs().max() < 1e-5
+    assert (_logits(ours) - _logits(build(arch))).abs().max() > 1e-4
+
+
+def test_a_peft_regex_selects_as_peft_does(tmp_path):
+    ref = peft.get_peft_model(build("bert"), peft.LoraConfig(r=4, target_modules=r".*\.(query|intermediate\.dense)"))
+    randomize(ref, only_pelt=False, std=0.1)
+    ref.save_pretrained(tmp_path)
+    ours = unipelt.from_peft(build("bert"), tmp_path)
+    assert ours.pelt_config.methods == (LoRAConfig(r=4, alpha=8.0, targets=("q", "ffn_in")),)
+    assert (_logits(ours) - _logits(ref.eval())).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "targets, reason",
+    [
+        (["bert.encoder.layer.0.attention.self.query"], "adapts that map in every layer"),
+        (["query", "pooler.dense"], "no unipelt equivalent"),
+        ("nothing", "select no linear map"),
+    ],
+)
+def test_a_peft_selection_no_unipelt_config_makes_is_refused(tmp_path, targets, reason):
+    peft.get_peft_model(build("bert"), peft.LoraConfig(r=4, target_modules=["query"])).save_pretrained(tmp_path)
+    path = tmp_path / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "target_modules": targets}))
+    with pytest.raises(unipelt.UniPeltError, match=reason):
+        unipelt.from_peft(build("bert"), tmp_path)

@@ -8,6 +8,7 @@ prompt tuning. tests/test_interop_peft.py checks each direction against peft its
 What maps exactly (peft 0.21 on transformers 5):
 - LoRA: ``W x + lora_alpha/r · B A x`` with dropout on x, unipelt's ungated LoRA; with
   ``use_dora``, unipelt's DoRA (``lora_magnitude_vector`` is its ``pelt_magnitude.weight``).
+  ``target_modules`` must select exactly the maps of some unipelt targets, in every layer.
 - prompt tuning on a decoder-only causal LM: peft prepends the l embeddings to the input; under a
   causal mask with rotary positions that is what unipelt's prompt computes for the real tokens
   (peft's logits carry l extra leading positions).
@@ -25,29 +26,35 @@ What is refused, and why:
 from __future__ import annotations
 
 import json
+import re
 import reprlib
 from pathlib import Path
+from typing import get_args
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..arch import spec_for
+from ..arch import path_of, spec_for
 from ..attention import is_conv1d, is_linear
 from ..checkpoint import replace_together
-from ..config import PeltConfig
+from ..config import ALL_ATTENTION, PeltConfig
 from ..errors import UniPeltError
 from ..inject import MARK, head_parameter_names
 from ..methods.dora import DoRAConfig, DoRALinear
-from ..methods.lora import LoRAConfig, LoRALinear
+from ..methods.lora import LoRAConfig, LoRALinear, LoRATarget
 from ..methods.prompt import PromptConfig
+from ..wrappers import has
 from ._safe import install, read_json, read_tensors
 
 CONFIG, WEIGHTS, ROOT = "adapter_config.json", "adapter_model.safetensors", "base_model.model."
 # peft LoRA options that change what a layer computes: a checkpoint that sets one is refused, where
 # importing it as plain LoRA would silently give other outputs (lora_bias's B bias, aLoRA's tokens)
+LORA_TARGETS = get_args(LoRATarget)
 _UNSUPPORTED = (
-    "fan_in_fan_out",
+    "layers_to_transform",
+    "layers_pattern",
+    "exclude_modules",
     "lora_bias",
     "alora_invocation_tokens",
     "use_qalora",
@@ -61,31 +68,90 @@ _UNSUPPORTED = (
 )
 
 
-def _lora_config(cfg: dict, model: nn.Module) -> LoRAConfig | DoRAConfig:
-    attention = spec_for(model).stacks[0].attention[0]
-    if not isinstance(attention.q, str):
+def _selects(target_modules: str | list[str], name: str) -> bool:
+    """peft's rule: a string is a regular expression the whole name matches; a list holds names
+    a module's path is, or ends in after a dot."""
+    if isinstance(target_modules, str):
+        return re.fullmatch(target_modules, name) is not None
+    return any(name == t or name.endswith(f".{t}") for t in target_modules)
+
+
+def _target_paths(model: nn.Module) -> dict[tuple[str, str], tuple[set[str], bool]]:
+    """(LoRA target, attention kind or "ffn") -> the full paths of the linear maps it adapts in
+    ``model``, and whether any of them is a part of a fused map."""
+    names = {id(m): n for n, m in model.named_modules()}
+    base = names[id(model.base_model)]
+    found: dict[tuple[str, str], tuple[set[str], bool]] = {}
+    for stack in spec_for(model).present_stacks(model.base_model):
+        for i, layer in enumerate(model.base_model.get_submodule(stack.layers)):
+            for key, projections in stack.lora_paths().items():
+                present = [p for p in projections if has(layer, path_of(p))]
+                paths, fused = found.get(key, (set(), False))
+                paths |= {".".join(filter(None, (base, stack.layers, str(i), path_of(p)))) for p in present}
+                found[key] = paths, fused or any(not isinstance(p, str) for p in present)
+    return found
+
+
+def _lora_places(cfg: dict, model: nn.Module) -> list[tuple[str, str]]:
+    """The (target, kind) pairs whose linear maps are exactly the ones peft's target_modules select."""
+    modules = cfg["target_modules"]
+    if modules == "all-linear":
+        raise UniPeltError("peft's target_modules 'all-linear' is not read: list the modules the checkpoint adapts")
+    linears = {n: m for n, m in model.named_modules() if is_linear(m)}
+    selected = {n for n in linears if _selects(modules, n)}
+    if not selected:
         raise UniPeltError(
-            f"peft LoRA on {type(model).__name__} cannot be imported: peft adapts the fused {attention.q.path} "
-            "(q, k and v) with one A and B, where unipelt's LoRA on q or v owns its rows of that map"
+            f"peft target_modules {reprlib.repr(modules)} select no linear map of {type(model).__name__}"
         )
+    # peft's flag for weights stored (in, out), GPT-2's Conv1D: the same A and B, another merge
+    if {is_conv1d(linears[n]) for n in selected} != {bool(cfg.get("fan_in_fan_out", False))}:
+        raise UniPeltError(
+            f"the peft checkpoint's fan_in_fan_out={cfg.get('fan_in_fan_out', False)} does not match how "
+            f"{type(model).__name__} stores the weights it adapts"
+        )
+    places, covered = [], set()
+    for key, (paths, fused) in _target_paths(model).items():
+        if not paths & selected:
+            continue
+        if not paths <= selected:
+            raise UniPeltError(
+                f"peft adapts {sorted(paths & selected)[:2]}... but not {sorted(paths - selected)[:2]}...: "
+                f"unipelt's LoRA target {key[0]!r} adapts that map in every layer"
+            )
+        if fused:
+            raise UniPeltError(
+                f"peft LoRA on {type(model).__name__} cannot be imported: peft adapts a fused map with one A and B, "
+                f"where unipelt's LoRA target {key[0]!r} owns its rows of it"
+            )
+        places.append(key)
+        covered |= paths
+    if unknown := sorted(selected - covered):
+        raise UniPeltError(f"peft target_modules select {unknown[:4]}, which have no unipelt equivalent")
+    return places
+
+
+def _lora_configs(cfg: dict, model: nn.Module) -> tuple[LoRAConfig | DoRAConfig, ...]:
+    """One config per set of attention kinds its targets adapt (BART: q in self-attention only)."""
     for key in _UNSUPPORTED:
         if cfg.get(key):
             raise UniPeltError(f"the peft checkpoint uses {key}, which unipelt does not implement")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("bias", "none") != "none":
         raise UniPeltError("peft checkpoints with rank/alpha patterns or trained biases are not supported")
-    leaf_to_target = {getattr(attention, t).rpartition(".")[2]: t for t in ("q", "k", "v")}
-    modules = cfg["target_modules"]
-    modules = [modules] if isinstance(modules, str) else modules
-    if unknown := [m for m in modules if m not in leaf_to_target]:
-        raise UniPeltError(f"peft target_modules {unknown} have no unipelt equivalent; known: {sorted(leaf_to_target)}")
-    targets = tuple(sorted((leaf_to_target[m] for m in modules), key="qkv".index))
-    return (DoRAConfig if cfg.get("use_dora") else LoRAConfig)(
+    places = _lora_places(cfg, model)
+    kinds = tuple(k for k in ALL_ATTENTION if any(where == k for _, where in _target_paths(model)))
+    by_kinds: dict[tuple[str, ...], list[str]] = {}
+    for target in LORA_TARGETS:
+        where = tuple(k for k in (*ALL_ATTENTION, "ffn") if (target, k) in places)
+        if where:  # every kind the model has, or the FFN: the default, ALL_ATTENTION
+            by_kinds.setdefault(ALL_ATTENTION if where in (kinds, ("ffn",)) else where, []).append(target)
+    kind = DoRAConfig if cfg.get("use_dora") else LoRAConfig
+    common = dict(
         r=cfg["r"],
         alpha=float(cfg["lora_alpha"]),
-        targets=targets,
         dropout=float(cfg.get("lora_dropout", 0.0)),
         use_rslora=bool(cfg.get("use_rslora", False)),
     )
+    return tuple(kind(targets=tuple(t), attention=a, **common) for a, t in by_kinds.items())
 
 
 def _is_causal_lm(model: nn.Module) -> bool:
@@ -208,13 +274,13 @@ def from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
     if kind in _REFUSED:
         raise UniPeltError(f"peft {kind} cannot be imported exactly: {_REFUSED[kind]}")
     if kind == "LORA":
-        method = _lora_config(cfg, model)
+        methods = _lora_configs(cfg, model)
     elif kind == "PROMPT_TUNING":
-        method = _prompt_config(cfg, model)
+        methods = (_prompt_config(cfg, model),)
     else:
         raise UniPeltError(f"peft {kind!r} checkpoints cannot be imported; unipelt reads LORA and PROMPT_TUNING")
     # peft trains the model class's own head: never the summary "auto" would pick for this backbone
-    config = PeltConfig(methods=(method,), modules_to_save=_modules_to_save(cfg, model, cfg_path), head="model")
+    config = PeltConfig(methods=methods, modules_to_save=_modules_to_save(cfg, model, cfg_path), head="model")
     return install(model, config, _assign(read_tensors(weights_path), weights_path), str(directory))
 
 
