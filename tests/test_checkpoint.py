@@ -323,3 +323,16 @@ def test_a_base_tensor_probe_of_another_length_is_another_base_not_a_crash(tmp_p
     with pytest.raises(UniPeltError, match="another base model"):
         unipelt.load(build("bert"), tmp_path / "a")
     assert not same_base(edited["base_model"], meta["base_model"])
+
+
+@pytest.mark.parametrize("write", ["save", "to_peft"])
+@pytest.mark.parametrize("under", [False, True], ids=["file", "under a file"])
+def test_a_file_where_the_directory_goes_is_named_and_left_alone(tmp_path, write, under):
+    """Both used to raise FileExistsError or NotADirectoryError from mkdir."""
+    blocker = tmp_path / "afile"
+    blocker.write_bytes(b"keep")
+    model = unipelt.apply(build(), "lora")
+    target = blocker / "ckpt" if under else blocker
+    with pytest.raises(UniPeltError, match=f"{target}{' cannot be created: .*afile' if under else ''} is a file"):
+        getattr(unipelt, write)(model, target)
+    assert blocker.read_bytes() == b"keep"

@@ -161,6 +161,10 @@ def replace_together(directory: Path, names: tuple[str, ...], write) -> None:
     """``write({name: temporary path})`` beside the final names, then rename each over in order:
     a failure while writing leaves every old file as it was, and no temporary file; nor the
     directory, when this call created it."""
+    blocker = next((p for p in (directory, *directory.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "" if blocker == directory else f" cannot be created: {blocker}"
+        raise UniPeltError(f"{directory}{where} is a file, not a directory")
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     tmp = {name: directory / f".{name}.tmp-{os.getpid()}" for name in names}
