@@ -53,3 +53,28 @@ def test_deberta_gradient_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_deberta_gates_on_its_relative_positions_take_every_position_even_in_one_row_of_that_length():
+    """With share_att_key DeBERTa sends its 2·buckets relative-position embeddings through q and k,
+    as one row. A padded batch of one row of 2·buckets tokens has their very shape: the gate used
+    to pool them over that row's padding. It is the mean over every position (the formula here)."""
+    model = unipelt.apply(
+        build("deberta-v2", share_att_key=True, position_buckets=8),
+        PeltConfig(methods=(LoRAConfig(r=2, composition="gated", targets=("q", "k")),)),
+    )
+    b = batch(b=3, t=16)  # 16 = 2 * buckets
+    one = {k: v[1:2] for k, v in b.items()}  # three padded positions
+    assert one["attention_mask"].sum() == 13
+    layer = model.deberta.encoder.layer[0]
+    gate = layer.base_layer.attention.self.query_proj.pelt_gate
+    seen = []
+    handle = gate.register_forward_hook(lambda m, args, out: seen.append(out))
+    with torch.no_grad():
+        model(**one)
+        handle.remove()
+        rel = model.deberta.encoder.get_rel_embedding()[:16]  # what disentangled_attention_bias projects
+        want = torch.sigmoid(gate.proj(rel)).mean()
+    tokens, positions = seen[0], seen[1]
+    assert tokens.shape == positions.shape == (1, 1, 1)
+    assert abs(positions.item() - want.item()) < 1e-6

@@ -259,6 +259,36 @@ def _deberta_attention(
     return out, (probs if output_attentions else None)
 
 
+class _PositionPass:
+    """One DeBERTa attention module's ``disentangled_attention_bias``, which with ``share_att_key``
+    sends the relative-position embeddings, (1, 2·buckets, d), through q and k: while it runs, the
+    layer's gates know their input is positions, not tokens. Their shapes alone cannot tell them
+    apart when one row of 2·buckets tokens comes (the gate would then pool over its padding)."""
+
+    def __init__(self, module: nn.Module, slot) -> None:
+        self.module, self.slot = module, slot
+
+    def __call__(self, *args, **kwargs):
+        self.slot.positions = True
+        try:
+            return type(self.module).disentangled_attention_bias(self.module, *args, **kwargs)
+        finally:
+            self.slot.positions = None
+
+
+def mark_position_passes(layer: nn.Module, slot) -> None:
+    """Let ``slot`` (the layer's ``MaskSlot``) know when ``layer`` projects positions (``_PositionPass``)."""
+    for module in layer.modules():
+        if isinstance(module, DisentangledSelfAttention) and module.share_att_key:
+            module.disentangled_attention_bias = _PositionPass(module, slot)
+
+
+def unmark_position_passes(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(vars(module).get("disentangled_attention_bias"), _PositionPass):
+            del module.disentangled_attention_bias
+
+
 # attention modules that compute their scores themselves: the forward that adds a prefix there
 _OWN_ATTENTION = {DisentangledSelfAttention: _deberta_attention}
 

@@ -203,6 +203,7 @@ class MaskSlot(PerCall):
     """
 
     rows = per_call("rows")
+    positions = per_call("positions")  # True while the layer projects DeBERTa's relative positions
 
     def __init__(self, causal: bool = False) -> None:
         super().__init__()
@@ -252,11 +253,11 @@ class Gate(nn.Module):
         if self.slot.causal:
             return g
         token_mask, rows = self.slot.mask, self.slot.rows
-        if self.pooling == "mean" or token_mask is None or token_mask.shape[1] != z.shape[1]:
-            return g.mean(dim=1, keepdim=True)
+        if self.pooling == "mean" or token_mask is None or self.slot.positions or token_mask.shape[1] != z.shape[1]:
+            return g.mean(dim=1, keepdim=True)  # every position counts, where z is not the layer's tokens
         if z.shape[0] != (token_mask.shape[0] if rows is None else len(rows)):
-            # not the layer's tokens (DeBERTa's relative-position embeddings through a shared q/k
-            # projection, one row), even where their number matches: as for any other length
+            # not the layer's tokens (a task's relative-position embeddings in a mixed-task batch,
+            # which no position pass marks), even where their number matches
             return g.mean(dim=1, keepdim=True)
         with in_input_dtype(g):  # one product, (B, 1, T) @ (B, T, k), in g's dtype
             return torch.bmm(self.mean_weights(token_mask, g.dtype), g)  # (B, 1, k)

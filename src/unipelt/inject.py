@@ -17,7 +17,7 @@ from transformers import PretrainedConfig
 
 from . import heads
 from .arch import spec_for
-from .attention import pelt_attention_base, set_attention, use_pelt_attention
+from .attention import pelt_attention_base, set_attention, unmark_position_passes, use_pelt_attention
 from .blocks import Gate, LowRank, Scale
 from .config import MethodConfig, PeltConfig
 from .errors import UniPeltError
@@ -366,6 +366,7 @@ def _strip(model: nn.Module) -> nn.Module:
         if module is not None and hasattr(module, "remove"):
             module.remove()
     heads.detach(model)
+    unmark_position_passes(model)
     for name in ("pelt_prefix", "pelt_prompt", "pelt_config", "pelt_merged"):
         if hasattr(model, name):
             delattr(model, name)
