@@ -386,14 +386,25 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _expected_shapes(model: nn.Module, config: PeltConfig) -> dict[str, tuple[int, ...]]:
-    # the dry run's initialisation must not move the user's RNG; the modules it adds are created
-    # on the meta device too, so a config asking for huge ones costs nothing here (check_size)
+def dry_apply(model: nn.Module, config: PeltConfig, what: str, *, new: bool = True, copy: bool = True) -> nn.Module:
+    """``config`` applied to ``model``'s structure on the meta device (a copy, or ``model`` itself
+    when it is on the meta device already), then ``check_size``: what ``apply`` would refuse, or a
+    config asking for huge modules (r = 2**40), is found at no memory cost, and neither ``model``
+    nor the user's RNG (the modules' initialisation) is touched."""
+    base = sum(p.numel() for p in model.parameters())
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        dry = _meta_copy(model) if copy else model
+        applied(dry, config, new=new)
+    check_size(dry, base, what)
+    return dry
+
+
+def _expected_shapes(model: nn.Module, config: PeltConfig) -> dict[str, tuple[int, ...]]:
+    if getattr(model, "pelt_config", None) is None:
+        target = dry_apply(model, config, "the checkpoint's config", new=False)
+    else:
         target = _meta_copy(model)
-        if getattr(target, "pelt_config", None) is None:
-            applied(target, config, new=False)
-            check_size(target, sum(p.numel() for p in model.parameters()))
+    with torch.device("meta"):
         fold(target)
     params = dict(target.named_parameters())
     names = _saved_names(target) + (["pelt_prefix.folded"] if "pelt_prefix.folded" in params else [])

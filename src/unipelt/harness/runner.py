@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from .. import apply, count_parameters, fold, gate_values, save
-from ..checkpoint import check_size
+from ..checkpoint import dry_apply
 from ..compiling import compile as compile_model
 from ..errors import UniPeltError
 from ..inject import head_parameter_names  # the head count_parameters reports: one definition
@@ -120,12 +120,8 @@ def dry_run(spec: RunSpec, task: Task) -> None:
     except Exception:  # noqa: BLE001 - see above: the run itself says what is wrong
         log.debug("%s: no dry run on the meta device", spec.label(), exc_info=True)
         return
-    base = sum(p.numel() for p in model.parameters())
     try:
-        # its modules on the meta device too: a config asking for huge ones (r = 1e8) costs nothing
-        with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            applied = apply(model, spec.config)
-        check_size(applied, base, "the config")
+        applied = dry_apply(model, spec.config, "the config", copy=False)
     except UniPeltError as e:
         raise HarnessError(f"{spec.label()}: {e}") from None
     if not any(p.requires_grad for p in applied.parameters()):

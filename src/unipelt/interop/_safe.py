@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..checkpoint import _meta_copy, check_floats, check_size
+from ..checkpoint import check_floats, dry_apply
 from ..config import PeltConfig
 from ..errors import UniPeltError
 from ..inject import MARK, all_or_nothing, apply
@@ -96,12 +96,8 @@ def install(model: nn.Module, config: PeltConfig, assign: Assign, source: str) -
     {parameter: value} and raises UniPeltError for a tensor that has no place."""
     if getattr(model, "pelt_config", None) is not None:
         raise UniPeltError("this model already has unipelt modules; import into a fresh base model")
-    # the dry run's initialisation must not move the user's RNG; its modules are made on the meta
-    # device, so a config asking for huge ones (r = 2**40) costs nothing before check_size refuses it
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        dry = _meta_copy(model)
-        apply(dry, config)
-        check_size(dry, sum(p.numel() for p in model.parameters()), f"{source}'s config")
+    dry = dry_apply(model, config, f"{source}'s config")
+    with torch.device("meta"):  # what the converters build for the dry run stays there too
         try:
             _check(dry, assign(dry), source)
         except UniPeltError:
