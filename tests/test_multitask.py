@@ -90,6 +90,9 @@ def test_a_gated_change_to_a_shared_input_is_refused_even_in_a_batch_of_its_task
     mt.add("apl", tmp_path / "apl")
     with pytest.raises(SharedInputError, match="one input for the whole batch"):
         mt(**rows(3), tasks=["apl"] * 3)
+    one = {k: v[1:2] for k, v in batch(b=3, t=16).items()}  # a padded row of 2 * position_buckets tokens
+    with torch.no_grad():  # one row is answered, its gates pooling the positions as its own model's do
+        assert (mt(**one, tasks=["apl"])[0] - model(**one).logits[0]).abs().max() < 1e-5
 
 
 def test_a_per_task_change_to_a_shared_input_serves_a_batch_of_its_task_alone(tmp_path):

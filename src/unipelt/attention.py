@@ -51,6 +51,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_
 from transformers.models.deberta_v2.modeling_deberta_v2 import DisentangledSelfAttention
 from transformers.pytorch_utils import Conv1D
 
+from .blocks import projecting_positions
 from .errors import UniPeltError
 
 PREFIX_KWARG = "pelt_prefix"
@@ -261,26 +262,24 @@ def _deberta_attention(
 
 class _PositionPass:
     """One DeBERTa attention module's ``disentangled_attention_bias``, which with ``share_att_key``
-    sends the relative-position embeddings, (1, 2·buckets, d), through q and k: while it runs, the
-    layer's gates know their input is positions, not tokens. Their shapes alone cannot tell them
-    apart when one row of 2·buckets tokens comes (the gate would then pool over its padding)."""
+    sends the relative-position embeddings, (1, 2·buckets, d), through q and k: while it runs,
+    gates know their input is positions, not tokens (``blocks.projecting_positions``). Shapes
+    alone cannot tell them apart when one row of 2·buckets tokens comes."""
 
-    def __init__(self, module: nn.Module, slot) -> None:
-        self.module, self.slot = module, slot
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
 
     def __call__(self, *args, **kwargs):
-        self.slot.positions = True
-        try:
+        with projecting_positions():
             return type(self.module).disentangled_attention_bias(self.module, *args, **kwargs)
-        finally:
-            self.slot.positions = None
 
 
-def mark_position_passes(layer: nn.Module, slot) -> None:
-    """Let ``slot`` (the layer's ``MaskSlot``) know when ``layer`` projects positions (``_PositionPass``)."""
-    for module in layer.modules():
+def mark_position_passes(model: nn.Module) -> None:
+    """Every DeBERTa attention module in ``model`` says when it projects positions (``_PositionPass``)."""
+    for module in model.modules():
         if isinstance(module, DisentangledSelfAttention) and module.share_att_key:
-            module.disentangled_attention_bias = _PositionPass(module, slot)
+            if not isinstance(vars(module).get("disentangled_attention_bias"), _PositionPass):
+                module.disentangled_attention_bias = _PositionPass(module)
 
 
 def unmark_position_passes(model: nn.Module) -> None:

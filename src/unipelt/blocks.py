@@ -187,6 +187,24 @@ def per_call(name: str) -> property:
     return property(get, put)
 
 
+class _Positions(threading.local):
+    on = False
+
+
+_POSITIONS = _Positions()  # per thread: whether the projections now read positions, not tokens
+
+
+@contextlib.contextmanager
+def projecting_positions():
+    """While a model projects embeddings of relative positions rather than its tokens (DeBERTa's
+    ``share_att_key``; ``attention.mark_position_passes``), gates take every position's mean."""
+    before, _POSITIONS.on = _POSITIONS.on, True
+    try:
+        yield
+    finally:
+        _POSITIONS.on = before
+
+
 class MaskSlot(PerCall):
     """What the gates of one layer need to know about the current forward pass.
 
@@ -203,7 +221,6 @@ class MaskSlot(PerCall):
     """
 
     rows = per_call("rows")
-    positions = per_call("positions")  # True while the layer projects DeBERTa's relative positions
 
     def __init__(self, causal: bool = False) -> None:
         super().__init__()
@@ -253,11 +270,10 @@ class Gate(nn.Module):
         if self.slot.causal:
             return g
         token_mask, rows = self.slot.mask, self.slot.rows
-        if self.pooling == "mean" or token_mask is None or self.slot.positions or token_mask.shape[1] != z.shape[1]:
+        if self.pooling == "mean" or token_mask is None or _POSITIONS.on or token_mask.shape[1] != z.shape[1]:
             return g.mean(dim=1, keepdim=True)  # every position counts, where z is not the layer's tokens
         if z.shape[0] != (token_mask.shape[0] if rows is None else len(rows)):
-            # not the layer's tokens (a task's relative-position embeddings in a mixed-task batch,
-            # which no position pass marks), even where their number matches
+            # not the layer's tokens, as many as they are: an input the whole batch shares
             return g.mean(dim=1, keepdim=True)
         with in_input_dtype(g):  # one product, (B, 1, T) @ (B, T, k), in g's dtype
             return torch.bmm(self.mean_weights(token_mask, g.dtype), g)  # (B, 1, k)

@@ -33,7 +33,7 @@ from torch import nn
 
 from . import encoding, heads
 from .arch import spec_for
-from .attention import ANY_PROMPT, attend, use_pelt_attention
+from .attention import ANY_PROMPT, attend, mark_position_passes, use_pelt_attention
 from .blocks import Gate, PerCall, per_call
 from .checkpoint import load, read_config
 from .config import PeltConfig
@@ -203,6 +203,7 @@ class MultiTask:
         self.spec = spec_for(base_model)
         self.model = base_model.eval().requires_grad_(False)
         self.router = Router()
+        mark_position_passes(base_model)  # a task's gates then know DeBERTa's position pass, as in its own model
         tensors = itertools.chain(base_model.parameters(), base_model.buffers())
         self._shared = {id(t): t for t in tensors}
         self._pristine = copy.deepcopy(base_model.base_model, dict(self._shared))  # modules only

@@ -196,7 +196,7 @@ class PeltLayer(Wrapper):
     def __init__(self, base_layer: nn.Module, slot: MaskSlot, mask_position: int = 1):
         super().__init__(base_layer)
         self.slot, self.mask_position = slot, mask_position
-        mark_position_passes(base_layer, slot)
+        mark_position_passes(base_layer)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         mask = self._keep_mask((hidden_states, *args), kwargs)
