@@ -10,6 +10,8 @@ its padding mask from the user's mask inside itself (embeddings and encoder), no
 mask interface where unipelt lengthens it for the inserted prompt.
 
 Its padding mask reaches the layers as a (B, 1, T, T) 0/1 product mask (attention.token_mask).
+With ``share_att_key`` (DeBERTa-v3) the relative-position embeddings go through q and k too; a
+gate there averages every position, never the tokens' mask (attention.mark_position_passes).
 """
 
 from dataclasses import replace
