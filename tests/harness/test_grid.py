@@ -59,7 +59,8 @@ def test_every_train_setting_is_a_sweep_flag_and_a_grid_key(tmp_path, tiny_model
         "batch_size = 4\nmax_length = 64\nbf16 = true\n"
     )
     from_file = make_grid(grid).specs()[0]
-    from_flags = make_grid(tasks="rte", presets="lora", model=tiny_model, batch_size=4, max_length=64, bf16=True)
+    flags = dict(model=tiny_model, glue_dir=str(glue_dir), batch_size=4, max_length=64, bf16=True)
+    from_flags = make_grid(tasks="rte", presets="lora", **flags)
     assert (from_file.batch_size, from_file.max_length, from_file.bf16) == (4, 64, True)
     assert from_flags.specs()[0].key == from_file.key != replace(from_file, bf16=False).key
     with pytest.raises(UniPeltError, match="bf16 must be true or false, got 1"):

@@ -153,3 +153,37 @@ def test_ray_backend_on_a_local_instance(tmp_path, glue_dir, tiny_model):
             assert len(store.runs()) == 2
     finally:
         ray.shutdown()
+
+
+def test_a_run_on_changed_glue_files_is_a_new_run_not_already_finished(tmp_path, own_glue, tiny_model, monkeypatch):
+    """The key used to ignore the data: after a dev.tsv was edited a resumed sweep reported every
+    run finished, and the store mixed scores on two datasets under one key."""
+    store = Store(tmp_path / "s.sqlite")
+    monkeypatch.setattr(runner, "run", lambda spec, *a, **kw: _fake(spec))
+    specs = _grid(own_glue, tiny_model, tasks="rte", data_seeds="111").specs()
+    assert run_sweep(specs, store, progress=False).finished == 2
+    same = _grid(own_glue, tiny_model, tasks="rte", data_seeds="111").specs()
+    assert run_sweep(same, store, progress=False).skipped == 2
+    dev = own_glue / "RTE" / "dev.tsv"
+    dev.write_text(dev.read_text() + dev.read_text().splitlines()[-1] + "\n")
+    again = _grid(own_glue, tiny_model, tasks="rte", data_seeds="111").specs()
+    assert {s.data_id for s in again} != {s.data_id for s in specs}
+    summary = run_sweep(again, store, progress=False)
+    assert (summary.skipped, summary.finished) == (0, 2)
+
+
+def test_the_known_glue_copy_keeps_the_keys_runs_were_stored_under(tmp_path):
+    """data_id is '' for the copy KNOWN_DATA describes (the embedded SST-2 is its bytes, gzip'd),
+    so the committed studies' keys stand."""
+    import gzip
+
+    from unipelt.harness.data import data_identity
+    from unipelt.harness.locate import EMBEDDED
+    from unipelt.harness.tasks import get_task
+
+    (tmp_path / "SST-2").mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        (tmp_path / "SST-2" / name).write_bytes(gzip.decompress((EMBEDDED / "SST-2" / f"{name}.gz").read_bytes()))
+    assert data_identity(get_task("sst2"), tmp_path) == ""
+    (tmp_path / "SST-2" / "dev.tsv").write_bytes(b"sentence\tlabel\n")
+    assert data_identity(get_task("sst2"), tmp_path) != ""

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import HarnessError
-from .locate import GlueSource, hub_offline_reason, locate_glue
+from .locate import EMBEDDED, GlueSource, hub_offline_reason, locate_glue
+from .models import file_stamp, files_identity
 from .tasks import Task
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,34 @@ log = logging.getLogger(__name__)
 DEV_SIZE = 1000
 CARVED_TEST_ROWS = 1000  # SOURCES.md: "If you need a held-out slice from train, use the last 1,000 rows."
 COLUMNS = ("a", "b", "label")
+FILES = ("train.tsv", "dev.tsv")
+# files_identity of each task's FILES in the GLUE copy every stored run read (../shared/data/glue,
+# glue/SOURCES.md): runs on those files keep the keys they always had
+KNOWN_DATA = {
+    "cola": "42f3585ce2a23fcc",
+    "mnli": "c24041f42d275a47",
+    "mrpc": "218e7011ee184870",
+    "qnli": "738cadda57b05904",
+    "qqp": "34945a8bd462e21b",
+    "rte": "7218ae06c0abacd8",
+    "sst2": "6b7b98bfac2ec2c7",
+    "stsb": "c49fbebf1559b7ee",
+}
+
+
+def data_identity(task: Task, glue_dir: str | Path | None = None) -> str:
+    """A hash of the task's GLUE files where they are not the copy of KNOWN_DATA ('' for that copy,
+    the one embedded in the package and the hub's): a run on changed files is a new run in the
+    store, not "already finished" (as models.model_identity does for the model)."""
+    try:
+        source = locate_glue(glue_dir, task.directory)
+    except HarnessError:  # no such directory: loading the data says so, where the run needs it
+        return ""
+    if source.path is None or source.path == EMBEDDED:
+        return ""
+    files = tuple(p for p in (source.path / task.directory / n for n in FILES) if p.is_file())
+    digest = files_identity(files, tuple((p.name, file_stamp(p)) for p in files)) if files else ""
+    return "" if digest == KNOWN_DATA.get(task.name) else digest
 
 
 @dataclass(frozen=True)

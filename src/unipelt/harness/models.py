@@ -64,9 +64,10 @@ def _sample(path: Path) -> bytes:
 
 
 @lru_cache(maxsize=64)
-def _identity(folder: Path, stamp: tuple) -> str:
+def files_identity(files: tuple[Path, ...], stamp: tuple) -> str:
+    """A hash of the files' names and contents (sampled beyond 64 MiB); ``stamp`` (their sizes and
+    modification times) keys the cache, so each is read once while it stays the same."""
     digest = hashlib.sha256()
-    files = [folder / "config.json"] + sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
     for path in files:
         digest.update(path.name.encode() + b"\0" + _sample(path))
     return digest.hexdigest()[:16]
@@ -78,10 +79,11 @@ def model_identity(model: str) -> str:
     folder = Path(model_path(model))
     if not folder.is_dir():
         return ""
-    return _identity(folder, tuple((p.name, _stamp(p)) for p in sorted(folder.iterdir()) if p.is_file()))
+    files = (folder / "config.json", *sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")))
+    return files_identity(files, tuple((p.name, file_stamp(p)) for p in sorted(folder.iterdir()) if p.is_file()))
 
 
-def _stamp(path: Path) -> tuple | None:
+def file_stamp(path: Path) -> tuple | None:
     """What tells a changed file from the one cached: its size and modification time."""
     return (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
 
@@ -105,7 +107,7 @@ def check_model(model: str, *, objective: str, max_length: int) -> None:
             check_supported(Path(path) / "config.json")
         except UniPeltError as e:
             raise HarnessError(f"model {path}: {e}") from None
-    config = _config(path, _stamp(Path(path) / "config.json"))
+    config = _config(path, file_stamp(Path(path) / "config.json"))
     if config.model_type not in supported():
         raise HarnessError(
             f"model {path} is a {config.model_type!r} model, which unipelt does not support; "

@@ -25,7 +25,7 @@ from .. import DEFAULT_LEARNING_RATES, PRESETS, PeltConfig, get_preset
 from ..config import Head
 from ..errors import UniPeltError
 from ..heads import declared
-from .data import DEV_SIZE, parse_k
+from .data import DEV_SIZE, data_identity, parse_k
 from .errors import HarnessError
 from .generative import check_objective
 from .models import DEFAULT_MODEL, check_model, model_identity, model_path, resolve_model  # noqa: F401
@@ -85,6 +85,8 @@ class RunSpec:
     )
     # the model's config and weights hash (models.model_identity); '' for a hub name
     model_id: str = field(default="", metadata=dict(variant=True, since=""))
+    # the GLUE files' hash where they are not the known copy (data.data_identity)
+    data_id: str = field(default="", metadata=dict(variant=False, since=""))  # per task: no row label
     # Where the data is read from: not part of the run's identity.
     glue_dir: str | None = setting(
         None,
@@ -225,6 +227,7 @@ def make_spec(
         k=parse_k(k),
         lr=lr,
         model_id=model_identity(model),
+        data_id=data_identity(get_task(task), options.get("glue_dir")),
         head=head,
         head_lr=HEAD_LR if head_lr is None else head_lr,
         **options,
