@@ -1,9 +1,12 @@
 """What the library says where a method cannot run on an architecture (conftest.NOT_SUPPORTED),
 and the invariants those architectures keep without it."""
 
+import copy
+
 import pytest
 import torch
 from conftest import NOT_SUPPORTED, batch, build
+from transformers.models.deberta_v2.modeling_deberta_v2 import DisentangledSelfAttention
 
 import unipelt
 from unipelt import AdapterConfig, LoRAConfig, PeltConfig, UniPeltError
@@ -78,3 +81,16 @@ def test_deberta_gates_on_its_relative_positions_take_every_position_even_in_one
     tokens, positions = seen[0], seen[1]
     assert tokens.shape == positions.shape == (1, 1, 1)
     assert abs(positions.item() - want.item()) < 1e-6
+
+
+def test_a_copy_of_a_marked_deberta_attention_runs_its_position_pass_on_its_own_weights():
+    """nn.DataParallel's replicas copy a module's __dict__: a marker kept there, holding the module,
+    sent every replica's positions through the first device's q and k."""
+    model = unipelt.apply(build("deberta-v2", share_att_key=True), GATED)
+    attention = model.deberta.encoder.layer[0].base_layer.attention.self
+    while hasattr(attention, "base_layer"):
+        attention = attention.base_layer
+    for copied in (attention._replicate_for_data_parallel(), copy.copy(attention), copy.deepcopy(attention)):
+        assert copied.disentangled_attention_bias.__self__ is copied
+    unipelt.unload(model)
+    assert type(attention).disentangled_attention_bias is DisentangledSelfAttention.disentangled_attention_bias

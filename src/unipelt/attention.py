@@ -231,7 +231,7 @@ def _deberta_attention(
     """
     if prefix.query_gate is not None:  # gates are per query only in causal layers; DeBERTa is an encoder
         raise UniPeltError("a per-query prefix gate cannot reach DeBERTa's encoder attention")
-    heads, own = module.num_attention_heads, sys.modules[type(module).__module__]
+    heads, own = module.num_attention_heads, sys.modules[DisentangledSelfAttention.__module__]
     query_states = hidden_states if query_states is None else query_states
     q = module.transpose_for_scores(module.query_proj(query_states), heads)  # (B·H, T, dh)
     k = module.transpose_for_scores(module.key_proj(hidden_states), heads)
@@ -260,32 +260,29 @@ def _deberta_attention(
     return out, (probs if output_attentions else None)
 
 
-class _PositionPass:
-    """One DeBERTa attention module's ``disentangled_attention_bias``, which with ``share_att_key``
-    sends the relative-position embeddings, (1, 2·buckets, d), through q and k: while it runs,
-    gates know their input is positions, not tokens (``blocks.projecting_positions``). Shapes
-    alone cannot tell them apart when one row of 2·buckets tokens comes."""
+class PositionMarked(DisentangledSelfAttention):
+    """DeBERTa's attention whose ``disentangled_attention_bias``, which with ``share_att_key`` sends
+    the relative-position embeddings, (1, 2·buckets, d), through q and k, tells gates that their
+    input is positions, not tokens (``blocks.projecting_positions``): shapes alone cannot tell them
+    apart when one row of 2·buckets tokens comes. A subclass the module's ``__class__`` is switched
+    to, so copies, DataParallel replicas and pickles carry it with their own weights."""
 
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-
-    def __call__(self, *args, **kwargs):
+    def disentangled_attention_bias(self, *args, **kwargs):
         with projecting_positions():
-            return type(self.module).disentangled_attention_bias(self.module, *args, **kwargs)
+            return super().disentangled_attention_bias(*args, **kwargs)
 
 
 def mark_position_passes(model: nn.Module) -> None:
-    """Every DeBERTa attention module in ``model`` says when it projects positions (``_PositionPass``)."""
+    """Every DeBERTa attention module in ``model`` with ``share_att_key`` becomes ``PositionMarked``."""
     for module in model.modules():
-        if isinstance(module, DisentangledSelfAttention) and module.share_att_key:
-            if not isinstance(vars(module).get("disentangled_attention_bias"), _PositionPass):
-                module.disentangled_attention_bias = _PositionPass(module)
+        if type(module) is DisentangledSelfAttention and module.share_att_key:
+            module.__class__ = PositionMarked
 
 
 def unmark_position_passes(model: nn.Module) -> None:
     for module in model.modules():
-        if isinstance(vars(module).get("disentangled_attention_bias"), _PositionPass):
-            del module.disentangled_attention_bias
+        if type(module) is PositionMarked:
+            module.__class__ = DisentangledSelfAttention
 
 
 # attention modules that compute their scores themselves: the forward that adds a prefix there
@@ -298,7 +295,7 @@ def attend(module: nn.Module, args: tuple, kwargs: dict, prefix: Prefix | None):
     (DeBERTa), through this file's forward for it."""
     if prefix is None:
         return module(*args, **kwargs)
-    own = _OWN_ATTENTION.get(type(module))
+    own = next((f for cls, f in _OWN_ATTENTION.items() if isinstance(module, cls)), None)
     if own is not None:
         return own(module, *args, prefix=prefix, **kwargs)
     return module(*args, **{**kwargs, PREFIX_KWARG: prefix})
@@ -369,7 +366,7 @@ def pelt_attention_base(name: str | None) -> str:
 def use_pelt_attention(model: nn.Module, prompt: tuple[int, int] | None = None) -> None:
     """Switch ``model`` to the unipelt variant of the attention it uses now (sdpa or eager);
     ``prompt``: (l, at) where a prompt of l tokens inserted after ``at`` lengthens the input."""
-    if any(type(m) in _OWN_ATTENTION for m in model.modules()):
+    if any(isinstance(m, tuple(_OWN_ATTENTION)) for m in model.modules()):
         return  # its attention takes the prefix through _OWN_ATTENTION: no function to switch to
     current = model.config._attn_implementation or "eager"
     if current.startswith("unipelt_"):  # nested models may still lag (a MultiTask skeleton's copied stacks)
