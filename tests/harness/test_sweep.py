@@ -187,3 +187,8 @@ def test_the_known_glue_copy_keeps_the_keys_runs_were_stored_under(tmp_path):
     assert data_identity(get_task("sst2"), tmp_path) == ""
     (tmp_path / "SST-2" / "dev.tsv").write_bytes(b"sentence\tlabel\n")
     assert data_identity(get_task("sst2"), tmp_path) != ""
+    gz = tmp_path / "gz" / "SST-2"  # the embedded layout, edited: the files the loader reads are hashed
+    gz.mkdir(parents=True)
+    (gz / "train.tsv.gz").write_bytes((EMBEDDED / "SST-2" / "train.tsv.gz").read_bytes())
+    (gz / "dev.tsv.gz").write_bytes(gzip.compress(b"sentence\tlabel\nfine\t1\n"))
+    assert data_identity(get_task("sst2"), tmp_path / "gz") not in ("", data_identity(get_task("sst2"), tmp_path))

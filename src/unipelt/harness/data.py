@@ -31,9 +31,9 @@ log = logging.getLogger(__name__)
 DEV_SIZE = 1000
 CARVED_TEST_ROWS = 1000  # SOURCES.md: "If you need a held-out slice from train, use the last 1,000 rows."
 COLUMNS = ("a", "b", "label")
-FILES = ("train.tsv", "dev.tsv")
-# files_identity of each task's FILES in the GLUE copy every stored run read (../shared/data/glue,
-# glue/SOURCES.md): runs on those files keep the keys they always had
+# files_identity of each task's train and test files (the ones _from_directory reads) in the GLUE
+# copy every stored run read (../shared/data/glue, glue/SOURCES.md): runs on those files keep the
+# keys they always had
 KNOWN_DATA = {
     "cola": "42f3585ce2a23fcc",
     "mnli": "c24041f42d275a47",
@@ -56,7 +56,8 @@ def data_identity(task: Task, glue_dir: str | Path | None = None) -> str:
         return ""
     if source.path is None or source.path == EMBEDDED:
         return ""
-    files = tuple(p for p in (source.path / task.directory / n for n in FILES) if p.is_file())
+    folder = source.path / task.directory
+    files = tuple(p for p in (_file(folder, "train.tsv"), _test_file(task, folder)) if p is not None)
     digest = files_identity(files, tuple((p.name, file_stamp(p)) for p in files)) if files else ""
     return "" if digest == KNOWN_DATA.get(task.name) else digest
 
