@@ -386,14 +386,14 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def dry_apply(model: nn.Module, config: PeltConfig, what: str, *, new: bool = True, copy: bool = True) -> nn.Module:
+def dry_apply(model: nn.Module, config: PeltConfig, what: str, *, new: bool = True, on_meta: bool = False) -> nn.Module:
     """``config`` applied to ``model``'s structure on the meta device (a copy, or ``model`` itself
-    when it is on the meta device already), then ``check_size``: what ``apply`` would refuse, or a
+    when it is ``on_meta`` already), then ``check_size``: what ``apply`` would refuse, or a
     config asking for huge modules (r = 2**40), is found at no memory cost, and neither ``model``
     nor the user's RNG (the modules' initialisation) is touched."""
     base = sum(p.numel() for p in model.parameters())
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        dry = _meta_copy(model) if copy else model
+        dry = model if on_meta else _meta_copy(model)
         applied(dry, config, new=new)
     check_size(dry, base, what)
     return dry

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .errors import UniPeltError
+from .inject import require_model
 
 
 def compile(model: nn.Module, **options) -> nn.Module:  # noqa: A001 (unipelt.compile, as torch.compile)
@@ -22,7 +22,6 @@ def compile(model: nn.Module, **options) -> nn.Module:  # noqa: A001 (unipelt.co
     step from 35.0 to 16.5 ms and LoRA's from 18.7 to 8.9 ms. On 2 CPU cores it gained nothing
     (docs/benchmarks.md).
     """
-    if not isinstance(model, nn.Module):
-        raise UniPeltError(f"expected a transformers model, got {type(model).__name__}")
+    require_model(model)
     model.compile(**{"dynamic": True, **options})
     return model

@@ -121,7 +121,7 @@ def dry_run(spec: RunSpec, task: Task) -> None:
         log.debug("%s: no dry run on the meta device", spec.label(), exc_info=True)
         return
     try:
-        applied = dry_apply(model, spec.config, "the config", copy=False)
+        applied = dry_apply(model, spec.config, "the config", on_meta=True)
     except UniPeltError as e:
         raise HarnessError(f"{spec.label()}: {e}") from None
     if not any(p.requires_grad for p in applied.parameters()):

@@ -92,8 +92,9 @@ def _target_paths(model: nn.Module) -> dict[tuple[str, str], tuple[set[str], boo
     return found
 
 
-def _lora_places(cfg: dict, model: nn.Module) -> list[tuple[str, str]]:
-    """The (target, kind) pairs whose linear maps are exactly the ones peft's target_modules select."""
+def _lora_places(cfg: dict, model: nn.Module, targets: dict) -> list[tuple[str, str]]:
+    """The (target, kind) pairs whose linear maps (``targets``: ``_target_paths``) are exactly the
+    ones peft's target_modules select."""
     modules = cfg["target_modules"]
     if modules == "all-linear":
         raise UniPeltError("peft's target_modules 'all-linear' is not read: list the modules the checkpoint adapts")
@@ -110,7 +111,7 @@ def _lora_places(cfg: dict, model: nn.Module) -> list[tuple[str, str]]:
             f"{type(model).__name__} stores the weights it adapts"
         )
     places, covered = [], set()
-    for key, (paths, fused) in _target_paths(model).items():
+    for key, (paths, fused) in targets.items():
         if not paths & selected:
             continue
         if not paths <= selected:
@@ -137,8 +138,9 @@ def _lora_configs(cfg: dict, model: nn.Module) -> tuple[LoRAConfig | DoRAConfig,
             raise UniPeltError(f"the peft checkpoint uses {key}, which unipelt does not implement")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("bias", "none") != "none":
         raise UniPeltError("peft checkpoints with rank/alpha patterns or trained biases are not supported")
-    places = _lora_places(cfg, model)
-    kinds = tuple(k for k in ALL_ATTENTION if any(where == k for _, where in _target_paths(model)))
+    targets = _target_paths(model)
+    places = _lora_places(cfg, model, targets)
+    kinds = tuple(k for k in ALL_ATTENTION if any(where == k for _, where in targets))
     by_kinds: dict[tuple[str, ...], list[str]] = {}
     for target in LORA_TARGETS:
         where = tuple(k for k in (*ALL_ATTENTION, "ffn") if (target, k) in places)
