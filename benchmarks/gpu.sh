@@ -9,6 +9,8 @@
 #   bash benchmarks/gpu.sh --tiny     # dry run on the CPU: tiny sizes, compiled rows on aot_eager
 set -euo pipefail
 export HF_HUB_OFFLINE=1
+# the device gets a copy of the working tree, not an installed unipelt: import it from src/
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 out=${OUT:-docs/benchmarks}
 mkdir -p "$out"
 cd benchmarks
