@@ -137,6 +137,25 @@ def test_a_model_replaced_at_the_same_path_gets_its_own_rows(tmp_path):
     assert _row(md, "Table 1 — tiny, K=100", "lora model\\_id=bbbb")[1] == "**80.0**"
 
 
+def test_runs_on_two_versions_of_a_tasks_data_are_never_averaged(tmp_path):
+    """data_id differs per task by design (a user's own STS-B beside the project's SST-2): only
+    two values for one task split a method's row."""
+    with Store(tmp_path / "s.sqlite") as store:
+        for data_id, score in (("", 0.5), ("8b62fdcdfc1287a4", 0.7)):
+            for seed in (111, 222):
+                record = _record("lora", "rte", seed, score)
+                store.write(replace(record, spec=replace(record.spec, data_id=data_id)))
+        for task, data_id in (("sst2", ""), ("stsb", "c0ffee0000000000")):  # one version each
+            record = _record("lora", task, 111, 0.6)
+            store.write(replace(record, spec=replace(record.spec, data_id=data_id)))
+        md = report.markdown(report.build(store))
+    title = "Table 1 — tiny, K=100"
+    assert md.split(f"### {title}")[1].splitlines()[2] == "| method | SST2 (acc) | RTE (acc) | STSB (ρ) | Avg |"
+    assert _row(md, title, "lora data=project")[2] == "<u>50.0 ± 0.0 ⌊2/2⌋</u>"  # two seeds each, not four
+    assert _row(md, title, "lora data=8b62fdcd")[2] == "**70.0 ± 0.0**"
+    assert "lora data=c0ffee00" not in md  # STS-B's one version splits nothing
+
+
 @pytest.mark.parametrize(
     "field, values",
     [("head_lr", (None, 1e-3)), ("head", ("pooler", "mean"))],  # an unset head_lr is a setting of its own

@@ -98,6 +98,11 @@ def with_variants(runs: pd.DataFrame, scope: tuple[str, ...] = BLOCK) -> pd.Data
     varying = runs.groupby([*scope, "method"])[VARIANT_FIELDS].transform("nunique", dropna=False) > 1
     labels = runs[VARIANT_FIELDS].apply(lambda col: " " + col.name + "=" + col.map(_shown)).where(varying, "")
     runs["row"] = runs["method"] + labels.sum(axis=1)
+    # data_id tells one task's files from another version of them (it differs between tasks by
+    # design): only two versions of one task's data split a row
+    data = runs["spec"].map(lambda s: s.get("data_id", ""))
+    two = data.groupby([runs[c] for c in (*scope, "method", "task")]).transform("nunique") > 1
+    runs["row"] += (" data=" + data.str[:8].replace("", "project")).where(two, "")
     return runs
 
 
