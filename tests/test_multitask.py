@@ -115,6 +115,23 @@ def test_each_preset_beside_another_task(tmp_path, preset):
     assert_rows_match(mt, singles, rows(5, seed=4), [preset, "lora", preset, preset, "lora"])
 
 
+@pytest.mark.parametrize("arch", ["bert", "bart"])
+def test_a_task_whose_gates_count_padding_gets_its_own_answer_beside_a_longer_row(tmp_path, arch):
+    """gate_pooling="mean" averages over the batch's padding too (the official code): in a mixed
+    batch that padding comes from other requests, so each row pools over its own positions, what
+    it gets alone; a batch of its task alone is no exception (the rows could be anyone's)."""
+    config = PeltConfig(methods=unipelt.PRESETS["unipelt-apl"].methods, gate_pooling="mean")
+    model = unipelt.apply(build(arch), config)
+    randomize(model, std=0.1, seed=1)
+    unipelt.save(model, tmp_path / "mean")
+    singles = {"mean": unipelt.load(build(arch), tmp_path / "mean"), "lora": trained(tmp_path, arch, "lora", seed=2)}
+    mt = MultiTask(build(arch))
+    for name in singles:
+        mt.add(name, tmp_path / name)
+    assert_rows_match(mt, singles, rows(4, seed=6), ["mean", "lora", "lora", "mean"])
+    assert_rows_match(mt, singles, rows(3, seed=7), ["mean"] * 3)
+
+
 def test_wrappers_stacked_on_one_fused_map_add_up_in_a_mixed_batch(tmp_path):
     """LoRA on q, DoRA on v and (IA)³ on k of GPT-2's one c_attn: three wrappers at one site, each
     changing its rows from what the ones inside it gave (DoRA through LoRA's row hook)."""

@@ -270,7 +270,10 @@ class Gate(nn.Module):
         if self.slot.causal:
             return g
         token_mask, rows = self.slot.mask, self.slot.rows
-        if self.pooling == "mean" or token_mask is None or _POSITIONS.on or token_mask.shape[1] != z.shape[1]:
+        # "mean" counts the batch's padding (the official code); in a mixed batch (rows set) that
+        # padding is other requests', so each row pools over its own positions: what it gets alone
+        counts_padding = self.pooling == "mean" and rows is None
+        if counts_padding or token_mask is None or _POSITIONS.on or token_mask.shape[1] != z.shape[1]:
             return g.mean(dim=1, keepdim=True)  # every position counts, where z is not the layer's tokens
         if z.shape[0] != (token_mask.shape[0] if rows is None else len(rows)):
             # not the layer's tokens, as many as they are: an input the whole batch shares

@@ -120,7 +120,9 @@ class PeltConfig:
     """A union of methods applied together, e.g. UniPELT = adapter + prefix + LoRA, all gated.
 
     gate_pooling: how a gate's per-token values become one value per example. "masked_mean"
-    averages over real tokens; "mean" also counts padding, as the official UniPELT code does.
+    averages over real tokens; "mean" also counts padding, as the official UniPELT code does
+    (but not in a ``MultiTask`` batch, whose padding is other requests': there each row pools over
+    its own positions, as it does alone).
     Both apply to bidirectional layers. In causal (decoder) layers every gate is per token
     (ours): a sequence mean would let a token's representation depend on later tokens, and cached
     generation, which sees one token at a time, could not reproduce it.
