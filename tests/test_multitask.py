@@ -132,6 +132,19 @@ def test_a_task_whose_gates_count_padding_gets_its_own_answer_beside_a_longer_ro
     assert_rows_match(mt, singles, rows(3, seed=7), ["mean"] * 3)
 
 
+@pytest.mark.parametrize("arch", ["bart", "t5"])
+def test_rows_with_different_numbers_of_eos_tokens_share_a_batch(tmp_path, arch):
+    """BART's and T5's heads read the last eos state and refuse a batch whose rows hold different
+    numbers of eos tokens: a pair task (eos between its sentences) beside a single-sentence task."""
+    singles = {p: trained(tmp_path, arch, p, seed=i) for i, p in enumerate(["lora", "unipelt-apl"])}
+    mt = MultiTask(build(arch))
+    for name in singles:
+        mt.add(name, tmp_path / name)
+    b = rows(5, seed=8)
+    b["input_ids"][[0, 3], 1] = 2  # rows 0 and 3: one eos more (every row ends in one)
+    assert_rows_match(mt, singles, b, ["lora", "unipelt-apl", "lora", "unipelt-apl", "unipelt-apl"])
+
+
 def test_wrappers_stacked_on_one_fused_map_add_up_in_a_mixed_batch(tmp_path):
     """LoRA on q, DoRA on v and (IA)³ on k of GPT-2's one c_attn: three wrappers at one site, each
     changing its rows from what the ones inside it gave (DoRA through LoRA's row hook)."""
@@ -363,6 +376,10 @@ def test_a_bare_string_is_one_input_and_a_bare_task_name_every_rows(tmp_path):
     [one] = mt.predict("w1 w2 w3", "sst2", tok)
     assert one == mt.predict(["w1 w2 w3"], ["sst2"], tok)[0] and one["label"] in ("negative", "positive")
     assert [o["task"] for o in mt.predict(["w1", "w2 w3"], "sst2", tok)] == ["sst2", "sst2"]
+    assert mt.predict((x for x in ["w1 w2 w3"]), (t for t in ["sst2"]), tok) == [one]  # generators too
+    for tasks, message in (([["sst2"]], "tasks must be task names"), (None, "takes a list of inputs")):
+        with pytest.raises(UniPeltError, match=message):
+            mt.predict(["w1"], tasks, tok)
 
 
 def test_each_task_takes_the_kind_of_input_and_the_length_it_was_trained_on(tmp_path):
@@ -407,6 +424,12 @@ def test_a_batch_that_is_not_rows_of_token_ids_is_one_clear_error(tmp_path):
         (dict(input_ids=b["input_ids"].float()), "input_ids must be a 2-D tensor of token ids"),
         (dict(input_ids=b["input_ids"][0]), "input_ids must be a 2-D tensor"),
         (dict(input_ids=b["input_ids"][:0]), "at least one row of one token"),
+        (dict(input_ids=b["input_ids"].bool()), "input_ids must be a 2-D tensor of token ids"),
+        (dict(input_ids=b["input_ids"] + TINY["vocab_size"]), "outside the model's vocabulary"),
+        (dict(input_ids=-b["input_ids"]), "outside the model's vocabulary"),
+        (dict(**b, token_type_ids=torch.zeros(3, 4, dtype=torch.long)), "token_type_ids must be"),
+        (dict(**b, token_type_ids=torch.zeros(b["input_ids"].shape)), "token_type_ids must be"),
+        (dict(**b, token_type_ids=b["input_ids"].tolist()), "token_type_ids must be"),
     ]
     for inputs, message in cases:
         with pytest.raises(UniPeltError, match=message):

@@ -25,7 +25,7 @@ import copy
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 import transformers
@@ -154,19 +154,40 @@ def check_input(task: Task, row, i: int) -> None:
         raise UniPeltError(f"inputs[{i}]: task {task.name!r} takes {kind}")
 
 
-def _check_batch(input_ids, attention_mask, tasks: list) -> None:
-    """What ``MultiTask.__call__`` is given, as one line each: rows of token ids, a mask like them,
-    one task name per row (a wrong shape or dtype failed deep inside the model)."""
-    if not (isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and not input_ids.is_floating_point()):
-        raise UniPeltError("input_ids must be a 2-D tensor of token ids (batch, tokens)")
+_ID_DTYPES = (torch.int64, torch.int32)  # what an embedding takes as indices
+
+
+def _check_batch(input_ids, attention_mask, tasks: list, token_type_ids, vocab: int) -> None:
+    """What ``MultiTask.__call__`` is given, as one line each: rows of token ids in the vocabulary,
+    a mask and segment ids like them, one task name per row (each failed deep inside the model)."""
+    if not (isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.dtype in _ID_DTYPES):
+        raise UniPeltError("input_ids must be a 2-D tensor of token ids (batch, tokens), int64 or int32")
     if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
         raise UniPeltError(f"input_ids has shape {tuple(input_ids.shape)}: at least one row of one token")
+    if input_ids.min() < 0 or input_ids.max() >= vocab:
+        raise UniPeltError(f"input_ids holds ids outside the model's vocabulary (0 to {vocab - 1})")
     if attention_mask is not None and (
         not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape
     ):
         raise UniPeltError(f"attention_mask must be a tensor of input_ids' shape {tuple(input_ids.shape)}")
+    if token_type_ids is not None and not (
+        isinstance(token_type_ids, torch.Tensor)
+        and token_type_ids.shape == input_ids.shape
+        and token_type_ids.dtype in _ID_DTYPES
+    ):
+        raise UniPeltError(f"token_type_ids must be a tensor of segment ids, input_ids' shape {tuple(input_ids.shape)}")
     if not all(isinstance(t, str) for t in tasks):
         raise UniPeltError("tasks must be task names, one per row (or one name for every row)")
+
+
+def _by_eos_count(input_ids: torch.Tensor, eos: int | None) -> list[list[int]]:
+    """The rows grouped by how many eos tokens they hold, where that differs between rows (a pair
+    task's rows beside a single-sentence task's), else []."""
+    counts = input_ids.eq(eos).sum(1).tolist() if isinstance(eos, int) else []
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(counts):
+        groups.setdefault(n, []).append(i)
+    return list(groups.values()) if len(groups) > 1 else []
 
 
 def _encode_input(tokenizer, row, limit: int, i: int) -> dict:
@@ -400,13 +421,20 @@ class MultiTask:
         token_type_ids: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         tasks = [tasks] * len(input_ids) if isinstance(tasks, str) else list(tasks or ())  # one name: every row
-        _check_batch(input_ids, attention_mask, tasks)
+        _check_batch(input_ids, attention_mask, tasks, token_type_ids, self.model.get_input_embeddings().num_embeddings)
         if len(tasks) != input_ids.shape[0]:
             raise UniPeltError(f"tasks names {len(tasks)} rows, the batch has {input_ids.shape[0]}")
         if unknown := sorted(set(tasks) - self._tasks.keys()):
             raise UniPeltError(f"unknown task(s) {unknown}; loaded: {', '.join(self._tasks) or 'none'}")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if self.spec.eos_head and (parts := _by_eos_count(input_ids, self.model.config.eos_token_id)):
+            out = [None] * len(tasks)
+            for r in parts:
+                segments = None if token_type_ids is None else token_type_ids[r]
+                for i, y in zip(r, self(input_ids[r], attention_mask[r], [tasks[i] for i in r], segments)):
+                    out[i] = y
+            return out
         device = input_ids.device
         names = list(dict.fromkeys(tasks))
         rows = {t: torch.tensor([i for i, x in enumerate(tasks) if x == t], device=device) for t in names}
@@ -431,8 +459,12 @@ class MultiTask:
         A bare string is one input, and a bare task name applies to every input."""
         if isinstance(inputs, str):  # iterating it would make each character an input
             inputs = [inputs]
-        if isinstance(tasks, str):
-            tasks = [tasks] * len(inputs)
+        if not isinstance(inputs, Iterable) or not isinstance(tasks, Iterable):
+            raise UniPeltError("predict() takes a list of inputs and a task name (or one per input)")
+        inputs = list(inputs)  # a generator too
+        tasks = [tasks] * len(inputs) if isinstance(tasks, str) else list(tasks)
+        if not all(isinstance(t, str) for t in tasks):
+            raise UniPeltError("tasks must be task names, one per input (or one name for every input)")
         if len(inputs) != len(tasks):
             raise UniPeltError(f"{len(inputs)} inputs but {len(tasks)} task names")
         if not inputs:

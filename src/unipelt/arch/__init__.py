@@ -163,6 +163,9 @@ class ArchSpec:
     # "last" summary there): "first" ([CLS], <s>), "last" (a decoder's last real token), or None
     # where the head reads something else (BART's and T5's eos state, ModernBERT's own pooling).
     summary: str | None = "first"
+    # The model's own classification head reads the last eos state, and refuses a batch whose rows
+    # hold different numbers of eos tokens (BART, mBART, T5): a mixed batch runs them apart.
+    eos_head: bool = False
 
     def check_prompt(self, config) -> None:
         """Refuse prompt tuning where ``no_prompt`` or, for this model's ``config``,

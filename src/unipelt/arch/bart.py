@@ -38,5 +38,6 @@ BART = register(
         hidden_key="d_model",
         embeddings="encoder.embed_tokens",  # prompt tuning: the source side, as Lester et al. do for T5
         summary=None,
+        eos_head=True,
     )
 )

@@ -40,5 +40,6 @@ MBART = register(
         hidden_key="d_model",
         embeddings="encoder.embed_tokens",
         summary=None,
+        eos_head=True,
     )
 )

@@ -36,5 +36,6 @@ T5 = register(
         head_dim="key_value_proj_dim",
         embeddings="encoder.embed_tokens",
         summary=None,
+        eos_head=True,
     )
 )
