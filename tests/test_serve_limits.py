@@ -111,6 +111,31 @@ def test_the_server_answers_a_long_pair_as_the_library_does(served):  # noqa: F8
     assert library.predict([tuple(pair)], ["rte"], tokenizer()) == library.predict([kept], ["rte"], tokenizer())
 
 
+def test_a_queued_row_holds_no_more_text_than_its_task_reads(served, monkeypatch):  # noqa: F811
+    """Rows wait in the queue cut to the character budget: 8,192 queued rows of almost 1 MiB each
+    (the body limit) held 8 GiB, where the budget lets each hold what max_length tokens read."""
+    from unipelt.serve.app import LocalService
+
+    queued, submit = [], LocalService.predict
+
+    async def spy(self, rows):
+        queued.extend(rows)
+        return await submit(self, rows)
+
+    monkeypatch.setattr(LocalService, "predict", spy)
+    texts = ["w1 " * 100_000, ["w1 " * 100_000, "w2"]]
+
+    async def go():
+        async with client(engine_for(served, tasks=("sst2", "rte"))) as c:
+            return [await c.post("/v1/predict", json={"task": t, "inputs": [x]}) for t, x in zip(TASKS, texts)]
+
+    for r in run(go()):
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["truncated"] is True
+    budget = encoding.char_budget(64)  # the tiny model's 64 positions
+    assert len(queued[0].text) == budget and [len(side) for side in queued[1].text] == [budget, 2]
+
+
 # ---- 2. one bad row fails only itself
 def test_a_lone_surrogate_fails_only_its_own_request(served):  # noqa: F811
     async def go():

@@ -179,7 +179,7 @@ def _predict_routes(app: FastAPI, service: Service, settings: ServeSettings, met
                 "split it into several requests",
             )
         checked = service.engine.check(body.task, body.inputs)
-        rows = [Row(body.task, t, checked) for t in body.inputs]
+        rows = service.engine.rows(body.task, body.inputs, checked)
         try:
             outputs = await asyncio.wait_for(service.predict(rows), settings.request_timeout_s)
         except asyncio.TimeoutError:

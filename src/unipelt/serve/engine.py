@@ -81,6 +81,7 @@ class Row:
     # the task ``Engine.check`` checked it against: a task of the same name loaded since (DELETE,
     # then POST) may take other inputs, so the row is refused rather than answered by it
     checked: Task | None = field(default=None, compare=False, repr=False)
+    cut: bool = False  # whether ``rows`` cut the text to its task's character budget
 
 
 def model_limit(tokenizer, config) -> int:
@@ -237,6 +238,14 @@ class Engine:
                 raise ServeError(422, str(e)) from None
         return served
 
+    def rows(self, task: str, inputs: Sequence[Text], checked: Task) -> list[Row]:
+        """The checked inputs as rows, each side cut to the character budget of the task's limit
+        (encoding.py) now: a row waits in the queue with what its task reads, not what arrived
+        (8,192 queued rows of almost 1 MiB each would hold 8 GiB)."""
+        limit, end = self.info[task].max_length, encoding.from_end(self.tokenizer)
+        bounded = [encoding.bounded(text, limit, end) for text in inputs]
+        return [Row(task, text, checked=checked, cut=cut) for text, cut in bounded]
+
     # ---- answering a batch
     def run(self, rows: Sequence[Row]) -> list[dict | ServeError]:
         """One mixed batch; a row whose task was unloaded since it was checked gets a 404."""
@@ -338,7 +347,7 @@ class Engine:
             texts = [encoding.bounded(rows[i].text, n, end) for i, n in zip(idx, limits)]  # (text, cut)
             full = self._tokenize([t for t, _ in texts], pairs)
             for i, (text, cut), encoded, limit in zip(idx, texts, full, limits):
-                out[i] = self._within(limit, text, cut, encoded)
+                out[i] = self._within(limit, text, cut or rows[i].cut, encoded)
         return out
 
     def _within(self, limit: int, text: Text, cut: bool, encoded: dict | ServeError) -> tuple[dict, bool] | ServeError:
