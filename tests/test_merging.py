@@ -24,17 +24,18 @@ def logits(model):
         return model(**batch()).logits
 
 
-@pytest.fixture(scope="module")
-def tasks(tmp_path_factory):
+PEFT_TO_OURS = {"query": "q", "key": "k", "value": "v", "attention.output.dense": "o"}
+
+
+def _peft_and_ours(root, targets=("query", "value")):
     """Two peft LoRA adapters on one tiny BERT, and the same two as unipelt checkpoints."""
-    root = tmp_path_factory.mktemp("merge")
-    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"])
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=list(targets))
     ref = peft.get_peft_model(build(), cfg, adapter_name="t0")
     ref.add_adapter("t1", cfg)
     g = torch.Generator().manual_seed(5)
     dirs = []
     for task in ("t0", "t1"):
-        ours = unipelt.apply(build(), LORA)
+        ours = unipelt.apply(build(), LoRAConfig(r=4, alpha=8.0, targets=tuple(PEFT_TO_OURS[t] for t in targets)))
         with torch.no_grad():
             for name, m in ref.named_modules():
                 if hasattr(m, "lora_A") and task in m.lora_A:
@@ -47,6 +48,11 @@ def tasks(tmp_path_factory):
                     lora.up[0].copy_(b.T)
         dirs.append(unipelt.save(ours, root / task))
     return ref.eval(), dirs, root
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    return _peft_and_ours(tmp_path_factory.mktemp("merge"))
 
 
 METHODS = ["linear", "ties", "dare_linear", "dare_ties", "svd", "ties_svd", "dare_linear_svd", "dare_ties_svd"]
@@ -67,8 +73,7 @@ def _seed_before_the_first_merge(monkeypatch, model, seed: int) -> None:
         monkeypatch.setattr(cls, name, wrapped)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_merged_checkpoint_gives_peft_add_weighted_adapter_logits(tasks, method, monkeypatch):
+def _assert_merge_matches_peft(tasks, method, monkeypatch):
     ref, dirs, root = tasks
     _seed_before_the_first_merge(monkeypatch, ref.base_model, 11)
     ref.add_weighted_adapter(["t0", "t1"], WEIGHTS_OF_TASKS, method, combination_type=method, density=0.5)
@@ -78,6 +83,19 @@ def test_merged_checkpoint_gives_peft_add_weighted_adapter_logits(tasks, method,
     got = logits(unipelt.load(build(), out))
     assert (got - logits(unipelt.load(build(), dirs[0]))).abs().max() > 1e-3  # merging changed something
     assert (got - want).abs().max() < 1e-5, (got - want).abs().max()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_merged_checkpoint_gives_peft_add_weighted_adapter_logits(tasks, method, monkeypatch):
+    _assert_merge_matches_peft(tasks, method, monkeypatch)
+
+
+@pytest.mark.parametrize("targets", [("query", "key", "value"), ("value", "attention.output.dense")])
+@pytest.mark.parametrize("method", [m for m in METHODS if m.startswith("dare")])
+def test_dare_masks_are_drawn_in_the_models_module_order(tmp_path, targets, method, monkeypatch):
+    """peft draws a mask per module as the model lists them: query before key, a layer's value
+    before its attention.output.dense, neither of which is their order by name."""
+    _assert_merge_matches_peft(_peft_and_ours(tmp_path, targets), method, monkeypatch)
 
 
 def test_linear_merging_weights_every_tensor_of_other_methods(tmp_path):

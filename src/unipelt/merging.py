@@ -168,7 +168,7 @@ def _read_all(dirs: list[Path], method: str) -> tuple[list[str], list[dict], dic
     configs = [_config(m, d / META) for m, d in zip(metas, dirs)]
     _check(metas, configs, method, dirs)
     tensors = [_read_tensors(d, m) for d, m in zip(dirs, metas)]
-    names = sorted(tensors[0], key=lambda n: [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in n.split(".")])
+    names = sorted(tensors[0], key=_module_order(metas[0]))
     for d, t in zip(dirs[1:], tensors[1:]):
         if t.keys() != tensors[0].keys() or any(t[n].shape != tensors[0][n].shape for n in names):
             wrong = sorted(n for n in names if n not in t or t[n].shape != tensors[0][n].shape)
@@ -177,6 +177,19 @@ def _read_all(dirs: list[Path], method: str) -> tuple[list[str], list[dict], dic
             )
     _check_lora_layout(names, tensors, dirs[0])
     return names, tensors, metas[0], configs[0]
+
+
+def _module_order(meta: dict):
+    """A sort key putting tensor names in the order of the model's modules, in which peft draws
+    DARE's masks (query before key): base_tensors lists the base weights in that order (format 1
+    has none; there, and for the head, by name with layer numbers compared as numbers)."""
+    place = {n.removesuffix(".weight"): i for i, n in enumerate(meta["base_model"].get("base_tensors", {}))}
+
+    def key(name: str):
+        by_name = [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split(".")]
+        return place.get(name.split(".pelt_")[0], len(place)), by_name
+
+    return key
 
 
 def _check_lora_layout(names: list[str], tensors: list[dict], d: Path) -> None:
