@@ -8,7 +8,7 @@ import torch
 from conftest import batch, build, randomize, write_tensors
 
 import unipelt
-from unipelt import LoRAConfig, UniPeltError
+from unipelt import LoRAConfig, PeltConfig, UniPeltError
 from unipelt.checkpoint import WEIGHTS
 from unipelt.cli import main
 
@@ -24,18 +24,14 @@ def logits(model):
         return model(**batch()).logits
 
 
-PEFT_TO_OURS = {"query": "q", "key": "k", "value": "v", "attention.output.dense": "o"}
-
-
-def _peft_and_ours(root, targets=("query", "value")):
-    """Two peft LoRA adapters on one tiny BERT, and the same two as unipelt checkpoints."""
-    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=list(targets))
+def _peft_and_ours(root, cfg, ours_cfg):
+    """Two peft LoRA adapters (``cfg``) on one tiny BERT, and the same two as unipelt checkpoints."""
     ref = peft.get_peft_model(build(), cfg, adapter_name="t0")
     ref.add_adapter("t1", cfg)
     g = torch.Generator().manual_seed(5)
     dirs = []
     for task in ("t0", "t1"):
-        ours = unipelt.apply(build(), LoRAConfig(r=4, alpha=8.0, targets=tuple(PEFT_TO_OURS[t] for t in targets)))
+        ours = unipelt.apply(build(), ours_cfg)
         with torch.no_grad():
             for name, m in ref.named_modules():
                 if hasattr(m, "lora_A") and task in m.lora_A:
@@ -52,7 +48,8 @@ def _peft_and_ours(root, targets=("query", "value")):
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):
-    return _peft_and_ours(tmp_path_factory.mktemp("merge"))
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"])
+    return _peft_and_ours(tmp_path_factory.mktemp("merge"), cfg, LORA)
 
 
 METHODS = ["linear", "ties", "dare_linear", "dare_ties", "svd", "ties_svd", "dare_linear_svd", "dare_ties_svd"]
@@ -95,7 +92,25 @@ def test_merged_checkpoint_gives_peft_add_weighted_adapter_logits(tasks, method,
 def test_dare_masks_are_drawn_in_the_models_module_order(tmp_path, targets, method, monkeypatch):
     """peft draws a mask per module as the model lists them: query before key, a layer's value
     before its attention.output.dense, neither of which is their order by name."""
-    _assert_merge_matches_peft(_peft_and_ours(tmp_path, targets), method, monkeypatch)
+    ours = {"query": "q", "key": "k", "value": "v", "attention.output.dense": "o"}
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=list(targets))
+    lora = LoRAConfig(r=4, alpha=8.0, targets=tuple(ours[t] for t in targets))
+    _assert_merge_matches_peft(_peft_and_ours(tmp_path, cfg, lora), method, monkeypatch)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_lora_entries_of_different_scales_merge_as_peft_with_an_alpha_pattern(tmp_path, method, monkeypatch):
+    """One checkpoint holds both entries: each module keeps its own scale, as peft's get_delta_weight."""
+    cfg = peft.LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["query", "value", "attention.output.dense"],
+        alpha_pattern={"attention.output.dense": 2},
+    )
+    ours = PeltConfig(
+        methods=(LoRAConfig(r=4, alpha=8.0, targets=("q", "v")), LoRAConfig(r=4, alpha=2.0, targets=("o",)))
+    )
+    _assert_merge_matches_peft(_peft_and_ours(tmp_path, cfg, ours), method, monkeypatch)
 
 
 def test_linear_merging_weights_every_tensor_of_other_methods(tmp_path):

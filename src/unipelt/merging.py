@@ -65,28 +65,22 @@ def _combine(tensors: list[torch.Tensor], weights: torch.Tensor, how: str, densi
     return sum(w * t for w, t in zip(weights, tensors))
 
 
-def _lora_scale(config: PeltConfig) -> float:
-    scales = {m.scale for m in config.of(LoRAConfig)}
-    if not scales:
-        raise UniPeltError("the checkpoints hold LoRA tensors but their config has no LoRA: not as unipelt saved them")
-    if len(scales) > 1:
-        raise UniPeltError(f"the checkpoints' LoRA configs have different scales {sorted(scales)}: merge them apart")
-    return scales.pop()
-
-
-def _merge_lora(a: list, b: list, weights: list[float], how: str, density: float, sign: str, scale: float):
+def _merge_lora(a: list, b: list, weights: list[float], how: str, density: float, sign: str):
     """Merged (A, B), each task's given in peft's layout, A (r, d_in) and B (d_out, r), in which
-    DARE's random masks are drawn as peft draws them."""
+    DARE's random masks are drawn as peft draws them. No scale s is needed: every task has the
+    same s at one module (one config), and each combination commutes with a positive factor (a
+    mask, a sign, a top-k of magnitudes, an SVD), so combining B A and loading with the module's
+    own s gives peft's combination of s·B A, also where the config's LoRA entries differ in s."""
     if not how.endswith("svd"):
         roots = torch.tensor([math.sqrt(abs(w)) for w in weights])
         signs = torch.tensor([1.0 if w >= 0 else -1.0 for w in weights])
         return _combine(a, roots * signs, how, density, sign), _combine(b, roots, how, density, sign)
-    deltas = [scale * bi @ ai for ai, bi in zip(a, b)]  # (d_out, d_in) each: s·B A
+    deltas = [bi @ ai for ai, bi in zip(a, b)]  # (d_out, d_in) each: ΔW / s
     plain = "linear" if how == "svd" else how.removesuffix("_svd")
     u, s, vh = torch.linalg.svd(_combine(deltas, torch.tensor(weights), plain, density, sign), full_matrices=True)
     r = a[0].shape[0]
     k = min(r, len(s))  # a layer narrower than r: ΔW has rank k at most
-    low, up = vh[:k], (u[:, :k] * s[:k]) / scale  # A (k, d_in), B (d_out, k): s·B A = the rank-k ΔW
+    low, up = vh[:k], u[:, :k] * s[:k]  # A (k, d_in), B (d_out, k): s·B A = the rank-k ΔW
     # zero rows of A and columns of B beyond k: the checkpoint keeps the config's shapes
     return torch.nn.functional.pad(low, (0, 0, 0, r - k)), torch.nn.functional.pad(up, (0, r - k))
 
@@ -131,12 +125,12 @@ def merge_checkpoints(
     if seed is not None and not (type(seed) is int and 0 <= seed < 2**63):  # what torch.manual_seed takes
         raise UniPeltError(f"seed must be a whole number from 0 to 2**63 - 1, got {seed!r}")
     _check_out(Path(out), dirs)
-    names, tensors, meta, config = _read_all(dirs, method)
+    names, tensors, meta = _read_all(dirs, method)
     rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
     with rng:  # a seed leaves the caller's random state as it was
         if seed is not None:
             torch.manual_seed(seed)
-        merged = _merge(names, tensors, weights, method, density, majority_sign, config)
+        merged = _merge(names, tensors, weights, method, density, majority_sign)
     return _write(Path(out), merged, meta, dirs, weights, method)
 
 
@@ -161,9 +155,9 @@ def _numbers(weights: Sequence[float]) -> list[float]:
     return out
 
 
-def _read_all(dirs: list[Path], method: str) -> tuple[list[str], list[dict], dict, PeltConfig]:
-    """The tensor names (in the order of the model's modules), each checkpoint's tensors, the
-    first's metadata and the config, once every check has passed."""
+def _read_all(dirs: list[Path], method: str) -> tuple[list[str], list[dict], dict]:
+    """The tensor names (in the order of the model's modules), each checkpoint's tensors and the
+    first's metadata, once every check has passed."""
     metas = [_read_meta(d) for d in dirs]
     configs = [_config(m, d / META) for m, d in zip(metas, dirs)]
     _check(metas, configs, method, dirs)
@@ -176,7 +170,7 @@ def _read_all(dirs: list[Path], method: str) -> tuple[list[str], list[dict], dic
                 f"{d} holds other tensors or shapes than {dirs[0]} (heads of different sizes?): {wrong[:3]}"
             )
     _check_lora_layout(names, tensors, dirs[0])
-    return names, tensors, metas[0], configs[0]
+    return names, tensors, metas[0]
 
 
 def _module_order(meta: dict):
@@ -206,13 +200,12 @@ def _check_lora_layout(names: list[str], tensors: list[dict], d: Path) -> None:
             raise UniPeltError(f"{d} does not hold LoRA's (1, d_in, r) and (1, r, d_out) pair at {path}")
 
 
-def _merge(names, tensors, weights, how, density, sign, config) -> dict[str, torch.Tensor]:
+def _merge(names, tensors, weights, how, density, sign) -> dict[str, torch.Tensor]:
     merged, lora = {}, [n.removesuffix(LORA_A) for n in names if n.endswith(LORA_A)]
-    scale = _lora_scale(config) if lora else 1.0
     for path in lora:  # in the order of the model's modules, as peft draws DARE's masks
         a = [t[path + LORA_A][0].T.float() for t in tensors]  # (r, d_in)
         b = [t[path + LORA_B][0].T.float() for t in tensors]  # (d_out, r)
-        down, up = _merge_lora(a, b, weights, how, density, sign, scale)
+        down, up = _merge_lora(a, b, weights, how, density, sign)
         merged[path + LORA_A], merged[path + LORA_B] = down.T[None], up.T[None]
     for n in names:
         if n not in merged:  # every other tensor (head, other methods): linear
