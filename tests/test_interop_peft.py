@@ -287,3 +287,23 @@ def test_a_peft_selection_no_unipelt_config_makes_is_refused(tmp_path, targets, 
     path.write_text(json.dumps({**json.loads(path.read_text()), "target_modules": targets}))
     with pytest.raises(unipelt.UniPeltError, match=reason):
         unipelt.from_peft(build("bert"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "field, value, reason",
+    [
+        ("target_modules", "(query", "not a valid regular expression"),
+        ("lora_dropout", None, "'lora_dropout' must be a number"),  # peft's own LoraLayer fails on null
+    ],
+)
+def test_a_malformed_peft_field_is_one_clear_error_and_leaves_the_model(tmp_path, field, value, reason):
+    peft.get_peft_model(build("bert"), peft.LoraConfig(r=4, target_modules=["query"])).save_pretrained(tmp_path)
+    path = tmp_path / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    model = build("bert")
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    with pytest.raises(unipelt.UniPeltError, match=reason):
+        unipelt.from_peft(model, tmp_path)
+    assert getattr(model, "pelt_config", None) is None
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(t, before[n]) for n, t in model.state_dict().items())

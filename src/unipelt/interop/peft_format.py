@@ -213,6 +213,13 @@ def _check_fields(cfg: dict, path: Path) -> None:
     modules = cfg.get("target_modules")
     if isinstance(modules, list) and not all(isinstance(m, str) for m in modules):
         raise UniPeltError(f"{path}: field 'target_modules' must list module names, got {reprlib.repr(modules)}")
+    if isinstance(modules, str):
+        try:
+            re.compile(modules)
+        except re.error as e:
+            raise UniPeltError(f"{path}: field 'target_modules' is not a valid regular expression: {e}") from None
+    if "lora_dropout" in cfg and cfg["lora_dropout"] is None:  # peft's own LoraLayer fails on null too
+        raise UniPeltError(f"{path}: field 'lora_dropout' must be a number (0.0: no dropout), got null")
     for key in _REQUIRED.get(cfg.get("peft_type"), ()):
         if cfg.get(key) is None:
             raise UniPeltError(f"{path}: field {key!r} is missing")
