@@ -185,6 +185,25 @@ def test_a_tensor_without_a_place_is_refused(tmp_path):
         unipelt.from_adapters(_base("bert"), target)
 
 
+def test_a_prompt_tensor_in_a_module_without_a_prompt_is_refused_and_the_model_is_untouched(tmp_path):
+    from safetensors.torch import save_file
+
+    target = tmp_path / "adapter"
+    shutil.copytree(FIXTURES / "bert" / "lora" / "adapter", target)
+    name = json.loads((target / "adapter_config.json").read_text())["name"]
+    tensors = load_file(target / "adapter.safetensors")
+    tensors[f"bert.prompt_tuning.prompt_tunings.{name}.prompt_embedding.weight"] = torch.zeros(4, 32)
+    save_file(tensors, target / "adapter.safetensors")
+    model = _base("bert")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(unipelt.UniPeltError, match="prompt, which its config does not declare"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            unipelt.from_adapters(model, target)
+    assert getattr(model, "pelt_config", None) is None
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
 @pytest.mark.parametrize("garbage", [b".", b"\x80\x02X\x02\x00\x00\x00\xff\xfe."])  # empty stack; bad UTF-8
 def test_a_malformed_bin_is_one_clear_error(tmp_path, garbage):
     target = tmp_path / "adapter"

@@ -173,7 +173,10 @@ class _Assign:
             out.update(self._maybe_gate(layer_prefix, dict(t), f"prefix of layer {i}", prefix=""))
         out.update(self._prefix(model))
         if self.tensors.prompt is not None:
-            out[model.base_model.get_submodule(spec.embeddings).pelt_prompt] = self.tensors.prompt
+            prompt = getattr(model.base_model.get_submodule(spec.embeddings), "pelt_prompt", None)
+            if prompt is None:
+                raise UniPeltError(f"{self.source}: tensors for a prompt, which its config does not declare")
+            out[prompt] = self.tensors.prompt
         if self.head is not None:
             plan, tensors = self.head
             for index, path in plan.modules.items():
