@@ -325,6 +325,62 @@ def test_a_base_tensor_probe_of_another_length_is_another_base_not_a_crash(tmp_p
     assert not same_base(edited["base_model"], meta["base_model"])
 
 
+def _format_1(probe):
+    def change(meta):
+        meta["format"] = 1
+        del meta["base_model"]["base_tensors"]
+        meta["base_model"]["embedding_probe"] = (
+            probe or build().get_input_embeddings().weight[:4, :8].flatten().tolist()
+        )
+
+    return change
+
+
+def _other_dtype_probe(value):
+    def change(meta):
+        entry = next(iter(meta["base_model"]["base_tensors"].values()))
+        entry["dtype"], entry["probe"] = "float16", [value] * len(entry["probe"])
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, partner",
+    [
+        (_format_1([10**30] * 32), _format_1(None)),  # beyond int64
+        (_format_1([0] * 32), _format_1(None)),  # integers against the model's floats
+        (_other_dtype_probe(10**400), lambda meta: None),  # beyond any float
+    ],
+    ids=["v1-huge", "v1-ints", "dtype-beyond-float"],
+)
+def test_probe_numbers_torch_cannot_take_are_one_clear_error_in_load_and_merge(tmp_path, capsys, change, partner):
+    """unipelt.json is outside the weights' checksum: JSON integers there raised ValueError,
+    OverflowError or RuntimeError from torch in load and in ``unipelt merge`` (comparing bases)."""
+    from unipelt.cli import main
+
+    for name, edit in (("bad", change), ("partner", partner)):
+        unipelt.save(unipelt.apply(build(), "lora"), tmp_path / name)
+        _rewrite_meta(tmp_path / name, edit)
+    model = build()
+    before = _state(model)
+    with pytest.raises(UniPeltError):
+        unipelt.load(model, tmp_path / "bad")
+    _assert_same(before, _state(model))
+    capsys.readouterr()
+    args = ["merge", str(tmp_path / "partner"), str(tmp_path / "bad"), "--weights", "0.5,0.5"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("unipelt: error: ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_number_too_long_for_python_to_read_is_one_clear_error(tmp_path):
+    unipelt.save(unipelt.apply(build(), "lora"), tmp_path)
+    path = tmp_path / "unipelt.json"
+    path.write_text(path.read_text().replace('"format": 2', '"format": ' + "9" * 5000))
+    with pytest.raises(UniPeltError, match="holds a number of over 4300 digits"):
+        unipelt.load(build(), tmp_path)
+
+
 @pytest.mark.parametrize("write", ["save", "to_peft"])
 @pytest.mark.parametrize("under", [False, True], ids=["file", "under a file"])
 def test_a_file_where_the_directory_goes_is_named_and_left_alone(tmp_path, write, under):

@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -205,8 +206,16 @@ def _check_tensor_entry(entry, where: str, path: Path) -> None:
         _field(entry, key, kind, where + ".", path)
     for v in entry["shape"]:
         _need(v, int, f"{where}.shape[]", path)
-    for v in entry["probe"]:
-        _need(v, (int, float), f"{where}.probe[]", path)
+    _check_probe(entry["probe"], f"{where}.probe", path)
+
+
+def _check_probe(values, field: str, path: Path) -> None:
+    """Saved probes are float32 values, compared as float32 tensors: an integer beyond any float
+    (10**400) is no saved value, and torch cannot convert it."""
+    for v in _need(values, list, field, path):
+        _need(v, (int, float), field + "[]", path)
+        if isinstance(v, int) and abs(v) > sys.float_info.max:
+            raise UniPeltError(f"{path}: field {field + '[]'!r} holds an integer beyond any float")
 
 
 def _check_base_model(base: dict, path: Path) -> None:
@@ -214,8 +223,7 @@ def _check_base_model(base: dict, path: Path) -> None:
         _field(base, key, (str if key == "model_type" else int, type(None)), "base_model.", path)
     _need(base.get("name_or_path", ""), str, "base_model.name_or_path", path)
     if "embedding_probe" in base:
-        for v in _need(base["embedding_probe"], list, "base_model.embedding_probe", path):
-            _need(v, (int, float), "base_model.embedding_probe[]", path)
+        _check_probe(base["embedding_probe"], "base_model.embedding_probe", path)
     for name, entry in _need(base.get("base_tensors", {}), dict, "base_model.base_tensors", path).items():
         _check_tensor_entry(entry, f"base_model.base_tensors.{name}", path)
 
@@ -230,6 +238,8 @@ def _read_meta(directory: Path) -> dict:
         raise UniPeltError(f"{path} is not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise UniPeltError(f"{path} is not valid JSON: {e}") from None
+    except ValueError:  # Python reads no integer literal longer than this
+        raise UniPeltError(f"{path} holds a number of over {sys.get_int_max_str_digits()} digits") from None
     except RecursionError:
         raise UniPeltError(f"{path} nests its JSON too deeply to be a checkpoint's metadata") from None
     _need(meta, dict, "(top level)", path)
@@ -321,7 +331,8 @@ def same_base(a: dict, b: dict) -> bool:
     if probes[0] is not None or probes[1] is not None:
         if None in probes or len(probes[0]) != len(probes[1]):
             return False
-        if not torch.allclose(torch.tensor(probes[0]).float(), torch.tensor(probes[1]).float(), atol=1e-2):
+        as_floats = [torch.tensor(p, dtype=torch.float32) for p in probes]  # JSON integers too
+        if not torch.allclose(*as_floats, atol=1e-2):
             return False
     ta, tb = a.get("base_tensors", {}), b.get("base_tensors", {})
     return ta.keys() == tb.keys() and all(ta[n]["shape"] == tb[n]["shape"] and _same(ta[n], tb[n]) for n in ta)
@@ -347,7 +358,7 @@ def _differing_tensor(saved: dict, model: nn.Module) -> str | None:
 def _legacy_probe_differs(probe: list, model: nn.Module) -> str | None:
     """Format 1 kept only a 4x8 corner of the input embeddings."""
     current = model.get_input_embeddings().weight[:4, :8].detach().float().flatten()
-    if len(probe) != len(current) or not torch.allclose(torch.tensor(probe), current, atol=1e-2):
+    if len(probe) != len(current) or not torch.allclose(torch.tensor(probe, dtype=torch.float32), current, atol=1e-2):
         return "the base model's embedding weights differ (a different pretrained checkpoint)"
     return None
 
