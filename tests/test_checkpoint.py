@@ -287,6 +287,19 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert (logits(unipelt.load(build(), tmp_path)) - logits(first)).abs().max() < 1e-6
 
 
+def test_a_failed_save_into_new_nested_directories_removes_those_it_created(tmp_path, monkeypatch):
+    from unipelt import checkpoint
+
+    def disk_full(tensors, path):
+        raise OSError(28, "No space left on device")
+
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        unipelt.save(unipelt.apply(build(), "lora"), tmp_path / "runs" / "exp1" / "ckpt")
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")] == ["runs"]  # it was there before
+
+
 def test_a_format_1_checkpoint_loads_as_it_ran(tmp_path):
     """unipelt 0.1 called standard prefix tuning "add" and trained BERT's pooler in every method."""
     cfg = unipelt.PeltConfig(

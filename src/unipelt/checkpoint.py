@@ -161,12 +161,12 @@ def write_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], meta: di
 def replace_together(directory: Path, names: tuple[str, ...], write) -> None:
     """``write({name: temporary path})`` beside the final names, then rename each over in order:
     a failure while writing leaves every old file as it was, and no temporary file; nor the
-    directory, when this call created it."""
+    directories this call created (the target and any new parents), and no other."""
     blocker = next((p for p in (directory, *directory.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         where = "" if blocker == directory else f" cannot be created: {blocker}"
         raise UniPeltError(f"{directory}{where} is a file, not a directory")
-    created = not directory.exists()
+    created = [p for p in (directory, *directory.parents) if not p.exists()]  # the deepest first
     directory.mkdir(parents=True, exist_ok=True)
     tmp = {name: directory / f".{name}.tmp-{os.getpid()}" for name in names}
     try:
@@ -178,9 +178,9 @@ def replace_together(directory: Path, names: tuple[str, ...], write) -> None:
             for path in tmp.values():
                 path.unlink(missing_ok=True)
     except BaseException:
-        if created:
+        for path in created:  # each is empty once the one below is gone
             with contextlib.suppress(OSError):
-                directory.rmdir()
+                path.rmdir()
         raise
 
 
