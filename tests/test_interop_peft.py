@@ -307,3 +307,11 @@ def test_a_malformed_peft_field_is_one_clear_error_and_leaves_the_model(tmp_path
     assert getattr(model, "pelt_config", None) is None
     assert model.state_dict().keys() == before.keys()
     assert all(torch.equal(t, before[n]) for n, t in model.state_dict().items())
+
+
+def test_a_number_too_long_for_python_to_read_in_a_peft_config_is_one_clear_error(tmp_path):
+    peft.get_peft_model(build("bert"), peft.LoraConfig(r=4, target_modules=["query"])).save_pretrained(tmp_path)
+    path = tmp_path / "adapter_config.json"
+    path.write_text(path.read_text().replace('"r": 4', '"r": ' + "4" * 5000))
+    with pytest.raises(unipelt.UniPeltError, match="digits"):
+        unipelt.from_peft(build("bert"), tmp_path)

@@ -10,6 +10,7 @@ the real model changed, so a refused checkpoint leaves the model as it was.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +32,8 @@ def read_json(path: Path) -> dict:
         raise UniPeltError(f"{path} is missing") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UniPeltError(f"{path} is not valid JSON: {e}") from None
+    except ValueError:  # Python reads no integer literal longer than this
+        raise UniPeltError(f"{path} holds a number of over {sys.get_int_max_str_digits()} digits") from None
     except RecursionError:
         raise UniPeltError(f"{path} nests its JSON too deeply to be a config") from None
     if not isinstance(data, dict):
