@@ -100,6 +100,21 @@ def test_a_prompt_that_leaves_no_position_is_refused_at_load(tmp_path):
     assert refused.value.status == 422 and engine.info == {} and engine.mt._tasks == {}
 
 
+def test_the_library_leaves_a_prompt_its_positions_as_the_server_does(tmp_path):
+    """BART adds its learned positions after the prompt joins the tokens: a prompt of 10 leaves 54
+    of 64 positions to the input. predict() cut at 64 and indexed past the table."""
+    specials = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    tok = tokenizer(specials, "<s> $A </s>", bos_token="<s>", eos_token="</s>", model_max_length=64)
+    engine = served(tmp_path, "bart", tok, ("prompt",), {"max_position_embeddings": 64})
+    assert engine.info["prompt"].max_length == 54
+    text = " ".join(f"w{i % 40}" for i in range(80))
+    [answer] = engine.run([Row("prompt", text)])
+    [library] = engine.mt.predict([text], "prompt", engine.tokenizer)
+    assert answer["truncated"] and answer["scores"] == pytest.approx(library["scores"], abs=1e-6)
+    with pytest.raises(UniPeltError, match="leaves 54 positions"):
+        engine.mt.predict([text], "prompt", engine.tokenizer, max_length=60)
+
+
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("words", [40, 400, 4000])
 def test_long_inputs_keep_the_tokens_training_keeps_on_either_truncation_side(tmp_path, side, words):

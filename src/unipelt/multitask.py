@@ -480,7 +480,7 @@ class MultiTask:
                 f"max_length must be a whole number from 1 to the model's {model_limit}, got {max_length!r}"
             )
         encoded = [
-            _encode_input(tokenizer, row, max_length or self._tasks[name].max_length or model_limit, i)
+            _encode_input(tokenizer, row, self._input_limit(self._tasks[name], max_length, model_limit), i)
             for i, (row, name) in enumerate(zip(inputs, tasks))
         ]
         batch = encoding.pad(tokenizer, encoded).to(self.model.device)
@@ -491,6 +491,19 @@ class MultiTask:
             token_type_ids=batch.get("token_type_ids"),
         )
         return [self._answer(self._tasks[t], z) for t, z in zip(tasks, logits)]
+
+    def _input_limit(self, task: Task, max_length: int | None, model_limit: int) -> int:
+        """The tokens an input of ``task`` keeps: ``max_length``, else what the task was trained at,
+        else the model's limit; less its prompt's tokens where the model has a position table
+        (BART numbers them with the input's), as the server cuts (serve/engine.py)."""
+        positions = encoding.position_limit(self.model.config)
+        room = positions - task.prompt_length if positions else model_limit
+        if room < 1 or (max_length is not None and max_length > room):
+            raise UniPeltError(
+                f"task {task.name!r}: its prompt of {task.prompt_length} tokens leaves {max(room, 0)} positions "
+                f"for an input ({positions} in all)"
+            )
+        return min(max_length or task.max_length or model_limit, room)
 
     @staticmethod
     def _answer(task: Task, logits: torch.Tensor) -> dict:
