@@ -559,6 +559,7 @@ def test_the_server_holds_at_most_max_tasks(served, capsys):  # noqa: F811
         (["--tasks-dir", "~nosuchuser-xyz"], "--tasks-dir ~nosuchuser-xyz:"),
         (["--task", "a=" + "x" * 5000], "File name too long"),
         (["--task", "../a b=DIR"], "a task name is 1-64 letters"),
+        (["--task", "a\n=DIR"], "a task name is 1-64 letters"),  # "$" matches before a last newline
         (["--task", "a=BASE"], "--task a: "),  # the base model's directory is not a checkpoint
         (["--task", "a=BASE", "--backend", "ray"], "is not a unipelt checkpoint"),  # before Ray starts
         (["--admin-token", "pässwörd-0123456789-abcdef"], "printable ASCII"),
@@ -570,7 +571,7 @@ def test_paths_names_and_tokens_the_server_cannot_use_are_one_error_line(served,
     flags = [f.replace("BASE", str(served / "base")) for f in flags]
     task = (
         []
-        if any(f.startswith("a=") or f.startswith("../") for f in flags)
+        if any(f.startswith(("a=", "a\n=", "../")) for f in flags)
         else ["--task", f"sst2={served / 'ckpt' / 'sst2'}"]
     )
     code = main(["serve", "--model", str(served / "base"), *task, *flags])

@@ -128,7 +128,7 @@ def parse_task(value: str):
     name, sep, rest = value.partition("=")
     if not sep or not name or not rest:
         raise UniPeltError(f"--task {value!r}: expected NAME=DIR or NAME=DIR:pairs")
-    if not re.match(TASK_NAME, name):  # the name a client sends in JSON and in DELETE's URL
+    if not re.fullmatch(TASK_NAME, name):  # the name a client sends in JSON and in DELETE's URL
         what = "1-64 letters, digits, '_', '.' or '-', the first a letter or digit"
         raise UniPeltError(f"--task {value!r}: a task name is {what}")
     pairs = rest.endswith(":pairs")
