@@ -118,6 +118,20 @@ def test_the_same_weights_in_another_precision_load(tmp_path):
     assert restored.pelt_config == model.pelt_config
 
 
+def test_weights_beyond_the_models_precision_are_refused_not_loaded_as_inf(tmp_path):
+    model = unipelt.apply(build(), "lora")
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "pelt_lora" in n).fill_(1e5)  # float16 ends at 65504
+    unipelt.save(model, tmp_path)
+    half = build().to(torch.float16)
+    before = {n: t.clone() for n, t in half.state_dict().items()}
+    with pytest.raises(UniPeltError, match="beyond float16's range"):
+        unipelt.load(half, tmp_path)
+    assert getattr(half, "pelt_config", None) is None and half.state_dict().keys() == before.keys()
+    assert all(torch.equal(t, before[n]) for n, t in half.state_dict().items())
+    unipelt.load(build().to(torch.bfloat16), tmp_path)  # bfloat16 holds 1e5
+
+
 def _rewrite_meta(directory, change) -> None:
     path = directory / "unipelt.json"
     meta = json.loads(path.read_text())

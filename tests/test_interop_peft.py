@@ -309,6 +309,17 @@ def test_a_malformed_peft_field_is_one_clear_error_and_leaves_the_model(tmp_path
     assert all(torch.equal(t, before[n]) for n, t in model.state_dict().items())
 
 
+def test_peft_weights_beyond_the_models_precision_are_refused_not_loaded_as_inf(tmp_path):
+    source = peft.get_peft_model(build("bert"), peft.LoraConfig(r=4, target_modules=["query"]))
+    with torch.no_grad():
+        next(p for n, p in source.named_parameters() if "lora_B" in n).fill_(1e5)  # float16 ends at 65504
+    source.save_pretrained(tmp_path)
+    half = build("bert").to(torch.float16)
+    with pytest.raises(unipelt.UniPeltError, match="beyond float16's range"):
+        unipelt.from_peft(half, tmp_path)
+    assert getattr(half, "pelt_config", None) is None
+
+
 def test_a_number_too_long_for_python_to_read_in_a_peft_config_is_one_clear_error(tmp_path):
     peft.get_peft_model(build("bert"), peft.LoraConfig(r=4, target_modules=["query"])).save_pretrained(tmp_path)
     path = tmp_path / "adapter_config.json"

@@ -499,6 +499,16 @@ def check_floats(tensors: dict[str, torch.Tensor], source) -> dict[str, torch.Te
     return tensors
 
 
+def copy_value(param: torch.Tensor, value: torch.Tensor, what: str) -> None:
+    """``param.copy_(value)``, refused where the model's dtype turns a finite value into inf
+    (1e5 in float16): the caller's ``all_or_nothing`` then puts the model back."""
+    param.copy_(value)
+    if value.dtype != param.dtype and not bool(param.isfinite().all()):
+        raise UniPeltError(
+            f"{what} holds values beyond {str(param.dtype).removeprefix('torch.')}'s range, the model's dtype"
+        )
+
+
 def load(model: nn.Module, directory: str | Path) -> nn.Module:
     """Apply the checkpoint's config to a fresh base ``model`` (or check the one it has) and load
     its weights; the prefix comes back folded. Returns ``model``; on any error it is unchanged."""
@@ -525,7 +535,7 @@ def load(model: nn.Module, directory: str | Path) -> nn.Module:
         undo.keep(params[name] for name in tensors)  # the head's, or a model applied before
         with torch.no_grad():
             for name, tensor in tensors.items():
-                params[name].copy_(tensor)
+                copy_value(params[name], tensor, f"{directory}: {name}")
         _restore_label_names(model, meta)
         with enable(model):  # the check runs the modules, also inside ``with unipelt.disable(model):``
             check_participation(model, after="load")  # the folded prefix, or a model applied before

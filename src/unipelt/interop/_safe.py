@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..checkpoint import check_floats, dry_apply
+from ..checkpoint import check_floats, copy_value, dry_apply
 from ..config import PeltConfig
 from ..errors import UniPeltError
 from ..inject import MARK, all_or_nothing, apply
@@ -112,6 +112,7 @@ def install(model: nn.Module, config: PeltConfig, assign: Assign, source: str) -
     with all_or_nothing(model):
         apply(model, config)
         with torch.no_grad():
+            names = {id(p): n for n, p in model.named_parameters()}
             for p, t in assign(model).items():
-                p.copy_(t.to(p.dtype))
+                copy_value(p, t, f"{source}: {names[id(p)]}")
     return model
