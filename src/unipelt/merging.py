@@ -169,6 +169,8 @@ def _read_all(dirs: list[Path], method: str) -> tuple[list[str], list[dict], dic
             raise UniPeltError(
                 f"{d} holds other tensors or shapes than {dirs[0]} (heads of different sizes?): {wrong[:3]}"
             )
+    if any(n.endswith(LORA_A) for n in names) and not configs[0].of(LoRAConfig):
+        raise UniPeltError("the checkpoints hold LoRA tensors but their config has no LoRA: not as unipelt saved them")
     _check_lora_layout(names, tensors, dirs[0])
     return names, tensors, metas[0]
 
