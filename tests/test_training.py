@@ -62,6 +62,22 @@ def test_eval_after_an_optimizer_step_reads_the_new_weights(preset, kind):
         torch.testing.assert_close(model(**b).logits, copy.deepcopy(model)(**b).logits, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_training_after_an_inference_mode_eval_with_some_modules_frozen(preset):
+    """Weights cached under torch.inference_mode() are inference tensors, which autograd cannot
+    save: a later step that trains the other modules (their inputs need gradients) must not reuse
+    them. The eval also keeps the token mask's mean weights, which a step with the same mask reads."""
+    model, b = unipelt.apply(build(), preset), batch()
+    randomize(model, std=0.2)
+    with torch.inference_mode():
+        model(**b)
+    for name, p in model.named_parameters():
+        if "adapter" in name or "lora" in name:  # stage 2: the rest trains on
+            p.requires_grad_(False)
+    model.train()
+    model(**b, labels=torch.tensor([0, 1, 2])).loss.backward()  # raised "Inference tensors cannot be saved"
+
+
 def test_trainer_trains_every_preset_with_a_finite_loss(tmp_path):
     g = torch.Generator().manual_seed(0)
     rows = [

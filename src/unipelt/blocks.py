@@ -45,8 +45,10 @@ register_optimizer_step_post_hook(_stepped)
 
 def parameters_key(params) -> tuple:
     """What a tensor computed from ``params`` depends on: their contents as version counters,
-    storage and dtype show them, and the optimizer steps taken since (a fused step shows in none)."""
-    return _STEPS[0], tuple((p._version, p.data_ptr(), p.dtype) for p in params)
+    storage and dtype show them, the optimizer steps taken since (a fused step shows in none), and
+    whether it is made under ``torch.inference_mode()`` (an inference tensor, which a later
+    forward under autograd could not save for backward)."""
+    return _STEPS[0], torch.is_inference_mode_enabled(), tuple((p._version, p.data_ptr(), p.dtype) for p in params)
 
 
 def derived(owner: object, name: str, sources: tuple[torch.Tensor, ...], make):
@@ -73,7 +75,7 @@ def constant(owner: object, name: str, like: torch.Tensor, make):
     if torch.compiler.is_compiling():
         return make()
     store = _DERIVED.setdefault(owner, {})
-    key = (name, like.dtype, like.device)
+    key = (name, like.dtype, like.device, torch.is_inference_mode_enabled())  # an inference tensor: see parameters_key
     hit = store.get(key)
     if hit is None:
         hit = store[key] = make()
@@ -286,12 +288,13 @@ class Gate(nn.Module):
         (they read one token mask, ``attention.token_mask``), per thread."""
         rows, compiling = self.slot.rows, torch.compiler.is_compiling()
         cached = None if compiling else getattr(_MEAN_WEIGHTS, "last", None)
-        if cached is not None and cached[0] is token_mask and cached[1] is rows and cached[2] == dtype:
+        key = (dtype, torch.is_inference_mode_enabled())  # an inference tensor: see parameters_key
+        if cached is not None and cached[0] is token_mask and cached[1] is rows and cached[2] == key:
             return cached[3]
         m = (token_mask if rows is None else token_mask[rows]).to(dtype).unsqueeze(1)  # (B, 1, T)
         weights = m / m.sum(dim=-1, keepdim=True).clamp_min(1.0)
         if not compiling:  # a compiled graph builds them in-graph, where the compiler can share them
-            _MEAN_WEIGHTS.last = (token_mask, rows, dtype, weights)
+            _MEAN_WEIGHTS.last = (token_mask, rows, key, weights)
         return weights
 
 
