@@ -28,6 +28,25 @@ def test_yaml_grid_with_per_method_lr_and_a_config_file(tmp_path, tiny_model):
     assert first == [("rte", 100, "lora"), ("rte", 100, "adapter"), ("rte", 100, "lora-r4")]
 
 
+def test_a_config_file_is_never_taken_for_a_preset_or_another_config_of_its_name(tmp_path, tiny_model):
+    """A config's file name is its method's name: a lora.yaml with r=64 took the lora preset's
+    learning rate and shared its report row; two r.json in two folders shared one lr and one row."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "r.json").write_text(f'{{"methods": [{{"method": "lora", "r": {len(folder) + 3}}}]}}')
+    (tmp_path / "a" / "lora.json").write_text('{"methods": [{"method": "lora", "r": 64}]}')
+    (tmp_path / "b" / "lora.json").write_text('{"methods": [{"method": "lora"}]}')  # the preset itself
+    with pytest.raises(UniPeltError, match="named like the preset 'lora' but holds another config"):
+        make_grid(tasks="rte", configs=str(tmp_path / "a" / "lora.json"), model=tiny_model).specs()
+    [spec] = make_grid(tasks="rte", configs=str(tmp_path / "b" / "lora.json"), model=tiny_model).specs()
+    assert spec.lr == DEFAULT_LEARNING_RATES["lora"]
+    with pytest.raises(UniPeltError, match="two methods of the grid are named 'r'"):
+        make_grid(tasks="rte", configs=f"{tmp_path / 'a' / 'r.json'},{tmp_path / 'b' / 'r.json'}", model=tiny_model)
+    config = str(tmp_path / "a" / "r.json")  # a preset or a file given twice is one method
+    twice = make_grid(tasks="rte", presets="lora,lora", configs=f"{config},{config}", lr=1e-3, model=tiny_model)
+    assert len({s.key for s in twice.specs()}) == 2
+
+
 def test_run_key_ignores_where_the_data_is(tiny_model):
     a = make_grid(tasks="rte", presets="lora", model=tiny_model, glue_dir="/a").specs()[0]
     b = make_grid(tasks="rte", presets="lora", model=tiny_model, glue_dir="/b").specs()[0]

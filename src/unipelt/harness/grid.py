@@ -40,6 +40,13 @@ class Grid:
             raise HarnessError("the grid has no tasks: give --tasks or 'tasks' in the grid file")
         if not self.presets and not self.configs:
             raise HarnessError("the grid has no methods: give --presets and/or 'configs' in the grid file")
+        files = dict.fromkeys(Path(c).resolve() for c in self.configs)  # one file given twice is one method
+        names = [*dict.fromkeys(self.presets), *(f.stem for f in files)]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise HarnessError(
+                f"two methods of the grid are named {twice[0]!r}: rename a config file (a config's file "
+                "name is its method's name in the store, the report and the lr table)"
+            )
         for task in self.axes["tasks"]:
             get_task(task)
 

@@ -215,6 +215,11 @@ def make_spec(
         method, config = preset, get_preset(preset)
     else:
         method, config = Path(config_file).stem, read_config_file(config_file)
+        if method in PRESETS and replace(config, head="auto") != PRESETS[method]:  # its lr, its report row
+            raise HarnessError(
+                f"config file {config_file} is named like the preset {method!r} but holds another config: "
+                "rename it (a config's file name is its method's name in the store and the report)"
+            )
     model = resolve_model(model)
     lr = _default_lr(method, config) if lr is None else lr
     head = _head(options.pop("head", None) or "auto", config, model)
