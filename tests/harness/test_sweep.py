@@ -192,3 +192,14 @@ def test_the_known_glue_copy_keeps_the_keys_runs_were_stored_under(tmp_path):
     (gz / "train.tsv.gz").write_bytes((EMBEDDED / "SST-2" / "train.tsv.gz").read_bytes())
     (gz / "dev.tsv.gz").write_bytes(gzip.compress(b"sentence\tlabel\nfine\t1\n"))
     assert data_identity(get_task("sst2"), tmp_path / "gz") not in ("", data_identity(get_task("sst2"), tmp_path))
+
+
+def test_the_hubs_glue_is_not_taken_for_the_projects_copy(monkeypatch):
+    """The hub's MNLI, QNLI and QQP are the full sets (the project's train files are samples): a
+    hub run had the key of a run on the project's files, and a sweep called it finished."""
+    from unipelt.harness.data import data_identity
+    from unipelt.harness.tasks import get_task
+
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    assert data_identity(get_task("mnli")) == "hub"  # no copy here: the hub is where it would load
+    assert data_identity(get_task("sst2")) == ""  # the embedded copy is the project's

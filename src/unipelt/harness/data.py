@@ -47,14 +47,17 @@ KNOWN_DATA = {
 
 
 def data_identity(task: Task, glue_dir: str | Path | None = None) -> str:
-    """A hash of the task's GLUE files where they are not the copy of KNOWN_DATA ('' for that copy,
-    the one embedded in the package and the hub's): a run on changed files is a new run in the
-    store, not "already finished" (as models.model_identity does for the model)."""
+    """A hash of the task's GLUE files where they are not the copy of KNOWN_DATA ('' for that copy
+    and the one embedded in the package; "hub" for the hub's, whose MNLI, QNLI and QQP are the full
+    sets where the project holds samples): a run on other files is a new run in the store, not
+    "already finished" (as models.model_identity does for the model)."""
     try:
         source = locate_glue(glue_dir, task.directory)
     except HarnessError:  # no such directory: loading the data says so, where the run needs it
         return ""
-    if source.path is None or source.path == EMBEDDED:
+    if source.path is None:
+        return "hub"
+    if source.path == EMBEDDED:
         return ""
     folder = source.path / task.directory
     files = tuple(p for p in (_file(folder, "train.tsv"), _test_file(task, folder)) if p is not None)
