@@ -84,6 +84,8 @@ def test_qqp_test_split_is_carved_from_the_end_of_train(glue_dir):
             "7: malformed row: expected 4 tab-separated fields, found 2",
         ),
         ("sst2", "SST-2/dev.tsv", 3, "a fine film\tmaybe\n", "4: label 'maybe' is not one of"),
+        ("stsb", "STS-B/train.tsv", 2, "1\tg\tf\t2012\t1\tn\tn\ta man\ta dog\tnan\n", "3: score 'nan' is not a number"),
+        ("stsb", "STS-B/dev.tsv", 2, "1\tg\tf\t2012\t1\tn\tn\ta man\ta dog\t-inf\n", "3: score '-inf' is not a number"),
     ],
 )
 def test_bad_row_names_file_and_line(own_glue, task, file, index, row, message):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import gzip
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,9 +105,12 @@ def _column(header: list[str] | None, spec: str | int, path: Path) -> int:
 def _label(task: Task, raw: str, path: Path, line: int) -> int | float:
     if task.is_regression:
         try:
-            return float(raw)
+            score = float(raw)
         except ValueError:
-            raise HarnessError(f"{path}:{line}: score {raw!r} is not a number") from None
+            score = math.nan
+        if not math.isfinite(score):  # float() also reads 'nan' and 'inf', on which every run would fail
+            raise HarnessError(f"{path}:{line}: score {raw!r} is not a number")
+        return score
     try:
         return task.labels.index(raw)
     except ValueError:
