@@ -128,6 +128,16 @@ def test_models_that_cannot_do_the_run_are_refused_before_training(capsys, tiny_
     )
 
 
+def test_a_model_without_a_tokenizer_is_refused_before_training(capsys, tiny_model, glue_dir, tmp_path, store):
+    """transformers builds a tokenizer of special tokens only there: every word read as unknown,
+    and the runs were stored as finished."""
+    model = tmp_path / "no-tokenizer"
+    model.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (model / name).write_bytes((Path(tiny_model) / name).read_bytes())
+    assert "has no tokenizer files" in _error(capsys, train_argv(model, glue_dir, store), store)
+
+
 def test_inputs_are_checked_before_the_store_says_already_finished(capsys, tiny_model, glue_dir, tmp_path, store):
     assert cli.main(train_argv(tiny_model, glue_dir, store)) == 0
     err = _error(capsys, train_argv(tiny_model, tmp_path / "nonexistent", store), store)

@@ -8,7 +8,7 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoTokenizer
 
 from ..arch import check_supported, supported
 from ..encoding import position_limit
@@ -97,6 +97,17 @@ def _config(path: str, stamp: tuple | None):
         raise HarnessError(f"model {path}: its config.json cannot be read: {first}") from None
 
 
+@lru_cache(maxsize=64)
+def _has_vocabulary(path: str, stamp: int) -> bool:
+    """Whether the directory's tokenizer knows words: without tokenizer files transformers builds
+    one of special tokens only, which reads every word as unknown (and the runs still finish)."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception:  # noqa: BLE001 - loading the run's tokenizer then says what is wrong
+        return True
+    return len(tokenizer) > len(set(tokenizer.all_special_tokens))
+
+
 def check_model(model: str, *, objective: str, max_length: int) -> None:
     """Everything about the model that would otherwise fail inside the run."""
     path = model_path(model)
@@ -112,6 +123,11 @@ def check_model(model: str, *, objective: str, max_length: int) -> None:
         raise HarnessError(
             f"model {path} is a {config.model_type!r} model, which unipelt does not support; "
             f"supported: {', '.join(supported())}"
+        )
+    if Path(path).is_dir() and not _has_vocabulary(path, Path(path).stat().st_mtime_ns):  # files added: new mtime
+        raise HarnessError(
+            f"model directory {path} has no tokenizer files: transformers would read every word as unknown; "
+            "save the tokenizer beside the model (tokenizer.save_pretrained)"
         )
     limit = position_limit(config)
     if limit and max_length > limit:
