@@ -25,7 +25,7 @@ from .tasks import Task
 
 OBJECTIVES = ("classify", "generate")
 IGNORE = -100  # label id the causal-LM loss skips
-UNMATCHED = -1  # predicted class of a continuation that is no label word: wrong under every metric
+UNMATCHED = -1  # a continuation that is no label word: wrong under accuracy and F1, no information under Matthews
 
 # One word per label, in the order of Task.labels.
 LABEL_WORDS: dict[str, tuple[str, ...]] = {
