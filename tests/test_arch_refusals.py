@@ -30,6 +30,21 @@ GATED = PeltConfig(
 )
 
 
+@pytest.mark.parametrize("arch", ["bert", "roberta", "electra"])
+def test_an_encoder_run_as_a_decoder_is_refused(arch):
+    """BertLMHeadModel with is_decoder=True: the modules are placed as in an encoder, whose gates
+    pool over the whole sequence, so later tokens changed earlier ones and cached generation
+    differed from uncached."""
+    from conftest import TINY
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(arch, **{**TINY, "is_decoder": True})
+    model = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(UniPeltError, match="is_decoder=True"):
+        unipelt.apply(model, "unipelt-apl")
+    assert getattr(model, "pelt_config", None) is None
+
+
 def test_deberta_gates_read_its_product_mask_and_ignore_padding():
     """DeBERTa hands layers m_i·m_j: a padded last query row sees nothing, yet its gates must
     average over the real tokens, as on every other encoder."""

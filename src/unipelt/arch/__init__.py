@@ -221,7 +221,14 @@ def spec_for(model: nn.Module) -> ArchSpec:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in _SPECS:
         raise _unsupported(model_type)
-    return _SPECS[model_type]
+    spec = _SPECS[model_type]
+    if getattr(model.config, "is_decoder", False) and not any(s.causal for s in spec.stacks):
+        raise UniPeltError(
+            f"{type(model).__name__} runs {model_type} as a decoder (is_decoder=True), where unipelt places "
+            "its modules as in an encoder: its gates would pool over later tokens. Use the encoder "
+            "(is_decoder=False) or a decoder architecture"
+        )
+    return spec
 
 
 def check_supported(model_type_or_path: str | os.PathLike) -> str:
