@@ -84,6 +84,7 @@ def test_qqp_test_split_is_carved_from_the_end_of_train(glue_dir):
             "7: malformed row: expected 4 tab-separated fields, found 2",
         ),
         ("sst2", "SST-2/dev.tsv", 3, "a fine film\tmaybe\n", "4: label 'maybe' is not one of"),
+        ("cola", "CoLA/train.tsv", 0, "gj04\t1\t\n", "1: malformed row: expected 4 tab-separated fields, found 3"),
         ("stsb", "STS-B/train.tsv", 2, "1\tg\tf\t2012\t1\tn\tn\ta man\ta dog\tnan\n", "3: score 'nan' is not a number"),
         ("stsb", "STS-B/dev.tsv", 2, "1\tg\tf\t2012\t1\tn\tn\ta man\ta dog\t-inf\n", "3: score '-inf' is not a number"),
     ],
@@ -131,6 +132,8 @@ def test_a_given_glue_dir_wins_over_the_embedded_copy(glue_dir, monkeypatch):
 
 
 def test_explicit_glue_dir_must_exist(tmp_path, monkeypatch):
+    with pytest.raises(UniPeltError, match=r"--glue-dir \(or the grid's glue_dir\) is empty"):
+        load_splits(get_task("sst2"), 16, 111, glue_dir="")  # was the embedded copy, or $GLUE_DIR
     with pytest.raises(UniPeltError, match=r"GLUE directory .*nope \(from --glue-dir\) does not exist"):
         load_splits(get_task("rte"), 16, 111, glue_dir=tmp_path / "nope")
     (tmp_path / "afile").write_text("")

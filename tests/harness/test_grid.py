@@ -47,6 +47,14 @@ def test_a_config_file_is_never_taken_for_a_preset_or_another_config_of_its_name
     assert len({s.key for s in twice.specs()}) == 2
 
 
+def test_a_grid_file_that_gives_one_setting_twice_is_refused(tmp_path, tiny_model):
+    grid = tmp_path / "grid.yaml"
+    for twice in ("k: [16]\nks: [32]", "data_seeds: [1]\ndata-seeds: [2]"):  # one of them was dropped
+        grid.write_text(f"tasks: [rte]\npresets: [lora]\nmodel: {tiny_model}\n{twice}\n")
+        with pytest.raises(UniPeltError, match="one setting: keep one"):
+            make_grid(grid)
+
+
 def test_run_key_ignores_where_the_data_is(tiny_model):
     a = make_grid(tasks="rte", presets="lora", model=tiny_model, glue_dir="/a").specs()[0]
     b = make_grid(tasks="rte", presets="lora", model=tiny_model, glue_dir="/b").specs()[0]

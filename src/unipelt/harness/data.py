@@ -150,9 +150,10 @@ def _rows(reader, task: Task, path: Path) -> list[tuple]:
         if blank:
             raise HarnessError(f"{path}:{blank}: blank line between rows")
         width = width or len(row)  # header-less file: the first row sets the width
-        if len(row) != width or len(row) <= max(c for c in cols if c is not None):
+        need = max(width, max(c for c in cols if c is not None) + 1)
+        if len(row) != width or len(row) < need:
             raise HarnessError(
-                f"{path}:{reader.line_num}: malformed row: expected {width} tab-separated fields, found {len(row)}"
+                f"{path}:{reader.line_num}: malformed row: expected {need} tab-separated fields, found {len(row)}"
             )
         a, b, raw = (row[c] if c is not None else None for c in cols)
         rows.append((a, b, _label(task, raw, path, reader.line_num)))

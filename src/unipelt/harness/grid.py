@@ -189,7 +189,11 @@ def make_grid(file: str | Path | None = None, **overrides: Any) -> Grid:
     """A Grid from an optional file, with ``overrides`` (CLI flags that were given) on top.
     Relative config paths in a file are read relative to the file."""
     data = _read(Path(file)) if file else {}
-    data = {"k" if key == "ks" else str(key).replace("-", "_"): value for key, value in data.items()}
+    named = {key: "k" if key == "ks" else str(key).replace("-", "_") for key in data}
+    if twice := sorted({n for n in named.values() if list(named.values()).count(n) > 1}):
+        both = [key for key, n in named.items() if n == twice[0]]
+        raise HarnessError(f"grid file {file} gives {' and '.join(map(repr, both))}, one setting: keep one")
+    data = {named[key]: value for key, value in data.items()}
     if file and "configs" in data:
         data["configs"] = [str(Path(file).parent / c) if isinstance(c, str) else c for c in split_list(data["configs"])]
     data.update({key: value for key, value in overrides.items() if value is not None})

@@ -36,6 +36,8 @@ def embedded_tasks() -> tuple[str, ...]:
 def locate_glue(glue_dir: str | Path | None = None, directory: str | None = None) -> GlueSource:
     """The first GLUE directory found for the task whose GLUE folder is ``directory``; an explicit
     one that does not exist is an error, not a reason to silently use another copy."""
+    if glue_dir is not None and not str(glue_dir).strip():  # Path("") would be the current directory
+        raise HarnessError("--glue-dir (or the grid's glue_dir) is empty: give a GLUE directory, or leave it out")
     if glue_dir:
         return _explicit(glue_dir, "from --glue-dir")
     if os.environ.get("GLUE_DIR"):
