@@ -55,11 +55,15 @@ def test_a_grid_file_that_gives_one_setting_twice_is_refused(tmp_path, tiny_mode
             make_grid(grid)
 
 
-def test_run_key_ignores_where_the_data_is(tiny_model):
+def test_run_key_ignores_where_the_data_is(tiny_model, glue_dir, monkeypatch):
     a = make_grid(tasks="rte", presets="lora", model=tiny_model, glue_dir="/a").specs()[0]
     b = make_grid(tasks="rte", presets="lora", model=tiny_model, glue_dir="/b").specs()[0]
     c = make_grid(tasks="rte", presets="lora", model=tiny_model, lr=1e-3).specs()[0]
     assert a.key == b.key != c.key
+    monkeypatch.chdir(glue_dir.parent)  # a relative directory is stored absolute: report reads it from anywhere
+    [relative] = make_grid(tasks="rte", presets="lora", model=tiny_model, glue_dir=glue_dir.name).specs()
+    [absolute] = make_grid(tasks="rte", presets="lora", model=tiny_model, glue_dir=str(glue_dir.resolve())).specs()
+    assert relative.glue_dir == absolute.glue_dir == str(glue_dir.resolve()) and relative.key == absolute.key
 
 
 def test_grid_needs_tasks_and_methods(tiny_model):

@@ -221,6 +221,10 @@ def make_spec(
                 "rename it (a config's file name is its method's name in the store and the report)"
             )
     model = resolve_model(model)
+    given = options.get("glue_dir")
+    if isinstance(given, str) and given.strip() and Path(given).expanduser().is_dir():
+        # stored as an absolute path: the report rebuilds the training rows from any directory
+        options["glue_dir"] = str(Path(given).expanduser().resolve())
     lr = _default_lr(method, config) if lr is None else lr
     head = _head(options.pop("head", None) or "auto", config, model)
     head_lr = options.pop("head_lr", None)
