@@ -288,7 +288,8 @@ class Gate(nn.Module):
         (they read one token mask, ``attention.token_mask``), per thread."""
         rows, compiling = self.slot.rows, torch.compiler.is_compiling()
         cached = None if compiling else getattr(_MEAN_WEIGHTS, "last", None)
-        key = (dtype, torch.is_inference_mode_enabled())  # an inference tensor: see parameters_key
+        # an inference tensor: see parameters_key (a compiled graph asks no such question)
+        key = None if compiling else (dtype, torch.is_inference_mode_enabled())
         if cached is not None and cached[0] is token_mask and cached[1] is rows and cached[2] == key:
             return cached[3]
         m = (token_mask if rows is None else token_mask[rows]).to(dtype).unsqueeze(1)  # (B, 1, T)
