@@ -78,6 +78,38 @@ def test_training_after_an_inference_mode_eval_with_some_modules_frozen(preset):
     model(**b, labels=torch.tensor([0, 1, 2])).loss.backward()  # raised "Inference tensors cannot be saved"
 
 
+def _replicate(model: torch.nn.Module) -> torch.nn.Module:
+    """What torch.nn.parallel.replicate does to the modules (a shallow copy of each, children
+    re-pointed, parameters replaced by the device's copies), on the CPU: here the copies are x2."""
+    memo = {id(m): m._replicate_for_data_parallel() for m in model.modules()}
+    for m in model.modules():
+        replica = memo[id(m)]
+        replica._modules = {k: None if c is None else memo[id(c)] for k, c in m._modules.items()}
+        replica._parameters = {k: None if p is None else 2 * p.detach() for k, p in m._parameters.items()}
+    return memo[id(model)]
+
+
+@pytest.mark.parametrize("preset", ["lora", "unipelt-apl", "prefix", "mh-parallel-adapter", "adapter", "prompt"])
+def test_data_parallel_replicas_run_their_own_weights_or_are_refused(preset):
+    """A DataParallel replica (HF Trainer's choice for several GPUs in one process) whose modules
+    refer to another module (LoRA's shared read, a layer's prefix encoder, a head adapter's query)
+    ran the original's weights, on another GPU: a device error, or the wrong answer."""
+    model, b = unipelt.apply(build(), preset), batch()
+    randomize(model, std=0.2)
+    model.eval()
+    doubled = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in doubled.parameters():
+            p.mul_(2)
+        want = doubled(**b).logits
+        if preset in ("adapter", "prompt"):  # no module refers to another
+            torch.testing.assert_close(_replicate(model)(**b).logits, want)
+        else:
+            with pytest.raises(UniPeltError, match="DataParallel"):
+                _replicate(model)(**b)
+    assert torch.equal(model(**b).logits, model(**b).logits)  # the model itself runs on
+
+
 def test_trainer_trains_every_preset_with_a_finite_loss(tmp_path):
     g = torch.Generator().manual_seed(0)
     rows = [

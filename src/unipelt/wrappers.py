@@ -30,6 +30,19 @@ from torch import nn
 
 from .attention import Prefix, attend, mark_position_passes, token_mask
 from .blocks import Gate, MaskSlot, PerCall, per_call
+from .errors import UniPeltError
+
+
+def refuse_replica(module: nn.Module) -> None:
+    """Refuse a ``torch.nn.DataParallel`` replica of a module that refers to another module (not
+    registered under it, so as not to save it twice): the replica's reference is still the
+    original's, whose weights sit on another device."""
+    if getattr(module, "_is_replica", False):
+        raise UniPeltError(
+            "torch.nn.DataParallel (HF Trainer's choice for several GPUs in one process) copies the "
+            f"modules a {type(module).__name__} reads but not its reference to them: train with "
+            "DistributedDataParallel (torchrun, accelerate launch) or on one GPU (CUDA_VISIBLE_DEVICES=0)"
+        )
 
 
 class RowsCall:
@@ -352,6 +365,7 @@ class PeltHeadOutput(Wrapper):
     def forward(self, heads: torch.Tensor) -> torch.Tensor:
         if not self.pelt_active:
             return self.base_layer(heads)
+        refuse_replica(self)
         q = self.called[0](self.tap.value)  # (B, T, H·dh), or fused (B, T, ...)
         if self.rows is not None:
             q = q[..., self.rows[0] : self.rows[1]]  # (B, T, H·dh)

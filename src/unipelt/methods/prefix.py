@@ -30,7 +30,7 @@ from ..config import (
     check_positive,
 )
 from ..errors import UniPeltError
-from ..wrappers import PeltSublayer, wrap_at
+from ..wrappers import PeltSublayer, refuse_replica, wrap_at
 from . import LayerContext, Method, Mixed, ModelContext, register
 
 PrefixComposition = Literal["interpolate", "add", "gated"]
@@ -271,6 +271,7 @@ class LayerPrefix(nn.Module):
         return self.pelt_gate(h_in)
 
     def forward(self, h_in: torch.Tensor) -> Prefix | None:
+        refuse_replica(self)
         if hasattr(self.encoder, "layer_kv"):
             kv = self.encoder.layer_kv(self.slot, self.head_dim)  # ([1,] 2, H_kv, l, dh)
         else:  # a decoder's prompt: None during its own pass
