@@ -93,7 +93,8 @@ def _replicate(model: torch.nn.Module) -> torch.nn.Module:
 def test_data_parallel_replicas_run_their_own_weights_or_are_refused(preset):
     """A DataParallel replica (HF Trainer's choice for several GPUs in one process) whose modules
     refer to another module (LoRA's shared read, a layer's prefix encoder, a head adapter's query)
-    ran the original's weights, on another GPU: a device error, or the wrong answer."""
+    ran the original's weights, on another GPU: a device error, or the wrong answer. A replica's
+    LoRA now reads its own A x; a prefix or a head adapter is refused."""
     model, b = unipelt.apply(build(), preset), batch()
     randomize(model, std=0.2)
     model.eval()
@@ -102,7 +103,7 @@ def test_data_parallel_replicas_run_their_own_weights_or_are_refused(preset):
         for p in doubled.parameters():
             p.mul_(2)
         want = doubled(**b).logits
-        if preset in ("adapter", "prompt"):  # no module refers to another
+        if preset in ("adapter", "prompt", "lora"):  # no module refers to another (a replica's LoRA reads alone)
             torch.testing.assert_close(_replicate(model)(**b).logits, want)
         else:
             with pytest.raises(UniPeltError, match="DataParallel"):

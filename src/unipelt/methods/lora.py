@@ -34,7 +34,7 @@ from ..config import (
     check_positive,
 )
 from ..errors import UniPeltError
-from ..wrappers import RowsCall, Wrapper, has, on_rows, refuse_replica, replace_module
+from ..wrappers import RowsCall, Wrapper, has, on_rows, replace_module
 from . import LayerContext, Method, register
 
 LoRATarget = Literal["q", "k", "v", "o", "ffn_in", "ffn_out"]
@@ -124,8 +124,8 @@ class LoRALinear(Wrapper):
         lora = self.pelt_lora
         # w·(B A x) = (w·A x) B: weight the r-wide bottleneck, not the d-wide output, and let one
         # addmm form out + that. A fixed s is addmm's alpha: no op of its own.
-        if self.shared is not None:
-            refuse_replica(self)
+        # a DataParallel replica reads A x itself: its shared read holds the original's modules
+        if self.shared is not None and not getattr(self, "_is_replica", False):
             low, weight = self.shared.read(self.shared_index, x)  # (N, r) or (B, T, r), (B, 1, 1) or None
             alpha = self.fixed_scale if weight is None else 1.0
             if weight is not None and self.rows is None and x.dim() == 3 and weight.shape[1] == 1:
