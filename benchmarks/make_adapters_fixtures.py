@@ -17,6 +17,7 @@ compares logits. Everything is seeded: a rerun rewrites the same numbers.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -181,6 +182,8 @@ def generate() -> None:
 
 
 def main() -> None:
+    # it deletes and rewrites tests/fixtures/adapters: --help (or any argument) must only print
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     try:
         import adapters  # noqa: F401
     except ImportError:  # unipelt's environment: run again in the comparators'
