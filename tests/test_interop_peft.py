@@ -320,6 +320,17 @@ def test_peft_weights_beyond_the_models_precision_are_refused_not_loaded_as_inf(
     assert getattr(half, "pelt_config", None) is None
 
 
+def test_importing_into_a_model_that_has_unipelt_modules_says_so(tmp_path):
+    """It reported the targets it could not match in the wrapped model, not why."""
+    peft.get_peft_model(build("bert"), peft.LoraConfig(r=4, target_modules=["query"])).save_pretrained(tmp_path)
+    for value in (unipelt.apply(build("bert"), "lora"), None):
+        message = "already has unipelt modules" if value is not None else "expected a transformers model"
+        with pytest.raises(unipelt.UniPeltError, match=message):
+            unipelt.from_peft(value, tmp_path)
+        with pytest.raises(unipelt.UniPeltError, match=message):
+            unipelt.from_adapters(value, tmp_path)
+
+
 def test_a_number_too_long_for_python_to_read_in_a_peft_config_is_one_clear_error(tmp_path):
     peft.get_peft_model(build("bert"), peft.LoraConfig(r=4, target_modules=["query"])).save_pretrained(tmp_path)
     path = tmp_path / "adapter_config.json"

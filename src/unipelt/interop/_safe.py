@@ -22,7 +22,7 @@ from torch import nn
 from ..checkpoint import check_floats, copy_value, dry_apply
 from ..config import PeltConfig
 from ..errors import UniPeltError
-from ..inject import MARK, all_or_nothing, apply
+from ..inject import MARK, all_or_nothing, apply, require_model
 
 
 def read_json(path: Path) -> dict:
@@ -93,12 +93,19 @@ def _check(model: nn.Module, assigned: dict[nn.Parameter, torch.Tensor], source:
         raise UniPeltError(f"{source} holds no value for {missing[:3]}: the checkpoint is incomplete")
 
 
+def require_fresh(model) -> None:
+    """Refuse what is not a plain transformers model before a checkpoint is read: its modules and
+    targets would be read against the unipelt modules already there."""
+    require_model(model)
+    if getattr(model, "pelt_config", None) is not None:
+        raise UniPeltError("this model already has unipelt modules; import into a fresh base model")
+
+
 def install(model: nn.Module, config: PeltConfig, assign: Assign, source: str) -> nn.Module:
     """``apply(model, config)`` and copy what ``assign`` maps each parameter to, or refuse
     before touching ``model``. ``assign`` is called on the model after ``apply``; it returns
     {parameter: value} and raises UniPeltError for a tensor that has no place."""
-    if getattr(model, "pelt_config", None) is not None:
-        raise UniPeltError("this model already has unipelt modules; import into a fresh base model")
+    require_fresh(model)
     dry = dry_apply(model, config, f"{source}'s config")
     with torch.device("meta"):  # what the converters build for the dry run stays there too
         try:

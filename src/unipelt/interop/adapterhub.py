@@ -23,7 +23,7 @@ from ..arch import spec_for
 from ..config import PeltConfig
 from ..errors import UniPeltError
 from . import adapterhub_config as hub
-from ._safe import first_file, install, read_json, read_tensors
+from ._safe import first_file, install, read_json, read_tensors, require_fresh
 
 FAMILY = ("bert", "roberta", "xlm-roberta")
 # adapters' module paths inside one BERT-family layer, by unipelt's name for the place
@@ -248,6 +248,7 @@ def from_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
     ``model`` (the base it was trained on) as the equivalent unipelt config; its prediction head
     too, when one was saved and this model's own head computes the same function. Configs unipelt
     cannot express exactly are refused with the reason. Returns ``model``."""
+    require_fresh(model)
     directory = Path(directory)
     if not (directory / "adapter_config.json").is_file():
         raise UniPeltError(f"{directory} is not an adapters module: expected adapter_config.json")

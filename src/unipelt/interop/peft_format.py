@@ -45,7 +45,7 @@ from ..methods.dora import DoRAConfig, DoRALinear
 from ..methods.lora import LoRAConfig, LoRALinear, LoRATarget
 from ..methods.prompt import PromptConfig
 from ..wrappers import has
-from ._safe import install, read_json, read_tensors
+from ._safe import install, read_json, read_tensors, require_fresh
 
 CONFIG, WEIGHTS, ROOT = "adapter_config.json", "adapter_model.safetensors", "base_model.model."
 # peft LoRA options that change what a layer computes: a checkpoint that sets one is refused, where
@@ -270,6 +270,7 @@ def _assign(tensors: dict[str, torch.Tensor], source: Path):
 def from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
     """Apply a HF peft checkpoint (LoRA, or prompt tuning on a causal LM) to a fresh base
     ``model``; the task head it saved is loaded too. Refuses what unipelt cannot compute the same."""
+    require_fresh(model)
     directory = Path(directory)
     cfg_path, weights_path = directory / CONFIG, directory / WEIGHTS
     if not cfg_path.is_file() or not weights_path.is_file():
