@@ -86,6 +86,21 @@ def test_unipelt_compile_compiles_in_place_and_matches_eager():
     assert all((g - r).abs().max() < 1e-5 for g, r in zip(got, ref))
 
 
+def test_gate_values_of_a_compiled_model_are_eagers():
+    """The compiled graph skips the hooks gate_values adds for its call: it returned {}."""
+    model = unipelt.apply(build("bert"), "unipelt-apl").eval()
+    randomize(model)
+    b = batch()
+    eager = unipelt.gate_values(model, b)
+    torch._dynamo.reset()
+    unipelt.compile(model, backend="aot_eager")
+    with torch.no_grad():
+        model(**b)  # compiled now
+    compiled = unipelt.gate_values(model, b)
+    assert eager and compiled.keys() == eager.keys()
+    assert all(compiled[layer] == pytest.approx(values) for layer, values in eager.items())
+
+
 def test_load_into_and_apply_onto_a_compiled_model(tmp_path):
     """The participation check runs the forward eagerly: traced, its hooks' outputs lose their
     graph and every module looked idle ("transformers bypasses unipelt's hook")."""

@@ -87,8 +87,9 @@ def gate_values(model: nn.Module, batch: dict) -> dict[int, dict[str, float]]:
     was_training = model.training
     model.eval()
     try:
-        if handles:
-            model(**batch)
+        if handles:  # eagerly: a compiled graph would skip the hooks (unipelt.compile)
+            with torch.compiler.set_stance("force_eager"):
+                model(**batch)
     finally:
         for h in handles:
             h.remove()
