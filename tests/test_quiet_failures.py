@@ -212,6 +212,18 @@ def test_a_size_no_tensor_can_take_is_refused_by_the_config():
         LoRAConfig(r=10**30)
 
 
+def test_an_integer_beyond_any_float_is_refused_by_the_config(tmp_path, capsys):
+    """math.isfinite raised OverflowError on it, which came out of the CLI as a traceback."""
+    with pytest.raises(UniPeltError, match="LoRAConfig.alpha must be a finite number, got an integer beyond"):
+        LoRAConfig(alpha=10**400)
+    config = tmp_path / "big.json"
+    config.write_text('{"methods": [{"method": "lora", "alpha": 1' + "0" * 400 + "}]}")
+    from unipelt.cli import main
+
+    assert main(["train", "--task", "sst2", "--config", str(config), "--lr", "1e-3", "--store", str(tmp_path / "s")]) == 2
+    assert "must be a finite number, got an integer beyond any float" in capsys.readouterr().err
+
+
 def _adapters_copy(tmp_path, name: str = "lora") -> Path:
     directory = tmp_path / name
     shutil.copytree(ADAPTERS / "bert" / name / "adapter", directory)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
@@ -66,6 +67,9 @@ def check_positive(owner: str, name: str, value: Any) -> None:
 
 def check_number(owner: str, name: str, value: Any, low: float | None = None, high: float | None = None) -> None:
     """A finite real number (not a bool, not a string) in [low, high)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > sys.float_info.max:
+        # a 400-digit JSON literal: math.isfinite would raise OverflowError (and repr may refuse it)
+        raise UniPeltError(f"{owner}.{name} must be a finite number, got an integer beyond any float")
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise UniPeltError(f"{owner}.{name} must be a finite number, got {value!r}")
     if (low is not None and value < low) or (high is not None and value >= high):
