@@ -220,7 +220,8 @@ def test_an_integer_beyond_any_float_is_refused_by_the_config(tmp_path, capsys):
     config.write_text('{"methods": [{"method": "lora", "alpha": 1' + "0" * 400 + "}]}")
     from unipelt.cli import main
 
-    assert main(["train", "--task", "sst2", "--config", str(config), "--lr", "1e-3", "--store", str(tmp_path / "s")]) == 2
+    argv = ["train", "--task", "sst2", "--config", str(config), "--lr", "1e-3", "--store", str(tmp_path / "s")]
+    assert main(argv) == 2
     assert "must be a finite number, got an integer beyond any float" in capsys.readouterr().err
 
 
