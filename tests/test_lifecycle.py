@@ -158,3 +158,17 @@ def test_a_model_without_unipelt_modules_is_refused_and_left_as_it_was(name):
     with pytest.raises(UniPeltError, match="has no unipelt modules"):
         _call(name, model)
     assert torch.equal(logits(model), before)
+
+
+def test_gate_values_of_a_causal_layer_average_its_real_tokens():
+    """A decoder's gates are per token: their mean took the padding of shorter rows in too."""
+    model = unipelt.apply(build("llama"), "unipelt-apl")
+    randomize(model, std=0.2)
+    ids = torch.randint(5, 100, (2, 5), generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])  # right padding: a causal row's tokens ignore it
+    both = unipelt.gate_values(model, {"input_ids": ids, "attention_mask": mask})
+    first = unipelt.gate_values(model, {"input_ids": ids[:1], "attention_mask": mask[:1]})
+    second = unipelt.gate_values(model, {"input_ids": ids[1:, :3], "attention_mask": mask[1:, :3]})
+    for layer, values in both.items():
+        for name, value in values.items():
+            assert value == pytest.approx((5 * first[layer][name] + 3 * second[layer][name]) / 8, abs=1e-6)

@@ -75,13 +75,19 @@ def gate_values(model: nn.Module, batch: dict) -> dict[int, dict[str, float]]:
     require_pelt(model)
     found: dict[int, dict[str, float]] = defaultdict(dict)
     handles = []
+    mask = batch.get("attention_mask") if isinstance(batch, dict) else None
     for name, module in model.named_modules():
         label = getattr(module, "label", None) if isinstance(module, Gate) else None
         if label is None:
             continue
 
         def record(_m, _inp, out, label=label):
-            found[label[0]][label[1]] = out.float().mean().item()
+            value = out.float()
+            if mask is not None and value.dim() == 3 and value.shape[:2] == mask.shape and value.shape[1] > 1:
+                real = mask.to(value)[..., None]  # a causal layer's gates are per token: its real ones
+                found[label[0]][label[1]] = ((value * real).sum() / real.sum().clamp_min(1)).item()
+            else:
+                found[label[0]][label[1]] = value.mean().item()
 
         handles.append(module.register_forward_hook(record))
     was_training = model.training
