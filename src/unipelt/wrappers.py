@@ -33,11 +33,16 @@ from .blocks import Gate, MaskSlot, PerCall, per_call
 from .errors import UniPeltError
 
 
+def is_replica(module: nn.Module) -> bool:
+    """Whether ``module`` is a ``torch.nn.DataParallel`` replica (``_replicate_for_data_parallel``
+    marks them): a reference it holds to a module not registered under it is the original's."""
+    return getattr(module, "_is_replica", False)
+
+
 def refuse_replica(module: nn.Module) -> None:
-    """Refuse a ``torch.nn.DataParallel`` replica of a module that refers to another module (not
-    registered under it, so as not to save it twice): the replica's reference is still the
-    original's, whose weights sit on another device."""
-    if getattr(module, "_is_replica", False):
+    """Refuse a replica (``is_replica``) of a module that refers to another module (not registered
+    under it, so as not to save it twice): that module's weights sit on another device."""
+    if is_replica(module):
         raise UniPeltError(
             "torch.nn.DataParallel (HF Trainer's choice for several GPUs in one process) copies the "
             f"modules a {type(module).__name__} reads but not its reference to them: train with "

@@ -34,7 +34,7 @@ from ..config import (
     check_positive,
 )
 from ..errors import UniPeltError
-from ..wrappers import RowsCall, Wrapper, has, on_rows, replace_module
+from ..wrappers import RowsCall, Wrapper, has, is_replica, on_rows, replace_module
 from . import LayerContext, Method, register
 
 LoRATarget = Literal["q", "k", "v", "o", "ffn_in", "ffn_out"]
@@ -125,7 +125,7 @@ class LoRALinear(Wrapper):
         # w·(B A x) = (w·A x) B: weight the r-wide bottleneck, not the d-wide output, and let one
         # addmm form out + that. A fixed s is addmm's alpha: no op of its own.
         # a DataParallel replica reads A x itself: its shared read holds the original's modules
-        if self.shared is not None and not getattr(self, "_is_replica", False):
+        if self.shared is not None and not is_replica(self):
             low, weight = self.shared.read(self.shared_index, x)  # (N, r) or (B, T, r), (B, 1, 1) or None
             alpha = self.fixed_scale if weight is None else 1.0
             if weight is not None and self.rows is None and x.dim() == 3 and weight.shape[1] == 1:
