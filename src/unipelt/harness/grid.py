@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import typing
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,8 @@ class Grid:
         if not self.presets and not self.configs:
             raise HarnessError("the grid has no methods: give --presets and/or 'configs' in the grid file")
         files = dict.fromkeys(Path(c).resolve() for c in self.configs)  # one file given twice is one method
-        names = [*dict.fromkeys(self.presets), *(f.stem for f in files)]
-        if twice := sorted({n for n in names if names.count(n) > 1}):
+        names = Counter([*dict.fromkeys(self.presets), *(f.stem for f in files)])
+        if twice := sorted(n for n, count in names.items() if count > 1):
             raise HarnessError(
                 f"two methods of the grid are named {twice[0]!r}: rename a config file (a config's file "
                 "name is its method's name in the store, the report and the lr table)"
@@ -190,7 +191,7 @@ def make_grid(file: str | Path | None = None, **overrides: Any) -> Grid:
     Relative config paths in a file are read relative to the file."""
     data = _read(Path(file)) if file else {}
     named = {key: "k" if key == "ks" else str(key).replace("-", "_") for key in data}
-    if twice := sorted({n for n in named.values() if list(named.values()).count(n) > 1}):
+    if twice := sorted(n for n, count in Counter(named.values()).items() if count > 1):
         both = [key for key, n in named.items() if n == twice[0]]
         raise HarnessError(f"grid file {file} gives {' and '.join(map(repr, both))}, one setting: keep one")
     data = {named[key]: value for key, value in data.items()}

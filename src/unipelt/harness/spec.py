@@ -222,9 +222,9 @@ def make_spec(
             )
     model = resolve_model(model)
     given = options.get("glue_dir")
-    if isinstance(given, str) and given.strip() and Path(given).expanduser().is_dir():
-        # stored as an absolute path: the report rebuilds the training rows from any directory
-        options["glue_dir"] = str(Path(given).expanduser().resolve())
+    folder = Path(given).expanduser() if isinstance(given, str) and given.strip() else None
+    if folder is not None and folder.is_dir():  # stored absolute: the report rebuilds the rows from anywhere
+        options["glue_dir"] = str(folder.resolve())
     lr = _default_lr(method, config) if lr is None else lr
     head = _head(options.pop("head", None) or "auto", config, model)
     head_lr = options.pop("head_lr", None)
