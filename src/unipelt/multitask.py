@@ -164,7 +164,7 @@ def _check_batch(input_ids, attention_mask, tasks: list, token_type_ids, vocab: 
         raise UniPeltError("input_ids must be a 2-D tensor of token ids (batch, tokens), int64 or int32")
     if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
         raise UniPeltError(f"input_ids has shape {tuple(input_ids.shape)}: at least one row of one token")
-    if input_ids.min() < 0 or input_ids.max() >= vocab:
+    if bool(((input_ids < 0) | (input_ids >= vocab)).any()):  # one device sync per batch, not two
         raise UniPeltError(f"input_ids holds ids outside the model's vocabulary (0 to {vocab - 1})")
     if attention_mask is not None and (
         not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape
