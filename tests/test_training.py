@@ -78,37 +78,78 @@ def test_training_after_an_inference_mode_eval_with_some_modules_frozen(preset):
     model(**b, labels=torch.tensor([0, 1, 2])).loss.backward()  # raised "Inference tensors cannot be saved"
 
 
-def _replicate(model: torch.nn.Module) -> torch.nn.Module:
-    """What torch.nn.parallel.replicate does to the modules (a shallow copy of each, children
-    re-pointed, parameters replaced by the device's copies), on the CPU: here the copies are x2."""
+def _replicate(model: torch.nn.Module, grad: bool = False) -> tuple[torch.nn.Module, list]:
+    """What torch.nn.parallel.replicate does to the modules, on the CPU: a shallow copy of each,
+    children re-pointed, each parameter replaced by the device's copy, set as a plain attribute
+    (a replica lists no parameters). Here the copies are 2x, with ``grad`` leaves of their own
+    where the original trains. Returns the replica and the copies, in ``parameters()`` order."""
     memo = {id(m): m._replicate_for_data_parallel() for m in model.modules()}
+    copies = {id(p): (2 * p.detach()).requires_grad_(grad and p.requires_grad) for p in model.parameters()}
     for m in model.modules():
         replica = memo[id(m)]
-        replica._modules = {k: None if c is None else memo[id(c)] for k, c in m._modules.items()}
-        replica._parameters = {k: None if p is None else 2 * p.detach() for k, p in m._parameters.items()}
-    return memo[id(model)]
+        for key, child in m._modules.items():
+            replica._modules[key] = None if child is None else memo[id(child)]
+        for key, p in m._parameters.items():
+            setattr(replica, key, None if p is None else copies[id(p)])
+    return memo[id(model)], list(copies.values())
 
 
-@pytest.mark.parametrize("preset", ["lora", "unipelt-apl", "prefix", "mh-parallel-adapter", "adapter", "prompt"])
-def test_data_parallel_replicas_run_their_own_weights_or_are_refused(preset):
-    """A DataParallel replica (HF Trainer's choice for several GPUs in one process) whose modules
-    refer to another module (LoRA's shared read, a layer's prefix encoder, a head adapter's query)
-    ran the original's weights, on another GPU: a device error, or the wrong answer. A replica's
-    LoRA now reads its own A x; a prefix or a head adapter is refused."""
-    model, b = unipelt.apply(build(), preset), batch()
-    randomize(model, std=0.2)
-    model.eval()
+def _doubled(model):
     doubled = copy.deepcopy(model)
     with torch.no_grad():
         for p in doubled.parameters():
             p.mul_(2)
-        want = doubled(**b).logits
-        if preset in ("adapter", "prompt", "lora"):  # no module refers to another (a replica's LoRA reads alone)
-            torch.testing.assert_close(_replicate(model)(**b).logits, want)
-        else:
-            with pytest.raises(UniPeltError, match="DataParallel"):
-                _replicate(model)(**b)
+    return doubled
+
+
+REFERRING = ["lora", "unipelt-apl", "prefix", "mh-parallel-adapter", "adapter", "prompt", "mam"]
+
+
+@pytest.mark.parametrize("preset", REFERRING)
+def test_data_parallel_replicas_run_their_own_weights(preset):
+    """A DataParallel replica (HF Trainer's choice for several GPUs in one process) of a module
+    that refers to another (LoRA's shared read, a layer's prefix encoder, a head adapter's query)
+    ran the original's weights, on another GPU: a device error, or the wrong answer."""
+    model, b = unipelt.apply(build(), preset), batch()
+    randomize(model, std=0.2)
+    model.eval()
+    want = _doubled(model)(**b).logits
+    with torch.no_grad():
+        torch.testing.assert_close(_replicate(model)[0](**b).logits, want)
     assert torch.equal(model(**b).logits, model(**b).logits)  # the model itself runs on
+
+
+@pytest.mark.parametrize("preset", REFERRING)
+def test_data_parallel_replicas_train_their_own_weights(preset):
+    """Under autograd too: the loss and every gradient are the replica's, none reaches the original."""
+    model, b = unipelt.apply(build(), preset), batch()
+    randomize(model, std=0.2)
+    model.train()
+    labels = torch.tensor([0, 1, 2])
+    doubled = _doubled(model)
+    torch.manual_seed(0)
+    doubled(**b, labels=labels).loss.backward()
+    replica, copies = _replicate(model, grad=True)
+    torch.manual_seed(0)  # the same dropout masks
+    replica(**b, labels=labels).loss.backward()
+    for (name, p), q in zip(doubled.named_parameters(), copies, strict=True):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, msg=name)
+    assert any(q.grad is not None for q in copies)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_data_parallel_is_refused_where_a_replica_cannot_reach_what_it_reads():
+    """A decoder-only prompt runs its own pass through the original model (a hook); a replica of a
+    part of the model has no copy of the prefix encoder above it: both refused, in one line."""
+    model = unipelt.apply(build_lm("gpt2"), "prompt")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad(), pytest.raises(UniPeltError, match="DataParallel"):
+        _replicate(model)[0](input_ids=ids)
+    model = unipelt.apply(build(), "prefix")
+    with torch.no_grad(), pytest.raises(UniPeltError, match="DataParallel"):
+        _replicate(model.bert)[0](**batch())
 
 
 def test_trainer_trains_every_preset_with_a_finite_loss(tmp_path):
@@ -269,3 +310,17 @@ def test_a_language_model_head_stays_frozen_even_untied(arch):
     model = unipelt.apply(build_lm(arch, tie_word_embeddings=False), "lora")
     assert head_parameter_names(model) == set()
     assert not model.get_output_embeddings().weight.requires_grad
+
+
+def test_data_parallel_replicas_in_one_thread_never_read_each_others_prefix():
+    """A replica lists no parameters (its copies are plain attributes): the prefix views a
+    no-grad replica made were keyed on no tensor, and the next replica in that thread read them."""
+    model, b = unipelt.apply(build(), "prefix"), batch()
+    randomize(model, std=0.2)
+    model.eval()
+    with torch.no_grad():
+        first = _replicate(model)[0](**b).logits
+        model.pelt_prefix.nets[0].mlp_out.bias.add_(1.0)
+        second = _replicate(model)[0](**b).logits
+        torch.testing.assert_close(second, _doubled(model)(**b).logits)
+    assert not torch.allclose(first, second)

@@ -40,14 +40,52 @@ def is_replica(module: nn.Module) -> bool:
 
 
 def refuse_replica(module: nn.Module) -> None:
-    """Refuse a replica (``is_replica``) of a module that refers to another module (not registered
-    under it, so as not to save it twice): that module's weights sit on another device."""
+    """Refuse a replica (``is_replica``) of a module that reads a module its replica cannot reach:
+    the original's weights sit on another device."""
     if is_replica(module):
         raise UniPeltError(
-            "torch.nn.DataParallel (HF Trainer's choice for several GPUs in one process) copies the "
-            f"modules a {type(module).__name__} reads but not its reference to them: train with "
+            "torch.nn.DataParallel (HF Trainer's choice for several GPUs in one process) gives a "
+            f"{type(module).__name__} copy no copy of the module it reads (DataParallel must wrap the whole "
+            "model unipelt.apply() returned; a decoder-only prompt is never followed): train with "
             "DistributedDataParallel (torchrun, accelerate launch) or on one GPU (CUDA_VISIBLE_DEVICES=0)"
         )
+
+
+class FollowReplicas:
+    """The forward pre-hook ``apply`` puts on the model: in a DataParallel replica of it, it points
+    every module's references (``refers_to``: attributes naming a module it reads but does not own,
+    a layer's prefix encoder, a head adapter's query projection) at the replica's own copies.
+    ``replicate`` copies each module's ``__dict__`` shallowly: the references stay the original's,
+    and so do the hook dictionaries, which is what identifies a copy's original."""
+
+    def __call__(self, root: nn.Module, _args) -> None:
+        if not is_replica(root):
+            return
+        copies = {id(m._forward_pre_hooks): m for m in root.modules()}
+        for module in root.modules():
+            for name in getattr(module, "refers_to", ()):
+                original = module.__dict__[name]
+                module.__dict__[name] = copies.get(id(original._forward_pre_hooks), original)
+
+
+def follow_replicas(model: nn.Module) -> None:
+    model.register_forward_pre_hook(FollowReplicas())
+
+
+def unfollow_replicas(model: nn.Module) -> None:
+    """Remove ``follow_replicas``'s hook; found by its type, as ``heads.detach`` finds its own."""
+    hooks = model._forward_pre_hooks
+    for key in [k for k, hook in hooks.items() if isinstance(hook, FollowReplicas)]:
+        del hooks[key]
+
+
+def referred(module: nn.Module, name: str) -> nn.Module:
+    """The module ``module`` reads as ``name`` (one of its ``refers_to``): in a replica, the
+    replica's copy (``FollowReplicas``), or refused where there is none."""
+    target = module.__dict__[name]
+    if is_replica(module) and not is_replica(target):
+        refuse_replica(module)
+    return target
 
 
 class RowsCall:
@@ -353,6 +391,8 @@ class PeltHeadOutput(Wrapper):
     reads the frozen query projection of the attention's input x, which ``tap`` holds; the
     projection is looked up on every call so that a LoRA on q, or its merge, is seen as it is."""
 
+    refers_to = ("owner",)
+
     def __init__(self, base_layer: nn.Module, tap: Tap, adapter: nn.Module, owner: nn.Module, query: str, rows=None):
         super().__init__(base_layer)
         self.tap = tap
@@ -365,12 +405,11 @@ class PeltHeadOutput(Wrapper):
     def called(self) -> tuple[nn.Module]:
         """The query projection it calls, with its own gates (a gated LoRA on q) to restrict to
         a mixed batch's rows (``on_rows``)."""
-        return (getattr(self.owner, self.query),)
+        return (getattr(referred(self, "owner"), self.query),)
 
     def forward(self, heads: torch.Tensor) -> torch.Tensor:
         if not self.pelt_active:
             return self.base_layer(heads)
-        refuse_replica(self)
         q = self.called[0](self.tap.value)  # (B, T, H·dh), or fused (B, T, ...)
         if self.rows is not None:
             q = q[..., self.rows[0] : self.rows[1]]  # (B, T, H·dh)

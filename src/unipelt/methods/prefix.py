@@ -30,7 +30,7 @@ from ..config import (
     check_positive,
 )
 from ..errors import UniPeltError
-from ..wrappers import PeltSublayer, refuse_replica, wrap_at
+from ..wrappers import PeltSublayer, is_replica, referred, refuse_replica, wrap_at
 from . import LayerContext, Method, Mixed, ModelContext, register
 
 PrefixComposition = Literal["interpolate", "add", "gated"]
@@ -175,7 +175,15 @@ class PrefixEncoder(nn.Module):
         """What the views depend on: gradient mode, autocast, and every parameter's contents."""
         device = self.nets[0].embedding.weight.device if self.folded is None else self.folded.device
         autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-        return torch.is_grad_enabled(), autocast, head_dim, parameters_key(self.parameters())
+        return torch.is_grad_enabled(), autocast, head_dim, parameters_key(self._sources())
+
+    def _sources(self) -> list[torch.Tensor]:
+        """The tensors the views are made of, read as attributes: a DataParallel replica holds its
+        copies of them as plain attributes, which ``parameters()`` does not list."""
+        if self.folded is not None:
+            return [self.folded]
+        layers = [m for net in self.nets for m in (net.mlp_in, net.mlp_out)]
+        return [net.embedding.weight for net in self.nets] + [t for m in layers for t in (m.weight, m.bias)]
 
     def layer_kv(self, slot: int, head_dim: int) -> torch.Tensor:
         """Slot ``slot``'s keys and values, (2, H_kv, l, dh), or (1, 2, H_kv, l, dh) from the views
@@ -205,6 +213,8 @@ class PrefixEncoder(nn.Module):
     def _before_stack(self, stack: nn.Module, _args) -> None:
         if not torch.is_grad_enabled() or torch.compiler.is_compiling():
             return  # without gradients the views are made on first use and kept (layer_kv)
+        if is_replica(stack):  # a DataParallel replica's layers read their own encoder, a copy of self
+            return
         if any(reentrant_checkpointing(m) for m in checkpointing_layers(stack)):
             self.views_made.last = None
             return
@@ -249,6 +259,8 @@ class LayerPrefix(nn.Module):
     """One attention sublayer's view of the shared encoder (a ``PrefixEncoder``, or a decoder's
     ``CausalPrompt``), plus that sublayer's gate."""
 
+    refers_to = ("encoder",)
+
     def __init__(
         self, encoder: nn.Module, slot: int, head_dim: int, d: int, gated: bool, *, pooling: str, mask_slot: MaskSlot
     ):
@@ -266,16 +278,17 @@ class LayerPrefix(nn.Module):
             self.shared = group if self.shared_index is not None else None
 
     def gate(self, h_in: torch.Tensor) -> torch.Tensor:
-        if self.shared is not None:
+        if self.shared is not None and not is_replica(self):  # the shared read holds the original's gates
             return self.shared.read(self.shared_index, h_in)[1]
         return self.pelt_gate(h_in)
 
     def forward(self, h_in: torch.Tensor) -> Prefix | None:
-        refuse_replica(self)
-        if hasattr(self.encoder, "layer_kv"):
-            kv = self.encoder.layer_kv(self.slot, self.head_dim)  # ([1,] 2, H_kv, l, dh)
+        encoder = referred(self, "encoder")
+        if hasattr(encoder, "layer_kv"):
+            kv = encoder.layer_kv(self.slot, self.head_dim)  # ([1,] 2, H_kv, l, dh)
         else:  # a decoder's prompt: None during its own pass
-            kv = self.encoder.kv(self.slot)
+            refuse_replica(self)  # its pass ran the original model (CausalPrompt's hook)
+            kv = encoder.kv(self.slot)
             if kv is None:
                 return None
             kv = torch.stack(kv).unflatten(-1, (-1, self.head_dim)).transpose(1, 2)  # (2, H_kv, l, dh)
@@ -287,7 +300,7 @@ class LayerPrefix(nn.Module):
         k, v = (t.expand(b, -1, -1, -1) for t in _attention_dtype(kv, h_in).unbind(-4))  # (B, H_kv, l, dh)
         if g is not None:  # per query in causal layers
             return Prefix(k, v, query_gate=g.unsqueeze(1))  # (B, 1, T, 1)
-        return Prefix(k, v, separate=getattr(self.encoder, "separate", False))
+        return Prefix(k, v, separate=getattr(encoder, "separate", False))
 
 
 def _attention_dtype(kv: torch.Tensor, h_in: torch.Tensor) -> torch.Tensor:
