@@ -100,9 +100,9 @@ def test_cached_beam_search_matches_uncached(lm_arch, preset):
 
 @pytest.mark.parametrize("arch", SDPA)
 @pytest.mark.parametrize("preset", ["prefix", "unipelt-apl"])
-def test_prefix_without_padding_gets_a_causal_mask_aligned_to_the_last_keys(arch, preset):
-    """Without padding sdpa gets mask=None and is_causal=True, whose top-left alignment is wrong
-    once prefix keys are prepended; eager attention always gets a materialised mask."""
+def test_prefix_without_padding_gets_a_causal_mask_behind_its_columns(arch, preset):
+    """Without padding sdpa gets mask=None and is_causal=True, which, once prefix keys are
+    prepended, would hide them from the first queries; eager attention always gets a materialised mask."""
     ids = batch()["input_ids"][:, :6]
     inputs = {"input_ids": ids} if arch in DECODER_LMS else {"input_ids": ids, "decoder_input_ids": ids}
     out = []
@@ -112,6 +112,20 @@ def test_prefix_without_padding_gets_a_causal_mask_aligned_to_the_last_keys(arch
         with torch.no_grad():
             out.append(model(**inputs).logits)
     assert (out[0] - out[1]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("arch", sorted(set(SDPA) & set(DECODER_LMS)))
+@pytest.mark.parametrize("preset", ["prefix", "unipelt-ap"])
+def test_a_static_cache_prefill_with_a_prefix_matches_uncached_decoding(arch, preset):
+    """An empty static cache's prefill gives sdpa mask=None with keys padded to the cache's
+    length: its is_causal mask is aligned top-left, and so must the one built for the prefix be
+    (aligned to the last keys, every prompt token saw later ones and the empty slots)."""
+    model = _trained(arch, preset)
+    inputs = {"input_ids": batch()["input_ids"][:1, :6]}
+    uncached = _generate(model, inputs, False)
+    static = _generate(model, inputs, True, cache_implementation="static")
+    assert torch.equal(static.sequences, uncached.sequences)
+    assert max((a - b).abs().max() for a, b in zip(static.scores, uncached.scores)) < 1e-4
 
 
 def test_llama_prefix_matches_the_past_key_values_route():

@@ -81,13 +81,11 @@ def _visible(mask: torch.Tensor, b: int, q: int, n: int) -> torch.Tensor:
 
 
 def _causal(query: torch.Tensor, key: torch.Tensor, additive: bool) -> torch.Tensor:
-    """(1, 1, q, kv) causal mask with queries aligned to the last keys (they follow the cache).
-
-    sdpa's is_causal aligns top-left, which is only right while keys and queries coincide; with
-    prefix keys in front, every query would see too few keys.
-    """
-    q, kv = query.shape[2], key.shape[2]
-    mask = torch.ones(q, kv, dtype=torch.bool, device=query.device).tril(kv - q)[None, None]
+    """(1, 1, q, kv) causal mask over the input's keys, the prefix's columns going in front of it:
+    the mask sdpa's is_causal would apply, which is aligned top-left. Transformers hands sdpa
+    mask=None for several queries only where that alignment is right: keys and queries coincide,
+    or an empty static cache's prefill, whose keys run on into the cache's unfilled slots."""
+    mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril()[None, None]
     if additive:
         return torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(
             ~mask, torch.finfo(query.dtype).min
