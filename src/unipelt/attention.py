@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import inspect
 import sys
-import threading
 from typing import NamedTuple
 
 import torch
@@ -93,18 +92,31 @@ def _causal(query: torch.Tensor, key: torch.Tensor, additive: bool) -> torch.Ten
     return mask
 
 
-_PREFIXED = threading.local()  # per thread: the last (mask, visible, n, B) and the mask it became
+def kept_on(tensor: torch.Tensor, name: str, held, key, make):
+    """``make()``, kept on ``tensor`` itself for the next call with the same ``held`` (by identity)
+    and ``key`` while ``tensor``'s contents (its version counter) and the inference mode are the
+    same. Transformers hands every layer of a forward pass the same mask tensor, so what is made
+    from it is made once per pass, and it goes when the mask goes: no thread or model holds it. A
+    compiled graph makes it in-graph, where the compiler can share it."""
+    if torch.compiler.is_compiling():
+        return make()
+    # an inference tensor counts no versions; outside inference mode nothing can change it in place
+    key = (key, -1 if tensor.is_inference() else tensor._version, torch.is_inference_mode_enabled())
+    hit = getattr(tensor, name, None)
+    if hit is not None and hit[0] is held and hit[1] == key:
+        return hit[2]
+    value = make()
+    setattr(tensor, name, (held, key, value))
+    return value
 
 
 def _prefixed_mask(mask: torch.Tensor, n: int, visible: torch.Tensor | None, b: int) -> torch.Tensor:
     """``mask`` with n columns in front that let every query see the prefix (or, with ``visible``,
-    the prefix positions its row sees). Transformers hands every layer the same mask tensor, so
-    this is built once per forward and reused by the following layers (a compiled graph builds it
-    in-graph instead, where the compiler can share it)."""
-    last = getattr(_PREFIXED, "last", None)
-    if last is not None and last[0] is mask and last[1] is visible and last[2:4] == (n, b):
-        return last[4]
-    source = mask
+    the prefix positions its row sees); made once per forward pass (``kept_on``)."""
+    return kept_on(mask, "_pelt_prefixed", visible, (n, b), lambda: _prefix_columns(mask, n, visible, b))
+
+
+def _prefix_columns(mask: torch.Tensor, n: int, visible: torch.Tensor | None, b: int) -> torch.Tensor:
     if visible is not None:
         mask = mask.expand(b, -1, -1, -1)
     columns = _visible(mask, mask.shape[0], mask.shape[2], n)
@@ -116,10 +128,7 @@ def _prefixed_mask(mask: torch.Tensor, n: int, visible: torch.Tensor | None, b: 
             else torch.zeros_like(columns).masked_fill(~seen, torch.finfo(mask.dtype).min)
         )
         columns = columns.expand(mask.shape[0], mask.shape[1], mask.shape[2], n)
-    mask = torch.cat([columns, mask], dim=-1)
-    if not torch.compiler.is_compiling():
-        _PREFIXED.last = (source, visible, n, b, mask)
-    return mask
+    return torch.cat([columns, mask], dim=-1)
 
 
 def _prepend_prefix(module, query, key, value, mask, pk, pv, additive: bool, kwargs: dict, visible=None):
@@ -405,20 +414,14 @@ def token_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor
     """
     if attention_mask is None or attention_mask.ndim != 4:
         return None
-    compiling = torch.compiler.is_compiling()
-    last = None if compiling else getattr(_TOKEN_MASK, "last", None)
-    if last is not None and last[0] is attention_mask and last[1] == length:
-        return last[2]  # every layer of a forward pass receives the same mask tensor
+    return kept_on(attention_mask, "_pelt_token_mask", None, length, lambda: _real_tokens(attention_mask, length))
+
+
+def _real_tokens(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
     m = attention_mask[:, 0, :, -length:]  # (B, T_q, T)
     if m.dtype.is_floating_point:
         m = m > torch.finfo(m.dtype).min / 2
-    m = m.bool().any(dim=1)
-    if not compiling:  # in a compiled graph the compiler shares it
-        _TOKEN_MASK.last = (attention_mask, length, m)
-    return m
-
-
-_TOKEN_MASK = threading.local()  # per thread: the last (4-D mask, length, token mask)
+    return m.bool().any(dim=1)
 
 
 def checkpointing_layers(model: nn.Module) -> list[nn.Module]:
