@@ -172,3 +172,19 @@ def test_gate_values_of_a_causal_layer_average_its_real_tokens():
     for layer, values in both.items():
         for name, value in values.items():
             assert value == pytest.approx((5 * first[layer][name] + 3 * second[layer][name]) / 8, abs=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["bert", "bart", "llama", "t5"])
+def test_switching_attention_after_apply_keeps_the_prefix_or_says_so(arch):
+    """``set_attn_implementation("eager")`` after apply (to see attention weights) put the stock
+    function back, which ignores the prefix keyword: the prefix silently did nothing."""
+    model = unipelt.apply(build(arch), "prefix")
+    randomize(model, std=0.2)
+    b = batch()
+    with torch.no_grad():
+        want = model(**b).logits
+        model.set_attn_implementation("eager")
+        with pytest.raises(UniPeltError, match="unipelt_eager"):
+            model(**b)
+        model.set_attn_implementation("unipelt_eager")
+        torch.testing.assert_close(model(**b).logits, want, rtol=1e-5, atol=1e-5)

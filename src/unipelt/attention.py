@@ -305,6 +305,12 @@ def attend(module: nn.Module, args: tuple, kwargs: dict, prefix: Prefix | None):
     own = next((f for cls, f in _OWN_ATTENTION.items() if isinstance(module, cls)), None)
     if own is not None:
         return own(module, *args, prefix=prefix, **kwargs)
+    current = getattr(getattr(module, "config", None), "_attn_implementation", None)
+    if current is not None and not current.startswith("unipelt_"):  # a stock function ignores the keyword
+        raise UniPeltError(
+            f"the model's attention was switched to {current!r} after unipelt.apply(), whose function would "
+            "drop the prefix: set 'unipelt_eager' or 'unipelt_sdpa' instead (the same attention, with the prefix)"
+        )
     return module(*args, **{**kwargs, PREFIX_KWARG: prefix})
 
 
