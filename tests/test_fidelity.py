@@ -78,6 +78,36 @@ def test_bert_pooler_is_frozen_and_modules_to_save_trains_it(tmp_path):
         unipelt.apply(build(), PeltConfig(methods=(LoRAConfig(),), modules_to_save=("pooler2",)))
 
 
+@pytest.mark.parametrize(
+    "preset, saved",
+    [
+        ("unipelt-apl", "encoder.layer.1.output"),
+        ("unipelt-apl", "encoder.layer.0.attention.self.query"),
+        ("prefix", "encoder.layer.0.attention.self.query"),
+    ],
+)
+def test_modules_to_save_inside_a_wrapped_layer_train_and_save(tmp_path, preset, saved):
+    """Paths are the base model's as loaded: below a wrapper (a gated layer's, the prefix's) the
+    parameter names carry ``.base_layer``, and such a module trained nothing, silently."""
+    cfg = PeltConfig(methods=unipelt.get_preset(preset).methods, modules_to_save=(saved,))
+    model = unipelt.apply(build(), cfg)
+    module = build().bert.get_submodule(saved)
+    numel = sum(p.numel() for p in module.parameters())
+    assert unipelt.count_parameters(model)["modules_to_save"] == numel
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model.train()
+    model(**batch(), labels=torch.tensor([0, 1, 2])).loss.backward()
+    opt.step()
+    model.eval()
+    moved = {n for n, p in model.named_parameters() if "pelt_" not in n and not n.startswith("classifier")}
+    moved = {n for n in moved if not torch.equal(before[n], dict(model.named_parameters())[n])}
+    assert moved and all(unipelt.wrappers.plain_path(n).startswith(f"bert.{saved}.") for n in moved)
+    unipelt.save(model, tmp_path)
+    restored = unipelt.load(build(), tmp_path).eval()
+    assert torch.equal(logits(restored, batch()), logits(model, batch()))
+
+
 # 2. NoGate is UniPELT (AP) without gates; the APL variant keeps LoRA at alpha/r
 def test_nogate_presets_are_the_papers_ablation():
     ap = unipelt.get_preset("unipelt-ap-nogate")

@@ -26,7 +26,7 @@ from .methods.prefix import PrefixEncoder
 from .participation import check_participation
 from .placement import inject_layers
 from .presets import get_preset
-from .wrappers import Wrapper, follow_replicas, replace_module, unfollow_replicas
+from .wrappers import Wrapper, follow_replicas, plain_path, replace_module, unfollow_replicas
 
 MARK = "pelt_"  # every added parameter's name contains it
 
@@ -140,10 +140,11 @@ def head_parameter_names(model: nn.Module) -> set[str]:
 
 
 def saved_module_names(model: nn.Module, cfg: PeltConfig) -> set[str]:
-    """Parameters of the base-model modules named in ``cfg.modules_to_save``."""
+    """Parameters of the base-model modules named in ``cfg.modules_to_save``: paths in the base
+    model as loaded, which the wrappers above a module (``.base_layer``) do not change."""
     prefix = _base_prefix(model)
     paths = tuple(f"{prefix}{m}." for m in cfg.modules_to_save)
-    return {n for n, _ in model.named_parameters() if paths and n.startswith(paths)}
+    return {n for n, _ in model.named_parameters() if paths and MARK not in n and plain_path(n).startswith(paths)}
 
 
 def _check_modules_to_save(base: nn.Module, cfg: PeltConfig) -> None:
