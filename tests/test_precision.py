@@ -1,5 +1,7 @@
 """Half precision for every preset: bf16/fp16 inference close to float32, bf16 autocast training."""
 
+import copy
+
 import pytest
 import torch
 from conftest import batch, build, randomize
@@ -49,3 +51,23 @@ def test_ia3_keys_keep_the_base_layer_dtype_under_autocast():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.isfinite(model(**batch()).logits).all()
     assert seen == [torch.bfloat16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("preset", ["lora", "unipelt-apl-nogate", "prefix", "unipelt-apl"])
+@pytest.mark.parametrize("within", ["autocast", "inference_mode"])
+def test_merge_and_fold_inside_autocast_or_inference_mode_give_the_plain_result(preset, within):
+    """Inside autocast, bf16 rounding stayed in the float32 weights merge and fold wrote (and the
+    folded prefix became a bf16 parameter); inside inference_mode the folded prefix was an
+    inference tensor, and every later forward pass failed on its version counter."""
+    model = unipelt.apply(build(), preset)
+    randomize(model, std=0.2)
+    model.eval()
+    reference = copy.deepcopy(model)
+    prepare = unipelt.fold if unipelt.get_preset(preset).gated else unipelt.merge
+    prepare(reference)
+    scope = torch.autocast("cpu", dtype=torch.bfloat16) if within == "autocast" else torch.inference_mode()
+    with scope:
+        prepare(model)
+    assert all(p.dtype == torch.float32 and not p.is_inference() for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch()).logits, reference(**batch()).logits, rtol=0, atol=0)

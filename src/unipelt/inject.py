@@ -243,8 +243,25 @@ def fold(model: nn.Module) -> nn.Module:
     require_pelt(model)
     prefix = getattr(model, "pelt_prefix", None)
     if prefix is not None:
-        prefix.fold()
+        with exact_arithmetic(model):
+            prefix.fold()
     return model
+
+
+@contextlib.contextmanager
+def exact_arithmetic(model: nn.Module) -> Iterator[None]:
+    """What ``fold`` and ``merge`` compute becomes weights of the model: computed in the weights'
+    own dtype whatever autocast the caller runs under (bf16 rounding would stay in an fp32 model),
+    and as ordinary tensors under ``torch.inference_mode()`` (a parameter that is an inference
+    tensor breaks every later forward pass, which reads its version counter)."""
+    device = next(model.parameters()).device.type
+    autocast = device != "meta" and torch.is_autocast_enabled(device)
+    with (
+        torch.inference_mode(False),
+        torch.no_grad(),
+        torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext(),
+    ):
+        yield
 
 
 def _mergeable(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -264,8 +281,9 @@ def merge(model: nn.Module) -> nn.Module:
     gated = [n for n, m in found if getattr(m, "pelt_gate", None) is not None]
     if gated:
         raise UniPeltError(f"gated LoRA cannot be merged (its scale depends on the input): {gated[:3]}...")
-    for name, _ in sorted(found, key=lambda item: -item[0].count(".")):  # innermost first
-        replace_module(model, name, lambda m: m.merge())
+    with exact_arithmetic(model):
+        for name, _ in sorted(found, key=lambda item: -item[0].count(".")):  # innermost first
+            replace_module(model, name, lambda m: m.merge())
     if found:  # the base weights now hold the updates: disable() and save() refuse, saying why
         model.pelt_merged = True
     fold(model)
