@@ -253,6 +253,26 @@ def test_workers_die_when_their_parent_is_killed():
     assert not alive, f"workers {alive} outlived their killed parent"
 
 
+STOPPED = """
+import time, psutil
+from unipelt.harness import sweep
+sweep._run_in_worker = time.sleep  # a run of 0.01 s and one of 600 s
+records = sweep._pooled(iter([0.01, 600]), 2)
+next(records)
+records.close()  # what a failed store write or an interrupt does to the sweep's loop
+workers = [c for c in psutil.Process().children() if "spawn_main" in " ".join(c.cmdline())]
+print(sum(c.status() != psutil.STATUS_ZOMBIE for c in workers), flush=True)
+"""
+
+
+def test_a_stopped_sweep_ends_its_runs_in_flight_at_once():
+    """After a failed store write (or an interrupt of the parent alone) the pool waited for every
+    run in flight, whose results it then dropped: an hour's run held the error line an hour."""
+    out = subprocess.run([sys.executable, "-c", STOPPED], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"
+
+
 # ---- 5. the model's identity is part of the run key
 def test_a_model_replaced_at_the_same_path_is_a_new_run(capsys, train, tiny_model, tmp_path, monkeypatch):
     from transformers import AutoModelForSequenceClassification

@@ -105,25 +105,39 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
 def _pooled(specs: Iterator[RunSpec], workers: int) -> Iterator[RunRecord]:
     """At most ``workers`` runs in flight; the next spec is drawn (and so claimed) only when a
     worker is free, so a run waiting in a queue is never claimed away from another sweep."""
-    with worker_pool(workers) as pool:
-        pending = set()
-        try:
-            while True:
-                while len(pending) < workers and (spec := next(specs, None)) is not None:
-                    pending.add(pool.submit(_run_in_worker, spec))
-                if not pending:
-                    return
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
-        except BrokenProcessPool:
-            raise HarnessError(
-                "a sweep worker process died (killed or out of memory); finished runs are "
-                "saved, rerun the same command to resume"
-            ) from None
-        finally:
-            for future in pending:
-                future.cancel()
+    pool, pending, drained = worker_pool(workers), set(), False
+    try:
+        while True:
+            while len(pending) < workers and (spec := next(specs, None)) is not None:
+                pending.add(pool.submit(_run_in_worker, spec))
+            if not pending:
+                drained = True
+                return
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    except BrokenProcessPool:
+        raise HarnessError(
+            "a sweep worker process died (killed or out of memory); finished runs are "
+            "saved, rerun the same command to resume"
+        ) from None
+    finally:
+        if drained:
+            pool.shutdown()
+        else:
+            _stop(pool)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """End the pool now: a sweep stopped by an error or an interrupt does not wait for the runs in
+    flight, whose results it would not record (their claims go with this process; a rerun resumes
+    them)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle before Python 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join()
 
 
 def _local(specs: Iterator[RunSpec], workers: int, progress: bool) -> Iterator[RunRecord]:
