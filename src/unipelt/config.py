@@ -111,12 +111,14 @@ class MethodConfig:
     def to_dict(self) -> dict[str, Any]:
         """Every field, except one added later while it holds its ``since`` value (field
         metadata, as in harness/spec.py): configs written before it keep their JSON and run keys."""
-        fields = dataclasses.fields(self)
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields
-            if not ("since" in f.metadata and getattr(self, f.name) == f.metadata["since"])
-        }
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if "since" in f.metadata and value == f.metadata["since"]:
+                continue
+            # a whole number in a float field (alpha: 2) is the config of 2.0: one JSON, one run key
+            out[f.name] = float(value) if f.type in (float, "float") and type(value) is int else value
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -66,6 +66,17 @@ def test_run_key_ignores_where_the_data_is(tiny_model, glue_dir, monkeypatch):
     assert relative.glue_dir == absolute.glue_dir == str(glue_dir.resolve()) and relative.key == absolute.key
 
 
+def test_a_whole_number_in_a_float_setting_is_the_same_run(tiny_model, tmp_path):
+    """``alpha: 2`` in a config file is the preset's alpha 2.0, and ``lr=1`` is ``lr=1.0``: they
+    had other run keys, so finished runs trained again and the report averaged both as seeds."""
+    [preset] = make_grid(tasks="rte", presets="lora", model=tiny_model).specs()
+    config = tmp_path / "lora.yaml"
+    config.write_text("methods:\n- method: lora\n  r: 8\n  alpha: 2\n  dropout: 0\n")
+    [from_file] = make_grid(tasks="rte", configs=str(config), model=tiny_model).specs()
+    assert from_file.config == preset.config and from_file.key == preset.key
+    assert replace(preset, lr=1).key == replace(preset, lr=1.0).key
+
+
 def test_grid_needs_tasks_and_methods(tiny_model):
     with pytest.raises(UniPeltError, match="no methods"):
         make_grid(tasks="rte", model=tiny_model)

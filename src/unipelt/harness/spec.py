@@ -116,6 +116,8 @@ class RunSpec:
             if (value is not None or name == "lr") and (type(value) not in (int, float) or not 0 < value < math.inf):
                 what = "the learning rate" if name == "lr" else "the head's learning rate"
                 raise HarnessError(f"{what} must be a positive number (and finite), got {value!r}")
+            if type(value) is int:  # lr=1 is the run of lr=1.0: one run key
+                object.__setattr__(self, name, float(value))
         check_objective(self.objective, get_task(self.task))
 
     @property
