@@ -156,6 +156,23 @@ def test_runs_on_two_versions_of_a_tasks_data_are_never_averaged(tmp_path):
     assert "lora data=c0ffee00" not in md  # STS-B's one version splits nothing
 
 
+def test_two_configs_under_one_method_name_are_never_averaged(tmp_path):
+    """A config file edited between two sweeps (LoRA r=8, then r=64) keeps its method name: both
+    were averaged in one row, as if they were seeds of one method."""
+    from unipelt import LoRAConfig, PeltConfig
+
+    with Store(tmp_path / "s.sqlite") as store:
+        for r, score in ((8, 0.9), (64, 0.5)):
+            record = _record("mine", "rte", 111, score)
+            config = PeltConfig(methods=(LoRAConfig(r=r),))
+            store.write(replace(record, spec=replace(record.spec, config=config)))
+        md = report.markdown(report.build(store))
+    table = md.split("### Table 1 — tiny, K=100")[1].split("###")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| mine")]
+    assert len(rows) == 2 and all(" config=" in row for row in rows)
+    assert sorted(row.split("|")[2].strip() for row in rows) == ["**90.0**", "<u>50.0 ⌊1/1⌋</u>"]
+
+
 @pytest.mark.parametrize(
     "field, values",
     [("head_lr", (None, 1e-3)), ("head", ("pooler", "mean"))],  # an unset head_lr is a setting of its own

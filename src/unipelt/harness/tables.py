@@ -10,12 +10,15 @@ Table 2 compares only the cells whose runs are mostly above it on a learnable ta
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 
+from ..config import PeltConfig
 from . import floors
 from .spec import DEFAULTS, VARIANTS
 from .tasks import TASK_ORDER, TASKS
@@ -103,7 +106,18 @@ def with_variants(runs: pd.DataFrame, scope: tuple[str, ...] = BLOCK) -> pd.Data
     data = runs["spec"].map(lambda s: s.get("data_id", ""))
     two = data.groupby([runs[c] for c in (*scope, "method", "task")]).transform("nunique") > 1
     runs["row"] += (" data=" + data.str[:8].replace("", "project")).where(two, "")
+    # one name for two configs (a config file edited between sweeps): never averaged together
+    config = runs["spec"].map(_config_id)
+    two = config.groupby([runs[c] for c in (*scope, "method")]).transform("nunique") > 1
+    runs["row"] += (" config=" + config).where(two, "")
     return runs
+
+
+def _config_id(spec: dict) -> str:
+    """A short hash of the run's PELT config, as ``PeltConfig`` writes it (whole numbers in float
+    fields as floats, as older stores may hold them), less what a variant field shows (``head``)."""
+    canonical = {k: v for k, v in PeltConfig.from_dict(spec["config"]).to_dict().items() if k not in VARIANTS}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def settings_per_k(runs: pd.DataFrame) -> dict[str, pd.Series]:
