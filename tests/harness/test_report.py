@@ -333,3 +333,22 @@ def test_a_report_written_again_into_its_folder_leaves_no_file_of_the_earlier_on
     assert "gates_0.png" in figures and not (out / "gates_0.png").exists()
     assert (out / "metric_vs_k_0.png").exists()
     assert (out / "notes.png").exists()
+
+
+def test_a_report_into_a_folder_of_the_users_removes_none_of_their_files(tmp_path):
+    """--out . in a project whose store sits in runs/: the export removed every JSON file in runs/
+    it had not written (a user's config), and a report.md of the user's had its PNGs removed."""
+    from unipelt.harness import export
+
+    out = tmp_path / "project"
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "my-lora-r16.json").write_text('{"methods": [{"method": "lora", "r": 16}]}')
+    (out / "runs" / "broken.json").write_text("{not json")
+    (out / "report.md").write_text("# Our design\n\n![the architecture](architecture.png)\n")
+    (out / "architecture.png").write_bytes(b"the user's figure")
+    with Store(out / "runs" / "unipelt.sqlite") as store:
+        store.write(_record("lora", "rte", 111, 0.6))
+        export.write_runs(store, out / "runs")
+        report.write(report.build(store), out)
+    assert (out / "runs" / "my-lora-r16.json").exists() and (out / "runs" / "broken.json").exists()
+    assert (out / "architecture.png").read_bytes() == b"the user's figure"

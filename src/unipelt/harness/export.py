@@ -91,8 +91,8 @@ def run_json(row: pd.Series, epochs: pd.DataFrame) -> dict:
 def write_runs(store: Store, out_dir: str | Path) -> list[Path]:
     """One ``<task>--<method>--k<K>-seed<seed>.json`` per finished run in ``out_dir``; runs that
     share that name (another lr, model or model seed) each add their run key's first 12 characters.
-    Other JSON files there (an earlier export's, under names since changed) are removed: the folder
-    is read as the store's runs, one file each."""
+    Run JSON an earlier export wrote there under names since changed is removed: the folder is read
+    as the store's runs, one file each. Other JSON files (a user's) are left as they are."""
     out = Path(out_dir)
     runs, epochs = store.runs("finished"), store.epochs()
     names = [re.sub(r"[^A-Za-z0-9._=-]+", "_", experiment_name(row).replace("/", "--")) for _, row in runs.iterrows()]
@@ -105,7 +105,20 @@ def write_runs(store: Store, out_dir: str | Path) -> list[Path]:
             path.write_text(json.dumps(run_json(row, epochs[epochs.run_key == row.run_key]), indent=2) + "\n")
             written.append(path)
         for stale in set(out.glob("*.json")) - set(written):
-            stale.unlink()
+            if _exported(stale):
+                stale.unlink()
     except OSError as e:
         raise HarnessError(f"cannot write the runs' JSON to {out}: {e}") from None
     return written
+
+
+def _exported(path: Path) -> bool:
+    """Whether ``path`` holds a run this export wrote: ``run_json``'s layout, whose package info
+    always names the unipelt commit."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    meta = data.get("meta_info") if isinstance(data, dict) else None
+    packages = meta.get("package_info") if isinstance(meta, dict) else None
+    return isinstance(packages, dict) and "unipelt-commit-hash" in packages

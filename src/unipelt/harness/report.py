@@ -105,7 +105,7 @@ CSS = (
 
 
 def markdown(report: Report) -> str:
-    parts = ["# unipelt results", "", md_text(report.summary), ""] + [table_markdown(t) for t in report.tables]
+    parts = [TITLE, "", md_text(report.summary), ""] + [table_markdown(t) for t in report.tables]
     parts += [
         f"### {md_text(f.title)}\n\n![{md_text(f.title)}]({f.name}.png)\n"
         + (f"\n_{md_text(f.caption)}_\n" if f.caption else "")
@@ -189,11 +189,18 @@ def build(store: Store) -> Report:
     return Report(tuple(found), tuple(_figures(runs, gates)), _summary(all_runs, store.attempts()))
 
 
+TITLE = "# unipelt results"  # report.md's first line: how a later report knows its own
+
+
 def _figures_of(md: Path) -> set[str]:
-    """The PNG files an earlier report.md in the same folder shows (its own, beside it)."""
+    """The PNG files an earlier report.md of ours in the same folder shows (its own, beside it);
+    none for a report.md of someone else's, whose figures are theirs."""
     if not md.is_file():
         return set()
-    return set(re.findall(r"\]\(([A-Za-z0-9_.-]+\.png)\)", md.read_text(encoding="utf-8", errors="replace")))
+    text = md.read_text(encoding="utf-8", errors="replace")
+    if not text.startswith(f"{TITLE}\n"):
+        return set()
+    return set(re.findall(r"\]\(([A-Za-z0-9_.-]+\.png)\)", text))
 
 
 def write(report: Report, out_dir: str | Path) -> Path:
