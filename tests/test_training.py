@@ -62,6 +62,27 @@ def test_eval_after_an_optimizer_step_reads_the_new_weights(preset, kind):
         torch.testing.assert_close(model(**b).logits, copy.deepcopy(model)(**b).logits, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("preset", ["unipelt-apl", "adapter", "lora", "prefix"])
+def test_eval_after_a_conversion_reads_the_converted_weights(preset):
+    """``.to()``/``.half()``/``.float()`` give parameters new ``.data`` and keep their version
+    counters; storage at a freed address (CUDA's caching allocator) matched the old key. Here the
+    conversion writes the values in place behind the counter, as that reuse would look."""
+    model, b = unipelt.apply(build(), preset), batch()
+    randomize(model, std=0.2)
+    model.eval()
+    with torch.no_grad():
+        model(**b)  # builds and keeps every cached weight
+
+    def rescale(t):
+        if t.requires_grad:
+            t.data.mul_(1.5)
+        return t
+
+    model._apply(rescale)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**b).logits, copy.deepcopy(model)(**b).logits, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_training_after_an_inference_mode_eval_with_some_modules_frozen(preset):
     """Weights cached under torch.inference_mode() are inference tensors, which autograd cannot

@@ -31,11 +31,22 @@ def in_input_dtype(x: torch.Tensor):
 
 
 _DERIVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # owner -> {name: (key, value)}
-_STEPS = [0]  # optimizer steps taken in this process
+_STEPS = [0]  # optimizer steps and module conversions in this process: writes no version counter sees
 
 
 def _stepped(_optimizer, _args, _kwargs) -> None:
     _STEPS[0] += 1
+
+
+class Keyed(nn.Module):
+    """A module whose parameters ``parameters_key`` reads. ``.to()``, ``.half()``, ``.float()``
+    give each parameter new ``.data``, which keeps its version counter: storage freed by one
+    conversion can come back at the same address after the next (CUDA's caching allocator), and a
+    key would match weights made from the old values. Every conversion counts as a step."""
+
+    def _apply(self, fn, recurse=True):
+        _STEPS[0] += 1
+        return super()._apply(fn, recurse)
 
 
 # Fused optimizers (AdamW(fused=True): Trainer's default "adamw_torch_fused" since torch 2.8)
@@ -45,7 +56,7 @@ register_optimizer_step_post_hook(_stepped)
 
 def parameters_key(params) -> tuple:
     """What a tensor computed from ``params`` depends on: their contents as version counters,
-    storage and dtype show them, the optimizer steps taken since (a fused step shows in none), and
+    storage and dtype show them, the optimizer steps and conversions since (neither shows there), and
     whether it is made under ``torch.inference_mode()`` (an inference tensor, which a later
     forward under autograd could not save for backward)."""
     return _STEPS[0], torch.is_inference_mode_enabled(), tuple((p._version, p.data_ptr(), p.dtype) for p in params)
@@ -82,7 +93,7 @@ def constant(owner: object, name: str, like: torch.Tensor, make):
     return hit
 
 
-class LowRank(nn.Module):
+class LowRank(Keyed):
     """``up(act(down(z)))`` with ``groups`` independent bottlenecks over equal slices of z.
 
     init "bert": both projections N(0, 0.02) (the official UniPELT adapter).
@@ -240,7 +251,7 @@ class MaskSlot(PerCall):
             self._trained = value
 
 
-class Gate(nn.Module):
+class Gate(Keyed):
     """UniPELT's gate: ``sigmoid(Linear(d, 1))`` per token, pooled to one value per example.
 
     Starts N(0, 0.02) with zero bias, so every gate opens at about 0.5 (official code).

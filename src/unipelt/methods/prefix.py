@@ -19,7 +19,7 @@ from torch import nn
 
 from ..arch import locate, width
 from ..attention import Prefix, checkpointing_layers, reentrant_checkpointing
-from ..blocks import Gate, MaskSlot, PerCall, SharedRead, parameters_key
+from ..blocks import Gate, Keyed, MaskSlot, PerCall, SharedRead, parameters_key
 from ..config import (
     ALL_ATTENTION,
     AttentionKind,
@@ -129,7 +129,7 @@ class _Views(PerCall):
             self._trained = value
 
 
-class PrefixEncoder(nn.Module):
+class PrefixEncoder(Keyed):
     """All slots' prefixes: the reparameterisation network(s), or after ``fold`` their output.
 
     ``groups`` names each slot's network (one name for all with ``networks="shared"``).
