@@ -43,6 +43,7 @@ import sys
 from typing import NamedTuple
 
 import torch
+import transformers
 from torch import nn
 from transformers import AttentionInterface, DynamicCache, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -308,8 +309,9 @@ def attend(module: nn.Module, args: tuple, kwargs: dict, prefix: Prefix | None):
     current = getattr(getattr(module, "config", None), "_attn_implementation", None)
     if current is not None and not current.startswith("unipelt_"):  # a stock function ignores the keyword
         raise UniPeltError(
-            f"the model's attention was switched to {current!r} after unipelt.apply(), whose function would "
-            "drop the prefix: set 'unipelt_eager' or 'unipelt_sdpa' instead (the same attention, with the prefix)"
+            f"{type(module).__name__} runs the attention {current!r}, whose function would drop the prefix "
+            f"(transformers {transformers.__version__}): unipelt.apply() sets 'unipelt_sdpa' or 'unipelt_eager', "
+            "the same attention with the prefix; to change it afterwards, set one of those"
         )
     return module(*args, **{**kwargs, PREFIX_KWARG: prefix})
 
