@@ -108,6 +108,11 @@ def test_models_that_cannot_do_the_run_are_refused_before_training(capsys, tiny_
     assert "--max-length 1000 is above what model" in _error(
         capsys, train_argv(model, glue_dir, store, "--max-length", "1000"), store
     )
+    # a few tokens: the tokenizer kept whole texts (it cannot cut below the special tokens), or no text at all
+    for short in ("2", "3"):
+        assert "--max-length must be at least 16" in _error(
+            capsys, train_argv(model, glue_dir, store, "--max-length", short), store
+        )
     GPTNeoXConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=4).to_json_file(model / "config.json")
     err = _error(capsys, train_argv(model, glue_dir, store), store)
     assert "does not support model_type 'gpt_neox' yet; supported: bart, bert, " in err

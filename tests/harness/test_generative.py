@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from unipelt import cli, get_preset
+from unipelt.harness.errors import HarnessError
 from unipelt.harness.generative import IGNORE, Generate
 from unipelt.harness.spec import RunSpec
 from unipelt.harness.store import Store
@@ -46,6 +47,19 @@ def test_long_inputs_keep_the_cue_within_max_length(tokenizer):
     prompts = Generate(get_task("sst2"), tokenizer, 16)
     f = prompts.encode(pd.DataFrame([{"a": "word " * 50, "b": None, "label": 0}]), train=True)[0]
     assert len(f["input_ids"]) <= 16 and "sentiment :" in tokenizer.decode(f["input_ids"])
+
+
+def test_a_long_first_sentence_leaves_the_second_in_the_prompt(tokenizer):
+    """The pair was one string cut from its end: a long premise pushed the hypothesis out (25 of
+    RTE's 277 test rows at 128 tokens), as classify's longest_first truncation never does."""
+    prompts = Generate(get_task("rte"), tokenizer, 24)
+    f = prompts.encode(pd.DataFrame([{"a": "premise " * 60, "b": "the hypothesis", "label": 0}]), train=False)[0]
+    text = tokenizer.decode(f["input_ids"])
+    assert len(f["input_ids"]) <= 24 and "the hypothesis" in text and "premise" in text
+    short = {"a": "Cats purr.", "b": "Cats make sounds.", "label": 1}  # what fits is as it was: one string
+    _check(prompts, short, "Cats purr.\nCats make sounds.\nAnswer:", "no")
+    with pytest.raises(HarnessError, match="leaves the text no room"):
+        Generate(get_task("rte"), tokenizer, 5)
 
 
 def test_classify_keys_are_unchanged():

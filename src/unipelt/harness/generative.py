@@ -66,6 +66,17 @@ def check_can_generate(path: str, config=None) -> None:
         )
 
 
+def longest_first_cut(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """``a`` and ``b`` cut from their ends to ``budget`` tokens together, a token at a time from the
+    longer one (transformers' ``longest_first``): a long first sentence never pushes out the second."""
+    while len(a) + len(b) > budget:
+        if len(a) >= len(b):
+            a = a[:-1]
+        else:
+            b = b[:-1]
+    return a, b
+
+
 class Generate:
     """The generate objective (``objective.py``'s interface) for one task and tokenizer: token
     ids of prompts and label words, batches padded by transformers (right for training, the
@@ -80,13 +91,27 @@ class Generate:
         self.targets = [ids(" " + w) + self.eos for w in self.words]
         self.cue = ids(f"\n{CUES.get(task.name, 'Answer')}:")
         self.max_new_tokens = max(len(ids(" " + w)) for w in self.words) + 1
+        if self.budget < 2:
+            raise HarnessError(
+                f"--max-length {max_length} leaves the text no room: this tokenizer's prompt cue and "
+                f"longest answer take {max_length - self.budget} tokens"
+            )
         tokenizer.padding_side = "right"  # training: the target follows its prompt; generation pads left per call
         self.pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE)
 
+    @property
+    def budget(self) -> int:
+        """Tokens left to the text: max_length less the bos, the cue and the longest answer."""
+        return self.max_length - len(self.bos) - len(self.cue) - max(map(len, self.targets))
+
     def prompt(self, a: str, b: str | None) -> list[int]:
-        body = f"{a}\n{b}" if b is not None else f"Sentence: {a}"
-        budget = self.max_length - len(self.bos) - len(self.cue) - max(map(len, self.targets))
-        return self.bos + self.tokenizer.encode(body, add_special_tokens=False)[: max(budget, 1)] + self.cue
+        budget = self.budget
+        ids = partial(self.tokenizer.encode, add_special_tokens=False)
+        body = ids(f"{a}\n{b}" if b is not None else f"Sentence: {a}")
+        if len(body) > budget and b is not None:  # the longer sentence gives way, as classify's longest_first
+            first, second = longest_first_cut(ids(a), ids(f"\n{b}"), budget)
+            body = first + second
+        return self.bos + body[:budget] + self.cue
 
     def encode(self, frame: pd.DataFrame, *, train: bool) -> list[dict]:
         """Train features: prompt + target, labels only on the target. Eval features: the prompt,

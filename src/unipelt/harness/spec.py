@@ -32,6 +32,7 @@ from .models import DEFAULT_MODEL, check_model, model_identity, model_path, reso
 from .tasks import get_task
 
 HEAD_LR = 1e-3  # pre-registered for every method: a head-only run fits SST-2 within 3 epochs at it, not in 30 at 1e-4
+MIN_LENGTH = 16  # tokens per example: room for a pair (or a prompt) beside the special tokens
 
 
 def setting(
@@ -109,6 +110,12 @@ class RunSpec:
                     raise HarnessError(f"{flag} must be a positive integer, got {value!r}")
                 if value >= 2**31:  # torch and numpy index with int64
                     raise HarnessError(f"{flag} must be below 2**31, got {value!r}")
+                if name == "max_length" and value < MIN_LENGTH:
+                    raise HarnessError(
+                        f"--max-length must be at least {MIN_LENGTH}, got {value}: fewer leave a sentence pair no "
+                        "room beside the special tokens (or a prompt's cue and answer), and a tokenizer that "
+                        "cannot cut to that length keeps the whole text"
+                    )
             if kind is bool and type(value) is not bool:
                 raise HarnessError(f"{flag} must be true or false, got {value!r}")
         for name in ("lr", "head_lr"):
