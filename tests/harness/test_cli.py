@@ -288,9 +288,11 @@ def test_non_positive_settings_are_refused(capsys, base):
 
 
 def test_train_bf16_autocasts_the_training_steps(capsys, base, tmp_path, monkeypatch):
+    """The layers run in bf16; the task head in float32, in training and scoring alike: a bf16
+    regression output came in steps of 1/64 (STS-B's Spearman ranked ties)."""
     from unipelt.harness import runner
 
-    dtypes = set()
+    dtypes, head = set(), set()
     load = runner.load_model
 
     def watched(spec, task):
@@ -300,13 +302,14 @@ def test_train_bf16_autocasts_the_training_steps(capsys, base, tmp_path, monkeyp
             if model.training:
                 dtypes.add(out.dtype)
 
-        model.classifier.register_forward_hook(hook)
+        model.bert.encoder.layer[0].intermediate.dense.register_forward_hook(hook)
+        model.classifier.register_forward_hook(lambda module, inputs, out: head.add(out.dtype))
         return tokenizer, model
 
     monkeypatch.setattr(runner, "load_model", watched)
     argv = ["-q", "train", "--task", "rte", "--preset", "lora", "--k", "16", "--bf16", *base]
     assert cli.main(argv) == 0 and "test accuracy" in capsys.readouterr().out
-    assert dtypes == {torch.bfloat16}
+    assert dtypes == {torch.bfloat16} and head == {torch.float32}
     with Store(tmp_path / "s.sqlite", readonly=True) as store:
         runs = store.runs()
     assert runs.loc[0, "status"] == "finished" and runs.loc[0, "spec"]["bf16"] is True

@@ -104,7 +104,24 @@ def load_model(spec: RunSpec, task: Task):
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # the head finds each sequence's last token
     model = apply(model, spec.config)
+    if spec.bf16:
+        _head_in_float32(model)
     return tokenizer, compile_model(model) if spec.compile else model
+
+
+def _head_in_float32(model) -> None:
+    """Under ``--bf16`` the task head computes in float32, whatever autocast accelerate wraps the
+    forward in: a regression head's bf16 output comes in steps of 1/64 near STS-B's labels (the
+    test's Spearman ranks ties), and a classifier's close logits tie. It costs one small GEMM."""
+    for name in sorted({n.split(".")[0] for n in head_parameter_names(model)}):
+        module = model.get_submodule(name)
+
+        def forward(*args, _forward=module.forward, _module=module, **kwargs):
+            with torch.autocast(next(_module.parameters()).device.type, enabled=False):  # where it runs now
+                args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+                return _forward(*args, **kwargs)
+
+        module.forward = forward
 
 
 def dry_run(spec: RunSpec, task: Task) -> None:
