@@ -89,3 +89,22 @@ def test_a_pair_task_row_without_its_second_sentence_keeps_the_others_pairs(tiny
     assert features[0]["input_ids"] == tokenizer("a cat sat", "a cat is sitting")["input_ids"]
     assert features[1]["input_ids"] == tokenizer(["it rains"], [""])["input_ids"][0]  # a pair, its second empty
     assert sum(features[0]["token_type_ids"]) > 0  # the second segment
+
+
+def test_a_head_the_model_directory_holds_at_the_tasks_size_is_drawn_afresh(tiny_model, tmp_path):
+    """A model fine-tuned on another task with as many labels (SST-2's for RTE) kept its trained
+    classifier: transformers redraws a head only of another size. Every run starts from a fresh
+    head drawn from its model seed, where the directory holds none as much as where it holds one."""
+    from transformers import AutoModelForSequenceClassification
+
+    trained = tmp_path / "trained-head"
+    shutil.copytree(tiny_model, trained)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+    with torch.no_grad():
+        model.classifier.weight.fill_(7.0)
+    model.save_pretrained(trained)
+    task = get_task("rte")
+    specs = [make_spec(task="rte", preset="lora", model=str(m)) for m in (tiny_model, trained)]
+    heads = [runner.load_model(spec, task)[1] for spec in specs]
+    assert torch.equal(heads[0].classifier.weight, heads[1].classifier.weight)  # the seed's draw, both
+    assert heads[1].classifier.weight.abs().max() < 1

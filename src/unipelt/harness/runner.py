@@ -97,8 +97,12 @@ def load_model(spec: RunSpec, task: Task):
     tokenizer = AutoTokenizer.from_pretrained(path)
     set_seed(spec.model_seed)
     cls, settings = _model_class(spec, task)
-    # a checkpoint with another task's head: that head is re-initialised
-    model = cls.from_pretrained(path, **settings, **({"ignore_mismatched_sizes": True} if settings else {}))
+    # a checkpoint with another task's head of another size: transformers draws a fresh one
+    model, info = cls.from_pretrained(
+        path, **settings, **({"ignore_mismatched_sizes": True} if settings else {}), output_loading_info=True
+    )
+    if settings:
+        _fresh_head(model, info)
     if tokenizer.pad_token is None:  # decoder tokenizers: pad with eos, as HF's examples do
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
@@ -107,6 +111,21 @@ def load_model(spec: RunSpec, task: Task):
     if spec.bf16:
         _head_in_float32(model)
     return tokenizer, compile_model(model) if spec.compile else model
+
+
+def _fresh_head(model, info: dict) -> None:
+    """A head the checkpoint held at the task's size (a model fine-tuned on another task with as
+    many labels: SST-2's for RTE) is drawn afresh too, as transformers draws a missing one, from
+    the run's model seed: every run starts from an untrained head, as the protocol has it."""
+    drawn = set(info["missing_keys"]) | {m if isinstance(m, str) else m[0] for m in info["mismatched_keys"]}
+    loaded = sorted(n for n in head_parameter_names(model) if n not in drawn)
+    for name in sorted({n.rpartition(".")[0] for n in loaded}, key=lambda n: -n.count(".")):
+        module = model.get_submodule(name)
+        for p in module.parameters(recurse=False):
+            p._is_hf_initialized = False  # transformers' init skips what it loaded
+        model._init_weights(module)
+    if loaded:
+        log.info("the model's own head (%s) is drawn afresh for the task", ", ".join(loaded))
 
 
 def _head_in_float32(model) -> None:
