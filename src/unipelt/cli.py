@@ -256,8 +256,8 @@ def _claim(store, spec, args: argparse.Namespace) -> bool:
     from .harness.errors import HarnessError
 
     if not runner.is_main_process():
-        return args.force or spec.key not in store.finished_keys()
-    claim = store.claim(spec.key, force=args.force)
+        return args.force or store.finished_keys().isdisjoint(spec.keys)
+    claim = store.claim(spec.key, force=args.force, older=spec.keys[1:])
     if claim.status == "finished":
         print(f"{spec.label()}: already finished in {args.store} (use --force to run it again)")
         return False

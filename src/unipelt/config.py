@@ -108,16 +108,18 @@ class MethodConfig:
     def check_together(cls, configs: list) -> None:
         """Reject configs of this method that would clash in one model (e.g. the same place)."""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, floats: bool = True) -> dict[str, Any]:
         """Every field, except one added later while it holds its ``since`` value (field
-        metadata, as in harness/spec.py): configs written before it keep their JSON and run keys."""
+        metadata, as in harness/spec.py): configs written before it keep their JSON and run keys.
+        A whole number in a float field (alpha: 2) is written as the float it is (2.0): one
+        config, one JSON and one run key; ``floats=False`` writes it as given (older run keys)."""
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if "since" in f.metadata and value == f.metadata["since"]:
                 continue
-            # a whole number in a float field (alpha: 2) is the config of 2.0: one JSON, one run key
-            out[f.name] = float(value) if f.type in (float, "float") and type(value) is int else value
+            whole = floats and f.type in (float, "float") and type(value) is int
+            out[f.name] = float(value) if whole else value
         return out
 
 
@@ -182,8 +184,8 @@ class PeltConfig:
     def gated(self) -> bool:
         return any(m.gated for m in self.methods)
 
-    def to_dict(self) -> dict[str, Any]:
-        methods = [{"method": m.method, **m.to_dict()} for m in self.methods]
+    def to_dict(self, *, floats: bool = True) -> dict[str, Any]:
+        methods = [{"method": m.method, **m.to_dict(floats=floats)} for m in self.methods]
         for m in methods:
             for key, value in m.items():
                 if isinstance(value, tuple):  # JSON has lists

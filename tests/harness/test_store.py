@@ -170,3 +170,27 @@ def test_no_wal_files_are_left_after_a_clean_exit(tmp_path):
         store.runs()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sqlite"]
     assert path.read_bytes() == before
+
+
+def test_a_run_stored_under_its_key_from_before_whole_floats_is_finished(tmp_path, monkeypatch):
+    """``alpha: 2`` in a config file is now keyed as 2.0: a store written before holds the run
+    under the older key, and a resumed sweep trained it again (the report then averaged both)."""
+    from unipelt import LoRAConfig
+    from unipelt.harness import runner, sweep
+
+    config = PeltConfig(methods=(LoRAConfig(alpha=2, dropout=0),))  # whole numbers, as YAML reads them
+    run = spec(method="mine", config=config)
+    assert len(run.keys) == 2 and run.keys[0] == spec(method="mine", config=get_preset("lora")).key
+    with monkeypatch.context() as m:  # the store as the older code wrote it
+        m.setattr(RunSpec, "key", property(lambda s: s._hash(s.config.to_dict(floats=False))))
+        with Store(tmp_path / "s.sqlite") as store:
+            store.write(record(spec=run))
+
+    def trains(*_args, **_kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(runner, "run", trains)
+    with Store(tmp_path / "s.sqlite") as store:
+        summary = sweep.run_sweep([run], store, progress=False)
+        assert store.claim(run.key, older=run.keys[1:]).status == "finished"
+    assert (summary.skipped, summary.finished) == (1, 0)

@@ -131,12 +131,21 @@ class RunSpec:
     def key(self) -> str:
         """Stable id of the run: a hash of every field that changes its result, the config as
         canonical JSON. A field at its ``since`` value is left out, so older keys stay valid."""
+        return self._hash(self.config.to_dict())
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """``key``, and the key a store may hold this run under from before a whole number in a
+        float field (alpha: 2) was written as a float: such a run is finished, not trained again."""
+        return tuple(dict.fromkeys((self.key, self._hash(self.config.to_dict(floats=False)))))
+
+    def _hash(self, config: dict) -> str:
         ident = {
             f.name: getattr(self, f.name)
             for f in fields(self)
             if f.compare and not ("since" in f.metadata and getattr(self, f.name) == f.metadata["since"])
         }
-        ident["config"] = json.dumps(self.config.to_dict(), sort_keys=True)
+        ident["config"] = json.dumps(config, sort_keys=True)
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
     def to_dict(self) -> dict[str, Any]:

@@ -345,14 +345,13 @@ class Store:
             return None
         return Claim("busy", owner, age)
 
-    def claim(self, key: str, *, force: bool = False) -> Claim:
-        """Claim run ``key`` for this process unless it is finished (ignored with ``force``) or
-        a live process holds it."""
+    def claim(self, key: str, *, force: bool = False, older: tuple[str, ...] = ()) -> Claim:
+        """Claim run ``key`` for this process unless it is finished, under it or under one of its
+        ``older`` keys (``RunSpec.keys``; ignored with ``force``), or a live process holds it."""
+        keys = (key, *older)
         with self.transaction() as db:
-            if (
-                not force
-                and db.execute("SELECT 1 FROM runs WHERE run_key = ? AND status = 'finished'", (key,)).fetchone()
-            ):
+            finished = f"SELECT 1 FROM runs WHERE run_key IN ({', '.join('?' * len(keys))}) AND status = 'finished'"
+            if not force and db.execute(finished, keys).fetchone():
                 return Claim("finished")
             if (holder := self._holder(db, key)) is not None:
                 return holder

@@ -163,7 +163,7 @@ def _claimed(specs: list[RunSpec], store: Store, counts: Counter, bar) -> Iterat
     """The specs this process claims, in order; the others are counted (finished meanwhile,
     or being trained by another sweep) and passed over."""
     for spec in specs:
-        claim = store.claim(spec.key)
+        claim = store.claim(spec.key, older=spec.keys[1:])
         if claim.status == "claimed":
             yield spec
             continue
@@ -204,7 +204,7 @@ def run_sweep(
     check_execution(workers, backend)
     unique = list({s.key: s for s in specs}.values())  # dedupe, keep order
     done = store.finished_keys()
-    todo = [s for s in unique if s.key not in done]
+    todo = [s for s in unique if done.isdisjoint(s.keys)]
     log.info("sweep: %d runs, %d already finished, %d to run", len(unique), len(unique) - len(todo), len(todo))
     preflight(todo)
     counts: Counter = Counter()
