@@ -352,3 +352,23 @@ def test_a_report_into_a_folder_of_the_users_removes_none_of_their_files(tmp_pat
         report.write(report.build(store), out)
     assert (out / "runs" / "my-lora-r16.json").exists() and (out / "runs" / "broken.json").exists()
     assert (out / "architecture.png").read_bytes() == b"the user's figure"
+
+
+def test_a_config_this_version_cannot_read_is_reported_as_stored(tmp_path):
+    """A store shared with a newer unipelt holds a config field this one lacks: the row split by
+    config parsed every config, and the whole report failed on it."""
+    import json
+    import sqlite3
+
+    with Store(tmp_path / "s.sqlite") as store:
+        store.write(_record("lora", "rte", 111, 0.6))
+    db = sqlite3.connect(tmp_path / "s.sqlite")
+    key, spec = db.execute("SELECT run_key, spec FROM runs").fetchone()
+    spec = json.loads(spec)
+    spec["config"]["methods"][0]["future_knob"] = 1
+    db.execute("UPDATE runs SET spec = ? WHERE run_key = ?", (json.dumps(spec), key))
+    db.commit()
+    db.close()
+    with Store(tmp_path / "s.sqlite", readonly=True) as store:
+        md = report.markdown(report.build(store))
+    assert _row(md, "Table 1 — tiny, K=100", "lora")[1] == "**60.0**"

@@ -19,6 +19,7 @@ from typing import Literal
 import pandas as pd
 
 from ..config import PeltConfig
+from ..errors import UniPeltError
 from . import floors
 from .spec import DEFAULTS, VARIANTS
 from .tasks import TASK_ORDER, TASKS
@@ -115,8 +116,13 @@ def with_variants(runs: pd.DataFrame, scope: tuple[str, ...] = BLOCK) -> pd.Data
 
 def _config_id(spec: dict) -> str:
     """A short hash of the run's PELT config, as ``PeltConfig`` writes it (whole numbers in float
-    fields as floats, as older stores may hold them), less what a variant field shows (``head``)."""
-    canonical = {k: v for k, v in PeltConfig.from_dict(spec["config"]).to_dict().items() if k not in VARIANTS}
+    fields as floats, as older stores may hold them), less what a variant field shows (``head``);
+    a config this version cannot read (a newer one's field) as it is stored."""
+    try:
+        config = PeltConfig.from_dict(spec["config"]).to_dict()
+    except UniPeltError:
+        config = spec["config"]
+    canonical = {k: v for k, v in config.items() if k not in VARIANTS}
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:8]
 
 
