@@ -419,3 +419,29 @@ def test_a_file_where_the_directory_goes_is_named_and_left_alone(tmp_path, write
     with pytest.raises(UniPeltError, match=f"{target}{' cannot be created: .*afile' if under else ''} is a file"):
         getattr(unipelt, write)(model, target)
     assert blocker.read_bytes() == b"keep"
+
+
+def test_a_checkpoint_from_before_wrapped_modules_to_save_trained_still_loads(tmp_path, caplog):
+    """modules_to_save below a wrapper trained nothing and was not saved by an older unipelt; now
+    that it trains, its checkpoints lacked tensors the model expects and load refused them."""
+    from conftest import write_tensors
+    from safetensors.torch import load_file
+
+    from unipelt.checkpoint import WEIGHTS
+
+    cfg = unipelt.PeltConfig(
+        methods=unipelt.get_preset("unipelt-apl").methods, modules_to_save=("encoder.layer.1.output",)
+    )
+    model = unipelt.apply(build(), cfg)
+    randomize(model, std=0.1, only_pelt=True)  # the saved module as it trained then: untouched
+    unipelt.save(model, tmp_path)
+    tensors = load_file(tmp_path / WEIGHTS)
+    write_tensors(tmp_path, {n: t for n, t in tensors.items() if "layer.1.base_layer.output." not in n or "pelt_" in n})
+    with caplog.at_level("WARNING"):
+        restored = unipelt.load(build(), tmp_path)
+    assert "did not train" in caplog.text
+    with torch.no_grad():
+        assert torch.equal(restored(**batch()).logits, model(**batch()).logits)
+    write_tensors(tmp_path, {n: t for n, t in tensors.items() if "pelt_gate" not in n})  # a method's tensor: refused
+    with pytest.raises(UniPeltError, match="does not fit"):
+        unipelt.load(build(), tmp_path)

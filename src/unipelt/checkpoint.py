@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -26,9 +27,11 @@ from torch import nn
 
 from .config import PeltConfig
 from .errors import UniPeltError
-from .inject import MARK, all_or_nothing, applied, enable, fold
+from .inject import MARK, all_or_nothing, applied, enable, fold, saved_module_names
 from .participation import check_participation
 from .version import __version__
+
+log = logging.getLogger(__name__)
 
 WEIGHTS, META = "unipelt.safetensors", "unipelt.json"
 FORMAT = 2  # 2: a fingerprint of every frozen base tensor; 1 (still read): an embedding probe
@@ -410,7 +413,8 @@ def dry_apply(model: nn.Module, config: PeltConfig, what: str, *, new: bool = Tr
     return dry
 
 
-def _expected_shapes(model: nn.Module, config: PeltConfig) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(model: nn.Module, config: PeltConfig) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+    """The shape of each tensor the checkpoint must hold, and the names it may lack (``_unsaved_before``)."""
     if getattr(model, "pelt_config", None) is None:
         target = dry_apply(model, config, "the checkpoint's config", new=False)
     else:
@@ -419,7 +423,25 @@ def _expected_shapes(model: nn.Module, config: PeltConfig) -> dict[str, tuple[in
         fold(target)
     params = dict(target.named_parameters())
     names = _saved_names(target) + (["pelt_prefix.folded"] if "pelt_prefix.folded" in params else [])
-    return {n: tuple(params[n].shape) for n in names}
+    return {n: tuple(params[n].shape) for n in names}, {n for n in saved_module_names(target, config) if WRAPPED in n}
+
+
+WRAPPED = ".base_layer."  # in the name of a base parameter below a unipelt wrapper
+
+
+def _unsaved_before(optional: set[str], tensors: dict[str, torch.Tensor], directory: Path) -> set[str]:
+    """The parameters of ``modules_to_save`` below a wrapper that the checkpoint lacks: an older
+    unipelt neither trained nor saved them (it matched their names with the wrapper in the path),
+    so the base model's weights are what such a checkpoint trained with, and they stay."""
+    absent = optional - tensors.keys()
+    if absent:
+        log.warning(
+            "%s holds no weights for %s, modules_to_save that the unipelt which saved it did not train: "
+            "the base model's weights stay, as they were in its training",
+            directory,
+            ", ".join(sorted({n.rpartition(".")[0] for n in absent})[:3]),
+        )
+    return absent
 
 
 ADDED_FLOOR = 1 << 27  # added parameters any base model may get (512 MB in float32): tiny test
@@ -526,7 +548,9 @@ def load(model: nn.Module, directory: str | Path) -> nn.Module:
     _check_identity(meta["base_model"], model)
     if getattr(model, "pelt_config", None) not in (None, config):
         raise UniPeltError(f"the model has a different unipelt config than the checkpoint in {directory}")
-    _check_fits(_expected_shapes(model, config), tensors, directory)
+    expected, optional = _expected_shapes(model, config)
+    absent = _unsaved_before(optional, tensors, directory)
+    _check_fits({n: shape for n, shape in expected.items() if n not in absent}, tensors, directory)
     with all_or_nothing(model) as undo:
         if getattr(model, "pelt_config", None) is None:
             applied(model, config, new=False)
