@@ -161,6 +161,43 @@ def test_data_parallel_replicas_train_their_own_weights(preset):
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("preset", ["prefix", "unipelt-apl"])
+def test_the_data_parallel_replica_on_the_first_gpu_trains_right_after_apply(preset):
+    """On the first GPU a replica's parameters are the original's tensors (broadcast hands them
+    back), in a new thread: its encoder, which shares the original's cache, read the views
+    apply()'s participation probe made, whose graph was freed ("backward through the graph a
+    second time")."""
+    import threading
+
+    model, b = unipelt.apply(build(), preset), batch()
+    labels, found = torch.tensor([0, 1, 2]), {}
+    memo = {id(m): m._replicate_for_data_parallel() for m in model.modules()}
+    for m in model.modules():
+        for key, child in m._modules.items():
+            memo[id(m)]._modules[key] = None if child is None else memo[id(child)]
+        for key, p in m._parameters.items():
+            setattr(memo[id(m)], key, None if p is None else p.view_as(p))  # the original's, as a non-leaf
+
+    def step():
+        try:
+            torch.manual_seed(0)
+            memo[id(model)](**b, labels=labels).loss.backward()
+            found["grads"] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        except RuntimeError as e:
+            found["error"] = e
+
+    thread = threading.Thread(target=step)
+    thread.start()
+    thread.join()
+    assert "error" not in found, found.get("error")
+    model.zero_grad()
+    torch.manual_seed(0)
+    model(**b, labels=labels).loss.backward()
+    assert found["grads"].keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for name, grad in found["grads"].items():
+        torch.testing.assert_close(grad, dict(model.named_parameters())[name].grad, msg=name)
+
+
 def test_data_parallel_is_refused_where_a_replica_cannot_reach_what_it_reads():
     """A decoder-only prompt runs its own pass through the original model (a hook); a replica of a
     part of the model has no copy of the prefix encoder above it: both refused, in one line."""
