@@ -188,9 +188,10 @@ class PrefixEncoder(Keyed):
     def layer_kv(self, slot: int, head_dim: int) -> torch.Tensor:
         """Slot ``slot``'s keys and values, (2, H_kv, l, dh), or (1, 2, H_kv, l, dh) from the views
         of this pass (``views``)."""
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and is_replica(self)):
-            # in-graph, the compiler shares what the layers share; a DataParallel replica shares
-            # views_made with its original, whose views under autograd belong to another graph
+        if torch.compiler.is_compiling() or is_replica(self):
+            # in-graph, the compiler shares what the layers share; a DataParallel replica, made for
+            # one step, shares views_made with its original and with the replicas before it, at
+            # whose freed addresses its own copies may lie: each layer computes its own slot's rows
             return self.pair(slot).unflatten(-1, (-1, head_dim)).transpose(1, 2)
         key, last = self._key(head_dim), self.views_made.last
         if last is not None and last[0] == key:
