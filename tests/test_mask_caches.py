@@ -63,3 +63,19 @@ def test_nothing_made_from_a_mask_outlives_the_forward_pass():
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask)
     assert _alive((3, 1, 37, 37 + 10)) == 0
+
+
+def test_a_4d_mask_made_and_edited_in_inference_mode_is_read_afresh():
+    """An inference tensor counts no versions and inference mode can write it in place: a mask
+    buffer a server reuses under torch.inference_mode() was read with its first contents."""
+    model = unipelt.apply(build_lm("llama"), "prefix")
+    randomize(model, std=0.3)
+    ids = torch.tensor([[5, 17, 33, 8, 91, 44], [7, 8, 9, 10, 11, 12]])
+    with torch.inference_mode():
+        mask = _causal_4d(6).expand(2, 1, 6, 6).clone()
+        model(input_ids=ids, attention_mask=mask)
+        mask[1, :, :, 3:] = False
+        mask[1, :, 3:, :3] = True
+        reused = model(input_ids=ids, attention_mask=mask).logits
+        fresh = model(input_ids=ids, attention_mask=mask.clone()).logits
+    torch.testing.assert_close(reused, fresh, rtol=0, atol=0)

@@ -93,6 +93,14 @@ def _causal(query: torch.Tensor, key: torch.Tensor, additive: bool) -> torch.Ten
     return mask
 
 
+_PASSES = [0]  # forward passes of models with unipelt modules begun in this process
+
+
+def new_pass() -> None:
+    """A model's forward pass begins (``wrappers.BeforeModel``)."""
+    _PASSES[0] += 1
+
+
 def kept_on(tensor: torch.Tensor, name: str, held, key, make):
     """``make()``, kept on ``tensor`` itself for the next call with the same ``held`` (by identity)
     and ``key`` while ``tensor``'s contents (its version counter) and the inference mode are the
@@ -101,8 +109,9 @@ def kept_on(tensor: torch.Tensor, name: str, held, key, make):
     compiled graph makes it in-graph, where the compiler can share it."""
     if torch.compiler.is_compiling():
         return make()
-    # an inference tensor counts no versions; outside inference mode nothing can change it in place
-    key = (key, -1 if tensor.is_inference() else tensor._version, torch.is_inference_mode_enabled())
+    # an inference tensor counts no versions, and inference mode can write it in place: one pass
+    version = ("pass", _PASSES[0]) if tensor.is_inference() else tensor._version
+    key = (key, version, torch.is_inference_mode_enabled())
     hit = getattr(tensor, name, None)
     if hit is not None and hit[0] is held and hit[1] == key:
         return hit[2]

@@ -26,7 +26,7 @@ from .methods.prefix import PrefixEncoder
 from .participation import check_participation
 from .placement import inject_layers
 from .presets import get_preset
-from .wrappers import Wrapper, follow_replicas, plain_path, replace_module, unfollow_replicas
+from .wrappers import Wrapper, hook_model, plain_path, replace_module, unhook_model
 
 MARK = "pelt_"  # every added parameter's name contains it
 
@@ -229,7 +229,7 @@ def _inject(model: nn.Module, cfg: PeltConfig, spec, new: bool) -> None:
     if ctx.attention_hook:
         use_pelt_attention(model, (ctx.prompt_length, ctx.prompt_at) if ctx.prompt_length else None)
     heads.attach(model, cfg.head, spec, prompt_at=ctx.prompt_at)
-    follow_replicas(model)
+    hook_model(model)
     _place_like(model)
     _set_trainable(model, cfg)
     for module in model.modules():  # new modules follow the model: an eval model stays deterministic
@@ -386,7 +386,7 @@ def _strip(model: nn.Module) -> nn.Module:
         if module is not None and hasattr(module, "remove"):
             module.remove()
     heads.detach(model)
-    unfollow_replicas(model)
+    unhook_model(model)
     unmark_position_passes(model)
     for name in ("pelt_prefix", "pelt_prompt", "pelt_config", "pelt_merged"):
         if hasattr(model, name):

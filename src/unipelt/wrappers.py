@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .attention import Prefix, attend, mark_position_passes, token_mask
+from .attention import Prefix, attend, mark_position_passes, new_pass, token_mask
 from .blocks import Gate, MaskSlot, PerCall, per_call
 from .errors import UniPeltError
 
@@ -51,14 +51,16 @@ def refuse_replica(module: nn.Module) -> None:
         )
 
 
-class FollowReplicas:
-    """The forward pre-hook ``apply`` puts on the model: in a DataParallel replica of it, it points
-    every module's references (``refers_to``: attributes naming a module it reads but does not own,
-    a layer's prefix encoder, a head adapter's query projection) at the replica's own copies.
-    ``replicate`` copies each module's ``__dict__`` shallowly: the references stay the original's,
-    and so do the hook dictionaries, which is what identifies a copy's original."""
+class BeforeModel:
+    """The forward pre-hook ``apply`` puts on the model. It starts a new pass for what is kept on
+    the pass's mask tensors (``attention.kept_on``), and in a DataParallel replica of the model it
+    points every module's references (``refers_to``: attributes naming a module it reads but does
+    not own, a layer's prefix encoder, a head adapter's query projection) at the replica's own
+    copies. ``replicate`` copies each module's ``__dict__`` shallowly: the references stay the
+    original's, and so do the hook dictionaries, which is what identifies a copy's original."""
 
     def __call__(self, root: nn.Module, _args) -> None:
+        new_pass()
         if not is_replica(root):
             return
         copies = {id(m._forward_pre_hooks): m for m in root.modules()}
@@ -68,14 +70,14 @@ class FollowReplicas:
                 module.__dict__[name] = copies.get(id(original._forward_pre_hooks), original)
 
 
-def follow_replicas(model: nn.Module) -> None:
-    model.register_forward_pre_hook(FollowReplicas())
+def hook_model(model: nn.Module) -> None:
+    model.register_forward_pre_hook(BeforeModel())
 
 
-def unfollow_replicas(model: nn.Module) -> None:
-    """Remove ``follow_replicas``'s hook; found by its type, as ``heads.detach`` finds its own."""
+def unhook_model(model: nn.Module) -> None:
+    """Remove ``hook_model``'s hook; found by its type, as ``heads.detach`` finds its own."""
     hooks = model._forward_pre_hooks
-    for key in [k for k, hook in hooks.items() if isinstance(hook, FollowReplicas)]:
+    for key in [k for k, hook in hooks.items() if isinstance(hook, BeforeModel)]:
         del hooks[key]
 
 
