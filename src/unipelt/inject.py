@@ -254,13 +254,12 @@ def exact_arithmetic(model: nn.Module) -> Iterator[None]:
     own dtype whatever autocast the caller runs under (bf16 rounding would stay in an fp32 model),
     and as ordinary tensors under ``torch.inference_mode()`` (a parameter that is an inference
     tensor breaks every later forward pass, which reads its version counter)."""
-    device = next(model.parameters()).device.type
-    autocast = device != "meta" and torch.is_autocast_enabled(device)
-    with (
-        torch.inference_mode(False),
-        torch.no_grad(),
-        torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext(),
-    ):
+    devices = {p.device.type for p in model.parameters()} - {"meta"}  # a model split across devices
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.no_grad())
+        for device in sorted(d for d in devices if torch.is_autocast_enabled(d)):
+            stack.enter_context(torch.autocast(device, enabled=False))
         yield
 
 

@@ -137,7 +137,10 @@ def _stop(pool: ProcessPoolExecutor) -> None:
     for process in processes:
         process.terminate()
     for process in processes:
-        process.join()
+        process.join(timeout=30)
+        if process.is_alive():  # SIGTERM ignored (stuck in a C call)
+            process.kill()
+            process.join()
 
 
 def _local(specs: Iterator[RunSpec], workers: int, progress: bool) -> Iterator[RunRecord]:
