@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -108,3 +109,56 @@ def test_a_head_the_model_directory_holds_at_the_tasks_size_is_drawn_afresh(tiny
     heads = [runner.load_model(spec, task)[1] for spec in specs]
     assert torch.equal(heads[0].classifier.weight, heads[1].classifier.weight)  # the seed's draw, both
     assert heads[1].classifier.weight.abs().max() < 1
+
+
+@pytest.mark.parametrize("arch", ["t5", "modernbert", "bart"])
+def test_a_heads_fresh_draw_has_its_architectures_own_scale(arch, tmp_path):
+    """T5 and ModernBERT set their head's scale in a branch for the head's (or the model's)
+    class: drawn layer by layer, T5's head came at std 1.0 where transformers draws 0.17, and
+    ModernBERT's classifier at 0.02 for 0.15."""
+    import sys
+
+    from transformers import AutoModel, AutoModelForSequenceClassification, set_seed
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from conftest import CONFIGS
+
+    config = CONFIGS[arch](num_labels=2)
+    AutoModel.from_config(config).save_pretrained(tmp_path / "no-head")
+    trained = AutoModelForSequenceClassification.from_config(config)
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if not name.startswith(trained.base_model_prefix + "."):
+                p.fill_(7.0)
+    trained.save_pretrained(tmp_path / "head")
+    heads = []
+    for directory in ("no-head", "head"):
+        set_seed(42)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            tmp_path / directory, num_labels=2, ignore_mismatched_sizes=True, output_loading_info=True
+        )
+        runner._fresh_head(model, info)
+        heads.append({n: p for n, p in model.named_parameters() if not n.startswith(model.base_model_prefix + ".")})
+    assert heads[0].keys() == heads[1].keys()
+    for name, fresh in heads[1].items():  # the same distribution (the draws' order may differ)
+        if fresh.dim() > 1:
+            assert 0.5 < fresh.std() / heads[0][name].std() < 2, name
+
+
+def test_a_copy_of_a_bf16_runs_model_computes_its_own_head_in_float32(tiny_model):
+    """The float32 head was a forward patched onto the instance: a deepcopy or a DataParallel
+    replica (a shallow copy) kept calling the original's head, and torch.save failed on it."""
+    import copy
+    import io
+
+    spec = make_spec(task="stsb", preset="lora", model=tiny_model, bf16=True)
+    _, model = runner.load_model(spec, get_task("stsb"))
+    model.eval()
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.classifier.weight.add_(1.0)
+    ids = torch.tensor([[101, 2054, 2003, 102]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mine, theirs = model(input_ids=ids).logits, twin(input_ids=ids).logits
+    assert mine.dtype == theirs.dtype == torch.float32 and not torch.equal(mine, theirs)
+    torch.save(model, io.BytesIO())

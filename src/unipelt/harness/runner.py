@@ -118,29 +118,42 @@ def _fresh_head(model, info: dict) -> None:
     many labels: SST-2's for RTE) is drawn afresh too, as transformers draws a missing one, from
     the run's model seed: every run starts from an untrained head, as the protocol has it."""
     drawn = set(info["missing_keys"]) | {m if isinstance(m, str) else m[0] for m in info["mismatched_keys"]}
-    loaded = sorted(n for n in head_parameter_names(model) if n not in drawn)
-    for name in sorted({n.rpartition(".")[0] for n in loaded}, key=lambda n: -n.count(".")):
-        module = model.get_submodule(name)
-        for p in module.parameters(recurse=False):
-            p._is_hf_initialized = False  # transformers' init skips what it loaded
-        model._init_weights(module)
-    if loaded:
-        log.info("the model's own head (%s) is drawn afresh for the task", ", ".join(loaded))
+    head = head_parameter_names(model)
+    loaded = sorted(n for n in head if n not in drawn)
+    if not loaded:
+        return
+    for name, p in model.named_parameters():
+        p._is_hf_initialized = name not in head  # transformers' init draws only what is not flagged
+    # every module the head is made of, deepest first, then the model: an architecture sets its
+    # head's scale in a branch for the head's class (T5) or the model's (ModernBERT)
+    modules = {n.rpartition(".")[0] for n in head} | {n.split(".")[0] for n in head}
+    for name in sorted(modules, key=lambda n: -n.count(".")):
+        model._init_weights(model.get_submodule(name))
+    model._init_weights(model)
+    log.info("the model's own head (%s) is drawn afresh for the task", ", ".join(loaded))
 
 
 def _head_in_float32(model) -> None:
-    """Under ``--bf16`` the task head computes in float32, whatever autocast accelerate wraps the
-    forward in: a regression head's bf16 output comes in steps of 1/64 near STS-B's labels (the
-    test's Spearman ranks ties), and a classifier's close logits tie. It costs one small GEMM."""
+    """Under ``--bf16`` the task head's output is computed in float32 (``Float32Head``)."""
     for name in sorted({n.split(".")[0] for n in head_parameter_names(model)}):
-        module = model.get_submodule(name)
+        model.get_submodule(name).register_forward_hook(Float32Head(), with_kwargs=True)
 
-        def forward(*args, _forward=module.forward, _module=module, **kwargs):
-            with torch.autocast(next(_module.parameters()).device.type, enabled=False):  # where it runs now
-                args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
-                return _forward(*args, **kwargs)
 
-        module.forward = forward
+class Float32Head:
+    """A forward hook that computes the module's output again in float32, whatever autocast
+    accelerate wraps the model's forward in: a regression head's bf16 output comes in steps of
+    1/64 near STS-B's labels (the test's Spearman ranks ties), and a classifier's close logits
+    tie. The head is a GEMM or two; the bf16 output is dropped (and from a compiled graph). A hook,
+    not a patched forward: a copy (deepcopy, a DataParallel replica) runs its own weights."""
+
+    def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict, output):
+        inputs = [t for t in (*args, *kwargs.values()) if torch.is_tensor(t)]
+        device = inputs[0].device.type if inputs else "cpu"
+        if not torch.is_autocast_enabled(device):
+            return output
+        cast = lambda t: t.float() if torch.is_tensor(t) and t.is_floating_point() else t  # noqa: E731
+        with torch.autocast(device, enabled=False):
+            return type(module).forward(module, *map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
 
 
 def dry_run(spec: RunSpec, task: Task) -> None:
