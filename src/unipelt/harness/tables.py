@@ -120,7 +120,7 @@ def _config_id(spec: dict) -> str:
     a config this version cannot read (a newer one's field) as it is stored."""
     try:
         config = PeltConfig.from_dict(spec["config"]).to_dict()
-    except UniPeltError:
+    except (UniPeltError, TypeError, ValueError, KeyError):  # what the report's other readers tolerate too
         config = spec["config"]
     canonical = {k: v for k, v in config.items() if k not in VARIANTS}
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:8]
