@@ -109,6 +109,26 @@ def test_auto_reads_the_sentence_transformers_declaration(tmp_path):
     assert model.pelt_config.head == "mean"  # recorded as it ran
 
 
+def test_auto_reads_the_declaration_of_a_model_loaded_by_hub_name(tmp_path, monkeypatch):
+    """A model loaded by its hub name has a name, not a directory, as ``_name_or_path``: the
+    declaration in the hub cache's snapshot was never read, and MiniLM's untrained pooler was the head."""
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "models--org--tiny-st" / "snapshots" / ("a" * 40)
+    (snapshot / "1_Pooling").mkdir(parents=True)
+    (snapshot / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    (tmp_path / "models--org--tiny-st" / "refs").mkdir()
+    (tmp_path / "models--org--tiny-st" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    model = build()
+    model.config._name_or_path = "org/tiny-st"
+    assert unipelt.apply(model, "lora").pelt_config.head == "mean"
+    other = build()
+    other.config._name_or_path = "org/not-cached"  # nothing declared, nothing asked of a hub offline
+    assert unipelt.apply(other, "lora").pelt_config.head == "model"
+
+
 def test_save_and_load_keep_the_head(tmp_path):
     model = unipelt.apply(build(), PeltConfig(methods=(LoRAConfig(),), head="mean"))
     randomize(model)

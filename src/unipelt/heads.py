@@ -35,8 +35,11 @@ SUMMARIES = ("mean", "last")  # the heads that replace what the model's own head
 
 
 def declared(path: str | Path) -> str | None:
-    """The summary a sentence-transformers directory declares: "mean", "last" or None."""
-    file = Path(path) / POOLING
+    """The summary a sentence-transformers model declares, in its directory or on the hub under
+    that name: "mean", "last" or None."""
+    file = Path(path) / POOLING if Path(path).is_dir() else _from_hub(str(path))
+    if file is None:
+        return None
     try:
         data = json.loads(file.read_text("utf-8")) if file.is_file() else None
     except (OSError, ValueError, RecursionError):
@@ -48,6 +51,22 @@ def declared(path: str | Path) -> str | None:
     if data.get("pooling_mode_lasttoken") is True:
         return "last"
     return None
+
+
+def _from_hub(name: str) -> Path | None:
+    """``POOLING`` of the hub model ``name``: from the local cache (where sentence-transformers
+    keeps the whole snapshot), else downloaded where the hub is reachable; None where it has none."""
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, POOLING.as_posix())
+        if isinstance(cached, str):
+            return Path(cached)
+        if cached is not None or constants.HF_HUB_OFFLINE:  # known absent, or no hub to ask
+            return None
+        return Path(hf_hub_download(name, POOLING.as_posix(), etag_timeout=5))
+    except Exception:  # noqa: BLE001 - not a hub name, no such file, no network: nothing declared
+        return None
 
 
 def classifies(model: nn.Module) -> bool:
@@ -63,7 +82,7 @@ def resolve(model: nn.Module, head: str) -> str:
     if not classifies(model):
         return "model"
     source = getattr(model.config, "_name_or_path", "") or ""
-    return (declared(source) if source and Path(source).is_dir() else None) or "model"
+    return (declared(source) if source else None) or "model"
 
 
 def place_of(model: nn.Module, spec) -> str | None:
