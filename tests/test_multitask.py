@@ -523,3 +523,17 @@ def test_a_checkpoint_that_names_no_labels_gets_the_default_names(tmp_path):
     mt.add("t", tmp_path / "lora")
     assert mt(**rows(2), tasks=["t", "t"])[0].shape == (3,)
     assert mt._tasks["t"].model.config.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+
+
+@pytest.mark.parametrize("head", ["mean", "last"])
+def test_a_summary_head_task_under_bf16_autocast(tmp_path, head):
+    """Under autocast BERT's pooler output is bf16 and a summary of LayerNorm outputs float32:
+    putting one task's summary into the mixed batch's pooler output raised a dtype error."""
+    model = unipelt.apply(build("bert"), PeltConfig(methods=(LoRAConfig(),), head=head))
+    randomize(model)
+    unipelt.save(model, tmp_path / "t")
+    mt = unipelt.MultiTask(build("bert"))
+    mt.add("t", tmp_path / "t")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        own, mixed = model(**batch()).logits, torch.stack(mt(**batch(), tasks=["t"] * 3))
+    torch.testing.assert_close(mixed.float(), own.float(), rtol=0.05, atol=0.05)

@@ -154,7 +154,9 @@ def put(out, summary: torch.Tensor, place: str, rows: torch.Tensor | None = None
     """``out`` with ``summary`` where the head reads it, on ``rows`` (all rows when None)."""
     if place == "pooler":
         old = field(out, "pooler_output")
-        return _replace(out, "pooler_output", summary if rows is None else old.index_put((rows,), summary))
+        # under autocast the pooler's output is the Linear's bf16, a mean of LayerNorm outputs float32
+        placed = summary if rows is None else old.index_put((rows,), summary.to(old.dtype))
+        return _replace(out, "pooler_output", placed)
     hidden = field(out, "last_hidden_state")
     rows = torch.arange(hidden.shape[0], device=hidden.device) if rows is None else rows
     if place == "first":
