@@ -11,9 +11,12 @@ overflowing windows: memory grows with the square of the input (a 14 KB pair: 0.
 
 ``truncation=True`` (longest first) keeps at most ``max_length`` tokens of either side, so cut 2
 leaves the kept tokens as they were: the margin of ``max_length`` tokens absorbs a last word that
-a cut re-tokenizes differently. Cut 1 changes what is kept only when a side's first tokens
-average more than ``CHARS_PER_TOKEN / 2`` characters (long runs of whitespace, or words the
-vocabulary maps to one unknown token); such an input is reported as truncated.
+a cut re-tokenizes differently. Cut 1 changes what is kept when a side's first tokens average
+more than ``CHARS_PER_TOKEN / 2`` characters (long runs of whitespace, or words the vocabulary
+maps to one unknown token), and when both sides of a pair exceed the budget: longest-first gives
+the last token of an odd split to the side that was longer before the cut, which the cut can
+make the shorter one (one token at the boundary moves to the other side). Such an input is
+reported as truncated.
 """
 
 from __future__ import annotations
