@@ -129,6 +129,23 @@ def test_auto_reads_the_declaration_of_a_model_loaded_by_hub_name(tmp_path, monk
     assert unipelt.apply(other, "lora").pelt_config.head == "model"
 
 
+@pytest.mark.parametrize("name", ["org/never-fetched", "my-local-dir", "./relative/model"])
+def test_auto_asks_no_hub_for_a_name_transformers_did_not_fetch(tmp_path, monkeypatch, name):
+    """A name that is a path, or a model no hub gave (nothing of it cached), or any name while the
+    environment switches the hub off (set after import too): a lookup took 23 s of retries."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *args, **kwargs: calls.append(args))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    model = build()
+    model.config._name_or_path = name
+    assert unipelt.apply(model, "lora").pelt_config.head == "model" and calls == []
+
+
 def test_save_and_load_keep_the_head(tmp_path):
     model = unipelt.apply(build(), PeltConfig(methods=(LoRAConfig(),), head="mean"))
     randomize(model)

@@ -21,7 +21,9 @@ reading the padding mask from the call's own arguments: concurrent calls share n
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,19 +55,27 @@ def declared(path: str | Path) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=64)
 def _from_hub(name: str) -> Path | None:
     """``POOLING`` of the hub model ``name``: from the local cache (where sentence-transformers
-    keeps the whole snapshot), else downloaded where the hub is reachable; None where it has none."""
+    keeps the whole snapshot), else asked of the hub for a model transformers fetched from it
+    (its config.json is cached) while the hub is not switched off; None where it has none. Once
+    per name and process: a hub that does not answer costs its retries once."""
+    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
+        return None  # a path, not a repo id: nothing of it goes to the hub
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
+    switched_off = constants.HF_HUB_OFFLINE or any(
+        os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
     try:
         cached = try_to_load_from_cache(name, POOLING.as_posix())
         if isinstance(cached, str):
             return Path(cached)
-        if cached is not None or constants.HF_HUB_OFFLINE:  # known absent, or no hub to ask
-            return None
+        if cached is not None or switched_off or not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return None  # known absent, no hub to ask, or no model of the hub's
         return Path(hf_hub_download(name, POOLING.as_posix(), etag_timeout=5))
-    except Exception:  # noqa: BLE001 - not a hub name, no such file, no network: nothing declared
+    except Exception:  # noqa: BLE001 - not a repo id, no such file, no network: nothing declared
         return None
 
 
