@@ -147,7 +147,7 @@ def _saved(tmp_path, name, preset, **kw):
     [
         (lambda p: [_saved(p, "a", "lora"), _saved(p, "b", "adapter")], "another config"),
         (lambda p: [_saved(p, "a", "lora"), _saved(p, "b", "lora", num_hidden_layers=1)], "another base model"),
-        (lambda p: [_saved(p, "a", "lora"), _saved(p, "b", "lora", num_labels=2)], "heads of different sizes"),
+        (lambda p: [_saved(p, "a", "lora"), _saved(p, "b", "lora", num_labels=2)], "its num_labels is 2, not 3"),
         (lambda p: [_saved(p, "a", "unipelt-apl"), _saved(p, "b", "unipelt-apl")], "gated"),
         (lambda p: [_saved(p, "a", "dora"), _saved(p, "b", "dora")], "DoRA does not merge"),
     ],
@@ -282,3 +282,41 @@ def test_a_failed_save_or_merge_into_a_new_directory_leaves_none(tmp_path, monke
     with pytest.raises(ZeroDivisionError):
         unipelt.save(unipelt.apply(build(), "lora"), tmp_path / "saved")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_an_ia3_vector_merges_as_its_offset_from_one(tmp_path):
+    """(IA)³ is neutral at 1, not at 0: weights [0, 0] zeroed every key, value and FFN activation,
+    and adding two tasks ([1, 1]) gave l_0 + l_1 where task arithmetic gives 1 + (l_0 - 1) + (l_1 - 1)."""
+    dirs = []
+    for i in range(2):
+        model = unipelt.apply(build(), "ia3")
+        randomize(model, std=0.2, seed=i)
+        dirs.append(unipelt.save(model, tmp_path / f"t{i}"))
+    parts = [load_file(d / WEIGHTS) for d in dirs]
+    for weights in ([1.0, 1.0], [0.0, 0.0], [0.25, 0.75]):
+        merged = load_file(unipelt.merge_checkpoints(dirs, weights, tmp_path / f"m{weights}") / WEIGHTS)
+        for n in (n for n in merged if n.endswith(".pelt_ia3")):
+            want = 1 + sum(w * (p[n] - 1) for w, p in zip(weights, parts))
+            torch.testing.assert_close(merged[n], want, msg=n)
+
+
+def test_a_merge_keeps_to_one_task_and_low_rank_methods_to_lora_alone(tmp_path):
+    """The merged checkpoint took the first input's task (pairs, max_length, labels), so it
+    depended on the inputs' order; ties/dare/svd merged modules_to_save linearly where the docs
+    say they refuse it."""
+    model = unipelt.apply(build(), "lora")
+    randomize(model, std=0.1)
+    single = unipelt.save(model, tmp_path / "single", pairs=False, max_length=64)
+    pair = unipelt.save(model, tmp_path / "pair", pairs=True, max_length=64)
+    with pytest.raises(UniPeltError, match="another task.*pairs is True, not False"):
+        unipelt.merge_checkpoints([single, pair], [0.5, 0.5], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    cfg = PeltConfig(methods=(LORA,), modules_to_save=("pooler",))
+    dirs = []
+    for i in range(2):
+        model = unipelt.apply(build(), cfg)
+        randomize(model, std=0.1, seed=i)
+        dirs.append(unipelt.save(model, tmp_path / f"saved{i}"))
+    for method in ("ties", "dare_ties", "svd"):
+        with pytest.raises(UniPeltError, match="low-rank matrices only; use 'linear' for lora, modules_to_save"):
+            unipelt.merge_checkpoints(dirs, [0.5, 0.5], tmp_path / "out", method=method, density=0.5, seed=0)

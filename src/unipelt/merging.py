@@ -2,10 +2,13 @@
 combined into one checkpoint, as peft's ``LoraModel.add_weighted_adapter`` combines adapters.
 
 - "linear" (task arithmetic, Ilharco et al. 2023): θ = Σ w_i θ_i for every saved tensor, the
-  task head included (weights summing to one average the tasks). LoRA's A and B are weighted by
-  √|w_i| each, the sign on A, as peft does: s·B'A' = s·(Σ √w_i B_i)(Σ √w_i A_i), which keeps
-  the rank but is not Σ w_i s B_i A_i (peft calls it a rough approximation; the _svd methods
-  are exact up to the rank).
+  task head included, which is the sum of task vectors where a module is neutral at 0 (an
+  adapter, a prefix); an (IA)³ vector, neutral at 1, merges as 1 + Σ w_i (l_i - 1). For tensors
+  whose pretrained value the checkpoint lacks (the head, BitFit's biases, modules_to_save) it is
+  task arithmetic only when the weights sum to one. LoRA's A and B are weighted by √|w_i| each,
+  the sign on A, as peft does: s·B'A' = s·(Σ √w_i B_i)(Σ √w_i A_i), which keeps the rank but is
+  not Σ w_i s B_i A_i (peft calls it a rough approximation; the _svd methods are exact up to the
+  rank).
 - "ties" (Yadav et al. 2023: keep each tensor's top ``density`` magnitudes, elect a sign per
   entry, average the agreeing weighted entries), "dare_linear" / "dare_ties" (Yu et al. 2024:
   keep each entry with probability ``density``, rescale by 1/density, then sum or TIES' sign
@@ -16,7 +19,10 @@ combined into one checkpoint, as peft's ``LoraModel.add_weighted_adapter`` combi
 peft scales the merged adapter by 1 (alpha = r); a merged unipelt checkpoint keeps its config,
 so its A and B hold peft's divided by √s (by s for B in the _svd methods): the same ΔW.
 Only LoRA has the low-rank form the last seven rely on; they refuse checkpoints with trained
-tensors other than LoRA's and the head. DARE draws random masks: pass ``seed`` to repeat them.
+tensors other than LoRA's and the head (another method's, modules_to_save). Every method merges
+the head as Σ w_i θ_i. Checkpoints of one task kind merge: their heads' labels and problem type,
+and the inputs they were saved for (pairs, max_length), must agree. DARE draws random masks:
+pass ``seed`` to repeat them.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ Combination = Literal[
     "linear", "ties", "dare_linear", "dare_ties", "svd", "ties_svd", "dare_linear_svd", "dare_ties_svd"
 ]
 LORA_A, LORA_B = ".pelt_lora.down", ".pelt_lora.up"  # (1, d_in, r) and (1, r, d_out) in a checkpoint
+IA3 = ".pelt_ia3"  # an (IA)³ vector: neutral at 1
 
 
 def _prune(t: torch.Tensor, density: float, how: str) -> torch.Tensor:
@@ -96,8 +103,18 @@ def _check(metas: list[dict], configs: list[PeltConfig], how: str, dirs: list[Pa
         raise UniPeltError("gated (UniPELT) modules do not merge: a gate scales its module by a function of the input")
     if first.of(DoRAConfig):
         raise UniPeltError("DoRA does not merge: each task's magnitude rescales its own direction ‖W + s·BA‖")
-    if how != "linear" and len(first.of(LoRAConfig)) != len(first.methods):
-        raise UniPeltError(f"{how!r} merges LoRA's low-rank matrices only; use 'linear' for {first.methods}")
+    if how != "linear" and (len(first.of(LoRAConfig)) != len(first.methods) or first.modules_to_save):
+        trained = [m.method for m in first.methods] + (["modules_to_save"] if first.modules_to_save else [])
+        raise UniPeltError(f"{how!r} merges LoRA's low-rank matrices only; use 'linear' for {', '.join(trained)}")
+    task = metas[0].get("task") or {}
+    for d, meta in zip(dirs[1:], metas[1:]):
+        other = meta.get("task") or {}
+        for key in ("num_labels", "problem_type", "id2label", "pairs", "max_length"):
+            if other.get(key) != task.get(key):  # the merged checkpoint is served as one task
+                raise UniPeltError(
+                    f"{d} was saved for another task than {dirs[0]}: its {key} is {other.get(key)!r}, "
+                    f"not {task.get(key)!r}"
+                )
 
 
 def merge_checkpoints(
@@ -210,7 +227,9 @@ def _merge(names, tensors, weights, how, density, sign) -> dict[str, torch.Tenso
         down, up = _merge_lora(a, b, weights, how, density, sign)
         merged[path + LORA_A], merged[path + LORA_B] = down.T[None], up.T[None]
     for n in names:
-        if n not in merged:  # every other tensor (head, other methods): linear
+        if n.endswith(IA3):  # neutral at 1: the task vectors are l_i - 1
+            merged[n] = 1 + sum(w * (t[n].float() - 1) for w, t in zip(weights, tensors))
+        elif n not in merged:  # every other tensor (head, other methods): linear
             merged[n] = sum(w * t[n].float() for w, t in zip(weights, tensors))
     out = {n: merged[n].to(tensors[0][n].dtype).contiguous() for n in names}
     if bad := [n for n, t in out.items() if t.is_floating_point() and not bool(t.isfinite().all())]:
