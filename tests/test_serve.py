@@ -718,3 +718,31 @@ def test_sigterm_finishes_queued_requests_and_exits_0(served):
         assert_answer(r.json()["outputs"][0], alone(model, text), TASKS["sst2"][1])
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/health", timeout=5)
+
+
+def test_a_task_removed_between_check_and_admission_is_a_404(served, monkeypatch):
+    """DELETE runs on a worker thread: between a request's check and its admission (the event
+    loop) the task could go, and the admission's KeyError became a plain-text 500."""
+    engine = engine_for(served, tasks=("sst2", "rte"))
+    checked = engine.check("rte", [("w1 w2", "w3")])
+    engine.remove("rte")
+    with pytest.raises(ServeError) as refused:
+        engine.rows("rte", [("w1 w2", "w3")], checked)
+    assert refused.value.status == 404 and "was unloaded" in str(refused.value)
+
+
+def test_the_batch_token_budget_counts_a_tasks_prompt(served):
+    """Rows of 3 tokens of a task with a 10-token prompt ran 10 at a time under a budget of 32:
+    130 positions per forward, 4 times the budget."""
+    from unipelt.serve import Row
+
+    engine = engine_for(served, max_batch_tokens=32)
+    shapes = []
+    hook = engine.mt.model.register_forward_pre_hook(
+        lambda m, args, kwargs: shapes.append(tuple(kwargs["attention_mask"].shape)), with_kwargs=True
+    )
+    try:
+        engine.run([Row("cola", f"w{i}") for i in range(30)])
+    finally:
+        hook.remove()
+    assert shapes and max(b * t for b, t in shapes) <= 32

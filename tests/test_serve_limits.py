@@ -237,6 +237,7 @@ FLAGS = [
     (["--device", "meta"], "--device must be auto, cpu, cuda or cuda:N"),
     (["--device", "cuda:99"], "CUDA device(s) here"),
     (["--device", "cuda", "--backend", "ray"], "--device is for --backend local"),
+    (["--max-batch-tokens", "4096", "--backend", "ray"], "--max-batch-tokens is for --backend local"),  # ignored
 ]
 
 

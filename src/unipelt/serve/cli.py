@@ -66,7 +66,8 @@ def add_parser(sub) -> None:
         "--max-batch-tokens",
         type=int,
         default=None,
-        help="padded tokens per model forward, rows × the longest (default 65536); longer batches run in parts",
+        help="padded positions per model forward, rows × the longest, a prompt's included (default 65536; "
+        "--backend local); longer batches run in parts",
     )
     p.add_argument(
         "--device",
@@ -102,6 +103,8 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UniPeltError(f"--cpus-per-replica must be a number above 0 and at most 1024, got {cpus}")
     if args.backend == "ray" and args.device not in ("auto", "cpu"):
         raise UniPeltError("--device is for --backend local (Ray replicas run on CPUs)")
+    if args.backend == "ray" and args.max_batch_tokens is not None:  # was accepted and not applied
+        raise UniPeltError("--max-batch-tokens is for --backend local (a Ray replica batches by rows, @serve.batch)")
 
 
 def device(flag: str):

@@ -242,7 +242,10 @@ class Engine:
         """The checked inputs as rows, each side cut to the character budget of the task's limit
         (encoding.py) now: a row waits in the queue with what its task reads, not what arrived
         (8,192 queued rows of almost 1 MiB each would hold 8 GiB)."""
-        limit, end = self.info[task].max_length, encoding.from_end(self.tokenizer)
+        info = self.info.get(task)  # removed since check() (on a worker thread): as run() says it
+        if info is None:
+            raise ServeError(404, f"task {task!r} was unloaded")
+        limit, end = info.max_length, encoding.from_end(self.tokenizer)
         bounded = [encoding.bounded(text, limit, end) for text in inputs]
         return [Row(task, text, checked=checked, cut=cut) for text, cut in bounded]
 
@@ -268,18 +271,24 @@ class Engine:
         ok = [i for i, e in enumerate(out) if not isinstance(e, ServeError)]
         if not ok:
             return out
-        for part in self._parts(ok, out):
+        for part in self._parts(ok, {i: self._length(rows[i], out[i]) for i in ok}):
             for i, answer in zip(part, self._halves([rows[i] for i in part], [out[i] for i in part])):
                 out[i] = answer
         return out
 
-    def _parts(self, ok: list[int], encoded: list) -> list[list[int]]:
-        """The rows ``ok`` in forwards of at most ``max_batch_tokens`` padded tokens each, longest
-        first (rows of like length pad least together); a row longer than that runs alone."""
-        order = sorted(ok, key=lambda i: -len(encoded[i][0]["input_ids"]))
+    def _length(self, row: Row, encoded: tuple[dict, bool]) -> int:
+        """The positions a row takes in a forward: its tokens and the prompt its task inserts."""
+        task = self.mt._tasks.get(row.task)
+        return len(encoded[0]["input_ids"]) + (task.prompt_length if task is not None else 0)
+
+    def _parts(self, ok: list[int], lengths: dict[int, int]) -> list[list[int]]:
+        """The rows ``ok`` in forwards of at most ``max_batch_tokens`` padded positions each (a
+        prompt's included), longest first (rows of like length pad least together); a row longer
+        than that runs alone."""
+        order = sorted(ok, key=lambda i: -lengths[i])
         parts: list[list[int]] = []
         for i in order:
-            if parts and (len(parts[-1]) + 1) * len(encoded[parts[-1][0]][0]["input_ids"]) <= self.max_batch_tokens:
+            if parts and (len(parts[-1]) + 1) * lengths[parts[-1][0]] <= self.max_batch_tokens:
                 parts[-1].append(i)
             else:
                 parts.append([i])
