@@ -83,7 +83,7 @@ def unhook_model(model: nn.Module) -> None:
 
 def referred(module: nn.Module, name: str) -> nn.Module:
     """The module ``module`` reads as ``name`` (one of its ``refers_to``): in a replica, the
-    replica's copy (``FollowReplicas``), or refused where there is none."""
+    replica's copy (``BeforeModel``), or refused where there is none."""
     target = module.__dict__[name]
     if is_replica(module) and not is_replica(target):
         refuse_replica(module)

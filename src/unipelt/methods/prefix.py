@@ -175,15 +175,7 @@ class PrefixEncoder(Keyed):
         """What the views depend on: gradient mode, autocast, and every parameter's contents."""
         device = self.nets[0].embedding.weight.device if self.folded is None else self.folded.device
         autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-        return torch.is_grad_enabled(), autocast, head_dim, parameters_key(self._sources())
-
-    def _sources(self) -> list[torch.Tensor]:
-        """The tensors the views are made of, read as attributes: a DataParallel replica holds its
-        copies of them as plain attributes, which ``parameters()`` does not list."""
-        if self.folded is not None:
-            return [self.folded]
-        layers = [m for net in self.nets for m in (net.mlp_in, net.mlp_out)]
-        return [net.embedding.weight for net in self.nets] + [t for m in layers for t in (m.weight, m.bias)]
+        return torch.is_grad_enabled(), autocast, head_dim, parameters_key(self.parameters())
 
     def layer_kv(self, slot: int, head_dim: int) -> torch.Tensor:
         """Slot ``slot``'s keys and values, (2, H_kv, l, dh), or (1, 2, H_kv, l, dh) from the views
