@@ -69,12 +69,13 @@ def check_can_generate(path: str, config=None) -> None:
 def longest_first_cut(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
     """``a`` and ``b`` cut from their ends to ``budget`` tokens together, a token at a time from the
     longer one (transformers' ``longest_first``): a long first sentence never pushes out the second."""
-    while len(a) + len(b) > budget:
-        if len(a) >= len(b):
-            a = a[:-1]
+    keep_a, keep_b = len(a), len(b)
+    while keep_a + keep_b > budget:  # counts, then one slice each: slicing per token copied the lists
+        if keep_a >= keep_b:
+            keep_a -= 1
         else:
-            b = b[:-1]
-    return a, b
+            keep_b -= 1
+    return a[:keep_a], b[:keep_b]
 
 
 class Generate:
@@ -91,6 +92,8 @@ class Generate:
         self.targets = [ids(" " + w) + self.eos for w in self.words]
         self.cue = ids(f"\n{CUES.get(task.name, 'Answer')}:")
         self.max_new_tokens = max(len(ids(" " + w)) for w in self.words) + 1
+        # tokens left to the text: max_length less the bos, the cue and the longest answer
+        self.budget = max_length - len(self.bos) - len(self.cue) - max(map(len, self.targets))
         if self.budget < 2:
             raise HarnessError(
                 f"--max-length {max_length} leaves the text no room: this tokenizer's prompt cue and "
@@ -98,11 +101,6 @@ class Generate:
             )
         tokenizer.padding_side = "right"  # training: the target follows its prompt; generation pads left per call
         self.pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE)
-
-    @property
-    def budget(self) -> int:
-        """Tokens left to the text: max_length less the bos, the cue and the longest answer."""
-        return self.max_length - len(self.bos) - len(self.cue) - max(map(len, self.targets))
 
     def prompt(self, a: str, b: str | None) -> list[int]:
         budget = self.budget
