@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from .errors import UniPeltError
+from .offline import switched_on
 
 POOLING = Path("1_Pooling") / "config.json"  # sentence-transformers' pooling declaration
 SUMMARIES = ("mean", "last")  # the heads that replace what the model's own head reads
@@ -65,9 +65,7 @@ def _from_hub(name: str) -> Path | None:
         return None  # a path, not a repo id: nothing of it goes to the hub
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
-    switched_off = constants.HF_HUB_OFFLINE or any(
-        os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
+    switched_off = constants.HF_HUB_OFFLINE or switched_on("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") is not None
     try:
         cached = try_to_load_from_cache(name, POOLING.as_posix())
         if isinstance(cached, str):

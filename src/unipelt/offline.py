@@ -4,6 +4,7 @@ Torch-free at import: the command line and the server use it without loading the
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 from .errors import UniPeltError
@@ -52,3 +53,12 @@ def quiet_load():
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def switched_on(*names: str) -> str | None:
+    """The first of the environment switches ``names`` (HF's offline flags) that is on, as
+    ``NAME=value``, or None; read at call time, as the libraries' own constants are not."""
+    for name in names:
+        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{name}={os.environ[name]}"
+    return None

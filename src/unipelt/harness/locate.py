@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..offline import switched_on
 from .errors import HarnessError
 
 # gzip'd byte copies of GLUE's files; glue/SOURCES.md says where they come from
@@ -56,7 +57,4 @@ def locate_glue(glue_dir: str | Path | None = None, directory: str | None = None
 def hub_offline_reason() -> str | None:
     """Why the hub must not be used, or None. Only the standard HF switches are read: probing
     the network would make every missing-data error slow."""
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{var}={os.environ[var]}"
-    return None
+    return switched_on("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
