@@ -10,6 +10,7 @@ Table 2 compares only the cells whose runs are mostly above it on a learnable ta
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -108,20 +109,22 @@ def with_variants(runs: pd.DataFrame, scope: tuple[str, ...] = BLOCK) -> pd.Data
     two = data.groupby([runs[c] for c in (*scope, "method", "task")]).transform("nunique") > 1
     runs["row"] += (" data=" + data.str[:8].replace("", "project")).where(two, "")
     # one name for two configs (a config file edited between sweeps): never averaged together
-    config = runs["spec"].map(_config_id)
+    config = runs["spec"].map(lambda s: _config_id(json.dumps(s["config"], sort_keys=True)))
     two = config.groupby([runs[c] for c in (*scope, "method")]).transform("nunique") > 1
     runs["row"] += (" config=" + config).where(two, "")
     return runs
 
 
-def _config_id(spec: dict) -> str:
-    """A short hash of the run's PELT config, as ``PeltConfig`` writes it (whole numbers in float
-    fields as floats, as older stores may hold them), less what a variant field shows (``head``);
-    a config this version cannot read (a newer one's field) as it is stored."""
+@functools.lru_cache(maxsize=1024)
+def _config_id(stored: str) -> str:
+    """A short hash of a run's PELT config (``stored``: its JSON), as ``PeltConfig`` writes it (whole
+    numbers in float fields as floats, as older stores may hold them), less what a variant field
+    shows (``head``); a config this version cannot read (a newer one's field) as it is stored.
+    Once per config: a store's runs share a few, and every table asks again."""
     try:
-        config = PeltConfig.from_dict(spec["config"]).to_dict()
+        config = PeltConfig.from_dict(json.loads(stored)).to_dict()
     except (UniPeltError, TypeError, ValueError, KeyError):  # what the report's other readers tolerate too
-        config = spec["config"]
+        config = json.loads(stored)
     canonical = {k: v for k, v in config.items() if k not in VARIANTS}
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:8]
 
