@@ -746,3 +746,24 @@ def test_the_batch_token_budget_counts_a_tasks_prompt(served):
     finally:
         hook.remove()
     assert shapes and max(b * t for b, t in shapes) <= 32
+
+
+def test_a_pair_with_an_empty_second_side_is_encoded_as_training_encodes_it(served):
+    """Training tokenizes a frame in one batch call, which encodes ("w1 w2", "") as a pair with an
+    empty second segment; a call on the one text reads the empty side as no pair. The server's
+    one-row paths and ``MultiTask.predict`` made it a single sentence, so the answer depended on
+    the rows it was batched with."""
+    model, tok = single(served, "rte"), tokenizer()
+    library = MultiTask(build())
+    library.add("rte", served / "ckpt" / "rte")
+    engine = engine_for(served, tasks=("rte",))
+    long = " ".join(f"w{i % 40}" for i in range(100))  # over the task's 64 tokens: the truncating path
+    for text in (("w1 w2", ""), (long, "")):
+        enc = tok([text[0]], [text[1]], truncation=True, max_length=64, return_tensors="pt")
+        assert enc["input_ids"][0, -2:].tolist() == [3, 3]  # the pair's two [SEP]s: an empty segment
+        with torch.no_grad():
+            trained = model(**enc).logits[0]
+        alone_row = engine.run([Row("rte", text)])[0]
+        batched = engine.run([Row("rte", ("w3", "w4 w5")), Row("rte", text)])[1]
+        for answer in (alone_row, batched, library.predict([text], ["rte"], tok)[0]):
+            assert_answer({k: v for k, v in answer.items() if k != "task"}, trained, TASKS["rte"][1])

@@ -80,7 +80,8 @@ def test_bounded_encoding_keeps_what_truncation_keeps(seed):
 
     for _ in range(20):
         pair = (text(), text())
-        assert encoding.encode(tok, pair, limit) == dict(tok(*pair, truncation=True, max_length=limit))
+        trained = tok([pair[0]], [pair[1]], truncation=True, max_length=limit)  # a batch, as training's
+        assert encoding.encode(tok, pair, limit) == {key: values[0] for key, values in trained.items()}
         assert encoding.encode(tok, pair[0], limit) == dict(tok(pair[0], truncation=True, max_length=limit))
 
 

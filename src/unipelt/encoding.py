@@ -97,7 +97,17 @@ def truncated(tokenizer, text: Text, max_length: int) -> dict:
     # a slow tokenizer builds no overflow windows; a side of max_length characters has few tokens
     if getattr(tokenizer, "is_fast", False) and any(len(s) > max_length for s in sides):
         sides = _shortened(tokenizer, sides, 2 * max_length)
-    return dict(tokenizer(*sides, truncation=True, max_length=max_length))
+    return call(tokenizer, sides, truncation=True, max_length=max_length)
+
+
+def call(tokenizer, sides: tuple[str, ...], **kwargs) -> dict:
+    """The tokenizer's encoding of one text, a pair as a batch of one: a single call reads an
+    empty second side as no pair (``text_pair=""`` is falsy) where a batch call, as training's,
+    encodes it as a pair with an empty second segment."""
+    if len(sides) == 1:
+        return dict(tokenizer(sides[0], **kwargs))
+    batch = tokenizer([sides[0]], [sides[1]], **kwargs)
+    return {key: values[0] for key, values in batch.items()}
 
 
 def from_end(tokenizer) -> bool:

@@ -378,7 +378,8 @@ class Engine:
         try:
             batch = self.tokenizer(*args, verbose=False)
         except Exception:  # noqa: BLE001 - some text is refused: find which, alone
-            return [self._tokenize_one(lambda t=t: self.tokenizer(*_sides(t), verbose=False), t) for t in texts]
+            one = lambda t: encoding.call(self.tokenizer, _sides(t), verbose=False)  # noqa: E731
+            return [self._tokenize_one(lambda t=t: one(t), t) for t in texts]
         return [{key: values[k] for key, values in batch.items()} for k in range(len(texts))]
 
     @staticmethod
