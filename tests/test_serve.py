@@ -767,3 +767,65 @@ def test_a_pair_with_an_empty_second_side_is_encoded_as_training_encodes_it(serv
         batched = engine.run([Row("rte", ("w3", "w4 w5")), Row("rte", text)])[1]
         for answer in (alone_row, batched, library.predict([text], ["rte"], tok)[0]):
             assert_answer({k: v for k, v in answer.items() if k != "task"}, trained, TASKS["rte"][1])
+
+
+def test_a_request_whose_client_left_is_not_run_and_counts_as_499(served, monkeypatch):
+    """A client that disconnects while its rows wait behind a running batch: its rows were run
+    anyway and the request counted as a 200."""
+    engine, ran, release = engine_for(served, tasks=("sst2",)), [], threading.Event()
+    run_batch = engine.run
+
+    def slow(rows):
+        ran.extend(r.text for r in rows)
+        release.wait(30)  # the first batch holds the worker while the second request queues
+        return run_batch(rows)
+
+    monkeypatch.setattr(engine, "run", slow)
+    settings = ServeSettings(tasks_dir=engine_dir(engine))
+    service = LocalService(engine, settings)
+    app = create_app(service, settings)
+
+    async def leaving_request(body: bytes, gone: asyncio.Event, sent: list) -> None:
+        messages = iter([{"type": "http.request", "body": body, "more_body": False}])
+
+        async def receive():
+            message = next(messages, None)
+            if message is None:
+                await gone.wait()
+                return {"type": "http.disconnect"}
+            return message
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/v1/predict", "raw_path": b"/v1/predict", "query_string": b"",
+            "root_path": "", "headers": [(b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+        }  # fmt: skip
+        await app(scope, receive, send)
+
+    async def body():
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://serve") as c:
+                first = asyncio.ensure_future(c.post("/v1/predict", json={"task": "sst2", "inputs": ["w1"]}))
+                while not ran:
+                    await asyncio.sleep(0.01)
+                gone, sent = asyncio.Event(), []
+                payload = json.dumps({"task": "sst2", "inputs": ["w38 w39"]}).encode()
+                second = asyncio.ensure_future(leaving_request(payload, gone, sent))
+                while service.batcher.queue.qsize() == 0:
+                    await asyncio.sleep(0.01)
+                gone.set()
+                await asyncio.wait_for(second, 10)  # returns without waiting for the batch
+                release.set()
+                assert (await first).status_code == 200
+                assert (await c.post("/v1/predict", json={"task": "sst2", "inputs": ["w2"]})).status_code == 200
+                assert sent == []  # nothing was answered to a client that is gone
+                return (await c.get("/metrics")).text
+
+    metrics = run(body())
+    assert ran == ["w1", "w2"]  # the second request's row was never run
+    assert re.search(r'unipelt_requests_total\{route="/v1/predict",status="499"\} 1\.0', metrics)
+    assert re.search(r'unipelt_requests_total\{route="/v1/predict",status="200"\} 2\.0', metrics)

@@ -301,7 +301,8 @@ def _errors(app: FastAPI) -> None:
 
 
 class BodyLimit:
-    """Refuse bodies over ``limit`` bytes with a 413 before the app parses them.
+    """Refuse bodies over ``limit`` bytes with a 413 before the app parses them; stop answering a
+    client that left (``_unless_gone``).
 
     A body up to DRAIN times the limit is read to its end and dropped, so that the client, which
     sends its whole body before reading, gets the 413 rather than a reset connection; a larger
@@ -332,16 +333,45 @@ class BodyLimit:
                 return await _too_large(scope, receive, send, self.limit, close=True)
         if size > self.limit:
             return await _too_large(scope, receive, send, self.limit, close=False)
-        body, replayed = b"".join(chunks), False
+        body, replayed, gone = b"".join(chunks), False, asyncio.Event()
 
         async def replay():
             nonlocal replayed
-            if replayed:
-                return await receive()  # the client's disconnect, when it comes
+            if replayed:  # after the body, only the client's disconnect comes
+                await gone.wait()
+                return {"type": "http.disconnect"}
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+        await _unless_gone(self.app(scope, replay, send), receive, gone)
+
+
+async def _unless_gone(answer, receive, gone: asyncio.Event) -> None:
+    """Run ``answer`` until it is done or the client leaves; then it is cancelled, so a request's
+    rows still queued are never run (the batcher skips a cancelled caller's), and ``Observe``
+    counts a 499. The server reports a lost connection as ``http.disconnect``, which nothing else
+    reads once the whole body was."""
+
+    async def watch():
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    answering, watching = asyncio.ensure_future(answer), asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({answering, watching}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this request cancelled from outside (shutdown): both go with it
+        answering.cancel()
+        watching.cancel()
+        raise
+    watching.cancel()
+    if not answering.done():  # the client left before the answer
+        answering.cancel()
+    try:
+        await answering
+    except asyncio.CancelledError:
+        if not gone.is_set():
+            raise
 
 
 async def _too_large(scope, receive, send, limit: int, close: bool) -> None:
