@@ -90,6 +90,8 @@ REFUSED_EXPORTS = [
     ("bert prompt", lambda: unipelt.apply(build("bert"), PromptConfig()), "LayerNorm"),
     ("llama classifier prompt", lambda: unipelt.apply(build("llama"), PromptConfig()), "right-padded"),
     ("merged", lambda: unipelt.merge(unipelt.apply(build("bert"), "lora")), "merged"),
+    ("gpt2 prompt", lambda: unipelt.apply(build_lm("gpt2"), PromptConfig()), "learned"),
+    ("mistral window prompt", lambda: unipelt.apply(build_lm("mistral", sliding_window=4), PromptConfig()), "window"),
 ]
 
 
@@ -337,3 +339,78 @@ def test_a_number_too_long_for_python_to_read_in_a_peft_config_is_one_clear_erro
     path.write_text(path.read_text().replace('"r": 4', '"r": ' + "4" * 5000))
     with pytest.raises(unipelt.UniPeltError, match="digits"):
         unipelt.from_peft(build("bert"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "arch, kw",
+    [
+        ("mistral", dict(sliding_window=4)),
+        ("qwen2", dict(use_sliding_window=True, sliding_window=4, max_window_layers=0)),
+    ],
+)
+def test_a_peft_prompt_on_a_sliding_window_is_refused(tmp_path, arch, kw):
+    """peft's prompt tokens slide out of a window of 4 (0.16 apart on Mistral); unipelt's stay
+    visible as a prefix's keys. Imported, the logits differed silently."""
+    ref = peft.get_peft_model(
+        build_lm(arch, **kw), peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    )
+    ref.save_pretrained(tmp_path)
+    model = build_lm(arch, **kw)
+    with pytest.raises(unipelt.UniPeltError, match="sliding window of 4"):
+        unipelt.from_peft(model, tmp_path)
+    assert getattr(model, "pelt_config", None) is None
+    # a Qwen2 whose windowed layers start beyond its last (max_window_layers) has none: imported
+    full = dict(kw, max_window_layers=2) if arch == "qwen2" else dict(kw, sliding_window=None)
+    ours = unipelt.from_peft(build_lm(arch, **full), tmp_path)
+    ref = peft.PeftModel.from_pretrained(build_lm(arch, **full), tmp_path).eval()
+    b = {k: v[:1] for k, v in batch().items()}
+    assert (_logits(ours, b) - _logits(ref, b)[:, 4:]).abs().max() < 1e-5
+
+
+def test_gpt2_is_a_causal_lm_to_peft(tmp_path):
+    """GPT2LMHeadModel's name has no "ForCausalLM": its LoRA went out with no task type and its
+    prompt was refused as a sequence classifier's."""
+    ours = unipelt.apply(build_lm("gpt2"), LoRAConfig(targets=("ffn_in",)))
+    randomize(ours, std=0.1)
+    unipelt.to_peft(ours, tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    ref = peft.PeftModel.from_pretrained(build_lm("gpt2"), tmp_path).eval()
+    assert isinstance(ref, peft.PeftModelForCausalLM)
+    assert (_logits(ours) - _logits(ref)).abs().max() < 1e-5
+
+
+def test_layers_to_transform_zero_is_refused(tmp_path):
+    """0 is layer 0 only: read as "not set", a checkpoint holding every layer's tensors loaded
+    with every layer's LoRA applied."""
+    peft.get_peft_model(build("bert"), peft.LoraConfig(target_modules=["query"])).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**cfg, "layers_to_transform": 0}))
+    with pytest.raises(unipelt.UniPeltError, match="uses layers_to_transform"):
+        unipelt.from_peft(build("bert"), tmp_path)
+
+
+@pytest.mark.parametrize("arch, saved", [("bert", ["LayerNorm"]), ("bert", ["word_embeddings"]), ("llama", ["norm"])])
+def test_modules_to_save_are_selected_as_peft_selects_them(tmp_path, arch, saved):
+    """peft trains every module whose path ends in a name ("norm": Llama's final norm and each
+    layer's input_layernorm); an exact path match refused these checkpoints."""
+    task = "SEQ_CLS"
+    ref = peft.get_peft_model(
+        build(arch), peft.LoraConfig(task_type=task, target_modules=["query", "q_proj"], modules_to_save=saved)
+    )
+    randomize(ref, std=0.1)
+    ref.save_pretrained(tmp_path)
+    ours = unipelt.from_peft(build(arch), tmp_path)
+    assert (_logits(ours) - _logits(ref.eval())).abs().max() < 1e-5
+    assert (_logits(ours) - _logits(build(arch))).abs().max() > 1e-3
+
+
+def test_modules_to_save_naming_the_output_embedding_is_refused(tmp_path):
+    ref = peft.get_peft_model(
+        build_lm("llama"),
+        peft.LoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj"], modules_to_save=["lm_head"]),
+    )
+    ref.save_pretrained(tmp_path)
+    model = build_lm("llama")
+    with pytest.raises(unipelt.UniPeltError, match="output embedding"):
+        unipelt.from_peft(model, tmp_path)
+    assert getattr(model, "pelt_config", None) is None

@@ -11,9 +11,11 @@ What maps exactly (peft 0.21 on transformers 5):
   ``target_modules`` must select exactly the maps of some unipelt targets, in every layer.
 - prompt tuning on a decoder-only causal LM: peft prepends the l embeddings to the input; under a
   causal mask with rotary positions that is what unipelt's prompt computes for the real tokens
-  (peft's logits carry l extra leading positions).
+  (peft's logits carry l extra leading positions), where no sliding window lets peft's prompt
+  slide out of a token's view.
 What is refused, and why:
-- prompt tuning elsewhere: BERT's family and seq2seq models get peft's prompt in front of the
+- prompt tuning elsewhere: GPT-2's learned positions move by l under peft's prompt; a sliding
+  window hides peft's prompt from later tokens; BERT's family and seq2seq models get peft's prompt in front of the
   word embeddings, before position embeddings and LayerNorm (BERT) or on both stacks (seq2seq);
   a decoder-only sequence classifier under peft reads the last position of padded rows.
 - prefix tuning: peft serves it as a key/value cache. BERT's family takes none under
@@ -134,7 +136,8 @@ def _lora_places(cfg: dict, model: nn.Module, targets: dict) -> list[tuple[str, 
 def _lora_configs(cfg: dict, model: nn.Module) -> tuple[LoRAConfig | DoRAConfig, ...]:
     """One config per set of attention kinds its targets adapt (BART: q in self-attention only)."""
     for key in _UNSUPPORTED:
-        if cfg.get(key):
+        value = cfg.get(key)  # layers_to_transform=0 is set: layer 0 only
+        if value is not None and value is not False and not (isinstance(value, (str, list, dict)) and not value):
             raise UniPeltError(f"the peft checkpoint uses {key}, which unipelt does not implement")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("bias", "none") != "none":
         raise UniPeltError("peft checkpoints with rank/alpha patterns or trained biases are not supported")
@@ -157,7 +160,17 @@ def _lora_configs(cfg: dict, model: nn.Module) -> tuple[LoRAConfig | DoRAConfig,
 
 
 def _is_causal_lm(model: nn.Module) -> bool:
-    return type(model).__name__.endswith("ForCausalLM")
+    """A decoder-only language model: Llama's ``...ForCausalLM`` as much as ``GPT2LMHeadModel``."""
+    config = model.config
+    lm = getattr(model, "get_output_embeddings", lambda: None)() is not None
+    return lm and not getattr(config, "is_encoder_decoder", False) and spec_for(model).embeddings is None
+
+
+def _slides(config) -> bool:
+    """Whether a layer attends through a sliding window: one is set, and ``layer_types``, where
+    the config lists them (Gemma-2, Qwen2), name a sliding layer; Mistral and Phi-3 list none."""
+    types = getattr(config, "layer_types", None)
+    return bool(getattr(config, "sliding_window", None)) and (types is None or "sliding_attention" in types)
 
 
 def _prompt_refusal(model: nn.Module) -> str | None:
@@ -171,6 +184,16 @@ def _prompt_refusal(model: nn.Module) -> str | None:
         return (
             "peft's prompt-tuned sequence classifier passes inputs_embeds only, so the classifier reads the "
             "last position even in right-padded rows; only causal LMs compute the same function"
+        )
+    if spec_for(model).absolute_positions:
+        return (
+            "its positions are learned: peft's prompt in front moves the input's positions by l, "
+            "where unipelt's keeps the plain model's"
+        )
+    if _slides(model.config):
+        return (
+            f"it attends through a sliding window of {model.config.sliding_window}: peft's prompt tokens slide "
+            "out of it, where unipelt's, as a prefix's keys, stay visible to every token"
         )
     return None
 
@@ -295,25 +318,36 @@ def from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
 
 
 def _modules_to_save(cfg: dict, model: nn.Module, path: Path) -> tuple[str, ...]:
-    """peft's ``modules_to_save`` inside the base model (BERT's ``pooler``) as unipelt's; the task
-    head outside it trains anyway, and a name no module has is passed over, as peft does."""
+    """The modules peft's ``modules_to_save`` selects, by peft's rule (every module whose path ends
+    with a name: "LayerNorm" is each of BERT's), inside the base model as unipelt's; the task head
+    outside it trains anyway, and a name no module has is passed over, as peft does. An output
+    embedding (a causal LM's ``lm_head``) is refused: unipelt keeps it frozen."""
     declared = cfg.get("modules_to_save") or []
     declared = [declared] if isinstance(declared, str) else declared
-    if not isinstance(declared, list) or not all(isinstance(m, str) for m in declared):
+    if not isinstance(declared, list) or not all(isinstance(m, str) and m for m in declared):
         raise UniPeltError(f"{path}: field 'modules_to_save' must be a list of module names, got {declared!r}")
-    inside = dict(model.base_model.named_modules())  # a bare base model (BertModel) is its own
-    names = (m.removeprefix(f"{model.base_model_prefix}.") for m in declared)
-    return tuple(dict.fromkeys(m for m in names if m and m in inside))
+    prefix = "" if model.base_model is model else f"{model.base_model_prefix}."
+    output = getattr(model, "get_output_embeddings", lambda: None)()
+    selected = []
+    for name, module in model.named_modules(remove_duplicate=False):
+        if not name or not name.endswith(tuple(declared)):
+            continue
+        if module is output:
+            raise UniPeltError(
+                f"{path}: modules_to_save selects {name!r}, the output embedding, which unipelt keeps frozen "
+                "(it may be tied to the input embedding): such a checkpoint cannot be imported"
+            )
+        if name.startswith(prefix):
+            selected.append(name.removeprefix(prefix))
+    return tuple(dict.fromkeys(selected))
 
 
 # ---- export
 def _task_type(model: nn.Module) -> str | None:
     name = type(model).__name__
-    for suffix, task in (
-        ("ForSequenceClassification", "SEQ_CLS"),
-        ("ForCausalLM", "CAUSAL_LM"),
-        ("ForConditionalGeneration", "SEQ_2_SEQ_LM"),
-    ):
+    if _is_causal_lm(model):
+        return "CAUSAL_LM"
+    for suffix, task in (("ForSequenceClassification", "SEQ_CLS"), ("ForConditionalGeneration", "SEQ_2_SEQ_LM")):
         if name.endswith(suffix):
             return task
     return None
