@@ -65,6 +65,38 @@ def test_a_long_pair_costs_no_more_memory_than_a_short_one():
     assert long < short + 32, f"encoding a 42 KB pair added {long:.0f} MB at peak, a short one {short:.0f} MB"
 
 
+_BATCH_PEAK = textwrap.dedent(
+    """
+    import resource, sys
+    from types import SimpleNamespace
+    from transformers import AutoTokenizer
+    from unipelt.serve.engine import Engine, Row
+    engine = object.__new__(Engine)  # only its encoding: a tokenizer and each task's limit
+    engine.tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+    engine.info = {"t": SimpleNamespace(max_length=512)}
+    engine._encode([Row("t", ("warm", "up"))])
+    rows = [Row("t", ("!" * 10**6, "?" * 10**6)) for _ in range(int(sys.argv[2]))]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert all(len(e[0]["input_ids"]) == 512 for e in engine._encode(rows))
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    """
+)
+
+
+def test_a_batch_of_long_rows_is_tokenized_a_few_rows_at_a_time():
+    """The server tokenized a whole batch in one call: 64 pairs of punctuation (one token per
+    character) at MiniLM's character budget of 16,384 per side took 440 MB at once."""
+    _minilm_tokenizer()
+
+    def peak(rows: int) -> float:
+        args = [sys.executable, "-c", _BATCH_PEAK, str(model_path(DEFAULT_MODEL)), str(rows)]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=300, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
+    one, many = peak(1), peak(64)
+    assert many < one + 100, f"64 long rows added {many:.0f} MB at peak, one {one:.0f} MB"
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_bounded_encoding_keeps_what_truncation_keeps(seed):
     """The two cuts never change the tokens that truncation keeps, for real text near the cuts."""

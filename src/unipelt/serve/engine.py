@@ -13,7 +13,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -82,6 +82,9 @@ class Row:
     # then POST) may take other inputs, so the row is refused rather than answered by it
     checked: Task | None = field(default=None, compare=False, repr=False)
     cut: bool = False  # whether ``rows`` cut the text to its task's character budget
+
+
+CALL_CHARS = 1 << 16  # characters per tokenizer call: what one call holds stays a few MB
 
 
 def model_limit(tokenizer, config) -> int:
@@ -345,7 +348,7 @@ class Engine:
         the 422 of a row the tokenizer refuses.
 
         Every side is first cut to a character budget (encoding.py: the tokenizer's cost stays
-        linear in the limit). Rows are tokenized in one call per kind (fast tokenizers batch in
+        linear in the limit). Rows are tokenized in few calls per kind (fast tokenizers batch in
         Rust); only rows over their limit are tokenized again with truncation.
         """
         out: list = [None] * len(rows)
@@ -370,10 +373,19 @@ class Engine:
         encoded = self._tokenize_one(lambda: encoding.truncated(self.tokenizer, text, limit), text)
         return encoded if isinstance(encoded, ServeError) else (encoded, True)
 
-    def _tokenize(self, texts: list[Text], pairs: bool) -> list[dict | ServeError]:
-        """The full encoding of every text in one call; one call per text if that call fails."""
-        if not texts:
-            return []
+    def _tokenize(self, texts: list[Text], pairs: bool) -> Iterator[dict | ServeError]:
+        """The full encoding of every text, in calls of about ``CALL_CHARS`` characters, one call's
+        at a time: a fast tokenizer holds every token's encoding until the call returns, and the
+        full encodings are dropped once cut (64 pairs at MiniLM's character budget, one token per
+        character, took 440 MB in one call). One call per text where a call fails."""
+        start, size = 0, 0
+        for end, text in enumerate(texts, 1):
+            size += sum(map(len, _sides(text)))
+            if size >= CALL_CHARS or end == len(texts):
+                yield from self._tokenize_call(texts[start:end], pairs)
+                start, size = end, 0
+
+    def _tokenize_call(self, texts: list[Text], pairs: bool) -> list[dict | ServeError]:
         args = ([t[0] for t in texts], [t[1] for t in texts]) if pairs else (texts,)
         try:
             batch = self.tokenizer(*args, verbose=False)
