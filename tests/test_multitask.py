@@ -537,3 +537,22 @@ def test_a_summary_head_task_under_bf16_autocast(tmp_path, head):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         own, mixed = model(**batch()).logits, torch.stack(mt(**batch(), tasks=["t"] * 3))
     torch.testing.assert_close(mixed.float(), own.float(), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama", "t5"])
+def test_a_mask_edited_in_place_under_inference_mode_is_read_afresh(tmp_path, arch):
+    """What is kept on a mask tensor (the gates' token mask) is keyed by the forward pass for an
+    inference tensor, which counts no versions, and MultiTask's shared model has no hook that
+    begins a pass: a mask a server reuses under torch.inference_mode() must still be read afresh.
+    It is, because MultiTask takes 2-D masks only, from which transformers builds each pass's own."""
+    mt = MultiTask(build(arch))
+    trained(tmp_path, arch, "unipelt-apl")
+    mt.add("apl", tmp_path / "unipelt-apl")
+    batch = rows(2, longest=9)
+    with torch.inference_mode():
+        mask = batch["attention_mask"].clone()
+        mt(batch["input_ids"], mask, "apl")
+        mask[0, 3:] = 0
+        reused = torch.stack(mt(batch["input_ids"], mask, "apl"))
+        fresh = torch.stack(mt(batch["input_ids"], mask.clone(), "apl"))
+    torch.testing.assert_close(reused, fresh, rtol=0, atol=0)
