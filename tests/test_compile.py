@@ -149,3 +149,28 @@ def test_serve_compile_answers_as_eager(tmp_path):
         assert eager["label"] == compiled["label"]
         assert eager["scores"].keys() == compiled["scores"].keys()
         assert all(abs(eager["scores"][k] - compiled["scores"][k]) < 1e-5 for k in eager["scores"])
+
+
+@pytest.mark.parametrize("preset", ["lora", "unipelt-apl"])
+def test_batches_of_any_shape_recompile_no_more_than_the_plain_model(preset):
+    """A shared read (LoRA's q and v, the gates) kept the last pass's result, and a compiled graph
+    that read it was guarded on its tensors' shapes: a batch of a shape seen before, after one of
+    another shape, compiled again (3 recompiles over these shapes, the plain model's 1)."""
+    from torch._dynamo.utils import counters
+
+    shapes = [(3, 9), (1, 7), (3, 11), (1, 5), (2, 6), (1, 8), (3, 6)]
+
+    def recompiles(model) -> int:
+        torch._dynamo.reset()
+        counters.clear()
+        model.compile(dynamic=True, backend="eager")
+        with torch.no_grad():
+            model(**batch(b=3, t=9))
+            first = counters["frames"]["total"]
+            for b, t in shapes[1:]:
+                model(**{k: v[:b] for k, v in batch(b=3, t=t, seed=t).items()})
+        return counters["frames"]["total"] - first
+
+    model = unipelt.apply(build("llama"), preset)
+    randomize(model)
+    assert recompiles(model) <= recompiles(build("llama"))

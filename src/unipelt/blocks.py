@@ -403,6 +403,7 @@ class SharedRead(PerCall):
         super().__init__()
         self.blocks: list[LowRank | None] = []
         self.gates: list[Gate | None] = []
+        self.live = 0  # members not left
 
     def join(self, block: LowRank | None, gate: Gate | None) -> int | None:
         """Add a member; its index for ``read``, or None when it cannot share (see above)."""
@@ -417,10 +418,12 @@ class SharedRead(PerCall):
             return None
         self.blocks.append(block)
         self.gates.append(gate)
+        self.live += 1
         return len(self.blocks) - 1
 
     def leave(self, index: int) -> None:
         """Drop a member (a merged LoRA): its columns are no longer computed."""
+        self.live -= self.blocks[index] is not None or self.gates[index] is not None
         self.blocks[index] = self.gates[index] = None
 
     def read(self, index: int, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -429,7 +432,10 @@ class SharedRead(PerCall):
         last, grad = self.result, torch.is_grad_enabled()
         if last is None or last[0] is not x or last[1] != grad or index in last[2]:
             last = (x, grad, (), *self._compute(x))
-        self.result = (*last[:2], (*last[2], index), *last[3:])
+        served = (*last[2], index)
+        # the last member served drops it: a compiled graph that read the previous pass's would be
+        # guarded on its tensors' shapes (a recompile per batch shape), and it holds x
+        self.result = None if len(served) >= self.live else (*last[:2], served, *last[3:])
         low, value = last[3][index], last[4][index]
         gate = self.gates[index]
         return low, (gate(x, value=value) if gate is not None else None)
