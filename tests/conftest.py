@@ -264,6 +264,10 @@ NOT_SUPPORTED = {
         for name in _PROMPTED
     },
 }
+# BitFit trains the bias vectors a model has; these have none (and apply() refuses it there)
+NO_BIASES = ("llama", "t5", "t5-encoder", "mistral", "qwen3", "gemma", "gemma2", "phi3", "modernbert")
+for _arch in NO_BIASES:
+    NOT_SUPPORTED.setdefault(_arch, {})["bitfit"] = "the model has no bias vectors, so BitFit would train nothing"
 _FUSED = (
     "peft's LoRA on a fused [q; k; v] map adapts all of it with one A and B; unipelt's q and v LoRAs "
     "own their rows of it, which peft cannot express (tests/test_arch_fused.py checks them by hand)"

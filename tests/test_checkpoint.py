@@ -445,3 +445,31 @@ def test_a_checkpoint_from_before_wrapped_modules_to_save_trained_still_loads(tm
     write_tensors(tmp_path, {n: t for n, t in tensors.items() if "pelt_gate" not in n})  # a method's tensor: refused
     with pytest.raises(UniPeltError, match="does not fit"):
         unipelt.load(build(), tmp_path)
+
+
+@pytest.mark.parametrize("freeze", ["everything", "the head", "the gates"])
+def test_what_save_writes_is_what_the_config_trains_whatever_requires_grad_says_now(tmp_path, freeze):
+    """A model frozen after training (before evaluation or export) wrote a checkpoint of what
+    still required grad: frozen, the head and the gates were fingerprinted as base weights, and
+    the checkpoint was unloadable ("saved from another base model") or lacked the gates."""
+    model = unipelt.apply(build(), "unipelt-apl")
+    randomize(model, std=0.1)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("pelt_prefix.")}
+    for name, p in model.named_parameters():
+        chosen = {"everything": True, "the head": name.startswith("classifier"), "the gates": "pelt_gate" in name}
+        if chosen[freeze]:
+            p.requires_grad_(False)
+    unipelt.save(model, tmp_path)
+    loaded = unipelt.load(build(), tmp_path)
+    assert {n for n, p in loaded.named_parameters() if p.requires_grad} == trained | {"pelt_prefix.folded"}
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch()).logits, model(**batch()).logits)
+
+
+def test_a_base_weight_set_to_train_by_hand_is_named_in_a_warning(tmp_path, caplog):
+    model = unipelt.apply(build(), "lora")
+    model.bert.pooler.dense.weight.requires_grad_(True)
+    with caplog.at_level("WARNING", logger="unipelt.checkpoint"):
+        unipelt.save(model, tmp_path)
+    assert "bert.pooler.dense.weight" in caplog.text and "modules_to_save" in caplog.text
+    assert torch.equal(unipelt.load(build(), tmp_path)(**batch()).logits, model(**batch()).logits)

@@ -7,7 +7,7 @@ where Pfeiffer's and Houlsby's placements differ), eval mode, so dropout is the 
 
 import pytest
 import torch
-from conftest import CONFIGS, batch, build, randomize
+from conftest import CONFIGS, NO_BIASES, batch, build, randomize
 from transformers import T5Config, T5EncoderModel
 
 import unipelt
@@ -316,7 +316,7 @@ def test_apply_to_an_eval_model_gives_deterministic_outputs(tmp_path):
     assert unipelt.apply(build().train(), "lora").classifier.training  # a training model stays training
 
 
-@pytest.mark.parametrize("preset", sorted(unipelt.PRESETS))
+@pytest.mark.parametrize("preset", sorted(set(unipelt.PRESETS) - {"bitfit"}))  # T5 has no biases
 def test_t5_encoder_model_takes_every_preset(preset):
     torch.manual_seed(0)
     base = T5EncoderModel(T5Config(**_T5)).eval()
@@ -376,6 +376,26 @@ def test_a_config_that_matches_no_module_is_refused(method):
     assert getattr(model, "pelt_config", None) is None
     assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
     unipelt.apply(build("t5"), PeltConfig(methods=(method,)))  # T5's decoder has one
+
+
+@pytest.mark.parametrize("arch", NO_BIASES)
+def test_bitfit_on_a_model_without_biases_is_refused(arch):
+    """Llama, T5 and the others have no bias vectors: BitFit trained the head alone, silently
+    (and a causal LM nothing at all: an optimizer over no parameters)."""
+    model = build(arch)
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    with pytest.raises(UniPeltError, match="selects no weight .* no bias vectors"):
+        unipelt.apply(model, "bitfit")
+    assert getattr(model, "pelt_config", None) is None
+    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_bitfit_trains_the_biases_a_model_has():
+    """Qwen2 has biases on q, k and v alone: those train, and apply accepts it."""
+    model = unipelt.apply(build("qwen2"), "bitfit")
+    base = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("score")]
+    assert base and all(n.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")) for n in base)
 
 
 def test_a_checkpoint_saved_before_the_no_match_refusal_still_loads(tmp_path):

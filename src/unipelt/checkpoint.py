@@ -27,7 +27,7 @@ from torch import nn
 
 from .config import PeltConfig
 from .errors import UniPeltError
-from .inject import MARK, all_or_nothing, applied, enable, fold, saved_module_names
+from .inject import MARK, all_or_nothing, applied, enable, fold, saved_module_names, trained_names
 from .participation import check_participation
 from .version import __version__
 
@@ -48,8 +48,25 @@ PROBE = 8  # values per tensor kept in clear, compared with a tolerance across d
 
 
 def _saved_names(model: nn.Module) -> list[str]:
-    """What a checkpoint holds: the trainable parameters, with the prefix network folded."""
-    return [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("pelt_prefix.")]
+    """What a checkpoint holds: the parameters the model's config trains (whatever their
+    ``requires_grad`` says now), with the prefix network folded."""
+    trained = trained_names(model, model.pelt_config)
+    return [n for n, _ in model.named_parameters() if n in trained and not n.startswith("pelt_prefix.")]
+
+
+def _unsaved_trainable(model: nn.Module, saved: set[str]) -> None:
+    """Warn of base weights set to train by hand: the config does not name them, so the
+    checkpoint holds their fingerprint, not their values."""
+    extra = [n for n, p in model.named_parameters() if p.requires_grad and n not in saved and MARK not in n]
+    if extra:
+        log.warning(
+            "save(): %d base parameter(s) require grad but are not in the config (%s%s): the checkpoint does "
+            "not hold them, and loads only onto a base model where they are as they are now; name their "
+            "modules in PeltConfig.modules_to_save to train and save them",
+            len(extra),
+            ", ".join(extra[:3]),
+            ", ..." if len(extra) > 3 else "",
+        )
 
 
 def _base_name(name: str) -> str:
@@ -69,13 +86,13 @@ def _fingerprint(t: torch.Tensor) -> dict:
     }
 
 
-def _identity(model: nn.Module) -> dict:
+def _identity(model: nn.Module, saved: set[str]) -> dict:
     cfg = model.config
     ident = {k: getattr(cfg, k, None) for k in _IDENTITY_KEYS}
     ident["name_or_path"] = str(getattr(cfg, "_name_or_path", ""))
     # every base weight the checkpoint does not hold: loading onto another one would be wrong
     ident["base_tensors"] = {
-        _base_name(n): _fingerprint(p) for n, p in model.named_parameters() if not p.requires_grad and MARK not in n
+        _base_name(n): _fingerprint(p) for n, p in model.named_parameters() if n not in saved and MARK not in n
     }
     return ident
 
@@ -130,8 +147,9 @@ def save(model: nn.Module, directory: str | Path, *, pairs: bool | None = None, 
             "the merged model whole with save_pretrained after merge_and_unload()"
         )
     directory = Path(directory)
-    params = dict(model.named_parameters())
-    tensors = {n: params[n].detach().contiguous().cpu() for n in _saved_names(model)}
+    params, saved = dict(model.named_parameters()), _saved_names(model)
+    _unsaved_trainable(model, set(saved))
+    tensors = {n: params[n].detach().contiguous().cpu() for n in saved}
     prefix = getattr(model, "pelt_prefix", None)
     if prefix is not None:
         with torch.no_grad():
@@ -142,7 +160,7 @@ def save(model: nn.Module, directory: str | Path, *, pairs: bool | None = None, 
         "format": FORMAT,
         "unipelt_version": __version__,
         "config": cfg.to_dict(),
-        "base_model": _identity(model),
+        "base_model": _identity(model, set(saved)),
         "task": _task(model, pairs, max_length),
     }
     write_checkpoint(directory, tensors, meta)

@@ -171,11 +171,19 @@ def _check_saved_modules_are_read(model: nn.Module, cfg: PeltConfig, spec) -> No
         )
 
 
-def _set_trainable(model: nn.Module, cfg: PeltConfig) -> None:
+def trained_names(model: nn.Module, cfg: PeltConfig) -> set[str]:
+    """The parameters ``cfg`` trains: unipelt's modules, the task head, ``modules_to_save`` and
+    what a method's rule selects (BitFit's biases). Read from the config, not from
+    ``requires_grad``, which a user may change after training (a model frozen for evaluation)."""
     rules = [m.trains for m, _ in configured(cfg) if m.trains is not None]
     train = head_parameter_names(model) | saved_module_names(model, cfg)
+    return {n for n, _ in model.named_parameters() if MARK in n or n in train or any(rule(n) for rule in rules)}
+
+
+def _set_trainable(model: nn.Module, cfg: PeltConfig) -> None:
+    train = trained_names(model, cfg)
     for name, p in model.named_parameters():
-        p.requires_grad_(MARK in name or name in train or any(rule(name) for rule in rules))
+        p.requires_grad_(name in train)
 
 
 def apply(model: nn.Module, preset_or_config) -> nn.Module:
@@ -225,6 +233,16 @@ def _inject(model: nn.Module, cfg: PeltConfig, spec, new: bool) -> None:
         raise UniPeltError(
             f"{', '.join(map(repr, idle[0]))} matches no module of {type(model).__name__}: "
             "check its targets and the sublayers it names (attention, ffn, cross)"
+        )
+    head = head_parameter_names(model)
+    base = [n for n, _ in model.named_parameters() if MARK not in n and n not in head]
+    selects_none = [
+        configs for method, configs in configured(cfg) if method.trains and not any(map(method.trains, base))
+    ]
+    if new and selects_none:
+        raise UniPeltError(
+            f"{', '.join(map(repr, selects_none[0]))} selects no weight of {type(model).__name__}'s base model, "
+            "so it would train nothing there (BitFit: this model has no bias vectors)"
         )
     if ctx.attention_hook:
         use_pelt_attention(model, (ctx.prompt_length, ctx.prompt_at) if ctx.prompt_length else None)

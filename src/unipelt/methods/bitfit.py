@@ -87,4 +87,4 @@ register(
         mixed=Mixed(refused=lambda configs: _NO_SHARED_BACKBONE),
     )
 )
-register(Method(config=HeadOnly, kind="base", trains=lambda name: False))
+register(Method(config=HeadOnly, kind="base"))  # trains no base weight: no rule
