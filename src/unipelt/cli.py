@@ -336,14 +336,14 @@ def _report(args: argparse.Namespace) -> int:
     with Store(args.store, readonly=True) as store:
         try:
             built = report.build(store)
+            runs = export.write_runs(store, Path(args.out) / "runs")  # peft's method-comparison layout
         except UniPeltError:
             raise
-        except (ValueError, TypeError, KeyError) as e:  # a row no unipelt wrote: edited by hand, or damaged
+        except (ValueError, TypeError, KeyError, AttributeError) as e:  # a row no unipelt wrote: edited, damaged
             raise UniPeltError(
                 f"results store {args.store} holds a row that cannot be read ({type(e).__name__}: {e}); "
                 "was it edited by hand?"
             ) from None
-        runs = export.write_runs(store, Path(args.out) / "runs")  # peft's method-comparison layout
     out = report.write(built, args.out)
     print(f"report: {out / 'report.md'} and {out / 'report.html'}; {len(runs)} runs as JSON in {out / 'runs'}")
     return 0

@@ -81,15 +81,19 @@ def test_sweep_from_a_grid_file_then_report(capsys, base, glue_dir, tiny_model, 
     assert cli.main(["-q", "report", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "out2")]) == 0
     assert len(list((tmp_path / "out2" / "runs").glob("*.json"))) == 9
     # rows no unipelt wrote: one error line each, the store as it was
-    for column, value in (("spec", "{bad"), ("k", "abc"), ("task", "zzz"), ("params", "[1, 2]")):
+    cases = [("spec", "{bad"), ("k", "abc"), ("task", "zzz"), ("params", "[1, 2]"), ("spec", "[]"), ("spec", "null")]
+    cases += [("spec", '{"config": 5}'), ("versions", "[]"), ("best_epoch", "x")]  # were tracebacks
+    for column, value in cases:
         damaged = tmp_path / f"damaged-{column}.sqlite"
         shutil.copy(tmp_path / "s.sqlite", damaged)
         with sqlite3.connect(damaged) as db:
             db.execute(f"UPDATE runs SET {column} = ? WHERE run_key = ?", (value, "0" * 20))
         db.close()
         before = damaged.read_bytes()
-        err = cli_error(capsys, ["-q", "report", "--store", str(damaged), "--out", str(tmp_path / column)])
+        out = tmp_path / f"{column}-{len(value)}"
+        err = cli_error(capsys, ["-q", "report", "--store", str(damaged), "--out", str(out)])
         assert "holds a row that cannot be read" in err and damaged.read_bytes() == before
+        assert not (out / "runs").exists()  # nothing written
 
 
 def test_demo_prints_its_table(capsys, glue_dir, tiny_model, tmp_path):

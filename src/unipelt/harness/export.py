@@ -97,12 +97,17 @@ def write_runs(store: Store, out_dir: str | Path) -> list[Path]:
     runs, epochs = store.runs("finished"), store.epochs()
     names = [re.sub(r"[^A-Za-z0-9._=-]+", "_", experiment_name(row).replace("/", "--")) for _, row in runs.iterrows()]
     shared = {n for n, count in collections.Counter(names).items() if count > 1}
+    documents = {  # every document before any file: a row that cannot be read writes nothing
+        out / (f"{name}--{row.run_key[:12]}.json" if name in shared else f"{name}.json"): json.dumps(
+            run_json(row, epochs[epochs.run_key == row.run_key]), indent=2
+        )
+        for name, (_, row) in zip(names, runs.iterrows())
+    }
     written = []
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for name, (_, row) in zip(names, runs.iterrows()):
-            path = out / (f"{name}--{row.run_key[:12]}.json" if name in shared else f"{name}.json")
-            path.write_text(json.dumps(run_json(row, epochs[epochs.run_key == row.run_key]), indent=2) + "\n")
+        for path, text in documents.items():
+            path.write_text(text + "\n")
             written.append(path)
         for stale in set(out.glob("*.json")) - set(written):
             if _exported(stale):

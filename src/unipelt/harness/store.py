@@ -440,6 +440,9 @@ class Store:
         )
         for col in ("spec", "sizes", "params", "versions"):
             frame[col] = frame[col].map(json.loads)
+            bad = ~frame[col].map(lambda v: isinstance(v, dict))  # only a hand edit writes another
+            if bad.any():
+                raise ValueError(f"run {frame.run_key[bad].iloc[0][:12]}'s {col} is not a JSON object")
         return frame
 
     def attempts(self) -> pd.DataFrame:
