@@ -392,7 +392,11 @@ def test_each_task_takes_the_kind_of_input_and_the_length_it_was_trained_on(tmp_
     mt = MultiTask(build(pad_token_id=0))
     mt.add("single", tmp_path / "single")
     mt.add("pairs", tmp_path / "pairs")
-    mt.add("forced", tmp_path / "single", pairs=True)  # what the checkpoint records, overridden
+    mt.add("forced", tmp_path / "single", pairs=True)  # a checkpoint that does not say
+    unipelt.save(model, tmp_path / "said-single", pairs=False)
+    with pytest.raises(UniPeltError, match=r"records that its task takes single sentences \(pairs=False\)"):
+        mt.add("contradicted", tmp_path / "said-single", pairs=True)  # it was answered as pairs
+    mt.add("agreed", tmp_path / "pairs", pairs=True)
     tok = _tokenizer()
     with pytest.raises(UniPeltError, match=r"inputs\[1\]: task 'single' takes single strings, not pairs"):
         mt.predict(["w1", ("w2", "w3")], "single", tok)

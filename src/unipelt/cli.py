@@ -181,12 +181,13 @@ def _given(args: argparse.Namespace) -> dict:
 
 def _train(args: argparse.Namespace) -> int:
     from .harness import Store, make_spec, runner
-    from .harness.paths import check_output_dir, check_store_path, inputs_of
+    from .harness.paths import check_output_dir, inputs_of
+    from .harness.store import check_store
     from .harness.sweep import preflight
 
     # every input and output is checked before the store is opened: a mistake changes nothing
     spec = make_spec(preset=args.preset, config_file=args.config, **_given(args))
-    check_store_path(Path(args.store), exists=False, writable=True)
+    check_store(Path(args.store))
     if args.save is not None:
         check_output_dir(args.save, "--save directory", inputs_of([spec]), store=args.store)
     names = _label_names(args, spec)
@@ -299,13 +300,14 @@ def _train_outcome(spec, record, written, kept, store_path: str, save_dir: str |
 def _sweep(args: argparse.Namespace, grid_file: str | None = None) -> int:
     from .harness import Store, make_grid, run_sweep
     from .harness.grid import describe
-    from .harness.paths import check_output_dir, check_store_path, inputs_of
+    from .harness.paths import check_output_dir, inputs_of
+    from .harness.store import check_store
     from .harness.sweep import check_execution, preflight
 
     grid = make_grid(grid_file, presets=args.presets, configs=getattr(args, "configs", None), **_given(args))
     specs = grid.specs()
     check_execution(getattr(args, "workers", 1), getattr(args, "backend", "local"))
-    check_store_path(Path(args.store), exists=False, writable=True)
+    check_store(Path(args.store))
     if getattr(args, "out", None) is not None:  # the demo reports afterwards
         check_output_dir(args.out, "--out directory", inputs_of(specs), store=args.store)
     preflight(specs)

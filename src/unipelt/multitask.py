@@ -265,10 +265,7 @@ class MultiTask:
         _check_name(name)
         if pairs is not None and not isinstance(pairs, bool):
             raise UniPeltError(f"add(pairs=...) must be True, False or None, got {pairs!r}")
-        task = self._build(name, Path(directory))
-        if pairs is not None:
-            task.pairs = pairs
-        return task
+        return self._build(name, Path(directory), pairs)
 
     def commit(self, task: Task) -> None:
         """Join a prepared task to the shared model; all-or-nothing. It rewires shared modules:
@@ -360,10 +357,17 @@ class MultiTask:
                 setattr(base.get_submodule(path), leaf, nn.Parameter(p.detach().clone()))
         return skeleton.eval()
 
-    def _build(self, name: str, directory: Path) -> Task:
+    def _build(self, name: str, directory: Path, pairs: bool | None = None) -> Task:
         task_meta, config = self._meta(directory)
         skeleton = self._skeleton(task_meta, config)
         load(skeleton, directory)
+        recorded = task_meta.get("pairs")  # load() has checked its type
+        if pairs is not None and recorded is not None and pairs != recorded:
+            kind = "sentence pairs" if recorded else "single sentences"
+            raise UniPeltError(
+                f"{directory} records that its task takes {kind} (pairs={recorded}): "
+                f"pairs={pairs} is for a checkpoint that does not say; leave it out"
+            )
         cfg = skeleton.config
         n = cfg.num_labels
         labels = (
@@ -379,7 +383,7 @@ class MultiTask:
             regression=cfg.problem_type == "regression" or n == 1,
             prompt_length=sum(m.mixed.inserts(configs, self.spec) for m, configs in methods),
             prepare=[m.mixed.prepare for m, _ in methods],
-            pairs=task_meta.get("pairs", False),  # load() has checked its type
+            pairs=bool(recorded if recorded is not None else pairs),
             max_length=task_meta.get("max_length"),
         )
 

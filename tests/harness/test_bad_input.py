@@ -133,6 +133,13 @@ def test_models_that_cannot_do_the_run_are_refused_before_training(capsys, tiny_
     )
 
 
+def test_model_weights_that_cannot_be_read_are_refused_before_training(capsys, tiny_model, glue_dir, tmp_path, store):
+    """A cut or overwritten model.safetensors was found by the run: a failed attempt in the store."""
+    model = _model_copy(tiny_model, tmp_path)
+    (model / "model.safetensors").write_bytes(b"garbage\n")
+    assert "model.safetensors cannot be read" in _error(capsys, train_argv(model, glue_dir, store), store)
+
+
 def test_a_model_without_a_tokenizer_is_refused_before_training(capsys, tiny_model, glue_dir, tmp_path, store):
     """transformers builds a tokenizer of special tokens only there: every word read as unknown,
     and the runs were stored as finished."""

@@ -144,6 +144,28 @@ def test_bad_train_arguments(capsys, base, flags, message):
     assert message in cli_error(capsys, ["train", *flags, *base])
 
 
+def test_a_refusal_after_the_data_are_read_is_still_the_only_line(capsys, caplog, base, tmp_path):
+    """The checks before any run read each task's splits, and logged their sizes (INFO) before a
+    model check refused; a store that is no unipelt store was found only after those checks."""
+    config = tmp_path / "c.yaml"
+    config.write_text("methods:\n  - method: lora\nmodules_to_save: [nonexistent]\n")
+    argv = ["train", "--task", "rte", "--config", str(config), "--lr", "1e-3", "--k", "16", *base]
+    with caplog.at_level("INFO"):  # pytest holds the log records: the CLI prints them to stderr
+        assert "modules_to_save names 'nonexistent'" in cli_error(capsys, argv)
+    assert [r.getMessage() for r in caplog.records if r.levelname != "DEBUG"] == []
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE t (x)")
+    db.close()
+    before = other.read_bytes()
+    argv = ["train", "--task", "rte", "--preset", "lora", "--k", "16", *base[:-1], str(other)]
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert "is not a unipelt results store" in cli_error(capsys, argv)
+    assert [r.getMessage() for r in caplog.records if r.levelname != "DEBUG"] == []
+    assert other.read_bytes() == before
+
+
 def test_missing_model_directory(capsys, base, tmp_path):
     argv = ["train", "--task", "rte", "--preset", "lora", *base, "--model", str(tmp_path / "no-model")]
     assert "is not a local directory and the hub is offline" in cli_error(capsys, argv)

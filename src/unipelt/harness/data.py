@@ -243,14 +243,22 @@ def split_pool(
 
 
 def load_splits(
-    task: Task, k: int | str, seed: int, *, dev_size: int = DEV_SIZE, glue_dir: str | Path | None = None
+    task: Task,
+    k: int | str,
+    seed: int,
+    *,
+    dev_size: int = DEV_SIZE,
+    glue_dir: str | Path | None = None,
+    announce: bool = True,
 ) -> Splits:
-    """Train/dev/test for ``task`` at train size ``k`` and data seed ``seed``."""
+    """Train/dev/test for ``task`` at train size ``k`` and data seed ``seed``; ``announce``: log
+    their sizes (a check before any run does not: an error it finds is then the only line)."""
     source = locate_glue(glue_dir, task.directory)
     if source.path is not None:
         pool, test, test_source = _from_directory(task, source)
     else:
         pool, test, test_source = _from_hub(task, source)
     train, dev = split_pool(pool, k, seed, dev_size, task.name)
-    log.info("%s: %d train / %d dev / %d test rows; test = %s", task.name, len(train), len(dev), len(test), test_source)
+    sizes = (task.name, len(train), len(dev), len(test), test_source)
+    log.log(logging.INFO if announce else logging.DEBUG, "%s: %d train / %d dev / %d test rows; test = %s", *sizes)
     return Splits(train=train, dev=dev, test=test.reset_index(drop=True), test_source=test_source)

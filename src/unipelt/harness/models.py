@@ -8,6 +8,7 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoTokenizer
 
 from ..arch import check_supported, supported
@@ -108,6 +109,16 @@ def _has_vocabulary(path: str, stamp: int) -> bool:
     return len(tokenizer) > len(set(tokenizer.all_special_tokens))
 
 
+def _check_header(weights: Path) -> None:
+    """A safetensors file whose header cannot be read (cut short, overwritten) fails here, not in
+    the run, where it would be recorded as a failed attempt. Only the header is read."""
+    try:
+        with safe_open(weights, "pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as e:
+        raise HarnessError(f"model weights {weights} cannot be read: {e}") from None
+
+
 def check_model(model: str, *, objective: str, max_length: int) -> None:
     """Everything about the model that would otherwise fail inside the run."""
     path = model_path(model)
@@ -124,6 +135,8 @@ def check_model(model: str, *, objective: str, max_length: int) -> None:
             f"model {path} is a {config.model_type!r} model, which unipelt does not support; "
             f"supported: {', '.join(supported())}"
         )
+    if (Path(path) / WEIGHTS[0]).is_file():
+        _check_header(Path(path) / WEIGHTS[0])
     if Path(path).is_dir() and not _has_vocabulary(path, Path(path).stat().st_mtime_ns):  # files added: new mtime
         raise HarnessError(
             f"model directory {path} has no tokenizer files: transformers would read every word as unknown; "

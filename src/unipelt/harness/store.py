@@ -121,6 +121,15 @@ def _cause(e: sqlite3.Error) -> str:
     return str(e)
 
 
+def check_store(path: Path) -> None:
+    """``path`` checked as ``Store`` would open it for writing, the file there (if not empty)
+    opened read-only: a file that is no unipelt store, or of a newer schema, is refused before any
+    run starts and the data are read, and changes nothing."""
+    check_store_path(path, exists=False, writable=True)
+    if path.is_file() and path.stat().st_size:
+        Store(path, readonly=True).close()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

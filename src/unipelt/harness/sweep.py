@@ -48,7 +48,7 @@ def preflight(specs: Iterable[RunSpec]) -> None:
     specs = list(specs)
     cases = {(s.task, str(s.k), s.dev_size, s.glue_dir): s for s in specs}
     for s in cases.values():
-        load_splits(get_task(s.task), s.k, 0, dev_size=s.dev_size, glue_dir=s.glue_dir)
+        load_splits(get_task(s.task), s.k, 0, dev_size=s.dev_size, glue_dir=s.glue_dir, announce=False)
     task = lambda s: get_task(s.task)  # noqa: E731
     models = {(s.model, s.objective, task(s).num_labels, task(s).is_regression, s.config): s for s in specs}
     for s in models.values():

@@ -9,6 +9,7 @@ import os
 import re
 from pathlib import Path
 
+from ..arch import check_supported
 from ..errors import UniPeltError
 
 TOKEN_ENV = "UNIPELT_ADMIN_TOKEN"
@@ -173,6 +174,19 @@ def _tasks_dir(args, tasks: dict) -> Path | None:
     return parents.pop() if len(parents) == 1 else None
 
 
+def _check_model_directory(model: str) -> None:
+    """A local directory holds a config.json of a supported architecture: said in those terms,
+    before transformers reports whichever of its files it fails on first."""
+    if not Path(model).is_dir():
+        return
+    if not (Path(model) / "config.json").is_file():
+        raise UniPeltError(f"--model {model} has no config.json: give a directory save_pretrained wrote")
+    try:
+        check_supported(model)
+    except UniPeltError as e:
+        raise UniPeltError(f"--model {model}: {e}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..offline import DEFAULT_MODEL, model_path  # the library's: serving does not need the harness
 
@@ -205,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
         model = model_path(args.model or DEFAULT_MODEL)
     except UniPeltError as e:
         raise UniPeltError(f"{e}; or pass --model DIR") from None
+    _check_model_directory(model)
     if args.backend == "ray":
         from .ray_backend import serve_ray
 
