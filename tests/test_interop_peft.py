@@ -414,3 +414,24 @@ def test_modules_to_save_naming_the_output_embedding_is_refused(tmp_path):
     with pytest.raises(unipelt.UniPeltError, match="output embedding"):
         unipelt.from_peft(model, tmp_path)
     assert getattr(model, "pelt_config", None) is None
+
+
+def test_a_module_to_save_tied_to_the_output_embedding_is_refused_both_ways(tmp_path):
+    """peft trains a copy of a tied input embedding and leaves lm_head as it was; unipelt trains
+    the tied weight, lm_head with it: imported, the logits differed by 3.8."""
+    tied = dict(tie_word_embeddings=True)
+    ref = peft.get_peft_model(
+        build_lm("llama", **tied),
+        peft.LoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj"], modules_to_save=["embed_tokens"]),
+    )
+    ref.save_pretrained(tmp_path / "peft")
+    model = build_lm("llama", **tied)
+    with pytest.raises(unipelt.UniPeltError, match="tied to the output embedding"):
+        unipelt.from_peft(model, tmp_path / "peft")
+    assert getattr(model, "pelt_config", None) is None
+    ours = unipelt.apply(
+        build_lm("llama", **tied), PeltConfig(methods=(LoRAConfig(),), modules_to_save=("embed_tokens",))
+    )
+    with pytest.raises(unipelt.UniPeltError, match="tied to the output embedding"):
+        unipelt.to_peft(ours, tmp_path / "out")
+    assert not (tmp_path / "out" / "adapter_config.json").exists()

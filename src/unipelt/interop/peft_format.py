@@ -317,6 +317,21 @@ def from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
     return install(model, config, _assign(read_tensors(weights_path), weights_path), str(directory))
 
 
+def _output_tie(model: nn.Module, module: nn.Module) -> str | None:
+    """Why ``module`` cannot be a module to save under both libraries, or None: it is the output
+    embedding, which unipelt keeps frozen, or shares a weight with it (tied input embeddings):
+    peft trains a copy and leaves the output embedding as it was, unipelt the shared tensor."""
+    output = getattr(model, "get_output_embeddings", lambda: None)()
+    if output is None:
+        return None
+    if module is output:
+        return "the output embedding, which unipelt keeps frozen"
+    tied = {id(p) for p in output.parameters()}
+    if any(id(p) in tied for p in module.parameters()):
+        return "whose weight is tied to the output embedding: peft trains a copy of it, unipelt the tied weight"
+    return None
+
+
 def _modules_to_save(cfg: dict, model: nn.Module, path: Path) -> tuple[str, ...]:
     """The modules peft's ``modules_to_save`` selects, by peft's rule (every module whose path ends
     with a name: "LayerNorm" is each of BERT's), inside the base model as unipelt's; the task head
@@ -327,16 +342,12 @@ def _modules_to_save(cfg: dict, model: nn.Module, path: Path) -> tuple[str, ...]
     if not isinstance(declared, list) or not all(isinstance(m, str) and m for m in declared):
         raise UniPeltError(f"{path}: field 'modules_to_save' must be a list of module names, got {declared!r}")
     prefix = "" if model.base_model is model else f"{model.base_model_prefix}."
-    output = getattr(model, "get_output_embeddings", lambda: None)()
     selected = []
     for name, module in model.named_modules(remove_duplicate=False):
         if not name or not name.endswith(tuple(declared)):
             continue
-        if module is output:
-            raise UniPeltError(
-                f"{path}: modules_to_save selects {name!r}, the output embedding, which unipelt keeps frozen "
-                "(it may be tied to the input embedding): such a checkpoint cannot be imported"
-            )
+        if why := _output_tie(model, module):
+            raise UniPeltError(f"{path}: modules_to_save selects {name!r}, {why}: such a checkpoint cannot be imported")
         if name.startswith(prefix):
             selected.append(name.removeprefix(prefix))
     return tuple(dict.fromkeys(selected))
@@ -443,10 +454,13 @@ def to_peft(model: nn.Module, directory: str | Path) -> Path:
     # layer's input_layernorm too); a bare base model (BertModel) has no prefix
     base = f"{model.base_model_prefix}." if model.base_model is not model else ""
     for m in cfg.modules_to_save:
-        if any(isinstance(inner, (LoRALinear, DoRALinear)) for inner in model.base_model.get_submodule(m).modules()):
+        module = model.base_model.get_submodule(m)
+        if any(isinstance(inner, (LoRALinear, DoRALinear)) for inner in module.modules()):
             raise UniPeltError(
                 f"to_peft: modules_to_save {m!r} holds LoRA layers, which peft would replace by the saved copy"
             )
+        if why := _output_tie(model, module):
+            raise UniPeltError(f"to_peft: modules_to_save {m!r} is a module {why}")
     saved = sorted(head_parameter_names(model)) + [
         n for n in params if any(_plain(n).startswith(f"{base}{m}.") for m in cfg.modules_to_save)
     ]
