@@ -19,7 +19,7 @@ from torch import nn
 
 from ..arch import locate, width
 from ..attention import Prefix, checkpointing_layers, reentrant_checkpointing
-from ..blocks import Gate, Keyed, MaskSlot, PerCall, SharedRead, parameters_key
+from ..blocks import Gate, Keyed, MaskSlot, PerCall, SharedRead, holding, parameters_key
 from ..config import (
     ALL_ATTENTION,
     AttentionKind,
@@ -153,7 +153,7 @@ class PrefixEncoder(Keyed):
         # where[i] = (network, its own slot index) of slot i
         self.where = [(o, owner[:i].count(o)) for i, o in enumerate(owner)]
         self.nets = nn.ModuleList(_Reparameterization(cfg, d, owner.count(i), self.kv_dim) for i in range(len(names)))
-        self.views_made = _Views()  # (key, every slot's (2, H_kv, l, dh)): see layer_kv
+        self.views_made = _Views()  # (key, every slot's (2, H_kv, l, dh), storages held): see layer_kv
         self.hooks: list = []  # (stack, its pre-hook's handle)
         if not cfg.reparameterize:
             self.fold()
@@ -190,7 +190,7 @@ class PrefixEncoder(Keyed):
             return last[1][slot]
         if torch.is_grad_enabled():  # only a stack's hook shares a graph between layers
             return self.pair(slot).unflatten(-1, (-1, head_dim)).transpose(1, 2)
-        self.views_made.last = (key, self.views(head_dim))
+        self.views_made.last = (key, self.views(head_dim), holding(self.parameters()))
         return self.views_made.last[1][slot]
 
     def hook_stack(self, stack: nn.Module, head_dim: int) -> None:
@@ -213,7 +213,7 @@ class PrefixEncoder(Keyed):
         if any(reentrant_checkpointing(m) for m in checkpointing_layers(stack)):
             self.views_made.last = None
             return
-        self.views_made.last = (self._key(self.head_dim), self.views(self.head_dim))
+        self.views_made.last = (self._key(self.head_dim), self.views(self.head_dim), holding(self.parameters()))
 
     def kv(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of one slot, each (l, d_kv)."""
