@@ -133,6 +133,13 @@ def left_out(cells: pd.DataFrame) -> str:
     return "; ".join(f"{t} at K={k} ({c.why})" for (k, t), c in cells[~cells.read.astype(bool)].iterrows())
 
 
+def unread(marks: dict[str, str], methods: list[str]) -> str:
+    """The caveat of a comparison between ``methods`` where some of their runs are at the floor
+    (SPEC §4: a comparison is read only where their runs are above it), else ""."""
+    floored = [f"{m}{marks[m]}" for m in methods if marks.get(m)]
+    return f" Not read: it rests on runs at the floor ({', '.join(floored)})." if floored else ""
+
+
 def floor_marks(study: Study, cells: pd.DataFrame) -> dict[str, str]:
     """Per method, ⌊a/n⌋ over its runs in the cells read (a at the floor), or "" when none is."""
     runs = read(study.runs.set_index(["k", "task", "method"]), cells).at_floor.dropna().astype(bool)
@@ -406,10 +413,10 @@ def uncut_summary(uncut: Study) -> str:
     marks = floor_marks(uncut, cells)
     order = ", ".join(f"{m} {fmt(avg.loc[m, 'avg'])}{marks.get(m, '')}" for m in avg.index)
     out.append(f"- **Best average**: {best}. The order: {order}.")
-    gains = "; ".join(f"{m} {signed(avg.loc[m, 'avg'] - singles.loc[best_single, 'avg'])}" for m in UNIPELT)
+    gains = "; ".join(f"{m}{marks.get(m, '')} {signed(avg.loc[m, 'avg'] - singles.loc[best_single, 'avg'])}" for m in UNIPELT)
     out.append(
-        f"- **Gain over the best single method** ({best_single}, {fmt(singles.loc[best_single, 'avg'])} "
-        f"on average): {gains}."
+        f"- **Gain over the best single method** ({best_single}{marks.get(best_single, '')}, "
+        f"{fmt(singles.loc[best_single, 'avg'])} on average): {gains}.{unread(marks, [best_single, *UNIPELT])}"
     )
     for m in UNIPELT:
         margins = tasks[f"{m} − best single"]
@@ -417,6 +424,7 @@ def uncut_summary(uncut: Study) -> str:
         out.append(
             f"- **Per-task upper bound** (the best single method on each task): {m} is at or above it "
             f"on {(margins >= 0).sum()} of {len(margins)} tasks ({per})."
+            + unread(marks, [m, *dict.fromkeys(b for w in tasks["best single"] for b in w.split("/"))])
         )
     worst = tasks["worst"]
     hits = [f"{t} ({w})" for (_, t), w in worst.items() if set(w.split("/")) & set(UNIPELT)]

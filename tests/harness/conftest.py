@@ -4,6 +4,8 @@ downloaded, and nothing outside the repository is read."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import sys
 from pathlib import Path
@@ -113,7 +115,8 @@ def tiny_model(tmp_path_factory) -> str:
         num_labels=2,
     )
     path = tmp_path_factory.mktemp("tiny-bert")
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(path)
+    with contextlib.redirect_stderr(io.StringIO()):  # its progress bar: a test's capsys may be on already
+        AutoModelForSequenceClassification.from_config(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
 
@@ -141,6 +144,7 @@ def tiny_llama(tmp_path_factory) -> str:
         pad_token_id=tokenizer.pad_token_id,
     )
     path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
+    with contextlib.redirect_stderr(io.StringIO()):
+        LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)

@@ -142,8 +142,11 @@ def test_unmatched_answers_count_as_wrong():
 
     gold, pred = [0, 1, 1, 0], [UNMATCHED, 1, UNMATCHED, 0]
     assert score_predictions("accuracy", pred, gold) == 0.5
-    assert score_predictions("f1", pred, gold) == pytest.approx(2 / 3)  # the unmatched positive is a miss
-    assert score_predictions("matthews", [UNMATCHED] * 4, gold) == 0.0
+    assert score_predictions("f1", pred, gold) == pytest.approx(0.5)  # a missed positive and a false one
+    assert score_predictions("matthews", [UNMATCHED] * 4, gold) == -1.0  # every answer wrong
+    # right on every 0, no label word on the 1s: no information, where a third class read 0.50 on CoLA
+    gold = [0] * 322 + [1] * 721
+    assert score_predictions("matthews", [0] * 322 + [UNMATCHED] * 721, gold) == 0.0
 
 
 @pytest.mark.parametrize(

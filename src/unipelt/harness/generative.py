@@ -19,13 +19,12 @@ from transformers import AutoConfig, DataCollatorForSeq2Seq, Trainer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from .errors import HarnessError
-from .metrics import score_predictions
+from .metrics import UNMATCHED, score_predictions
 from .objective import longest_first
 from .tasks import Task
 
 OBJECTIVES = ("classify", "generate")
 IGNORE = -100  # label id the causal-LM loss skips
-UNMATCHED = -1  # a continuation that is no label word: wrong under accuracy and F1, no information under Matthews
 
 # One word per label, in the order of Task.labels.
 LABEL_WORDS: dict[str, tuple[str, ...]] = {

@@ -23,11 +23,21 @@ def _spearman(pred: np.ndarray, gold: np.ndarray) -> float:
 
 _SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": lambda p, g: float(accuracy_score(g, p)),
-    # F1 of label 1; labels=[1] (not pos_label) also accepts -1, an unmatched generated answer
-    "f1": lambda p, g: float(f1_score(g, p, labels=[1], average="micro", zero_division=0.0)),
+    "f1": lambda p, g: float(f1_score(g, p, labels=[1], average="micro", zero_division=0.0)),  # of label 1
     "matthews": lambda p, g: float(matthews_corrcoef(g, p)),
     "spearman": _spearman,
 }
+UNMATCHED = -1  # a generated answer that is no label word (generative.py)
+
+
+def _as_wrong(predicted: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """Each UNMATCHED answer as a class other than its gold one: an answer that is no label word is
+    wrong under every metric. As a third class, Matthews read it as information (a model right on
+    CoLA's unacceptable sentences and answering nothing on the others scored 0.50, not 0)."""
+    if not (predicted == UNMATCHED).any():
+        return predicted
+    classes = max(2, int(gold.max()) + 1)
+    return np.where(predicted == UNMATCHED, (gold + 1) % classes, predicted)
 
 
 def predictions(logits: np.ndarray, regression: bool) -> np.ndarray:
@@ -38,7 +48,10 @@ def predictions(logits: np.ndarray, regression: bool) -> np.ndarray:
 
 def score_predictions(metric: str, predicted: np.ndarray, labels: np.ndarray) -> float:
     """The task metric of predicted class ids (or values) against gold ``labels``."""
-    return _SCORERS[metric](np.asarray(predicted), np.asarray(labels))
+    predicted, labels = np.asarray(predicted), np.asarray(labels)
+    if metric != "spearman":
+        predicted = _as_wrong(predicted, labels)
+    return _SCORERS[metric](predicted, labels)
 
 
 def score(metric: str, logits: np.ndarray, labels: np.ndarray, regression: bool) -> float:

@@ -171,7 +171,10 @@ def table1_block(block: pd.DataFrame, title: str, model_runs: pd.DataFrame | Non
     baseline = _not_above_head_only(block, means[tasks])
     text[tasks] = text[tasks] + baseline.map(lambda low: f" {HEAD_ONLY_MARK}" if low else "")
     text = text.where(means.notna(), "–")
-    marks = {column: _marks(means[column]) for column in means}
+    # a cell with runs at the floor is ranked against none (SPEC §4: comparisons read only runs above it)
+    floored = counts.at_floor.gt(0).unstack().reindex(index=rows, columns=tasks).fillna(False).astype(bool)
+    floored["avg"] = floored.any(axis=1)
+    marks = {column: _marks(means[column].where(~floored[column])) for column in means}
     body = tuple((Cell(r), *(Cell(text.at[r, c], marks[c].get(r)) for c in means)) for r in rows)
     header = ("method", *(f"{t.upper()} ({_metric_short(t)})" for t in tasks), "Avg")
     notes = _notes(block, model_runs) + floor_notes(tasks, (counts.at_floor > 0).any(), baseline.any(axis=None))
@@ -240,8 +243,12 @@ def table1(runs: pd.DataFrame) -> list[Table]:
     return [table1_block(b, f"Table 1 — {model_name(m)}, K={k}", runs[runs.model == m]) for m, k, b in blocks(runs)]
 
 
-def _table2_rows(stats: pd.DataFrame, means: pd.DataFrame, variant: str, parts: tuple[str, ...]) -> tuple:
-    """The variant's row and its upper bound's, over the tasks where both are known."""
+def _table2_rows(
+    stats: pd.DataFrame, means: pd.DataFrame, counts: pd.DataFrame, variant: str, parts: tuple[str, ...]
+) -> tuple:
+    """The variant's row and its upper bound's, over the tasks where both are known. ``counts``:
+    floors.cells per (row, task). Where the variant or the best submodule has runs at the floor,
+    neither is bold: the comparison is not read (SPEC §4). Every floor count is shown."""
     mine, bound = [Cell(variant)], [Cell(f"max({', '.join(parts)})")]
     for task, column in means.items():
         if pd.isna(column.get(variant)) or column.reindex(list(parts)).isna().any():
@@ -250,8 +257,14 @@ def _table2_rows(stats: pd.DataFrame, means: pd.DataFrame, variant: str, parts: 
             continue
         best_part = column[list(parts)].idxmax()
         s, upper = stats.loc[(variant, task)], column[best_part]
-        mine.append(Cell(_fmt(s["mean"], s["std"], s["count"]), "best" if s["mean"] >= upper else None))
-        bound.append(Cell(f"{100 * upper:.1f} ({best_part})", "best" if upper > s["mean"] else None))
+        at = {m: counts.loc[(m, task)] for m in (variant, *parts)}
+        read = at[variant].at_floor == 0 and at[best_part].at_floor == 0
+        mine_mark, bound_mark = (s["mean"] >= upper, upper > s["mean"]) if read else (False, False)
+        own, part = (floors.mark(at[m].at_floor, at[m].n) for m in (variant, best_part))
+        floored = [m for m in parts if m != best_part and at[m].at_floor]
+        others = "".join(f"; {m}{floors.mark(at[m].at_floor, at[m].n)}" for m in floored)
+        mine.append(Cell(_fmt(s["mean"], s["std"], s["count"]) + own, "best" if mine_mark else None))
+        bound.append(Cell(f"{100 * upper:.1f} ({best_part}){part}{others}", "best" if bound_mark else None))
     return tuple(mine), tuple(bound)
 
 
@@ -268,9 +281,9 @@ def _table2_block(block: pd.DataFrame, title: str) -> Table | None:
     if not read:  # every task is at the floor or not learnable here: say which and why, compare nothing
         rows = tuple((Cell(t.upper()), Cell(cells.at[t, "why"])) for t in means.columns)
         return Table(title, ("task", "not compared: why"), rows, ("No task at this K enters the comparison.",))
-    body = []
+    body, counts = [], floors.cells(block, ["row", "task"])
     for variant in comparable:
-        body += _table2_rows(stats, means[read], variant, SUBMODULES[variant])
+        body += _table2_rows(stats, means[read], counts, variant, SUBMODULES[variant])
     left = "; ".join(f"{t.upper()} ({cells.at[t, 'why']})" for t in means.columns if t not in read)
     return Table(
         title,
@@ -278,7 +291,8 @@ def _table2_block(block: pd.DataFrame, title: str) -> Table | None:
         tuple(body),
         (
             "Upper bound = the best submodule per task, chosen on test (as in the paper); "
-            "the higher of the two rows is bold.",
+            "the higher of the two rows is bold, unless the variant or that submodule has runs at the chance floor "
+            "(⌊a/n⌋): then the two are not compared.",
             "Only tasks where at least two thirds of the runs are above the chance floor and head-only or full "
             "fine-tuning is above it (the task is learnable at this K on this backbone) are compared."
             + (f" Left out: {left}." if left else ""),
