@@ -9,7 +9,6 @@ import os
 import re
 from pathlib import Path
 
-from ..arch import check_supported
 from ..errors import UniPeltError
 
 TOKEN_ENV = "UNIPELT_ADMIN_TOKEN"
@@ -179,6 +178,8 @@ def _check_model_directory(model: str) -> None:
     before transformers reports whichever of its files it fails on first."""
     if not Path(model).is_dir():
         return
+    from ..arch import check_supported  # imports transformers: not for --help
+
     if not (Path(model) / "config.json").is_file():
         raise UniPeltError(f"--model {model} has no config.json: give a directory save_pretrained wrote")
     try:
