@@ -78,14 +78,14 @@ def base(labels, seed: int):
 
 def make_checkpoints(root: Path) -> dict[str, Path]:
     dirs = {}
-    for i, (name, (preset, labels, *_)) in enumerate(TASKS.items()):
+    for i, (name, (preset, labels, pairs, *_)) in enumerate(TASKS.items()):
         model = unipelt.apply(base(labels, seed=i), preset)
         g = torch.Generator().manual_seed(100 + i)
         with torch.no_grad():  # as if trained: every module away from its initial value
             for p in model.parameters():
                 if p.requires_grad:
                     p.add_(torch.randn(p.shape, generator=g) * 0.02)
-        dirs[name] = unipelt.save(model, root / name)
+        dirs[name] = unipelt.save(model, root / name, pairs=pairs)  # MultiTask.add reads it
     return dirs
 
 
@@ -165,7 +165,7 @@ def _answer(logits: torch.Tensor, labels) -> dict:
     return {"label": labels[int(p.argmax())], "scores": {l: float(v) for l, v in zip(labels, p)}}
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: unipelt.load refuses a model built under it
 def references(dirs: dict[str, Path], pool: dict[str, list], tok) -> dict[str, list]:
     """Each input's answer from its task's own model alone, fed as training fed it (the
     tokenizer's full encoding: ids, mask, segment ids)."""

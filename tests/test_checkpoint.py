@@ -473,3 +473,63 @@ def test_a_base_weight_set_to_train_by_hand_is_named_in_a_warning(tmp_path, capl
         unipelt.save(model, tmp_path)
     assert "bert.pooler.dense.weight" in caplog.text and "modules_to_save" in caplog.text
     assert torch.equal(unipelt.load(build(), tmp_path)(**batch()).logits, model(**batch()).logits)
+
+
+@pytest.mark.parametrize("preset", ["unipelt-apl", "lora", "prefix"])
+def test_apply_and_load_under_inference_mode_make_ordinary_parameters(tmp_path, preset):
+    """A server that loads under torch.inference_mode(): the new parameters were inference
+    tensors, on which the participation check set requires_grad, and load died with a traceback."""
+    model = unipelt.apply(build(), preset)
+    randomize(model)
+    unipelt.save(model, tmp_path)
+    fresh, other = build(), build()
+    with torch.inference_mode():
+        restored = unipelt.load(fresh, tmp_path)
+        applied = unipelt.apply(other, preset)
+    assert not any(p.is_inference() for p in [*restored.parameters(), *applied.parameters()])
+    assert (logits(restored) - logits(model)).abs().max() < 1e-6
+    applied.train()
+    applied(**batch(), labels=torch.tensor([0, 1, 1])).loss.backward()  # its modules train
+    assert all(p.grad is not None for n, p in applied.named_parameters() if "pelt_" in n)
+
+
+def test_a_model_built_under_inference_mode_is_refused_unchanged(tmp_path):
+    unipelt.save(unipelt.apply(build(), "lora"), tmp_path)
+    with torch.inference_mode():
+        model = build()
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    for call in (lambda: unipelt.apply(model, "lora"), lambda: unipelt.load(model, tmp_path)):
+        with pytest.raises(UniPeltError, match=r"made under torch.inference_mode\(\).*outside it"):
+            call()
+        assert getattr(model, "pelt_config", None) is None
+        assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())
+
+
+@pytest.mark.parametrize("task", ["oops", 5, [1], None])
+def test_a_task_block_that_is_not_an_object_is_refused(tmp_path, task):
+    """The checksum covers the weights only: an edited task block was served with made-up labels."""
+    unipelt.save(unipelt.apply(build(), "lora"), tmp_path)
+    meta = json.loads((tmp_path / "unipelt.json").read_text())
+    meta["task"] = task
+    (tmp_path / "unipelt.json").write_text(json.dumps(meta))
+    with pytest.raises(UniPeltError, match="'task'"):
+        unipelt.load(build(), tmp_path)
+
+
+def test_load_restores_the_problem_type_so_a_resave_merges_with_the_original(tmp_path):
+    model = build(problem_type="single_label_classification")
+    unipelt.save(unipelt.apply(model, "lora"), tmp_path / "a")
+    restored = unipelt.load(build(), tmp_path / "a")
+    assert restored.config.problem_type == "single_label_classification"
+    unipelt.save(restored, tmp_path / "b")
+    a, b = (json.loads((tmp_path / x / "unipelt.json").read_text())["task"] for x in "ab")
+    assert a == b
+
+
+def test_a_problem_type_transformers_does_not_know_is_refused(tmp_path):
+    unipelt.save(unipelt.apply(build(), "lora"), tmp_path)
+    meta = json.loads((tmp_path / "unipelt.json").read_text())
+    meta["task"]["problem_type"] = "ranking"
+    (tmp_path / "unipelt.json").write_text(json.dumps(meta))
+    with pytest.raises(UniPeltError, match="'task.problem_type' must be one of"):
+        unipelt.load(build(), tmp_path)

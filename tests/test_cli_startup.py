@@ -51,3 +51,26 @@ def test_a_command_still_gets_every_flag(capsys):
     out = capsys.readouterr().out
     assert "--label-names" in out and "--data-seed" in out and "--glue-dir" in out
     assert "default runs/unipelt.sqlite" in out  # --store shows its default
+
+
+@pytest.mark.parametrize("command, argv", [("_serve", ["serve", "--task", "a=b"]), ("_report", ["report"])])
+def test_an_interrupt_of_a_command_without_runs_does_not_promise_a_resume(monkeypatch, capsys, command, argv):
+    import unipelt.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(unipelt.cli, command, interrupted)
+    assert unipelt.cli.main(argv) == 130
+    assert capsys.readouterr().err == "unipelt: interrupted\n"
+
+
+def test_an_interrupted_sweep_says_how_to_resume(monkeypatch, capsys):
+    import unipelt.cli
+
+    def interrupted(args, grid=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(unipelt.cli, "_sweep", interrupted)
+    assert unipelt.cli.main(["demo"]) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err

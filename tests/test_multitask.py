@@ -560,3 +560,19 @@ def test_a_mask_edited_in_place_under_inference_mode_is_read_afresh(tmp_path, ar
         reused = torch.stack(mt(batch["input_ids"], mask, "apl"))
         fresh = torch.stack(mt(batch["input_ids"], mask.clone(), "apl"))
     torch.testing.assert_close(reused, fresh, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("preset", ["unipelt-apl", "bitfit"])
+def test_a_task_added_under_inference_mode_answers_as_it_alone(tmp_path, preset):
+    """A server adds tasks under torch.inference_mode(): the task's new head was an inference
+    tensor, which load's check could not read, and add died with a traceback."""
+    model = unipelt.apply(build(), preset)
+    randomize(model)
+    unipelt.save(model, tmp_path)
+    mt = MultiTask(build())
+    with torch.inference_mode():
+        mt.add("a", tmp_path)
+        out = torch.stack(list(mt(**batch(), tasks=["a"] * 3)))
+    with torch.no_grad():
+        alone = unipelt.load(build(), tmp_path)(**batch()).logits
+    assert (out - alone).abs().max() < 1e-6

@@ -38,3 +38,18 @@ def test_ray_backend_answers_as_the_library_and_stops_on_sigterm(served):  # noq
                 proc.wait(timeout=60)
             except Exception:
                 proc.kill()
+
+
+def test_more_cpus_than_the_local_ray_has_is_one_error_not_a_hang(served):  # noqa: F811
+    """Replicas Ray cannot place wait for CPUs forever: the server never opened its port."""
+    import os
+    import subprocess
+    import sys
+
+    ckpt = served / "ckpt"
+    cmd = [sys.executable, "-m", "unipelt", "-q", "serve", "--model", str(served / "base"), "--port", "0"]
+    cmd += ["--task", f"sst2={ckpt / 'sst2'}", "--backend", "ray", "--replicas", "64", "--cpus-per-replica", "1000"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2, done.stderr
+    assert last.startswith("unipelt: error: --replicas 64 x --cpus-per-replica 1000 needs 64000 CPUs"), done.stderr

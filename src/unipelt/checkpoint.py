@@ -27,7 +27,16 @@ from torch import nn
 
 from .config import PeltConfig
 from .errors import UniPeltError
-from .inject import MARK, all_or_nothing, applied, enable, fold, saved_module_names, trained_names
+from .inject import (
+    MARK,
+    all_or_nothing,
+    applied,
+    enable,
+    fold,
+    refuse_inference_weights,
+    saved_module_names,
+    trained_names,
+)
 from .participation import check_participation
 from .version import __version__
 
@@ -270,20 +279,26 @@ def _read_meta(directory: Path) -> dict:
     for key, kind in (("unipelt_version", str), ("config", dict), ("sha256", str), ("base_model", dict)):
         _field(meta, key, kind, "", path)
     _check_base_model(meta["base_model"], path)
-    _check_task_block(meta.get("task"), path)
+    if "task" in meta:  # checkpoints before serving have none
+        _check_task_block(_need(meta["task"], dict, "task", path), path)
     return meta
+
+
+PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")  # transformers'
 
 
 def _check_task_block(task, path: Path) -> None:
     """The fields serving reads to decide what an input is; the head's own are checked on use."""
-    if not isinstance(task, dict):
-        return
     if "pairs" in task:
         _need(task["pairs"], bool, "task.pairs", path)
     if "max_length" in task and _need(task["max_length"], int, "task.max_length", path) < 1:
         raise UniPeltError(f"{path}: field 'task.max_length' must be at least 1, got {task['max_length']}")
     if task.get("num_labels") is not None and _need(task["num_labels"], int, "task.num_labels", path) < 0:
         raise UniPeltError(f"{path}: field 'task.num_labels' must be at least 0, got {task['num_labels']}")
+    if task.get("problem_type") not in PROBLEM_TYPES:
+        raise UniPeltError(
+            f"{path}: field 'task.problem_type' must be one of {PROBLEM_TYPES}, got {task['problem_type']!r}"
+        )
     labels = task.get("id2label")
     if labels is not None and not (
         isinstance(labels, dict) and all(k.isascii() and k.isdigit() and isinstance(v, str) for k, v in labels.items())
@@ -404,6 +419,7 @@ def _check_identity(saved: dict, model: nn.Module) -> None:
 
 
 # ---- checking the tensors against the model they will go into
+@torch.inference_mode(False)  # under inference_mode the copy's tensors could not be set to train in a dry apply
 def _meta_copy(model: nn.Module) -> nn.Module:
     """The model's structure with every tensor on the meta device.
 
@@ -564,6 +580,7 @@ def load(model: nn.Module, directory: str | Path) -> nn.Module:
             f"the checkpoint in {directory} would add to them; load into a fresh base model"
         )
     _check_identity(meta["base_model"], model)
+    refuse_inference_weights(model)
     if getattr(model, "pelt_config", None) not in (None, config):
         raise UniPeltError(f"the model has a different unipelt config than the checkpoint in {directory}")
     expected, optional = _expected_shapes(model, config)
@@ -578,16 +595,19 @@ def load(model: nn.Module, directory: str | Path) -> nn.Module:
         with torch.no_grad():
             for name, tensor in tensors.items():
                 copy_value(params[name], tensor, f"{directory}: {name}")
-        _restore_label_names(model, meta)
+        _restore_task(model, meta)
         with enable(model):  # the check runs the modules, also inside ``with unipelt.disable(model):``
             check_participation(model, after="load")  # the folded prefix, or a model applied before
     return model
 
 
-def _restore_label_names(model: nn.Module, meta: dict) -> None:
-    """The checkpoint's class names on ``model.config`` (a fresh model says LABEL_0, LABEL_1),
+def _restore_task(model: nn.Module, meta: dict) -> None:
+    """The checkpoint's problem type where the model has none (a resave then records the same
+    task, which ``merge`` compares), and its class names (a fresh model says LABEL_0, LABEL_1)
     where they name exactly the model's classes."""
     task = meta.get("task")
+    if isinstance(task, dict) and getattr(model.config, "problem_type", None) is None:
+        model.config.problem_type = task.get("problem_type")
     saved = task.get("id2label") if isinstance(task, dict) else None
     n = getattr(model.config, "num_labels", None)
     if not isinstance(saved, dict) or sorted(saved) != sorted(str(i) for i in range(n or 0)):

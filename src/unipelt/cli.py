@@ -22,6 +22,7 @@ from .serve.cli import add_parser as _add_serve
 from .serve.cli import run as _serve
 
 log = logging.getLogger("unipelt")
+RUNS_STORE = ("train", "sweep", "demo")  # the commands an interrupt leaves resumable
 
 # Small enough for a few minutes on 2 CPU cores: SST-2 has short sentences; 10 epochs, not 50.
 DEMO = dict(
@@ -416,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unipelt: error: {str(e).replace(chr(10), ' ')}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
-        print("unipelt: interrupted; finished runs are saved, rerun the same command to resume", file=sys.stderr)
+        resume = "; finished runs are saved, rerun the same command to resume" if args.command in RUNS_STORE else ""
+        print(f"unipelt: interrupted{resume}", file=sys.stderr)
         return 130
 
 

@@ -199,15 +199,28 @@ def applied(model: nn.Module, preset_or_config, *, new: bool) -> nn.Module:
     if getattr(model, "pelt_config", None) is not None:
         raise UniPeltError("this model already has unipelt modules; apply() to a fresh model")
     spec = spec_for(model)
+    refuse_inference_weights(model)
     _check_modules_to_save(model.base_model, cfg)
     cfg = replace(cfg, head=heads.resolve(model, cfg.head))  # recorded as it ran, never "auto"
     heads.check(model, cfg.head, spec)
     if new:
         _check_saved_modules_are_read(model, cfg, spec)
-    with all_or_nothing(model):  # a method refusing halfway leaves no module of the others behind
+    # under torch.inference_mode() too, the new parameters are ordinary tensors: they train later,
+    # and the participation check needs their gradients
+    with all_or_nothing(model), torch.inference_mode(False):  # a method refusing halfway leaves no module behind
         _inject(model, cfg, spec, new)
         check_participation(model)  # a module that transformers bypasses is an error (issue 28)
     return model
+
+
+def refuse_inference_weights(model: nn.Module) -> None:
+    """A model built under ``torch.inference_mode()`` holds inference tensors: autograd cannot
+    read them, so unipelt cannot check its modules take part (nor can they train)."""
+    if any(p.is_inference() for p in model.parameters()):
+        raise UniPeltError(
+            f"{type(model).__name__}'s weights were made under torch.inference_mode(), so nothing can train "
+            "or be checked on them: build the model outside it (torch.no_grad() is fine), then apply or load"
+        )
 
 
 def _setup_and_place(ctx: ModelContext) -> Counter:

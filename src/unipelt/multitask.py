@@ -330,6 +330,7 @@ class MultiTask:
             )
         return (meta.get("task") if isinstance(meta.get("task"), dict) else {}), cfg
 
+    @torch.inference_mode(False)  # a head made under a server's inference_mode could not be loaded (checked)
     def _skeleton(self, task_meta: dict, config: PeltConfig | None) -> nn.Module:
         """A model of the base's class on the shared base tensors, with a new head of the task's size;
         the base parameters its methods train (BitFit's biases) are its own copies."""

@@ -49,8 +49,12 @@ class ServeSettings:
         _within("--max-inputs", self.max_inputs, 1, self.max_queued_rows)
         _within("max_body_bytes (--max-body-kb x 1024)", self.max_body_bytes, 1, MAX_BODY_KB * 1024)
         _within("--request-timeout", self.request_timeout_s, 0.001, MAX_TIMEOUT_S)
-        wait_limit = min(MAX_WAIT_MS, self.request_timeout_s * 1000)
-        _within("--max-wait-ms", self.max_wait_ms, 0, wait_limit, " (and under --request-timeout)")
+        _within("--max-wait-ms", self.max_wait_ms, 0, MAX_WAIT_MS, " (and under --request-timeout)")
+        if self.max_wait_ms >= self.request_timeout_s * 1000:  # every batch would wait out its requests
+            raise ValueError(
+                f"--max-wait-ms must be under --request-timeout ({self.request_timeout_s * 1000:g} ms), "
+                f"got {self.max_wait_ms!r}"
+            )
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise ValueError("the admin token must have at least 16 characters")
         if self.admin_token is not None and not (self.admin_token.isascii() and self.admin_token.isprintable()):

@@ -95,6 +95,16 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def _check_cpus(replicas: int, cpus_per_replica: float, cpus: float) -> None:
+    """A local Ray started here has this machine's CPUs and no more: replicas it cannot place
+    would wait for CPUs forever, and the server would never open its port."""
+    if replicas * cpus_per_replica > cpus:
+        raise UniPeltError(
+            f"--replicas {replicas} x --cpus-per-replica {cpus_per_replica:g} needs {replicas * cpus_per_replica:g} "
+            f"CPUs; the local Ray started here has {cpus:g}: ask for fewer, or give --ray-address of a larger cluster"
+        )
+
+
 def serve_ray(
     model_dir: str,
     tasks: dict[str, TaskSpec],
@@ -112,6 +122,8 @@ def serve_ray(
     port = port or free_port(host)
     ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
+        if address is None:
+            _check_cpus(replicas, cpus_per_replica, ray.cluster_resources().get("CPU", 0))
         serve.start(http_options={"host": host, "port": port})
         app = UniPeltReplica.options(
             num_replicas=replicas,
