@@ -53,3 +53,14 @@ def test_more_cpus_than_the_local_ray_has_is_one_error_not_a_hang(served):  # no
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 2, done.stderr
     assert last.startswith("unipelt: error: --replicas 64 x --cpus-per-replica 1000 needs 64000 CPUs"), done.stderr
+
+
+def test_the_cpu_check_counts_as_ray_does():
+    """Ray counts CPUs in ten-thousandths: 25 x 0.28 is 7.000000000000001 in floats, and fits 7."""
+    from unipelt import UniPeltError
+    from unipelt.serve.ray_backend import _check_cpus
+
+    _check_cpus(25, 0.28, 7.0)
+    _check_cpus(50, 0.14, 7.0)
+    with pytest.raises(UniPeltError, match="needs 7.01 CPUs"):
+        _check_cpus(1, 7.01, 7.0)

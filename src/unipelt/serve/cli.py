@@ -77,7 +77,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (--backend ray)")
     p.add_argument("--cpus-per-replica", type=float, default=1, help="CPUs per Ray replica (default 1)")
-    p.add_argument("--ray-address", help="Ray cluster address (default: start a local one)")
+    p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local one)")
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings only")
 

@@ -12,6 +12,7 @@ each replica from disk, as safetensors and JSON.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import socket
@@ -98,7 +99,7 @@ def free_port(host: str) -> int:
 def _check_cpus(replicas: int, cpus_per_replica: float, cpus: float) -> None:
     """A local Ray started here has this machine's CPUs and no more: replicas it cannot place
     would wait for CPUs forever, and the server would never open its port."""
-    if replicas * cpus_per_replica > cpus:
+    if round(replicas * cpus_per_replica, 4) > cpus:  # Ray counts CPUs in 1/10000ths: 25 x 0.28 fits 7
         raise UniPeltError(
             f"--replicas {replicas} x --cpus-per-replica {cpus_per_replica:g} needs {replicas * cpus_per_replica:g} "
             f"CPUs; the local Ray started here has {cpus:g}: ask for fewer, or give --ray-address of a larger cluster"
@@ -120,9 +121,11 @@ def serve_ray(
     import ray
 
     port = port or free_port(host)
+    # no address: a new local Ray ("local"), where None would join RAY_ADDRESS's or a `ray start` cluster
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
-        if address is None:
+        if address == "local":  # a cluster may scale up: only a local one's CPUs are all there is
             _check_cpus(replicas, cpus_per_replica, ray.cluster_resources().get("CPU", 0))
         serve.start(http_options={"host": host, "port": port})
         app = UniPeltReplica.options(
