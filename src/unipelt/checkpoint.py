@@ -580,7 +580,7 @@ def load(model: nn.Module, directory: str | Path) -> nn.Module:
             f"the checkpoint in {directory} would add to them; load into a fresh base model"
         )
     _check_identity(meta["base_model"], model)
-    refuse_inference_weights(model)
+    refuse_inference_weights(model)  # before all_or_nothing: its undo cannot reset an inference tensor's flags
     if getattr(model, "pelt_config", None) not in (None, config):
         raise UniPeltError(f"the model has a different unipelt config than the checkpoint in {directory}")
     expected, optional = _expected_shapes(model, config)
@@ -605,12 +605,12 @@ def _restore_task(model: nn.Module, meta: dict) -> None:
     """The checkpoint's problem type where the model has none (a resave then records the same
     task, which ``merge`` compares), and its class names (a fresh model says LABEL_0, LABEL_1)
     where they name exactly the model's classes."""
-    task = meta.get("task")
-    if isinstance(task, dict) and getattr(model.config, "problem_type", None) is None:
+    task = meta.get("task") or {}  # _read_meta has checked it: an object, its id2label one or None
+    if getattr(model.config, "problem_type", None) is None:
         model.config.problem_type = task.get("problem_type")
-    saved = task.get("id2label") if isinstance(task, dict) else None
+    saved = task.get("id2label")
     n = getattr(model.config, "num_labels", None)
-    if not isinstance(saved, dict) or sorted(saved) != sorted(str(i) for i in range(n or 0)):
+    if saved is None or sorted(saved) != sorted(str(i) for i in range(n or 0)):
         return
     names = {i: str(saved[str(i)]) for i in range(n)}
     model.config.id2label, model.config.label2id = names, {name: i for i, name in names.items()}
