@@ -328,7 +328,7 @@ class MultiTask:
                 f"{directory}: the task trains base modules {list(cfg.modules_to_save)}, which "
                 "every other task shares: it cannot join a mixed batch"
             )
-        return (meta.get("task") if isinstance(meta.get("task"), dict) else {}), cfg
+        return meta.get("task") or {}, cfg  # read_config has checked it: an object or absent
 
     @torch.inference_mode(False)  # a head made under a server's inference_mode could not be loaded (checked)
     def _skeleton(self, task_meta: dict, config: PeltConfig | None) -> nn.Module:
